@@ -1,0 +1,303 @@
+package membership
+
+import (
+	"crypto/hkdf"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+	"golang.org/x/net/ipv4"
+)
+
+// Beacon wire format (all integers big-endian):
+//
+//	offset  size  field
+//	0       4     magic "COHB"
+//	4       1     format version, 1
+//	5       1     flags: bit 0 set when an HMAC follows the body
+//	6       2     body length n
+//	8       n     msgpack body {d: domain, r: route, a: gossip host:port, t: sent, Unix ms}
+//	8+n     32    HMAC-SHA256 over bytes [0, 8+n), when flagged
+//
+// The HMAC key is derived from the cluster key with HKDF-SHA256 (info
+// "cohort beacon v1"), so the cluster key itself is never used twice.
+const (
+	beaconMagic     = "COHB"
+	beaconVersion   = 1
+	beaconFlagMAC   = 1
+	beaconHeaderLen = 8
+	beaconMACLen    = sha256.Size
+	// MaxBeaconSize bounds a beacon datagram; anything larger is malformed.
+	MaxBeaconSize = 1400
+)
+
+// Errors reported by DecodeBeacon.
+var (
+	ErrBeaconMalformed = errors.New("membership: malformed beacon")
+	ErrBeaconMAC       = errors.New("membership: beacon authentication failed")
+)
+
+// Beacon announces a node on the multicast group.
+type Beacon struct {
+	Domain string    // cluster domain
+	Route  string    // sender's route
+	Addr   string    // sender's gossip address, IP:port
+	Sent   time.Time // sender's clock, millisecond precision
+}
+
+type wireBeacon struct {
+	Domain string `msgpack:"d"`
+	Route  string `msgpack:"r"`
+	Addr   string `msgpack:"a"`
+	Sent   int64  `msgpack:"t"`
+}
+
+// beaconKey derives the beacon HMAC key from the cluster key; nil for none.
+func beaconKey(k Key) []byte {
+	if len(k) == 0 {
+		return nil
+	}
+	mk, err := hkdf.Key(sha256.New, k, nil, "cohort beacon v1", 32)
+	if err != nil {
+		panic("membership: hkdf: " + err.Error()) // only for lengths > 255*32
+	}
+	return mk
+}
+
+// EncodeBeacon encodes b, authenticated with macKey when it is not nil.
+func EncodeBeacon(b Beacon, macKey []byte) ([]byte, error) {
+	body, err := msgpack.Marshal(wireBeacon{Domain: b.Domain, Route: b.Route, Addr: b.Addr, Sent: b.Sent.UnixMilli()})
+	if err != nil {
+		return nil, fmt.Errorf("membership: encode beacon: %w", err)
+	}
+	size := beaconHeaderLen + len(body)
+	if macKey != nil {
+		size += beaconMACLen
+	}
+	if size > MaxBeaconSize {
+		return nil, fmt.Errorf("membership: beacon of %d bytes exceeds %d", size, MaxBeaconSize)
+	}
+	out := make([]byte, beaconHeaderLen, size)
+	copy(out, beaconMagic)
+	out[4] = beaconVersion
+	binary.BigEndian.PutUint16(out[6:], uint16(len(body)))
+	out = append(out, body...)
+	if macKey != nil {
+		out[5] |= beaconFlagMAC
+		mac := hmac.New(sha256.New, macKey)
+		mac.Write(out)
+		out = mac.Sum(out)
+	}
+	return out, nil
+}
+
+// DecodeBeacon parses and authenticates a beacon datagram. With a macKey,
+// a beacon without a valid HMAC gives ErrBeaconMAC; without one, an
+// authenticated beacon also gives ErrBeaconMAC, since this node cannot
+// verify it and could not join its sender anyway. Anything that is not a
+// well-formed beacon gives ErrBeaconMalformed.
+func DecodeBeacon(p []byte, macKey []byte) (Beacon, error) {
+	if len(p) < beaconHeaderLen || len(p) > MaxBeaconSize {
+		return Beacon{}, fmt.Errorf("%w: %d bytes", ErrBeaconMalformed, len(p))
+	}
+	if string(p[:4]) != beaconMagic {
+		return Beacon{}, fmt.Errorf("%w: bad magic", ErrBeaconMalformed)
+	}
+	if p[4] != beaconVersion {
+		return Beacon{}, fmt.Errorf("%w: unknown version %d", ErrBeaconMalformed, p[4])
+	}
+	flags := p[5]
+	if flags&^beaconFlagMAC != 0 {
+		return Beacon{}, fmt.Errorf("%w: unknown flags %#x", ErrBeaconMalformed, flags)
+	}
+	n := int(binary.BigEndian.Uint16(p[6:]))
+	want := beaconHeaderLen + n
+	if flags&beaconFlagMAC != 0 {
+		want += beaconMACLen
+	}
+	if len(p) != want {
+		return Beacon{}, fmt.Errorf("%w: length %d, header says %d", ErrBeaconMalformed, len(p), want)
+	}
+	signed := p[:beaconHeaderLen+n]
+	switch {
+	case macKey != nil && flags&beaconFlagMAC == 0:
+		return Beacon{}, fmt.Errorf("%w: beacon is not authenticated", ErrBeaconMAC)
+	case macKey == nil && flags&beaconFlagMAC != 0:
+		return Beacon{}, fmt.Errorf("%w: beacon is authenticated with a key this node does not have", ErrBeaconMAC)
+	case macKey != nil:
+		mac := hmac.New(sha256.New, macKey)
+		mac.Write(signed)
+		if !hmac.Equal(mac.Sum(nil), p[len(signed):]) {
+			return Beacon{}, fmt.Errorf("%w: bad HMAC", ErrBeaconMAC)
+		}
+	}
+	var w wireBeacon
+	if err := msgpack.Unmarshal(signed[beaconHeaderLen:], &w); err != nil {
+		return Beacon{}, fmt.Errorf("%w: %v", ErrBeaconMalformed, err)
+	}
+	if w.Domain == "" || w.Route == "" {
+		return Beacon{}, fmt.Errorf("%w: empty domain or route", ErrBeaconMalformed)
+	}
+	if a, err := splitHostPort(w.Addr, -1); err != nil || a.IP == nil || a.Port == 0 {
+		return Beacon{}, fmt.Errorf("%w: bad address %q", ErrBeaconMalformed, w.Addr)
+	}
+	return Beacon{Domain: w.Domain, Route: w.Route, Addr: w.Addr, Sent: time.UnixMilli(w.Sent)}, nil
+}
+
+// beaconer sends this node's beacon to the group every Frequency and turns
+// beacons from unknown members into joins.
+type beaconer struct {
+	n      *Node
+	recv   net.PacketConn // bound to the group
+	send   net.PacketConn // unbound; sends to group
+	group  net.Addr
+	macKey []byte
+	self   Beacon
+	failed atomic.Bool // last send failed; logged once until it works again
+}
+
+// listenBeacons opens the multicast sockets: one joined to the group for
+// receiving (SO_REUSEADDR, so several nodes on a host share the port) and
+// one for sending with loopback on, so that nodes on one host hear each
+// other.
+func listenBeacons(n *Node) (*beaconer, error) {
+	group, _ := net.ResolveUDPAddr("udp4", n.cfg.MulticastAddr) // checked by validate
+	recv, err := net.ListenMulticastUDP("udp4", nil, group)
+	if err != nil {
+		return nil, fmt.Errorf("membership: join multicast group %s: %w", group, err)
+	}
+	send, err := net.ListenUDP("udp4", &net.UDPAddr{})
+	if err != nil {
+		_ = recv.Close()
+		return nil, fmt.Errorf("membership: open beacon socket: %w", err)
+	}
+	pc := ipv4.NewPacketConn(send)
+	if err := pc.SetMulticastTTL(n.cfg.MulticastTTL); err != nil {
+		n.log.Warn("cannot set beacon TTL", "err", err)
+	}
+	if err := pc.SetMulticastLoopback(true); err != nil {
+		n.log.Warn("cannot enable multicast loopback; nodes on this host may not see each other's beacons", "err", err)
+	}
+	return newBeaconer(n, recv, send, group), nil
+}
+
+func newBeaconer(n *Node, recv, send net.PacketConn, group net.Addr) *beaconer {
+	return &beaconer{
+		n: n, recv: recv, send: send, group: group,
+		macKey: beaconKey(n.cfg.Key),
+		self:   Beacon{Domain: n.cfg.Domain, Route: n.cfg.Route, Addr: n.addr.String()},
+	}
+}
+
+func (b *beaconer) close() {
+	_ = b.recv.Close()
+	_ = b.send.Close()
+}
+
+// sendLoop beacons every Frequency, with ±10% jitter so that nodes started
+// together do not stay in phase. It exits when the node stops.
+func (b *beaconer) sendLoop() {
+	freq := b.n.cfg.Frequency
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-b.n.stop:
+			return
+		case <-t.C:
+		}
+		b.sendOne()
+		jitter := time.Duration(rand.Int64N(int64(freq)/5+1)) - freq/10
+		t.Reset(freq + jitter)
+	}
+}
+
+func (b *beaconer) sendOne() {
+	bc := b.self
+	bc.Sent = time.Now()
+	p, err := EncodeBeacon(bc, b.macKey)
+	if err == nil {
+		_, err = b.send.WriteTo(p, b.group)
+	}
+	if err != nil {
+		b.n.stats.beaconSendErrors.Add(1)
+		if !b.failed.Swap(true) {
+			b.n.log.Warn("cannot send beacon; discovery relies on seeds until it works", "group", b.group.String(), "err", err)
+		}
+		return
+	}
+	b.n.stats.beaconsSent.Add(1)
+	if b.failed.Swap(false) {
+		b.n.log.Info("beacons are being sent again", "group", b.group.String())
+	}
+}
+
+// receiveLoop reads beacons until the socket is closed.
+func (b *beaconer) receiveLoop() {
+	buf := make([]byte, MaxBeaconSize+1)
+	backoff := 5 * time.Millisecond
+	for {
+		k, from, err := b.recv.ReadFrom(buf)
+		if err != nil {
+			select {
+			case <-b.n.stop:
+				return
+			default:
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			b.n.log.Warn("beacon read failed", "err", err)
+			select {
+			case <-b.n.stop:
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, time.Second)
+			continue
+		}
+		backoff = 5 * time.Millisecond
+		b.handle(buf[:k], from)
+	}
+}
+
+// handle processes one datagram.
+func (b *beaconer) handle(p []byte, from net.Addr) {
+	n := b.n
+	bc, err := DecodeBeacon(p, b.macKey)
+	switch {
+	case errors.Is(err, ErrBeaconMAC):
+		n.stats.beaconsBadMAC.Add(1)
+		n.log.Debug("ignoring beacon", "from", from.String(), "err", err)
+		return
+	case err != nil:
+		n.stats.beaconsMalformed.Add(1)
+		n.log.Debug("ignoring beacon", "from", from.String(), "err", err)
+		return
+	case bc.Domain != n.cfg.Domain:
+		n.stats.beaconsForeign.Add(1)
+		return
+	case bc.Route == n.cfg.Route:
+		return // our own, looped back
+	}
+	n.stats.beaconsReceived.Add(1)
+	if n.knows(bc.Route, bc.Addr) {
+		return
+	}
+	n.joins.request(bc.Addr, true)
+}
+
+// knows reports whether route is an alive member at addr.
+func (n *Node) knows(route, addr string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	m, ok := n.view[route]
+	return ok && m.Addr == addr && m.State == StateAlive
+}

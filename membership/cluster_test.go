@@ -1,0 +1,393 @@
+package membership_test
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cohort-cluster/cohort/membership"
+	"go.uber.org/goleak"
+)
+
+// testConfig is DefaultLocalConfig with a route and the test's log output.
+func testConfig(t testing.TB, route string) membership.Config {
+	c := membership.DefaultLocalConfig()
+	c.Route = route
+	c.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo}))
+	return c
+}
+
+// start starts a node and stops it when the test ends.
+func start(t testing.TB, c membership.Config) *membership.Node {
+	t.Helper()
+	n, err := membership.New(c)
+	if err != nil {
+		t.Fatalf("New(%s): %v", c.Route, err)
+	}
+	t.Cleanup(func() { _ = n.Close() })
+	return n
+}
+
+// startCluster starts size nodes named node1..nodeN, each seeded with the
+// first node's address, and waits until everyone sees everyone.
+func startCluster(t testing.TB, size int, mutate func(i int, c *membership.Config)) []*membership.Node {
+	t.Helper()
+	nodes := make([]*membership.Node, size)
+	for i := range nodes {
+		c := testConfig(t, fmt.Sprintf("node%d", i+1))
+		if i > 0 {
+			c.Join = []string{nodes[0].Addr().String()}
+		}
+		if mutate != nil {
+			mutate(i, &c)
+		}
+		nodes[i] = start(t, c)
+	}
+	waitConverged(t, nodes...)
+	return nodes
+}
+
+// waitFor polls cond until it returns nil or timeout passes.
+func waitFor(t testing.TB, timeout time.Duration, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %v", timeout, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// alive returns the names of the members n sees alive, sorted.
+func alive(n *membership.Node) []string {
+	var out []string
+	for _, m := range n.Members() {
+		if m.State == membership.StateAlive {
+			out = append(out, m.Name)
+		}
+	}
+	return out
+}
+
+func routes(nodes ...*membership.Node) []string {
+	var out []string
+	for _, n := range nodes {
+		out = append(out, n.Route())
+	}
+	slices.Sort(out)
+	return out
+}
+
+// waitConverged waits until every node sees exactly nodes as alive.
+func waitConverged(t testing.TB, nodes ...*membership.Node) {
+	t.Helper()
+	want := routes(nodes...)
+	waitFor(t, 10*time.Second, func() error {
+		for _, n := range nodes {
+			if got := alive(n); !slices.Equal(got, want) {
+				return fmt.Errorf("%s sees %v alive, want %v", n.Route(), got, want)
+			}
+		}
+		return nil
+	})
+}
+
+// nextEvent returns the next event of sub about route, skipping others.
+func nextEvent(t testing.TB, sub *membership.Subscription, route string, timeout time.Duration) membership.Event {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		select {
+		case ev, ok := <-sub.C:
+			if !ok {
+				t.Fatalf("subscription closed while waiting for an event about %s", route)
+			}
+			if ev.Member.Name == route {
+				return ev
+			}
+		case <-deadline:
+			t.Fatalf("no event about %s within %v", route, timeout)
+		}
+	}
+}
+
+func TestClusterForms(t *testing.T) {
+	checkLeaks(t)
+	for _, size := range []int{3, 5} {
+		t.Run(fmt.Sprintf("%d nodes", size), func(t *testing.T) {
+			nodes := startCluster(t, size, func(i int, c *membership.Config) {
+				c.ReplicationAddr = fmt.Sprintf("127.0.0.1:%d", 9000+i)
+				c.Manager = "delta"
+			})
+			for _, n := range nodes {
+				for _, m := range n.Members() {
+					if m.Meta.Route != m.Name || m.Meta.Domain != "cohort" || m.Meta.Manager != "delta" ||
+						m.Meta.Protocol != membership.ProtocolVersion || m.Meta.Started.IsZero() ||
+						!strings.HasPrefix(m.Meta.ReplicationAddr, "127.0.0.1:90") {
+						t.Errorf("%s sees member %s with metadata %+v", n.Route(), m.Name, m.Meta)
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestCrashIsReportedFailed(t *testing.T) {
+	checkLeaks(t)
+	nodes := startCluster(t, 3, nil)
+	subs := []*membership.Subscription{nodes[0].Subscribe(), nodes[1].Subscribe()}
+	for _, s := range subs {
+		defer s.Close()
+		// The subscription starts with the members alive now.
+		for range 2 {
+			if ev := <-s.C; ev.Type != membership.EventJoin {
+				t.Fatalf("initial event %v, want join", ev.Type)
+			}
+		}
+	}
+	if err := nodes[2].Close(); err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range subs {
+		ev := nextEvent(t, s, "node3", 10*time.Second)
+		if ev.Type != membership.EventFail || ev.Member.State != membership.StateDead {
+			t.Errorf("node%d got %v (%v) for node3, want fail (dead)", i+1, ev.Type, ev.Member.State)
+		}
+	}
+	waitConverged(t, nodes[:2]...)
+	if st := stateOf(nodes[0], "node3"); st != membership.StateDead {
+		t.Errorf("Members() lists node3 as %v, want dead", st)
+	}
+}
+
+func stateOf(n *membership.Node, route string) membership.State {
+	for _, m := range n.Members() {
+		if m.Name == route {
+			return m.State
+		}
+	}
+	return -1
+}
+
+func TestGracefulLeaveIsReportedLeft(t *testing.T) {
+	checkLeaks(t)
+	nodes := startCluster(t, 3, nil)
+	subs := []*membership.Subscription{nodes[0].Subscribe(), nodes[1].Subscribe()}
+	for _, s := range subs {
+		defer s.Close()
+	}
+	if err := nodes[2].Leave(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range subs {
+		ev := nextEvent(t, s, "node3", 10*time.Second)
+		for ev.Type == membership.EventJoin || ev.Type == membership.EventUpdate { // the snapshot, then the leaving flag
+			ev = nextEvent(t, s, "node3", 10*time.Second)
+		}
+		if ev.Type != membership.EventLeave || ev.Member.State != membership.StateLeft {
+			t.Errorf("node%d got %v (%v) for node3, want leave (left)", i+1, ev.Type, ev.Member.State)
+		}
+	}
+	if err := nodes[2].Leave(time.Second); !errors.Is(err, membership.ErrClosed) {
+		t.Errorf("Leave after Leave = %v, want ErrClosed", err)
+	}
+}
+
+func TestRestartWithSameRouteRejoins(t *testing.T) {
+	checkLeaks(t)
+	nodes := startCluster(t, 3, nil)
+	sub := nodes[0].Subscribe()
+	defer sub.Close()
+	old := nodes[2].Addr().String()
+
+	t.Run("after the failure is detected", func(t *testing.T) {
+		_ = nodes[2].Close()
+		for ev := nextEvent(t, sub, "node3", 10*time.Second); ev.Type != membership.EventFail; ev = nextEvent(t, sub, "node3", 10*time.Second) {
+		}
+		c := testConfig(t, "node3")
+		c.Join = []string{nodes[1].Addr().String()}
+		n3 := start(t, c) // a new port: a new address
+		if n3.Addr().String() == old {
+			t.Fatalf("restarted node reused address %s", old)
+		}
+		ev := nextEvent(t, sub, "node3", 10*time.Second)
+		if ev.Type != membership.EventJoin || ev.Member.Addr != n3.Addr().String() {
+			t.Fatalf("got %v at %s, want join at %s", ev.Type, ev.Member.Addr, n3.Addr())
+		}
+		waitConverged(t, nodes[0], nodes[1], n3)
+		nodes[2] = n3
+	})
+
+	t.Run("before the failure is detected", func(t *testing.T) {
+		_ = nodes[2].Close()
+		c := testConfig(t, "node3")
+		c.Join = []string{nodes[1].Addr().String()}
+		n3 := start(t, c)
+		// The old incarnation is still alive in its peers' eyes; the new one
+		// takes the route back once the old one is declared dead.
+		waitFor(t, 15*time.Second, func() error {
+			for _, n := range []*membership.Node{nodes[0], nodes[1]} {
+				for _, m := range n.Members() {
+					if m.Name == "node3" && (m.State != membership.StateAlive || m.Addr != n3.Addr().String()) {
+						return fmt.Errorf("%s sees node3 %v at %s, want alive at %s", n.Route(), m.State, m.Addr, n3.Addr())
+					}
+				}
+			}
+			return nil
+		})
+		waitConverged(t, nodes[0], nodes[1], n3)
+	})
+}
+
+func TestFailedMemberIsReconnected(t *testing.T) {
+	checkLeaks(t)
+	// node2 has no seeds: when it comes back alone on its old address, only
+	// node1's reconnect of failed members can bring the two together, as
+	// after a partition.
+	n1 := start(t, testConfig(t, "node1"))
+	c2 := testConfig(t, "node2")
+	n2 := start(t, c2)
+	if _, err := n1.Join(n2.Addr().String()); err != nil {
+		t.Fatal(err)
+	}
+	waitConverged(t, n1, n2)
+	addr := n2.Addr().String()
+	_ = n2.Close()
+	waitFor(t, 10*time.Second, func() error {
+		if st := stateOf(n1, "node2"); st != membership.StateDead {
+			return fmt.Errorf("node1 sees node2 %v, want dead", st)
+		}
+		return nil
+	})
+	c2.BindAddr = addr
+	n2 = start(t, c2)
+	waitConverged(t, n1, n2)
+}
+
+func TestDomainsStayApart(t *testing.T) {
+	checkLeaks(t)
+	a := start(t, testConfig(t, "a1"))
+	cb := testConfig(t, "b1")
+	cb.Domain = "other"
+	b := start(t, cb)
+	if _, err := b.Join(a.Addr().String()); err == nil {
+		t.Error("a node of domain other joined domain cohort")
+	}
+	if got := alive(a); !slices.Equal(got, []string{"a1"}) {
+		t.Errorf("a1 sees %v", got)
+	}
+	if got := alive(b); !slices.Equal(got, []string{"b1"}) {
+		t.Errorf("b1 sees %v", got)
+	}
+}
+
+func TestWrongKeyCannotJoin(t *testing.T) {
+	checkLeaks(t)
+	key := func(b byte) membership.Key { return membership.Key(strings.Repeat(string(rune(b)), 32)) }
+	ca := testConfig(t, "a1")
+	ca.Key = key('a')
+	a := start(t, ca)
+	for _, tc := range []struct {
+		name string
+		key  membership.Key
+	}{
+		{"other key", key('b')},
+		{"no key", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := testConfig(t, "intruder")
+			c.Key = tc.key
+			n := start(t, c)
+			if _, err := n.Join(a.Addr().String()); err == nil {
+				t.Error("join succeeded")
+			}
+			if got := alive(a); !slices.Equal(got, []string{"a1"}) {
+				t.Errorf("a1 sees %v", got)
+			}
+		})
+	}
+	cg := testConfig(t, "a2")
+	cg.Key = key('a')
+	cg.Join = []string{a.Addr().String()}
+	waitConverged(t, a, start(t, cg))
+}
+
+func TestDifferentManagersRefuseToPair(t *testing.T) {
+	checkLeaks(t)
+	ca := testConfig(t, "a1")
+	ca.Manager = "delta"
+	a := start(t, ca)
+	cb := testConfig(t, "b1")
+	cb.Manager = "backup"
+	b := start(t, cb)
+	_, _ = b.Join(a.Addr().String())
+	waitFor(t, 5*time.Second, func() error {
+		if a.Stats().PeersRefused == 0 || b.Stats().PeersRefused == 0 {
+			return fmt.Errorf("refusals: a1 %d, b1 %d", a.Stats().PeersRefused, b.Stats().PeersRefused)
+		}
+		return nil
+	})
+	if got := alive(a); !slices.Equal(got, []string{"a1"}) {
+		t.Errorf("a1 sees %v", got)
+	}
+	if got := alive(b); !slices.Equal(got, []string{"b1"}) {
+		t.Errorf("b1 sees %v", got)
+	}
+}
+
+func TestUpdateMetaReachesPeers(t *testing.T) {
+	checkLeaks(t)
+	nodes := startCluster(t, 2, nil)
+	sub := nodes[0].Subscribe()
+	defer sub.Close()
+	if ev := nextEvent(t, sub, "node2", time.Second); ev.Type != membership.EventJoin {
+		t.Fatalf("first event %v, want join", ev.Type)
+	}
+	if err := nodes[1].UpdateMeta("127.0.0.1:9999", "", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	ev := nextEvent(t, sub, "node2", 10*time.Second)
+	if ev.Type != membership.EventUpdate || ev.Member.Meta.ReplicationAddr != "127.0.0.1:9999" {
+		t.Errorf("got %v with %+v, want update with the new address", ev.Type, ev.Member.Meta)
+	}
+}
+
+func TestCloseStopsEverything(t *testing.T) {
+	checkLeaks(t)
+	c := testConfig(t, "solo")
+	n, err := membership.New(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub := n.Subscribe()
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := <-sub.C; ok {
+		t.Error("subscription still open after Close")
+	}
+	if err := n.Close(); err != nil {
+		t.Errorf("second Close = %v, want nil", err)
+	}
+	if _, err := n.Join("127.0.0.1:1"); !errors.Is(err, membership.ErrClosed) {
+		t.Errorf("Join after Close = %v, want ErrClosed", err)
+	}
+}
+
+// checkLeaks fails the test if a goroutine started during it outlives it.
+// Call it first: cleanups run last-in first-out, so it runs after the
+// nodes' Close.
+func checkLeaks(t *testing.T) {
+	t.Helper()
+	opt := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
+}

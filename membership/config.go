@@ -1,0 +1,353 @@
+package membership
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"log/slog"
+	"math"
+	"net"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// DefaultMulticastAddr is the beacon group Tomcat clusters use by default.
+const DefaultMulticastAddr = "228.0.0.4:45564"
+
+// Resolver looks up the addresses of a seed host name. *net.Resolver
+// satisfies it. Implementations must be safe for concurrent use.
+type Resolver interface {
+	LookupHost(ctx context.Context, host string) ([]string, error)
+}
+
+// Config configures a Node. Start from DefaultConfig or DefaultLocalConfig;
+// the zero value is not valid. New copies the Config and never writes to it.
+type Config struct {
+	// Route is this node's name in the cluster and the suffix of the session
+	// ids it issues. It must be unique within the domain; a node that
+	// restarts with the same Route takes over its old identity. Default: the
+	// host name.
+	Route string
+
+	// Domain names the cluster. Nodes of other domains never merge with this
+	// one: it is memberlist's Label on every packet, it is checked in every
+	// member's metadata, and beacons of other domains are ignored.
+	// Default "cohort".
+	Domain string
+
+	// BindAddr is the gossip address (UDP and TCP), host:port. Port 0 picks
+	// a free port; see Node.Addr. Default "127.0.0.1:7946".
+	BindAddr string
+
+	// AdvertiseAddr is the gossip address given to other nodes, host:port,
+	// when it differs from BindAddr (NAT, 0.0.0.0 binds). Empty means the
+	// bound address.
+	AdvertiseAddr string
+
+	// ReplicationAddr is the replication channel address advertised in this
+	// node's metadata, host:port. Empty means the node takes no replication
+	// traffic (a pure observer).
+	ReplicationAddr string
+
+	// Manager is the session manager kind advertised in the metadata
+	// ("delta", "backup", "standard"). Two nodes of one domain whose kinds
+	// differ refuse to pair. Empty matches any kind.
+	Manager string
+
+	// Join lists seed addresses, host:port. A host name may resolve to
+	// several addresses (a Kubernetes headless Service); every address is
+	// tried. A missing port means BindAddr's port. Seeds are re-resolved
+	// every RejoinInterval until the node has joined and whenever members
+	// have failed, so a node that starts before its seeds, or a cluster
+	// split by a partition, comes together again.
+	Join []string
+
+	// MulticastAddr is the beacon group, IPv4 multicast host:port. Empty
+	// means multicast discovery is off. Default DefaultMulticastAddr.
+	MulticastAddr string
+
+	// MulticastTTL is the IP TTL of beacons: 1 keeps them on the local
+	// segment. Default 1.
+	MulticastTTL int
+
+	// Frequency is the heartbeat interval: each node probes one member and
+	// sends one beacon every Frequency. Lower values detect failures sooner
+	// and cost more packets. Default 500ms.
+	Frequency time.Duration
+
+	// DropTime is how long a member may be silent before it is declared
+	// failed. It must be at least twice Frequency. See docs/tuning.md for how
+	// Frequency and DropTime map onto memberlist and for measured detection
+	// times. Default 3s.
+	DropTime time.Duration
+
+	// RejoinInterval is how often seeds are re-resolved and joined while the
+	// node is alone or members have failed. Default 5s.
+	RejoinInterval time.Duration
+
+	// DeadRetention is how long failed and departed members stay in
+	// Members (with their state) and are retried as seeds after a failure.
+	// Default 1h.
+	DeadRetention time.Duration
+
+	// Key is the cluster key: 16, 24 or 32 bytes selecting AES-128, -192
+	// or -256. It encrypts and authenticates gossip (memberlist SecretKey)
+	// and keys the beacon HMAC. Nil means no encryption.
+	Key Key
+
+	// Resolver resolves seed host names. Nil means net.DefaultResolver.
+	Resolver Resolver
+
+	// Logger receives operational logs, memberlist's included. Nil means
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns the production defaults of the node contract:
+// route = host name, gossip on 127.0.0.1:7946, multicast beacons on
+// 228.0.0.4:45564, frequency 500ms, drop-time 3s.
+func DefaultConfig() Config {
+	route, err := os.Hostname()
+	if err != nil {
+		route = "" // validate reports it
+	}
+	return Config{
+		Route:          route,
+		Domain:         "cohort",
+		BindAddr:       "127.0.0.1:7946",
+		MulticastAddr:  DefaultMulticastAddr,
+		MulticastTTL:   1,
+		Frequency:      500 * time.Millisecond,
+		DropTime:       3 * time.Second,
+		RejoinInterval: 5 * time.Second,
+		DeadRetention:  time.Hour,
+	}
+}
+
+// DefaultLocalConfig returns a configuration for clusters on one host, such
+// as tests and demos: a free port on 127.0.0.1, no multicast, and fast
+// timings (frequency 100ms, drop-time 1s).
+func DefaultLocalConfig() Config {
+	c := DefaultConfig()
+	c.BindAddr = "127.0.0.1:0"
+	c.MulticastAddr = ""
+	c.Frequency = 100 * time.Millisecond
+	c.DropTime = time.Second
+	c.RejoinInterval = 500 * time.Millisecond
+	return c
+}
+
+// ConfigError reports an invalid Config field: its name, the value given
+// and the accepted form.
+type ConfigError struct {
+	Field string // Config field, e.g. "DropTime"
+	Value string // the offending value, printed
+	Want  string // the accepted form
+}
+
+func (e *ConfigError) Error() string {
+	return fmt.Sprintf("membership: invalid %s %q: want %s", e.Field, e.Value, e.Want)
+}
+
+// validate checks every field, returning the first problem found.
+func (c *Config) validate() error {
+	if c.Route == "" || len(c.Route) > 128 {
+		return &ConfigError{"Route", c.Route, "a non-empty name of at most 128 bytes"}
+	}
+	if c.Domain == "" || len(c.Domain) > memberlist.LabelMaxSize {
+		return &ConfigError{"Domain", c.Domain, "a non-empty name of at most 255 bytes"}
+	}
+	if _, err := splitHostPort(c.BindAddr, -1); err != nil {
+		return &ConfigError{"BindAddr", c.BindAddr, "host:port with an IP address, port 0-65535"}
+	}
+	if c.AdvertiseAddr != "" {
+		if _, err := splitHostPort(c.AdvertiseAddr, -1); err != nil {
+			return &ConfigError{"AdvertiseAddr", c.AdvertiseAddr, "host:port with an IP address"}
+		}
+	}
+	if c.ReplicationAddr != "" {
+		if _, _, err := net.SplitHostPort(c.ReplicationAddr); err != nil {
+			return &ConfigError{"ReplicationAddr", c.ReplicationAddr, "host:port"}
+		}
+	}
+	for _, s := range c.Join {
+		if _, _, err := seedHostPort(s, 7946); err != nil {
+			return &ConfigError{"Join", s, "host:port or a DNS name, port 1-65535"}
+		}
+	}
+	if c.MulticastAddr != "" {
+		a, err := net.ResolveUDPAddr("udp4", c.MulticastAddr)
+		if err != nil || !a.IP.IsMulticast() || a.Port == 0 {
+			return &ConfigError{"MulticastAddr", c.MulticastAddr, "an IPv4 multicast group and port, e.g. 228.0.0.4:45564"}
+		}
+	}
+	if c.MulticastTTL < 1 || c.MulticastTTL > 255 {
+		return &ConfigError{"MulticastTTL", strconv.Itoa(c.MulticastTTL), "1-255"}
+	}
+	if c.Frequency <= 0 {
+		return &ConfigError{"Frequency", c.Frequency.String(), "a positive duration such as 500ms"}
+	}
+	if c.DropTime <= 0 {
+		return &ConfigError{"DropTime", c.DropTime.String(), "a positive duration such as 3s"}
+	}
+	if c.DropTime < 2*c.Frequency {
+		return &ConfigError{"DropTime", c.DropTime.String(), "at least twice Frequency (" + (2 * c.Frequency).String() + ")"}
+	}
+	if c.RejoinInterval <= 0 {
+		return &ConfigError{"RejoinInterval", c.RejoinInterval.String(), "a positive duration"}
+	}
+	if c.DeadRetention <= 0 {
+		return &ConfigError{"DeadRetention", c.DeadRetention.String(), "a positive duration"}
+	}
+	if err := c.Key.validate(); err != nil {
+		return &ConfigError{"Key", c.Key.String(), "16, 24 or 32 bytes (AES-128, -192 or -256)"}
+	}
+	if _, err := encodeMeta(c.meta(time.Now())); err != nil {
+		return &ConfigError{"Route", c.Route, "metadata (route, addresses, domain) of at most 512 bytes"}
+	}
+	return nil
+}
+
+// timings is how Frequency and DropTime map onto memberlist. It is kept
+// apart from memberlistConfig so the mapping can be tested and documented.
+type timings struct {
+	ProbeInterval, ProbeTimeout, GossipInterval time.Duration
+	SuspicionMult                               int
+	PushPullInterval, GossipToTheDead           time.Duration
+	TCPTimeout                                  time.Duration
+}
+
+// mapTimings derives memberlist's failure-detector settings from the two
+// operator knobs. A member that stops answering is first probed within about
+// one ProbeInterval (each live member probes one peer per interval), is
+// suspected at the end of that probe round (ProbeInterval, with indirect and
+// TCP probes inside it), and is declared dead when the suspicion timer,
+// SuspicionMult × ProbeInterval, runs out; the dead message then spreads by
+// gossip within a few GossipIntervals. SuspicionMult is chosen so that the
+// expected total is DropTime. SuspicionMaxTimeoutMult is fixed at 1 (see
+// memberlistConfig), so the timer does not wait for confirmations in small
+// clusters; memberlist still scales it by log10(N) beyond 10 members, which
+// is SWIM's guard against false positives in large clusters.
+func mapTimings(frequency, dropTime time.Duration) timings {
+	pi := frequency
+	// Keep at least two probe rounds plus one round of suspicion inside the
+	// budget, even at the minimum DropTime of 2 × Frequency.
+	if maxPI := dropTime / 3; pi > maxPI {
+		pi = maxPI
+	}
+	// Expected time to the first failed probe round is ~1.8 × pi: up to one
+	// interval before a peer next probes the node, plus the round itself.
+	mult := int(math.Round(float64(dropTime-pi*9/5) / float64(pi)))
+	if mult < 1 {
+		mult = 1
+	}
+	gossip := min(max(pi/5, 10*time.Millisecond), 200*time.Millisecond)
+	return timings{
+		ProbeInterval:    pi,
+		ProbeTimeout:     pi / 2,
+		GossipInterval:   gossip,
+		SuspicionMult:    mult,
+		PushPullInterval: max(60*frequency, 5*time.Second),
+		GossipToTheDead:  10 * dropTime,
+		TCPTimeout:       max(dropTime, 2*time.Second),
+	}
+}
+
+// Key is a cluster key: 16, 24 or 32 raw bytes. Its text form is standard
+// base64, and it never prints its value: String and LogValue redact it.
+type Key []byte
+
+// ParseKey decodes a base64 cluster key (standard or URL alphabet, padding
+// optional) and checks its length. The empty string gives a nil Key, which
+// means no encryption.
+func ParseKey(s string) (Key, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var b []byte
+	var err error
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+		if b, err = enc.DecodeString(s); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("membership: key is not base64: %w", err)
+	}
+	k := Key(b)
+	if err := k.validate(); err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
+// UnmarshalText implements encoding.TextUnmarshaler with ParseKey.
+func (k *Key) UnmarshalText(text []byte) error {
+	v, err := ParseKey(string(text))
+	if err != nil {
+		return err
+	}
+	*k = v
+	return nil
+}
+
+func (k Key) validate() error {
+	switch len(k) {
+	case 0, 16, 24, 32:
+		return nil
+	}
+	return fmt.Errorf("membership: key is %d bytes after base64, want 16, 24 or 32", len(k))
+}
+
+// String redacts the key.
+func (k Key) String() string {
+	if len(k) == 0 {
+		return "none"
+	}
+	return fmt.Sprintf("[%d-byte key redacted]", len(k))
+}
+
+// LogValue redacts the key in logs.
+func (k Key) LogValue() slog.Value { return slog.StringValue(k.String()) }
+
+// splitHostPort parses host:port where host must be an IP address (or
+// empty, meaning all addresses). defPort < 0 means the port is required.
+func splitHostPort(s string, defPort int) (*net.TCPAddr, error) {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		if defPort < 0 {
+			return nil, err
+		}
+		host, port = s, strconv.Itoa(defPort)
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return nil, err
+	}
+	var ip net.IP
+	if host != "" {
+		if ip = net.ParseIP(host); ip == nil {
+			return nil, fmt.Errorf("%q is not an IP address", host)
+		}
+	}
+	return &net.TCPAddr{IP: ip, Port: int(p)}, nil
+}
+
+// seedHostPort splits a seed into host and port, defaulting the port.
+func seedHostPort(s string, defPort int) (string, int, error) {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		host, port = s, strconv.Itoa(defPort)
+	}
+	if host == "" {
+		return "", 0, fmt.Errorf("seed %q has no host", s)
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || p == 0 {
+		return "", 0, fmt.Errorf("seed %q has a bad port", s)
+	}
+	return host, int(p), nil
+}

@@ -1,0 +1,559 @@
+package membership
+
+import (
+	"errors"
+	"fmt"
+	"log"
+	"log/slog"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// ErrClosed is returned by methods of a Node that has been closed.
+var ErrClosed = errors.New("membership: node closed")
+
+// Node is this process's membership in a Cohort cluster. Its methods are
+// safe for concurrent use.
+type Node struct {
+	cfg      Config
+	log      *slog.Logger
+	ml       *memberlist.Memberlist
+	started  time.Time
+	metaMu   sync.Mutex // guards meta and manager
+	meta     []byte     // encoded Meta, served to memberlist
+	manager  string     // the manager kind advertised in meta
+	addr     *net.TCPAddr
+	stats    counters
+	beacon   *beaconer // nil when multicast is off
+	joins    *joiner
+	stop     chan struct{}
+	wg       sync.WaitGroup
+	closeMu  sync.Mutex // serialises Close and Leave
+	isClosed atomic.Bool
+
+	// mu guards the fields below. Lock order: memberlist's node lock, then
+	// mu (memberlist calls the delegates with its lock held).
+	mu      sync.Mutex
+	view    map[string]*Member
+	subs    map[*Subscription]struct{}
+	refused map[string]string // peer -> last refusal reason logged
+}
+
+// counters are the node's statistics.
+type counters struct {
+	beaconsSent, beaconSendErrors, beaconsReceived    atomic.Int64
+	beaconsForeign, beaconsBadMAC, beaconsMalformed   atomic.Int64
+	beaconJoins, seedJoins, joinErrors, peersRefused  atomic.Int64
+	seedLookupErrors, memberJoins, memberLeaves       atomic.Int64
+	memberFailures                                    atomic.Int64
+}
+
+// Stats is a snapshot of a node's counters.
+type Stats struct {
+	BeaconsSent      int64 // beacons multicast
+	BeaconSendErrors int64 // beacons that could not be sent
+	BeaconsReceived  int64 // well-formed beacons of this domain, this node's own excluded
+	BeaconsForeign   int64 // beacons of another domain, ignored
+	BeaconsBadMAC    int64 // beacons whose HMAC did not verify (wrong or missing key), ignored
+	BeaconsMalformed int64 // undecodable beacons, ignored
+	BeaconJoins      int64 // joins triggered by beacons that succeeded
+	SeedJoins        int64 // joins to seeds or failed members that succeeded
+	JoinErrors       int64 // join attempts that failed
+	SeedLookupErrors int64 // seed DNS lookups that failed
+	PeersRefused     int64 // alive messages refused: bad metadata, domain, protocol or manager kind
+	MemberJoins      int64 // join events
+	MemberLeaves     int64 // graceful leave events
+	MemberFailures   int64 // failure events
+}
+
+// New validates cfg, binds the gossip listeners, starts discovery and
+// returns the running node. Joining seeds and answering beacons happen in the
+// background: watch Members or Subscribe to see the cluster form.
+func New(cfg Config) (*Node, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	cfg.Join = slices.Clone(cfg.Join)
+	cfg.Key = slices.Clone(cfg.Key)
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	n := &Node{
+		cfg:     cfg,
+		log:     logger.With("component", "membership", "route", cfg.Route),
+		started: time.Now(),
+		stop:    make(chan struct{}),
+		view:    make(map[string]*Member),
+		subs:    make(map[*Subscription]struct{}),
+		refused: make(map[string]string),
+	}
+	n.meta, _ = encodeMeta(cfg.meta(n.started)) // checked by validate
+	n.manager = cfg.Manager
+
+	mc := n.memberlistConfig()
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		return nil, fmt.Errorf("membership: start gossip on %s: %w", cfg.BindAddr, err)
+	}
+	n.ml = ml
+	local := ml.LocalNode()
+	n.addr = &net.TCPAddr{IP: local.Addr, Port: int(local.Port)}
+
+	n.joins = newJoiner(n)
+	n.goFunc(n.joins.run)
+	if cfg.MulticastAddr != "" {
+		b, err := listenBeacons(n)
+		if err != nil {
+			_ = n.Close()
+			return nil, err
+		}
+		n.beacon = b
+		n.goFunc(b.receiveLoop)
+		n.goFunc(b.sendLoop)
+	}
+	n.goFunc(n.maintainLoop)
+
+	t := mapTimings(cfg.Frequency, cfg.DropTime)
+	n.log.Info("membership started",
+		"addr", n.addr.String(), "domain", cfg.Domain, "multicast", orOff(cfg.MulticastAddr),
+		"seeds", cfg.Join, "encrypted", len(cfg.Key) > 0,
+		"frequency", cfg.Frequency, "drop_time", cfg.DropTime,
+		"probe_interval", t.ProbeInterval, "suspicion_mult", t.SuspicionMult)
+	if len(cfg.Join) == 0 && cfg.MulticastAddr == "" {
+		n.log.Info("no seeds and multicast off: running alone until another node joins this one")
+	}
+	return n, nil
+}
+
+func orOff(s string) string {
+	if s == "" {
+		return "off"
+	}
+	return s
+}
+
+// goFunc runs f in a goroutine owned by the node.
+func (n *Node) goFunc(f func()) {
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		f()
+	}()
+}
+
+// memberlistConfig maps Config onto memberlist.
+func (n *Node) memberlistConfig() *memberlist.Config {
+	c := n.cfg
+	mc := memberlist.DefaultLANConfig()
+	bind, _ := splitHostPort(c.BindAddr, -1)
+	mc.Name = c.Route
+	mc.BindAddr = "0.0.0.0"
+	if bind.IP != nil {
+		mc.BindAddr = bind.IP.String()
+	}
+	mc.BindPort = bind.Port
+	mc.AdvertisePort = bind.Port // memberlist fills in the bound port when 0
+	if c.AdvertiseAddr != "" {
+		adv, _ := splitHostPort(c.AdvertiseAddr, -1)
+		mc.AdvertiseAddr = adv.IP.String()
+		mc.AdvertisePort = adv.Port
+	}
+	mc.Label = c.Domain
+	if len(c.Key) > 0 {
+		mc.SecretKey = slices.Clone(c.Key)
+	}
+	t := mapTimings(c.Frequency, c.DropTime)
+	mc.ProbeInterval = t.ProbeInterval
+	mc.ProbeTimeout = t.ProbeTimeout
+	mc.GossipInterval = t.GossipInterval
+	mc.SuspicionMult = t.SuspicionMult
+	mc.SuspicionMaxTimeoutMult = 1
+	mc.PushPullInterval = t.PushPullInterval
+	mc.GossipToTheDeadTime = t.GossipToTheDead
+	mc.TCPTimeout = t.TCPTimeout
+	// A node that restarts with its route on a new address takes its name
+	// back as soon as the old incarnation has been declared dead.
+	mc.DeadNodeReclaimTime = time.Millisecond
+	mc.Delegate = (*delegate)(n)
+	mc.Events = (*eventDelegate)(n)
+	mc.Alive = (*aliveDelegate)(n)
+	mc.Logger = log.New(&logBridge{log: n.log, closed: &n.isClosed}, "", 0)
+	mc.DNSConfigPath = "" // seeds are resolved by Node, not memberlist
+	return mc
+}
+
+// Addr returns the gossip address other nodes reach this node on.
+func (n *Node) Addr() net.Addr { return n.addr }
+
+// Route returns this node's route.
+func (n *Node) Route() string { return n.cfg.Route }
+
+// Domain returns the cluster domain.
+func (n *Node) Domain() string { return n.cfg.Domain }
+
+// Local returns this node as a Member.
+func (n *Node) Local() Member {
+	meta, _ := DecodeMeta(n.localMeta())
+	return Member{Name: n.cfg.Route, Addr: n.addr.String(), Meta: meta, State: StateAlive, Since: n.started}
+}
+
+// Members returns every member this node knows of, itself included, sorted
+// by name, with their metadata and state. Failed and departed members stay
+// listed, as StateDead or StateLeft, for Config.DeadRetention or until they
+// come back.
+func (n *Node) Members() []Member {
+	n.mu.Lock()
+	out := make([]Member, 0, len(n.view))
+	for _, m := range n.view {
+		out = append(out, *m)
+	}
+	n.mu.Unlock()
+	slices.SortFunc(out, func(a, b Member) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// NumAlive returns how many members, this node included, are alive.
+func (n *Node) NumAlive() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	k := 0
+	for _, m := range n.view {
+		if m.State == StateAlive {
+			k++
+		}
+	}
+	return k
+}
+
+// Subscribe returns a subscription that first delivers an EventJoin for
+// every other member alive now, then every change, in order. Events about
+// this node itself are not delivered.
+func (n *Node) Subscribe() *Subscription {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var initial []Event
+	for _, m := range n.view {
+		if m.Name != n.cfg.Route && m.State == StateAlive {
+			initial = append(initial, Event{Type: EventJoin, Member: *m})
+		}
+	}
+	slices.SortFunc(initial, func(a, b Event) int {
+		if a.Member.Name < b.Member.Name {
+			return -1
+		}
+		return 1
+	})
+	s := newSubscription(n, initial)
+	if n.isClosed.Load() {
+		close(s.done)
+		s.closed = true
+		close(s.c)
+		return s
+	}
+	n.subs[s] = struct{}{}
+	n.goFunc(func() { s.pump(n.stop) })
+	return s
+}
+
+func (n *Node) unsubscribe(s *Subscription) {
+	n.mu.Lock()
+	delete(n.subs, s)
+	n.mu.Unlock()
+}
+
+// Join contacts the given addresses (host:port, host names resolved through
+// Config.Resolver) and merges this node's view with theirs. It returns how
+// many addresses answered; an error only when none did.
+func (n *Node) Join(addrs ...string) (int, error) {
+	if n.isClosed.Load() {
+		return 0, ErrClosed
+	}
+	resolved, err := n.resolveSeeds(addrs)
+	if len(resolved) == 0 {
+		if err == nil {
+			err = errors.New("no address to join")
+		}
+		return 0, fmt.Errorf("membership: join: %w", err)
+	}
+	k, jerr := n.ml.Join(resolved)
+	if k == 0 {
+		return 0, fmt.Errorf("membership: join %v: %w", resolved, jerr)
+	}
+	return k, nil
+}
+
+// UpdateMeta changes the replication address and manager kind this node
+// advertises and waits, at most timeout, for the change to reach the
+// cluster, where subscribers see an EventUpdate.
+func (n *Node) UpdateMeta(replicationAddr, manager string, timeout time.Duration) error {
+	if n.isClosed.Load() {
+		return ErrClosed
+	}
+	return n.setMeta(func(m *Meta) { m.ReplicationAddr, m.Manager = replicationAddr, manager }, timeout)
+}
+
+// setMeta applies f to the advertised metadata and broadcasts it.
+func (n *Node) setMeta(f func(*Meta), timeout time.Duration) error {
+	n.metaMu.Lock()
+	m, _ := DecodeMeta(n.meta)
+	f(&m)
+	b, err := encodeMeta(m)
+	if err != nil {
+		n.metaMu.Unlock()
+		return err
+	}
+	n.meta, n.manager = b, m.Manager
+	n.metaMu.Unlock()
+	if err := n.ml.UpdateNode(timeout); err != nil {
+		return fmt.Errorf("membership: update metadata: %w", err)
+	}
+	return nil
+}
+
+func (n *Node) localMeta() []byte {
+	n.metaMu.Lock()
+	defer n.metaMu.Unlock()
+	return n.meta
+}
+
+// Stats returns a snapshot of the node's counters.
+func (n *Node) Stats() Stats {
+	s := &n.stats
+	return Stats{
+		BeaconsSent:      s.beaconsSent.Load(),
+		BeaconSendErrors: s.beaconSendErrors.Load(),
+		BeaconsReceived:  s.beaconsReceived.Load(),
+		BeaconsForeign:   s.beaconsForeign.Load(),
+		BeaconsBadMAC:    s.beaconsBadMAC.Load(),
+		BeaconsMalformed: s.beaconsMalformed.Load(),
+		BeaconJoins:      s.beaconJoins.Load(),
+		SeedJoins:        s.seedJoins.Load(),
+		JoinErrors:       s.joinErrors.Load(),
+		SeedLookupErrors: s.seedLookupErrors.Load(),
+		PeersRefused:     s.peersRefused.Load(),
+		MemberJoins:      s.memberJoins.Load(),
+		MemberLeaves:     s.memberLeaves.Load(),
+		MemberFailures:   s.memberFailures.Load(),
+	}
+}
+
+// Leave tells the cluster this node is going, waits at most timeout for the
+// message to go out, then stops the node as Close does. Peers report the
+// node as left, at once, rather than failed after DropTime.
+func (n *Node) Leave(timeout time.Duration) error {
+	n.closeMu.Lock()
+	if n.isClosed.Load() {
+		n.closeMu.Unlock()
+		return ErrClosed
+	}
+	// Mark the metadata first: memberlist reports a leave and a failure
+	// through the same callback, and peers tell them apart by this flag.
+	err := n.setMeta(func(m *Meta) { m.Leaving = true }, timeout)
+	if err == nil {
+		err = n.ml.Leave(timeout)
+	}
+	n.closeMu.Unlock()
+	if err != nil {
+		n.log.Warn("leave message may not have reached the cluster", "err", err)
+	} else {
+		n.log.Info("left the cluster")
+	}
+	return errors.Join(err, n.Close())
+}
+
+// Close stops the node without telling the cluster: peers see it fail after
+// DropTime, as if the process had been killed. It closes every Subscription
+// and waits for the node's goroutines. Close is idempotent.
+func (n *Node) Close() error {
+	n.closeMu.Lock()
+	defer n.closeMu.Unlock()
+	if n.isClosed.Swap(true) {
+		return nil
+	}
+	close(n.stop)
+	if n.beacon != nil {
+		n.beacon.close()
+	}
+	err := n.ml.Shutdown()
+	n.wg.Wait()
+	n.mu.Lock()
+	for s := range n.subs {
+		delete(n.subs, s)
+	}
+	n.mu.Unlock()
+	return err
+}
+
+// member converts a memberlist node.
+func (n *Node) member(node *memberlist.Node, st State) Member {
+	meta, _ := DecodeMeta(node.Meta) // refused by aliveDelegate if malformed
+	return Member{
+		Name:  node.Name,
+		Addr:  net.JoinHostPort(node.Addr.String(), strconv.Itoa(int(node.Port))),
+		Meta:  meta,
+		State: st,
+		Since: time.Now(),
+	}
+}
+
+// record updates the view and publishes ev to subscribers. Called with
+// memberlist's node lock held: it must not block.
+func (n *Node) record(ev Event) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	m := ev.Member
+	n.view[m.Name] = &m
+	if m.Name == n.cfg.Route {
+		return
+	}
+	delete(n.refused, m.Name)
+	for s := range n.subs {
+		s.push(ev)
+	}
+}
+
+// maintainLoop rejoins seeds and failed members and forgets members that
+// have been gone for DeadRetention. It exits when the node stops.
+func (n *Node) maintainLoop() {
+	t := time.NewTimer(0) // first join attempt at once
+	defer t.Stop()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-t.C:
+		}
+		n.rejoin()
+		n.reap()
+		t.Reset(n.cfg.RejoinInterval)
+	}
+}
+
+func (n *Node) reap() {
+	cutoff := time.Now().Add(-n.cfg.DeadRetention)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for name, m := range n.view {
+		if (m.State == StateDead || m.State == StateLeft) && m.Since.Before(cutoff) {
+			delete(n.view, name)
+		}
+	}
+}
+
+// delegate, eventDelegate and aliveDelegate are the Node seen by
+// memberlist. They are distinct types so that Node's method set stays the
+// public API.
+type (
+	delegate      Node
+	eventDelegate Node
+	aliveDelegate Node
+)
+
+func (d *delegate) NodeMeta(limit int) []byte {
+	b := (*Node)(d).localMeta()
+	if len(b) > limit {
+		return nil
+	}
+	return b
+}
+func (d *delegate) NotifyMsg([]byte)                           {}
+func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+func (d *delegate) LocalState(join bool) []byte                { return nil }
+func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
+
+// memberlist does not stop its suspicion timers on Shutdown, so the event
+// delegates may be called after Close; they drop those calls.
+
+func (e *eventDelegate) NotifyJoin(node *memberlist.Node) {
+	n := (*Node)(e)
+	if n.isClosed.Load() {
+		return
+	}
+	m := n.member(node, StateAlive)
+	if m.Name != n.cfg.Route {
+		n.stats.memberJoins.Add(1)
+		n.log.Info("member joined", "peer", m.Name, "addr", m.Addr, "replication", m.Meta.ReplicationAddr)
+	}
+	n.record(Event{Type: EventJoin, Member: m})
+}
+
+func (e *eventDelegate) NotifyLeave(node *memberlist.Node) {
+	n := (*Node)(e)
+	if n.isClosed.Load() {
+		return
+	}
+	if meta, _ := DecodeMeta(node.Meta); meta.Leaving {
+		m := n.member(node, StateLeft)
+		n.stats.memberLeaves.Add(1)
+		n.log.Info("member left", "peer", m.Name, "addr", m.Addr)
+		n.record(Event{Type: EventLeave, Member: m})
+		return
+	}
+	m := n.member(node, StateDead)
+	n.stats.memberFailures.Add(1)
+	n.log.Info("member failed", "peer", m.Name, "addr", m.Addr)
+	n.record(Event{Type: EventFail, Member: m})
+}
+
+func (e *eventDelegate) NotifyUpdate(node *memberlist.Node) {
+	n := (*Node)(e)
+	if n.isClosed.Load() {
+		return
+	}
+	m := n.member(node, StateAlive)
+	if m.Name != n.cfg.Route {
+		n.log.Info("member updated", "peer", m.Name, "addr", m.Addr, "replication", m.Meta.ReplicationAddr, "manager", m.Meta.Manager)
+	}
+	n.record(Event{Type: EventUpdate, Member: m})
+}
+
+// NotifyAlive decides whether a node may be a peer: its metadata must
+// decode and match this node's domain, protocol range and manager kind.
+func (a *aliveDelegate) NotifyAlive(peer *memberlist.Node) error {
+	n := (*Node)(a)
+	if peer.Name == n.cfg.Route {
+		return nil
+	}
+	reason := n.refusal(peer)
+	if reason == "" {
+		return nil
+	}
+	n.stats.peersRefused.Add(1)
+	n.mu.Lock()
+	logged := n.refused[peer.Name] == reason
+	n.refused[peer.Name] = reason
+	n.mu.Unlock()
+	if !logged {
+		n.log.Warn("refusing to pair with node", "peer", peer.Name,
+			"addr", net.JoinHostPort(peer.Addr.String(), strconv.Itoa(int(peer.Port))), "reason", reason)
+	}
+	return errors.New(reason)
+}
+
+func (n *Node) refusal(peer *memberlist.Node) string {
+	n.metaMu.Lock()
+	manager := n.manager
+	n.metaMu.Unlock()
+	meta, err := DecodeMeta(peer.Meta)
+	switch {
+	case err != nil:
+		return "unreadable metadata: " + err.Error()
+	case meta.Domain != n.cfg.Domain:
+		return fmt.Sprintf("domain %q, this node's is %q", meta.Domain, n.cfg.Domain)
+	case meta.Route != peer.Name:
+		return fmt.Sprintf("metadata route %q does not match member name", meta.Route)
+	case meta.Protocol < MinProtocolVersion || meta.Protocol > ProtocolVersion:
+		return fmt.Sprintf("protocol version %d, this node speaks %d-%d", meta.Protocol, MinProtocolVersion, ProtocolVersion)
+	case meta.Manager != "" && manager != "" && meta.Manager != manager:
+		return fmt.Sprintf("session manager %q, this node runs %q; all nodes of a domain must use the same manager", meta.Manager, manager)
+	}
+	return ""
+}
