@@ -48,11 +48,11 @@ type Node struct {
 
 // counters are the node's statistics.
 type counters struct {
-	beaconsSent, beaconSendErrors, beaconsReceived    atomic.Int64
-	beaconsForeign, beaconsBadMAC, beaconsMalformed   atomic.Int64
-	beaconJoins, seedJoins, joinErrors, peersRefused  atomic.Int64
-	seedLookupErrors, memberJoins, memberLeaves       atomic.Int64
-	memberFailures                                    atomic.Int64
+	beaconsSent, beaconSendErrors, beaconsReceived   atomic.Int64
+	beaconsForeign, beaconsBadMAC, beaconsMalformed  atomic.Int64
+	beaconJoins, seedJoins, joinErrors, peersRefused atomic.Int64
+	seedLookupErrors, memberJoins, memberLeaves      atomic.Int64
+	memberFailures                                   atomic.Int64
 }
 
 // Stats is a snapshot of a node's counters.

@@ -1,0 +1,107 @@
+package membership_test
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cohort-cluster/cohort/membership"
+)
+
+// netnsChildEnv marks the test binary re-executed inside a new network
+// namespace.
+const netnsChildEnv = "COHORT_TEST_NETNS_CHILD"
+
+// TestMulticastDiscovery runs real multicast beacons inside a network
+// namespace of its own, where lo carries multicast and a 224.0.0.0/4 route:
+// it re-executes the test binary in the namespace (which needs root), so the
+// host's network is never touched.
+func TestMulticastDiscovery(t *testing.T) {
+	if os.Getenv(netnsChildEnv) == "1" {
+		multicastScenario(t)
+		return
+	}
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("multicast discovery needs root to create a network namespace; CI runs as root")
+		}
+		t.Skip("multicast discovery needs root to create a network namespace")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Fatalf("the ip command (iproute2) is needed to configure the test namespace: %v", err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestMulticastDiscovery$", "-test.v", "-test.count=1")
+	cmd.Env = append(os.Environ(), netnsChildEnv+"=1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET}
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	t.Logf("in the namespace:\n%s", out.String())
+	if err != nil {
+		t.Fatalf("multicast scenario failed: %v", err)
+	}
+	if !bytes.Contains(out.Bytes(), []byte("--- PASS: TestMulticastDiscovery")) {
+		t.Fatal("multicast scenario did not report a pass")
+	}
+}
+
+func multicastScenario(t *testing.T) {
+	for _, args := range [][]string{
+		{"link", "set", "lo", "up"},
+		{"link", "set", "lo", "multicast", "on"},
+		{"route", "add", "224.0.0.0/4", "dev", "lo"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	key := membership.Key(bytes.Repeat([]byte{1}, 32))
+	node := func(route, domain string, key membership.Key) *membership.Node {
+		c := testConfig(t, route)
+		c.Domain = domain
+		c.Key = key
+		c.MulticastAddr = membership.DefaultMulticastAddr
+		return start(t, c) // no seeds: beacons are the only way to meet
+	}
+	a1 := node("a1", "cohort", key)
+	a2 := node("a2", "cohort", key)
+	a3 := node("a3", "cohort", key)
+	b1 := node("b1", "other", nil)        // another domain on the same group
+	b2 := node("b2", "other", nil)        // ... which forms its own cluster
+	intruder := node("x1", "cohort", nil) // right domain, no key
+	wrongKey := node("x2", "cohort", membership.Key(bytes.Repeat([]byte{2}, 32)))
+
+	waitConverged(t, a1, a2, a3)
+	waitConverged(t, b1, b2)
+	// Give the outsiders time to hear many beacons, then check that none of
+	// them got in and that the keyed nodes counted and ignored them.
+	// A keyed node rejects every beacon without its MAC before reading it;
+	// an unkeyed one reads them and ignores those of other domains.
+	waitFor(t, 10*time.Second, func() error {
+		if s := a1.Stats(); s.BeaconsBadMAC < 3 {
+			return fmt.Errorf("a1 counted %d unauthenticated beacons, want several", s.BeaconsBadMAC)
+		}
+		if s := b1.Stats(); s.BeaconsForeign < 3 {
+			return fmt.Errorf("b1 counted %d beacons of other domains, want several", s.BeaconsForeign)
+		}
+		return nil
+	})
+	for _, n := range []*membership.Node{a1, a2, a3} {
+		if got := alive(n); !slices.Equal(got, []string{"a1", "a2", "a3"}) {
+			t.Errorf("%s sees %v, want only a1-a3", n.Route(), got)
+		}
+	}
+	for _, n := range []*membership.Node{intruder, wrongKey} {
+		if got := alive(n); !slices.Equal(got, []string{n.Route()}) {
+			t.Errorf("%s got into the cluster: sees %v", n.Route(), got)
+		}
+	}
+	if s := a1.Stats(); s.BeaconsSent == 0 || s.BeaconJoins+s.BeaconsReceived == 0 {
+		t.Errorf("a1 stats %+v: no beacons sent or received", s)
+	}
+}
