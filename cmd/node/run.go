@@ -1,0 +1,116 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/cohort-cluster/cohort/membership"
+)
+
+// run starts a node and serves until ctx is cancelled, then shuts down
+// gracefully: it stops taking requests, leaves the cluster and returns.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	cfg, err := parseFlags(args, getenv, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	logger := newLogger(cfg, stderr)
+	logger.Info("starting", "config", cfg)
+
+	node, err := membership.New(cfg.membershipConfig(logger))
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.HTTP)
+	if err != nil {
+		_ = node.Close()
+		return fmt.Errorf("listen on -http %s: %w", cfg.HTTP, err)
+	}
+	srv := &http.Server{
+		Handler:           newMux(cfg, node),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	logger.Info("serving", "http", ln.Addr().String())
+
+	select {
+	case <-ctx.Done():
+		logger.Info("shutting down")
+	case err = <-serveErr:
+		logger.Error("http server stopped", "err", err)
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	herr := srv.Shutdown(shutdownCtx)
+	<-serveErr
+	lerr := node.Leave(cfg.DropTime)
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return errors.Join(err, herr, lerr)
+}
+
+func newLogger(cfg *config, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	var h slog.Handler = slog.NewTextHandler(w, opts)
+	if cfg.LogFormat == "json" {
+		h = slog.NewJSONHandler(w, opts)
+	}
+	return slog.New(h)
+}
+
+// status is the body of GET /cluster/status.
+type status struct {
+	Route    string         `json:"route"`
+	Manager  string         `json:"manager"`
+	Members  []memberStatus `json:"members"`
+	Sessions sessionCounts  `json:"sessions"`
+}
+
+type memberStatus struct {
+	Route       string           `json:"route"`
+	Address     string           `json:"address"`
+	State       membership.State `json:"state"`
+	Replication string           `json:"replication,omitempty"`
+	Local       bool             `json:"local,omitempty"`
+}
+
+type sessionCounts struct {
+	Total   int `json:"total"`
+	Primary int `json:"primary"`
+	Backup  int `json:"backup"`
+}
+
+func newMux(cfg *config, node *membership.Node) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /cluster/status", func(w http.ResponseWriter, r *http.Request) {
+		st := status{Route: cfg.Route, Manager: cfg.Manager, Members: []memberStatus{}}
+		for _, m := range node.Members() {
+			st.Members = append(st.Members, memberStatus{
+				Route: m.Name, Address: m.Addr, State: m.State,
+				Replication: m.Meta.ReplicationAddr, Local: m.Name == cfg.Route,
+			})
+		}
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(st)
+	})
+	return mux
+}
