@@ -1,0 +1,239 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// nodeBinary builds cmd/node once per test run.
+func nodeBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "cohort-e2e-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "cohort-node")
+		out, err := exec.Command("go", "build", "-o", binPath, "../cmd/node").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// freePort returns a port free on 127.0.0.1 for both TCP and UDP.
+func freePort(t *testing.T) int {
+	t.Helper()
+	for range 50 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
+		_ = l.Close()
+		if err == nil {
+			_ = u.Close()
+			return port
+		}
+	}
+	t.Fatal("no free port")
+	return 0
+}
+
+// proc is one running cohort-node.
+type proc struct {
+	route, http, bind string
+	cmd               *exec.Cmd
+	done              chan struct{} // closed when the process has exited
+	err               error         // its exit status, once done is closed
+	log               *strings.Builder
+}
+
+type nodeSpec struct {
+	route, http, bind, repl string
+}
+
+func newSpecs(t *testing.T, n int) []nodeSpec {
+	specs := make([]nodeSpec, n)
+	for i := range specs {
+		specs[i] = nodeSpec{
+			route: fmt.Sprintf("node%d", i+1),
+			http:  fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+			bind:  fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+			repl:  fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		}
+	}
+	return specs
+}
+
+func seeds(specs []nodeSpec) string {
+	var s []string
+	for _, sp := range specs {
+		s = append(s, sp.bind)
+	}
+	return strings.Join(s, ",")
+}
+
+// startNode starts a node with fast failure detection and no multicast.
+func startNode(t *testing.T, sp nodeSpec, join string, extra ...string) *proc {
+	t.Helper()
+	args := append([]string{
+		"-route", sp.route, "-http", sp.http, "-bind", sp.bind, "-replication", sp.repl,
+		"-join", join, "-multicast", "off", "-frequency", "100ms", "-drop-time", "1s",
+	}, extra...)
+	cmd := exec.Command(nodeBinary(t), args...)
+	var log strings.Builder
+	var mu sync.Mutex
+	w := writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return log.Write(p) })
+	cmd.Stdout, cmd.Stderr = w, w
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{route: sp.route, http: sp.http, bind: sp.bind, cmd: cmd, done: make(chan struct{}), log: &log}
+	go func() { p.err = cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-p.done
+		if t.Failed() {
+			mu.Lock()
+			t.Logf("%s log:\n%s", sp.route, log.String())
+			mu.Unlock()
+		}
+	})
+	return p
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+type status struct {
+	Route   string `json:"route"`
+	Manager string `json:"manager"`
+	Members []struct {
+		Route, Address, State string
+	} `json:"members"`
+	Sessions struct{ Total, Primary, Backup int } `json:"sessions"`
+}
+
+func getStatus(httpAddr string) (*status, error) {
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get("http://" + httpAddr + "/cluster/status")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var st status
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
+// states returns route -> state as p reports it.
+func states(p *proc) (map[string]string, error) {
+	st, err := getStatus(p.http)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	for _, m := range st.Members {
+		out[m.Route] = m.State
+	}
+	return out, nil
+}
+
+// waitState polls until each of procs reports route in state want.
+func waitState(t *testing.T, route, want string, procs ...*proc) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for _, p := range procs {
+		for {
+			got, err := states(p)
+			if err == nil && got[route] == want {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s reports %s as %q (err %v), want %q", p.route, route, got[route], err, want)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}
+
+func TestNodesFailLeaveAndRejoin(t *testing.T) {
+	specs := newSpecs(t, 3)
+	join := seeds(specs)
+	n1 := startNode(t, specs[0], join)
+	n2 := startNode(t, specs[1], join)
+	n3 := startNode(t, specs[2], join)
+	for _, r := range []string{"node1", "node2", "node3"} {
+		waitState(t, r, "alive", n1, n2, n3)
+	}
+	st, err := getStatus(n1.http)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Route != "node1" || st.Manager != "delta" || len(st.Members) != 3 {
+		t.Errorf("status = %+v", st)
+	}
+
+	// SIGKILL: the peers declare the node dead.
+	if err := n3.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-n3.done
+	waitState(t, "node3", "dead", n1, n2)
+
+	// SIGTERM: a graceful leave, reported as such, and a clean exit.
+	if err := n2.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-n2.done:
+		if n2.err != nil {
+			t.Errorf("node2 exited with %v after SIGTERM, want 0", n2.err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("node2 did not exit after SIGTERM")
+	}
+	waitState(t, "node2", "left", n1)
+
+	// The killed node restarts with its route and ports and is alive again.
+	n3 = startNode(t, specs[2], join)
+	waitState(t, "node3", "alive", n1, n3)
+	waitState(t, "node1", "alive", n3)
+}
+
+func TestBadFlagIsReported(t *testing.T) {
+	out, err := exec.Command(nodeBinary(t), "-drop-time", "100ms").CombinedOutput()
+	var ee *exec.ExitError
+	if !errorsAs(err, &ee) || ee.ExitCode() != 2 {
+		t.Fatalf("exit = %v, want status 2", err)
+	}
+	if !strings.Contains(string(out), "-drop-time") || !strings.Contains(string(out), "at least twice -frequency") {
+		t.Errorf("output %q does not name the flag and the accepted form", out)
+	}
+}
