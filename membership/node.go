@@ -347,7 +347,9 @@ func (n *Node) Stats() Stats {
 
 // Leave tells the cluster this node is going, waits at most timeout for the
 // message to go out, then stops the node as Close does. Peers report the
-// node as left, at once, rather than failed after DropTime.
+// node as left, at once, rather than failed after DropTime. A node that
+// has not yet learned of any peer has no one to tell: the cluster then
+// sees a failure.
 func (n *Node) Leave(timeout time.Duration) error {
 	n.closeMu.Lock()
 	if n.isClosed.Load() {
