@@ -220,30 +220,40 @@ type timings struct {
 	TCPTimeout                                  time.Duration
 }
 
+// Detection model, in probe intervals (PI), for a member that stops
+// answering: a live peer probes it within about 0.8 PI on average (each peer
+// probes one member per interval, and several peers race to it), the probe
+// round with its indirect and TCP probes takes 1 PI, then the node is
+// suspected and declared dead when the suspicion timer, SuspicionMult × PI,
+// runs out; the dead message reaches the other peers within a few
+// GossipIntervals. Expected detection is therefore about
+// (SuspicionMult + 1.8) × PI, and the spread above it about one PI.
+const (
+	// firstProbeRounds is the expected time, in PI, from a failure to the
+	// end of the first failed probe round.
+	firstProbeRounds = 1.8
+	// detectionTarget is the expected detection time as a fraction of
+	// DropTime. Below 1 so that the slow tail, about one PI above the
+	// mean, still ends near DropTime.
+	detectionTarget = 0.9
+)
+
 // mapTimings derives memberlist's failure-detector settings from the two
-// operator knobs. A member that stops answering is first probed within about
-// one ProbeInterval (each live member probes one peer per interval), is
-// suspected at the end of that probe round (ProbeInterval, with indirect and
-// TCP probes inside it), and is declared dead when the suspicion timer,
-// SuspicionMult × ProbeInterval, runs out; the dead message then spreads by
-// gossip within a few GossipIntervals. SuspicionMult is chosen so that the
-// expected total is DropTime. SuspicionMaxTimeoutMult is fixed at 1 (see
-// memberlistConfig), so the timer does not wait for confirmations in small
-// clusters; memberlist still scales it by log10(N) beyond 10 members, which
-// is SWIM's guard against false positives in large clusters.
+// operator knobs. It picks the smallest integer SuspicionMult that fits
+// the target with ProbeInterval at most Frequency, then shortens
+// ProbeInterval so that the expected detection lands on the target.
+// SuspicionMaxTimeoutMult is fixed at 1 (see memberlistConfig), so the
+// timer does not wait for confirmations that small clusters cannot give;
+// memberlist still scales it by log10(N) beyond 10 members, SWIM's guard
+// against false positives in large clusters.
 func mapTimings(frequency, dropTime time.Duration) timings {
-	pi := frequency
-	// Keep at least two probe rounds plus one round of suspicion inside the
-	// budget, even at the minimum DropTime of 2 × Frequency.
-	if maxPI := dropTime / 3; pi > maxPI {
-		pi = maxPI
-	}
-	// Expected time to the first failed probe round is ~1.8 × pi: up to one
-	// interval before a peer next probes the node, plus the round itself.
-	mult := int(math.Round(float64(dropTime-pi*9/5) / float64(pi)))
+	target := detectionTarget * float64(dropTime)
+	mult := int(math.Ceil(target/float64(frequency) - firstProbeRounds))
 	if mult < 1 {
 		mult = 1
 	}
+	pi := time.Duration(target / (float64(mult) + firstProbeRounds))
+	pi = min(pi, frequency).Round(time.Millisecond)
 	gossip := min(max(pi/5, 10*time.Millisecond), 200*time.Millisecond)
 	return timings{
 		ProbeInterval:    pi,

@@ -92,20 +92,23 @@ func TestMapTimings(t *testing.T) {
 		wantPI     time.Duration
 		wantMult   int
 	}{
-		{500 * time.Millisecond, 3 * time.Second, 500 * time.Millisecond, 4},
-		{200 * time.Millisecond, time.Second, 200 * time.Millisecond, 3},
-		{100 * time.Millisecond, time.Second, 100 * time.Millisecond, 8},
-		// At the minimum drop time the probe interval shrinks to keep the
-		// suspicion phase inside the budget.
-		{500 * time.Millisecond, time.Second, 333333333, 1},
+		{500 * time.Millisecond, 3 * time.Second, 466 * time.Millisecond, 4},
+		{200 * time.Millisecond, time.Second, 188 * time.Millisecond, 3},
+		{100 * time.Millisecond, time.Second, 92 * time.Millisecond, 8},
+		// At the minimum drop time the suspicion phase is one interval.
+		{500 * time.Millisecond, time.Second, 321 * time.Millisecond, 1},
 	} {
 		got := mapTimings(tc.freq, tc.drop)
 		if got.ProbeInterval != tc.wantPI || got.SuspicionMult != tc.wantMult {
 			t.Errorf("mapTimings(%v, %v) = probe %v × suspicion %d, want %v × %d",
 				tc.freq, tc.drop, got.ProbeInterval, got.SuspicionMult, tc.wantPI, tc.wantMult)
 		}
-		if got.ProbeTimeout >= got.ProbeInterval || got.GossipInterval > got.ProbeInterval {
-			t.Errorf("mapTimings(%v, %v) = %+v: timeouts must fit inside the probe interval", tc.freq, tc.drop, got)
+		if got.ProbeInterval > tc.freq || got.ProbeTimeout >= got.ProbeInterval || got.GossipInterval > got.ProbeInterval {
+			t.Errorf("mapTimings(%v, %v) = %+v: probes must be at most Frequency apart and timeouts fit inside them", tc.freq, tc.drop, got)
+		}
+		expected := time.Duration((float64(got.SuspicionMult) + firstProbeRounds) * float64(got.ProbeInterval))
+		if d := expected - time.Duration(detectionTarget*float64(tc.drop)); d < -10*time.Millisecond || d > 10*time.Millisecond {
+			t.Errorf("mapTimings(%v, %v): expected detection %v, want %v of drop-time", tc.freq, tc.drop, expected, detectionTarget)
 		}
 	}
 }
