@@ -1,0 +1,134 @@
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// Errors returned by managers.
+var (
+	ErrNotFound = errors.New("manager: session not found")
+	ErrClosed   = errors.New("manager: closed")
+)
+
+// Manager is what every manager kind offers the web layer. All methods are
+// safe for concurrent use.
+type Manager interface {
+	// Create starts a new session whose id ends with this node's route.
+	Create(ctx context.Context) (*Session, error)
+	// Find returns the session with the given id, or ErrNotFound. An id
+	// recently replaced by ChangeID still finds the session for a grace
+	// period. Find records an access.
+	Find(ctx context.Context, id string) (*Session, error)
+	// Invalidate destroys a session, on every node that holds it.
+	Invalidate(ctx context.Context, id string) error
+	// ChangeID gives a session a new id and returns it: a new random base
+	// when base is "" (RenewID after login), or the given base (route
+	// rebinding keeps the base), always with this node's route.
+	ChangeID(ctx context.Context, s *Session, base string) (string, error)
+	// Commit ends a request's use of the session: it hands the request's
+	// changes to replication, waiting as the send mode says.
+	Commit(ctx context.Context, s *Session) error
+	// FindByPrincipal returns the sessions logged in as principal.
+	FindByPrincipal(ctx context.Context, principal string) ([]*Session, error)
+	// Range calls f for each session held by this node until f returns
+	// false.
+	Range(f func(*Session) bool)
+	// Count returns how many sessions this node holds.
+	Count() int
+	// AddListener registers session event callbacks.
+	AddListener(l Listener)
+	// Close stops the manager. What happens to the sessions depends on the
+	// kind: the Standard manager saves them to its file.
+	Close(ctx context.Context) error
+}
+
+// Config configures a manager. Start from DefaultConfig; New functions
+// copy it and never write to it.
+type Config struct {
+	// Route is this node's route, the suffix of the ids it issues.
+	Route string
+	// MaxInactive is how long a new session lives without being used.
+	// Default 30m.
+	MaxInactive time.Duration
+	// SweepInterval is how often expired sessions are removed. A session
+	// expires within one SweepInterval of its deadline. Default 10s.
+	SweepInterval time.Duration
+	// IDGracePeriod is how long an id replaced by ChangeID keeps finding the
+	// session, so parallel requests still carrying the old cookie are not
+	// lost. Default 1m.
+	IDGracePeriod time.Duration
+	// Types registers the attribute types sessions may hold. Nil means
+	// NewTypes(): the built-in types only.
+	Types *Types
+	// LocalOnly matches attribute names that stay on this node and are
+	// never replicated (Tomcat's sessionAttributeNameFilter, inverted).
+	// Their values need not be replicable. Nil means none.
+	LocalOnly *regexp.Regexp
+	// NotifyOnReplication says whether listeners fire for changes received
+	// from peers (Tomcat's notifyListenersOnReplication). Default true.
+	NotifyOnReplication bool
+	// File is where the Standard manager saves its sessions on Close and
+	// loads them from on start. Empty means no persistence.
+	File string
+	// Logger receives operational logs. Nil means slog.Default().
+	Logger *slog.Logger
+	// Clock returns the current time. Nil means time.Now; tests set it.
+	Clock func() time.Time
+}
+
+// DefaultConfig returns the defaults: 30m sessions swept every 10s, a 1m
+// id grace period, listeners notified of replicated changes.
+func DefaultConfig() Config {
+	return Config{
+		MaxInactive:         30 * time.Minute,
+		SweepInterval:       10 * time.Second,
+		IDGracePeriod:       time.Minute,
+		NotifyOnReplication: true,
+	}
+}
+
+// ConfigError reports an invalid Config field.
+type ConfigError struct {
+	Field, Value, Want string
+}
+
+func (e *ConfigError) Error() string {
+	return fmt.Sprintf("manager: invalid %s %q: want %s", e.Field, e.Value, e.Want)
+}
+
+func (c *Config) validate() error {
+	if c.Route == "" || strings.ContainsAny(c.Route, ". ;,/") {
+		return &ConfigError{"Route", c.Route, "a non-empty name without '.', ';', ',', '/' or spaces"}
+	}
+	if c.MaxInactive < 0 {
+		return &ConfigError{"MaxInactive", c.MaxInactive.String(), "a duration of at least 0 (0: never expires)"}
+	}
+	if c.SweepInterval <= 0 {
+		return &ConfigError{"SweepInterval", c.SweepInterval.String(), "a positive duration such as 10s"}
+	}
+	if c.IDGracePeriod < 0 {
+		return &ConfigError{"IDGracePeriod", c.IDGracePeriod.String(), "a duration of at least 0"}
+	}
+	return nil
+}
+
+func (c *Config) host() *host {
+	h := &host{types: c.Types, log: c.Logger, clock: c.Clock, local: c.LocalOnly, notifyReplicated: c.NotifyOnReplication}
+	if h.types == nil {
+		h.types = NewTypes()
+	}
+	if h.log == nil {
+		h.log = slog.Default()
+	}
+	h.log = h.log.With("component", "manager", "route", c.Route)
+	if h.clock == nil {
+		h.clock = time.Now
+	}
+	return h
+}

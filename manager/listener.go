@@ -1,0 +1,79 @@
+package manager
+
+import (
+	"log/slog"
+	"regexp"
+	"sync"
+	"time"
+)
+
+// Reason says why a session was destroyed.
+type Reason int
+
+const (
+	Invalidated Reason = iota // the application or a peer invalidated it
+	Expired                   // it was idle longer than its max inactive interval
+)
+
+func (r Reason) String() string {
+	if r == Expired {
+		return "expired"
+	}
+	return "invalidated"
+}
+
+// Listener receives session events. Every field is optional. Callbacks run
+// synchronously on the goroutine that caused the event (a request, the
+// expiry sweep, or the replication receiver), without the session's lock
+// held: they may call the session's methods, and they must not block for
+// long, since a slow listener slows that goroutine down.
+//
+// Whether callbacks also fire for changes received from peers is
+// Config.NotifyOnReplication (Tomcat's notifyListenersOnReplication).
+type Listener struct {
+	Created           func(s *Session)
+	Destroyed         func(s *Session, why Reason)
+	AttributeAdded    func(s *Session, name string, value any)
+	AttributeReplaced func(s *Session, name string, old, value any)
+	AttributeRemoved  func(s *Session, name string, old any)
+	IDChanged         func(s *Session, oldID string)
+}
+
+// host is the state a manager shares with its sessions.
+type host struct {
+	types     *types
+	log       *slog.Logger
+	clock     func() time.Time
+	local     *regexp.Regexp // attribute names that are never replicated; nil: none
+	mu        sync.RWMutex   // guards listeners
+	listeners []Listener
+	// notifyReplicated says whether listeners hear about changes received
+	// from peers (Config.NotifyOnReplication).
+	notifyReplicated bool
+}
+
+// types is an alias so host can name the registry without a field called
+// Types on every Session.
+type types = Types
+
+func (h *host) now() time.Time { return h.clock() }
+
+func (h *host) localOnly(name string) bool {
+	return h.local != nil && h.local.MatchString(name)
+}
+
+// fire calls f for every listener, in registration order.
+func (h *host) fire(f func(Listener)) {
+	h.mu.RLock()
+	ls := h.listeners
+	h.mu.RUnlock()
+	for _, l := range ls {
+		f(l)
+	}
+}
+
+func (h *host) addListener(l Listener) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.listeners = append(h.listeners[:len(h.listeners):len(h.listeners)], l)
+}

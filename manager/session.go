@@ -1,0 +1,406 @@
+package manager
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// ErrInvalidated is returned by Session methods once the session has been
+// invalidated or has expired.
+var ErrInvalidated = errors.New("manager: session invalidated")
+
+// Session is one user's session: attributes plus the bookkeeping that
+// expiry and replication need. Its methods are safe for concurrent use by
+// the requests of one user; each takes the session's lock briefly and none
+// blocks on the network.
+type Session struct {
+	host *host // the manager's shared state: types, listeners, filter
+
+	mu          sync.Mutex
+	id          string
+	created     time.Time
+	lastAccess  time.Time
+	maxInactive time.Duration
+	principal   string
+	attrs       map[string]*attr
+	version     uint64 // bumped by every committed change
+	isNew       bool   // created by this request; cleared by Commit
+	valid       bool
+	pending     pending // changes since the last Commit
+}
+
+// attr is one attribute: its wire form and, once read or set locally, its
+// value.
+type attr struct {
+	raw   []byte // Types.encode form; nil for local-only attributes
+	val   any
+	known bool // val holds the decoded value
+}
+
+// pending is what changed since the last Commit: the last operation per
+// attribute, and the session-level fields.
+type pending struct {
+	ops         map[string]*attr // nil value: removed
+	principal   bool
+	maxInactive bool
+	touched     bool
+	invalidated bool
+}
+
+func (p *pending) empty() bool {
+	return len(p.ops) == 0 && !p.principal && !p.maxInactive && !p.invalidated
+}
+
+// newID returns a session id base: 24 random bytes (192 bits) from
+// crypto/rand, URL-safe base64 without padding.
+func newID() string {
+	var b [24]byte
+	_, _ = rand.Read(b[:]) // never fails on supported platforms
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// SplitID splits a session id into its base and its route:
+// "abc.node1" gives "abc", "node1". An id without a route has an empty one.
+func SplitID(id string) (base, route string) {
+	if i := strings.LastIndexByte(id, '.'); i >= 0 {
+		return id[:i], id[i+1:]
+	}
+	return id, ""
+}
+
+// JoinID builds an id from a base and a route.
+func JoinID(base, route string) string {
+	if route == "" {
+		return base
+	}
+	return base + "." + route
+}
+
+// ID returns the session id, <base>.<route>. It is a bearer credential: log
+// it through [RedactID].
+func (s *Session) ID() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.id
+}
+
+// RedactID is a session id as a log value that shows only its route and the
+// first 4 characters of its base.
+type RedactID string
+
+// LogValue implements slog.LogValuer.
+func (id RedactID) LogValue() slog.Value {
+	base, route := SplitID(string(id))
+	if len(base) > 4 {
+		base = base[:4] + "…"
+	}
+	return slog.StringValue(JoinID(base, route))
+}
+
+// Created returns when the session was created.
+func (s *Session) Created() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.created
+}
+
+// LastAccess returns when the session was last used.
+func (s *Session) LastAccess() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastAccess
+}
+
+// MaxInactive returns how long the session lives without being used.
+func (s *Session) MaxInactive() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.maxInactive
+}
+
+// SetMaxInactive changes how long the session lives without being used.
+func (s *Session) SetMaxInactive(d time.Duration) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.valid {
+		return ErrInvalidated
+	}
+	if d != s.maxInactive {
+		s.maxInactive = d
+		s.pending.maxInactive = true
+	}
+	return nil
+}
+
+// Principal returns the user the session is logged in as, or "".
+func (s *Session) Principal() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.principal
+}
+
+// SetPrincipal records the logged-in user, the key of FindByPrincipal.
+func (s *Session) SetPrincipal(p string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.valid {
+		return ErrInvalidated
+	}
+	if p != s.principal {
+		s.principal = p
+		s.pending.principal = true
+	}
+	return nil
+}
+
+// Version returns the number of committed changes the session has seen.
+func (s *Session) Version() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.version
+}
+
+// IsNew reports whether the session was created by the current request.
+func (s *Session) IsNew() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.isNew
+}
+
+// Valid reports whether the session is neither invalidated nor expired.
+func (s *Session) Valid() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.valid
+}
+
+// Touch records an access now.
+func (s *Session) Touch() {
+	s.touchAt(s.host.now())
+}
+
+func (s *Session) touchAt(t time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if t.After(s.lastAccess) {
+		s.lastAccess = t
+		s.pending.touched = true
+	}
+}
+
+// expired reports whether the session has been idle longer than its max
+// inactive interval at now. A non-positive interval never expires.
+func (s *Session) expiredAt(now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.maxInactive > 0 && now.Sub(s.lastAccess) > s.maxInactive
+}
+
+// Get returns the value of an attribute. On a node that received the
+// attribute from a peer, the value is decoded on first read, as the type it
+// was registered under.
+func (s *Session) Get(name string) (any, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a, ok := s.attrs[name]
+	if !ok {
+		return nil, false
+	}
+	if !a.known {
+		v, err := s.host.types.decode(a.raw)
+		if err != nil {
+			s.host.log.Warn("unreadable attribute", "session", RedactID(s.id), "attribute", name, "err", err)
+			return nil, false
+		}
+		a.val, a.known = v, true
+	}
+	return a.val, true
+}
+
+// GetString returns a string attribute; ok is false when it is missing or
+// not a string.
+func (s *Session) GetString(name string) (v string, ok bool) {
+	x, _ := s.Get(name)
+	v, ok = x.(string)
+	return v, ok
+}
+
+// GetInt returns an integer attribute of any integer type as an int64; ok
+// is false when it is missing or not an integer.
+func (s *Session) GetInt(name string) (int64, bool) {
+	x, _ := s.Get(name)
+	switch v := x.(type) {
+	case int:
+		return int64(v), true
+	case int8:
+		return int64(v), true
+	case int16:
+		return int64(v), true
+	case int32:
+		return int64(v), true
+	case int64:
+		return v, true
+	case uint8:
+		return int64(v), true
+	case uint16:
+		return int64(v), true
+	case uint32:
+		return int64(v), true
+	case uint:
+		return int64(v), v <= 1<<63-1
+	case uint64:
+		return int64(v), v <= 1<<63-1
+	}
+	return 0, false
+}
+
+// GetBool returns a boolean attribute.
+func (s *Session) GetBool(name string) (v bool, ok bool) {
+	x, _ := s.Get(name)
+	v, ok = x.(bool)
+	return v, ok
+}
+
+// GetFloat returns a float64 or float32 attribute as a float64.
+func (s *Session) GetFloat(name string) (float64, bool) {
+	x, _ := s.Get(name)
+	switch v := x.(type) {
+	case float64:
+		return v, true
+	case float32:
+		return float64(v), true
+	}
+	return 0, false
+}
+
+// GetTime returns a time.Time attribute.
+func (s *Session) GetTime(name string) (v time.Time, ok bool) {
+	x, _ := s.Get(name)
+	v, ok = x.(time.Time)
+	return v, ok
+}
+
+// Attr returns an attribute as type T: ok is false when it is missing or of
+// another type.
+func Attr[T any](s *Session, name string) (v T, ok bool) {
+	x, _ := s.Get(name)
+	v, ok = x.(T)
+	return v, ok
+}
+
+// Names returns the attribute names, sorted.
+func (s *Session) Names() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Sorted(maps.Keys(s.attrs))
+}
+
+// Set stores an attribute. Unless the name is local-only (Config.LocalOnly),
+// the value must be replicable: of a registered type (see [Types]) that
+// msgpack encodes. Otherwise Set returns a *NotDistributableError and
+// changes nothing. The value is encoded now, so later changes to it made in
+// place are not seen until MarkDirty.
+func (s *Session) Set(name string, v any) error {
+	var raw []byte
+	if !s.host.localOnly(name) {
+		var err error
+		if raw, err = s.host.types.encode(v); err != nil {
+			return &NotDistributableError{Key: name, Type: fmt.Sprintf("%T", v), Err: err}
+		}
+	}
+	s.mu.Lock()
+	if !s.valid {
+		s.mu.Unlock()
+		return ErrInvalidated
+	}
+	old, had := s.attrs[name]
+	a := &attr{raw: raw, val: v, known: true}
+	s.attrs[name] = a
+	if raw != nil {
+		s.pending.op(name, a)
+	}
+	s.mu.Unlock()
+	if had {
+		oldVal := old.val
+		if !old.known {
+			oldVal, _ = s.host.types.decode(old.raw)
+		}
+		s.host.fire(func(l Listener) {
+			if l.AttributeReplaced != nil {
+				l.AttributeReplaced(s, name, oldVal, v)
+			}
+		})
+	} else {
+		s.host.fire(func(l Listener) {
+			if l.AttributeAdded != nil {
+				l.AttributeAdded(s, name, v)
+			}
+		})
+	}
+	return nil
+}
+
+// MarkDirty re-encodes an attribute whose value was changed in place (a
+// pointer, slice or map mutated by the handler), so the change replicates.
+func (s *Session) MarkDirty(name string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.valid {
+		return ErrInvalidated
+	}
+	a, ok := s.attrs[name]
+	if !ok || !a.known || s.host.localOnly(name) {
+		return nil
+	}
+	raw, err := s.host.types.encode(a.val)
+	if err != nil {
+		return &NotDistributableError{Key: name, Type: fmt.Sprintf("%T", a.val), Err: err}
+	}
+	a.raw = raw
+	s.pending.op(name, a)
+	return nil
+}
+
+// Remove deletes an attribute.
+func (s *Session) Remove(name string) error {
+	s.mu.Lock()
+	if !s.valid {
+		s.mu.Unlock()
+		return ErrInvalidated
+	}
+	old, had := s.attrs[name]
+	if !had {
+		s.mu.Unlock()
+		return nil
+	}
+	delete(s.attrs, name)
+	if !s.host.localOnly(name) {
+		s.pending.op(name, nil)
+	}
+	s.mu.Unlock()
+	oldVal := old.val
+	if !old.known {
+		oldVal, _ = s.host.types.decode(old.raw)
+	}
+	s.host.fire(func(l Listener) {
+		if l.AttributeRemoved != nil {
+			l.AttributeRemoved(s, name, oldVal)
+		}
+	})
+	return nil
+}
+
+func (p *pending) op(name string, a *attr) {
+	if p.ops == nil {
+		p.ops = make(map[string]*attr)
+	}
+	p.ops[name] = a
+}

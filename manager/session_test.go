@@ -1,0 +1,273 @@
+package manager
+
+import (
+	"errors"
+	"log/slog"
+	"reflect"
+	"regexp"
+	"sync"
+	"testing"
+	"time"
+)
+
+type cart struct {
+	Items map[string]int
+	Note  string
+	When  time.Time
+}
+
+// testHost is a manager's shared state with a cart type registered.
+func testHost(t testing.TB) *host {
+	t.Helper()
+	c := DefaultConfig()
+	c.Route = "node1"
+	c.Types = NewTypes()
+	c.Types.MustRegister("test.cart", cart{})
+	c.Types.MustRegister("test.*cart", &cart{})
+	c.LocalOnly = regexp.MustCompile(`^local\.`)
+	c.Logger = slog.New(slog.NewTextHandler(t.Output(), nil))
+	return c.host()
+}
+
+func TestAttributesRoundTripAsTheirOwnTypes(t *testing.T) {
+	a, b := testHost(t), testHost(t)
+	src := newStore(a, 0).newSession("node1", time.Hour)
+	when := time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
+	values := map[string]any{
+		"int":      7,
+		"int64":    int64(1 << 40),
+		"uint8":    uint8(200),
+		"float":    2.5,
+		"string":   "hello",
+		"bool":     true,
+		"bytes":    []byte{1, 2, 3},
+		"time":     when,
+		"duration": 3 * time.Second,
+		"strings":  []string{"a", "b"},
+		"map":      map[string]int{"x": 1},
+		"cart":     cart{Items: map[string]int{"apple": 3}, Note: "n", When: when},
+		"cartptr":  &cart{Items: map[string]int{"pear": 1}},
+		"any":      map[string]any{"n": 1, "s": "x"},
+	}
+	for k, v := range values {
+		if err := src.Set(k, v); err != nil {
+			t.Fatalf("Set(%q, %T) = %v", k, v, err)
+		}
+	}
+	d, ok := src.commit()
+	if !ok {
+		t.Fatal("commit of a new session gave no delta")
+	}
+	wire, err := EncodeDelta(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d2, err := DecodeDelta(wire)
+	if err != nil {
+		t.Fatal(err)
+	}
+	replica := b.fromFull(Full{ID: d2.ID, Created: d2.Created})
+	if err := replica.apply(d2, false); err != nil {
+		t.Fatal(err)
+	}
+	for k, want := range values {
+		got, ok := replica.Get(k)
+		if k == "any" {
+			// Inside interface containers, integers come back as int64.
+			want = map[string]any{"n": int64(1), "s": "x"}
+		}
+		// Times keep their instant; msgpack gives them the local zone.
+		if c, isCart := got.(cart); isCart && c.When.Equal(when) {
+			c.When = when
+			got = c
+		}
+		if tm, isTime := got.(time.Time); isTime && tm.Equal(when) {
+			got = when
+		}
+		if !ok || !reflect.DeepEqual(got, want) {
+			t.Errorf("replica Get(%q) = %#v (%T), want %#v (%T)", k, got, got, want, want)
+		}
+	}
+	if n, ok := replica.GetInt("uint8"); !ok || n != 200 {
+		t.Errorf("GetInt(uint8) = %d, %v", n, ok)
+	}
+	if c, ok := Attr[cart](replica, "cart"); !ok || c.Items["apple"] != 3 {
+		t.Errorf("Attr[cart] = %+v, %v", c, ok)
+	}
+	if replica.Version() != 1 || src.Version() != 1 {
+		t.Errorf("versions %d, %d; want 1, 1", src.Version(), replica.Version())
+	}
+}
+
+func TestSetRefusesWhatCannotReplicate(t *testing.T) {
+	s := newStore(testHost(t), 0).newSession("node1", time.Hour)
+	type unregistered struct{ A int }
+	for _, tc := range []struct {
+		name string
+		v    any
+	}{
+		{"struct", unregistered{1}},
+		{"chan", make(chan int)},
+		{"func", func() {}},
+		{"nil", nil},
+	} {
+		err := s.Set(tc.name, tc.v)
+		var nd *NotDistributableError
+		if !errors.As(err, &nd) || nd.Key != tc.name {
+			t.Errorf("Set(%q, %T) = %v, want a NotDistributableError naming the attribute", tc.name, tc.v, err)
+		}
+		if _, ok := s.Get(tc.name); ok {
+			t.Errorf("refused attribute %q was stored", tc.name)
+		}
+	}
+	// Local-only attributes hold anything and never replicate.
+	if err := s.Set("local.conn", make(chan int)); err != nil {
+		t.Errorf("Set(local.conn) = %v", err)
+	}
+	d, _ := s.commit()
+	for _, op := range d.Ops {
+		if op.Name == "local.conn" {
+			t.Error("a local-only attribute was replicated")
+		}
+	}
+	if err := NewTypes().Register("x", make(chan int)); err == nil {
+		t.Error("Register accepted a channel type")
+	}
+}
+
+func TestDeltaCarriesLastOperationPerAttribute(t *testing.T) {
+	s := newStore(testHost(t), 0).newSession("node1", time.Hour)
+	_ = s.Set("a", 1)
+	_ = s.Set("b", 1)
+	s.commit()
+	_ = s.Set("a", 2)
+	_ = s.Set("a", 3)
+	_ = s.Remove("b")
+	_ = s.SetPrincipal("alice")
+	c := cart{Items: map[string]int{}}
+	_ = s.Set("cart", &c)
+	d, ok := s.commit()
+	if !ok || d.Base != 1 || d.Version != 2 || d.Created != 0 || d.Principal == nil || *d.Principal != "alice" {
+		t.Fatalf("delta = %+v", d)
+	}
+	if len(d.Ops) != 3 || d.Ops[0].Name != "a" || d.Ops[1].Name != "b" || d.Ops[1].Value != nil || d.Ops[2].Name != "cart" {
+		t.Fatalf("ops = %+v, want a set, b removed, cart set", d.Ops)
+	}
+	// A read-only request replicates nothing.
+	s.Touch()
+	if d, ok := s.commit(); ok {
+		t.Errorf("read-only commit gave %+v", d)
+	}
+	// A value mutated in place replicates after MarkDirty.
+	c.Items["plum"] = 2
+	if err := s.MarkDirty("cart"); err != nil {
+		t.Fatal(err)
+	}
+	d, ok = s.commit()
+	if !ok || len(d.Ops) != 1 {
+		t.Fatalf("MarkDirty delta = %+v", d)
+	}
+	v, _ := testHost(t).types.decode(d.Ops[0].Value)
+	if got := v.(*cart).Items["plum"]; got != 2 {
+		t.Errorf("replicated cart has plum=%d, want 2", got)
+	}
+}
+
+func TestApplyNeedsTheBaseVersion(t *testing.T) {
+	h := testHost(t)
+	s := newStore(h, 0).newSession("node1", time.Hour)
+	_ = s.Set("a", 1)
+	d1, _ := s.commit()
+	_ = s.Set("a", 2)
+	d2, _ := s.commit()
+	r := h.fromFull(Full{ID: s.ID()})
+	if err := r.apply(d2, false); !errors.Is(err, ErrVersionGap) {
+		t.Fatalf("apply out of order = %v, want ErrVersionGap", err)
+	}
+	if err := r.apply(d1, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.apply(d1, false); !errors.Is(err, ErrVersionGap) {
+		t.Errorf("applying a delta twice = %v, want ErrVersionGap", err)
+	}
+	if err := r.apply(d2, false); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := r.GetInt("a"); v != 2 || r.Version() != 2 {
+		t.Errorf("replica a=%d v%d, want a=2 v2", v, r.Version())
+	}
+}
+
+func TestListeners(t *testing.T) {
+	h := testHost(t)
+	var mu sync.Mutex
+	var got []string
+	rec := func(s string) { mu.Lock(); got = append(got, s); mu.Unlock() }
+	h.addListener(Listener{
+		AttributeAdded:    func(s *Session, n string, v any) { rec("added " + n) },
+		AttributeReplaced: func(s *Session, n string, o, v any) { rec("replaced " + n) },
+		AttributeRemoved:  func(s *Session, n string, o any) { rec("removed " + n) },
+	})
+	s := newStore(h, 0).newSession("node1", time.Hour)
+	_ = s.Set("a", 1)
+	_ = s.Set("a", 2)
+	_ = s.Remove("a")
+	_ = s.Set("b", 1)
+	d, _ := s.commit()
+	r := h.fromFull(Full{ID: s.ID()})
+	_ = r.apply(d, true)
+	want := []string{"added a", "replaced a", "removed a", "added b", "added b"}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("events %q, want %q", got, want)
+	}
+}
+
+func FuzzDecodeDelta(f *testing.F) {
+	h := testHost(f)
+	s := newStore(h, 0).newSession("node1", time.Hour)
+	_ = s.Set("cart", cart{Items: map[string]int{"a": 1}})
+	_ = s.SetPrincipal("bob")
+	d, _ := s.commit()
+	b, _ := EncodeDelta(d)
+	f.Add(b)
+	full, _ := EncodeFull(s.full())
+	f.Add(full)
+	f.Add([]byte{0x80})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if d, err := DecodeDelta(b); err == nil {
+			b2, err := EncodeDelta(d)
+			if err != nil {
+				t.Fatalf("EncodeDelta(%+v) = %v", d, err)
+			}
+			if d2, err := DecodeDelta(b2); err != nil || !reflect.DeepEqual(normDelta(d), normDelta(d2)) {
+				t.Fatalf("round trip %+v -> %+v, %v", d, d2, err)
+			}
+			// A decoded delta applies or is refused; it never panics.
+			r := h.fromFull(Full{ID: d.ID})
+			_ = r.apply(d, true)
+			for _, op := range d.Ops {
+				r.Get(op.Name)
+			}
+		}
+		if fl, err := DecodeFull(b); err == nil {
+			r := h.fromFull(fl)
+			for name := range fl.Attrs {
+				r.Get(name)
+			}
+		}
+		_, _ = h.types.decode(b)
+	})
+}
+
+// normDelta makes empty and nil slices compare equal.
+func normDelta(d Delta) Delta {
+	if len(d.Ops) == 0 {
+		d.Ops = nil
+	}
+	for i := range d.Ops {
+		if d.Ops[i].Value != nil && len(d.Ops[i].Value) == 0 {
+			d.Ops[i].Value = []byte{}
+		}
+	}
+	return d
+}

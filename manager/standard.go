@@ -1,0 +1,300 @@
+package manager
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// Standard keeps sessions on this node only, as Tomcat's StandardManager
+// does. With Config.File set, Close saves every session to the file and
+// the next start loads them back, dropping the expired ones: sessions
+// survive a restart of the node, not its loss.
+type Standard struct {
+	cfg    Config
+	h      *host
+	st     *store
+	stop   chan struct{}
+	wg     sync.WaitGroup
+	closed atomic.Bool
+	once   sync.Once
+}
+
+var _ Manager = (*Standard)(nil)
+
+// NewStandard validates cfg, loads the sessions saved in cfg.File, if any,
+// and starts the expiry sweep. A file that cannot be read or decoded is
+// logged, renamed to <file>.corrupt-<time>, and start-up goes on without
+// it.
+func NewStandard(cfg Config) (*Standard, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	h := cfg.host()
+	m := &Standard{cfg: cfg, h: h, st: newStore(h, cfg.IDGracePeriod), stop: make(chan struct{})}
+	if cfg.File != "" {
+		m.load()
+	}
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		sweepLoop(m.stop, cfg.SweepInterval, m.sweep)
+	}()
+	return m, nil
+}
+
+// sweepLoop calls sweep every interval until stop is closed.
+func sweepLoop(stop <-chan struct{}, interval time.Duration, sweep func()) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			sweep()
+		}
+	}
+}
+
+func (m *Standard) sweep() {
+	for _, s := range m.st.expired(m.h.now()) {
+		m.destroyed(s, Expired)
+	}
+}
+
+func (m *Standard) destroyed(s *Session, why Reason) {
+	m.h.fire(func(l Listener) {
+		if l.Destroyed != nil {
+			l.Destroyed(s, why)
+		}
+	})
+}
+
+// Create starts a new session.
+func (m *Standard) Create(ctx context.Context) (*Session, error) {
+	if m.closed.Load() {
+		return nil, ErrClosed
+	}
+	s := m.st.newSession(m.cfg.Route, m.cfg.MaxInactive)
+	m.h.fire(func(l Listener) {
+		if l.Created != nil {
+			l.Created(s)
+		}
+	})
+	return s, nil
+}
+
+// Find returns the session of id and records an access. An expired session
+// is destroyed on the spot rather than returned.
+func (m *Standard) Find(ctx context.Context, id string) (*Session, error) {
+	if m.closed.Load() {
+		return nil, ErrClosed
+	}
+	s := m.st.get(id)
+	if s == nil {
+		return nil, ErrNotFound
+	}
+	now := m.h.now()
+	if s.expiredAt(now) {
+		if r := m.st.remove(s.ID()); r != nil {
+			m.destroyed(r, Expired)
+		}
+		return nil, ErrNotFound
+	}
+	s.touchAt(now)
+	return s, nil
+}
+
+// Invalidate destroys the session of id.
+func (m *Standard) Invalidate(ctx context.Context, id string) error {
+	s := m.st.get(id)
+	if s == nil {
+		return ErrNotFound
+	}
+	if r := m.st.remove(s.ID()); r != nil {
+		m.destroyed(r, Invalidated)
+	}
+	return nil
+}
+
+// ChangeID gives s a new id (see Manager.ChangeID).
+func (m *Standard) ChangeID(ctx context.Context, s *Session, base string) (string, error) {
+	if base == "" {
+		base = newID()
+	}
+	newID := JoinID(base, m.cfg.Route)
+	oldID, ok := m.st.rename(s, newID)
+	if !ok {
+		return "", ErrNotFound
+	}
+	if oldID != newID {
+		m.h.fire(func(l Listener) {
+			if l.IDChanged != nil {
+				l.IDChanged(s, oldID)
+			}
+		})
+	}
+	return newID, nil
+}
+
+// Commit ends a request's use of s. Nothing is replicated; the pending
+// changes are dropped.
+func (m *Standard) Commit(ctx context.Context, s *Session) error {
+	s.commit()
+	return nil
+}
+
+// FindByPrincipal returns the sessions logged in as principal.
+func (m *Standard) FindByPrincipal(ctx context.Context, principal string) ([]*Session, error) {
+	return m.st.byPrincipal(principal), nil
+}
+
+// Range calls f for each session until f returns false.
+func (m *Standard) Range(f func(*Session) bool) {
+	for _, s := range m.st.all() {
+		if !f(s) {
+			return
+		}
+	}
+}
+
+// Count returns the number of sessions.
+func (m *Standard) Count() int { return m.st.count() }
+
+// AddListener registers session callbacks.
+func (m *Standard) AddListener(l Listener) { m.h.addListener(l) }
+
+// Close stops the sweep and, with Config.File set, saves every session. It
+// is idempotent; later calls return nil.
+func (m *Standard) Close(ctx context.Context) error {
+	var err error
+	m.once.Do(func() {
+		m.closed.Store(true)
+		close(m.stop)
+		m.wg.Wait()
+		if m.cfg.File != "" {
+			err = m.save()
+		}
+	})
+	return err
+}
+
+// File format: the magic line, a msgpack array of Full records, and the
+// CRC-32 (IEEE) of the array, big-endian.
+const fileMagic = "COHORT-SESSIONS 1\n"
+
+// save writes every session to a temporary file beside cfg.File, syncs it
+// and renames it over cfg.File, so a crash leaves the old file or the new
+// one, never half of one.
+func (m *Standard) save() error {
+	sessions := m.st.all()
+	var body bytes.Buffer
+	enc := msgpack.NewEncoder(&body)
+	if err := enc.EncodeArrayLen(len(sessions)); err != nil {
+		return err
+	}
+	for _, s := range sessions {
+		if err := enc.Encode(s.full()); err != nil {
+			return fmt.Errorf("manager: save session: %w", err)
+		}
+	}
+	dir := filepath.Dir(m.cfg.File)
+	tmp, err := os.CreateTemp(dir, filepath.Base(m.cfg.File)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("manager: save sessions: %w", err)
+	}
+	defer os.Remove(tmp.Name()) // after a successful rename this fails harmlessly
+	w := bufio.NewWriter(tmp)
+	_, _ = w.WriteString(fileMagic)
+	_, _ = w.Write(body.Bytes())
+	_ = binary.Write(w, binary.BigEndian, crc32.ChecksumIEEE(body.Bytes()))
+	err = errors.Join(w.Flush(), tmp.Sync(), tmp.Close())
+	if err == nil {
+		err = os.Rename(tmp.Name(), m.cfg.File)
+	}
+	if err != nil {
+		return fmt.Errorf("manager: save sessions to %s: %w", m.cfg.File, err)
+	}
+	if d, derr := os.Open(dir); derr == nil { // make the rename durable
+		_ = d.Sync()
+		_ = d.Close()
+	}
+	m.h.log.Info("sessions saved", "file", m.cfg.File, "sessions", len(sessions))
+	return nil
+}
+
+// load reads cfg.File. Problems are logged, never returned: a node must
+// start even when its saved sessions are lost.
+func (m *Standard) load() {
+	b, err := os.ReadFile(m.cfg.File)
+	if errors.Is(err, os.ErrNotExist) {
+		return
+	}
+	var fulls []Full
+	if err == nil {
+		fulls, err = decodeFile(b)
+	}
+	if err != nil {
+		aside := fmt.Sprintf("%s.corrupt-%s", m.cfg.File, m.h.now().UTC().Format("20060102T150405"))
+		rerr := os.Rename(m.cfg.File, aside)
+		m.h.log.Error("saved sessions unreadable; starting without them", "file", m.cfg.File, "err", err, "moved_to", aside, "move_err", rerr)
+		return
+	}
+	now := m.h.now()
+	loaded, expired := 0, 0
+	for _, f := range fulls {
+		s := m.h.fromFull(f)
+		if s.expiredAt(now) {
+			expired++
+			continue
+		}
+		m.st.put(s)
+		loaded++
+	}
+	_ = os.Remove(m.cfg.File) // the sessions live in memory now; a stale file must not come back
+	m.h.log.Info("sessions loaded", "file", m.cfg.File, "sessions", loaded, "expired", expired)
+}
+
+func decodeFile(b []byte) ([]Full, error) {
+	rest, ok := bytes.CutPrefix(b, []byte(fileMagic))
+	if !ok {
+		return nil, errors.New("not a session file (bad header)")
+	}
+	if len(rest) < 4 {
+		return nil, io.ErrUnexpectedEOF
+	}
+	body, sum := rest[:len(rest)-4], binary.BigEndian.Uint32(rest[len(rest)-4:])
+	if crc32.ChecksumIEEE(body) != sum {
+		return nil, errors.New("checksum mismatch")
+	}
+	dec := msgpack.NewDecoder(bytes.NewReader(body))
+	n, err := dec.DecodeArrayLen()
+	if err != nil {
+		return nil, err
+	}
+	if n < 0 || n > len(body) {
+		return nil, fmt.Errorf("bad session count %d", n)
+	}
+	out := make([]Full, 0, n)
+	for range n {
+		var f Full
+		if err := dec.Decode(&f); err != nil {
+			return nil, err
+		}
+		out = append(out, f)
+	}
+	return out, nil
+}
