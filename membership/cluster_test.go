@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cohort-cluster/cohort/internal/leaktest"
 	"github.com/cohort-cluster/cohort/membership"
-	"go.uber.org/goleak"
 )
 
 // testConfig is DefaultLocalConfig with a route and the test's log output.
@@ -121,7 +121,7 @@ func nextEvent(t testing.TB, sub *membership.Subscription, route string, timeout
 }
 
 func TestClusterForms(t *testing.T) {
-	checkLeaks(t)
+	leaktest.Check(t)
 	for _, size := range []int{3, 5} {
 		t.Run(fmt.Sprintf("%d nodes", size), func(t *testing.T) {
 			nodes := startCluster(t, size, func(i int, c *membership.Config) {
@@ -142,7 +142,7 @@ func TestClusterForms(t *testing.T) {
 }
 
 func TestCrashIsReportedFailed(t *testing.T) {
-	checkLeaks(t)
+	leaktest.Check(t)
 	nodes := startCluster(t, 3, nil)
 	subs := []*membership.Subscription{nodes[0].Subscribe(), nodes[1].Subscribe()}
 	for _, s := range subs {
@@ -179,7 +179,7 @@ func stateOf(n *membership.Node, route string) membership.State {
 }
 
 func TestGracefulLeaveIsReportedLeft(t *testing.T) {
-	checkLeaks(t)
+	leaktest.Check(t)
 	nodes := startCluster(t, 3, nil)
 	subs := []*membership.Subscription{nodes[0].Subscribe(), nodes[1].Subscribe()}
 	for _, s := range subs {
@@ -203,7 +203,7 @@ func TestGracefulLeaveIsReportedLeft(t *testing.T) {
 }
 
 func TestRestartWithSameRouteRejoins(t *testing.T) {
-	checkLeaks(t)
+	leaktest.Check(t)
 	nodes := startCluster(t, 3, nil)
 	sub := nodes[0].Subscribe()
 	defer sub.Close()
@@ -249,7 +249,7 @@ func TestRestartWithSameRouteRejoins(t *testing.T) {
 }
 
 func TestFailedMemberIsReconnected(t *testing.T) {
-	checkLeaks(t)
+	leaktest.Check(t)
 	// node2 has no seeds: when it comes back alone on its old address, only
 	// node1's reconnect of failed members can bring the two together, as
 	// after a partition.
@@ -274,7 +274,7 @@ func TestFailedMemberIsReconnected(t *testing.T) {
 }
 
 func TestDomainsStayApart(t *testing.T) {
-	checkLeaks(t)
+	leaktest.Check(t)
 	a := start(t, testConfig(t, "a1"))
 	cb := testConfig(t, "b1")
 	cb.Domain = "other"
@@ -291,7 +291,7 @@ func TestDomainsStayApart(t *testing.T) {
 }
 
 func TestWrongKeyCannotJoin(t *testing.T) {
-	checkLeaks(t)
+	leaktest.Check(t)
 	key := func(b byte) membership.Key { return membership.Key(strings.Repeat(string(rune(b)), 32)) }
 	ca := testConfig(t, "a1")
 	ca.Key = key('a')
@@ -322,7 +322,7 @@ func TestWrongKeyCannotJoin(t *testing.T) {
 }
 
 func TestDifferentManagersRefuseToPair(t *testing.T) {
-	checkLeaks(t)
+	leaktest.Check(t)
 	ca := testConfig(t, "a1")
 	ca.Manager = "delta"
 	a := start(t, ca)
@@ -345,7 +345,7 @@ func TestDifferentManagersRefuseToPair(t *testing.T) {
 }
 
 func TestUpdateMetaReachesPeers(t *testing.T) {
-	checkLeaks(t)
+	leaktest.Check(t)
 	nodes := startCluster(t, 2, nil)
 	sub := nodes[0].Subscribe()
 	defer sub.Close()
@@ -362,7 +362,7 @@ func TestUpdateMetaReachesPeers(t *testing.T) {
 }
 
 func TestCloseStopsEverything(t *testing.T) {
-	checkLeaks(t)
+	leaktest.Check(t)
 	c := testConfig(t, "solo")
 	n, err := membership.New(c)
 	if err != nil {
@@ -381,13 +381,4 @@ func TestCloseStopsEverything(t *testing.T) {
 	if _, err := n.Join("127.0.0.1:1"); !errors.Is(err, membership.ErrClosed) {
 		t.Errorf("Join after Close = %v, want ErrClosed", err)
 	}
-}
-
-// checkLeaks fails the test if a goroutine started during it outlives it.
-// Call it first: cleanups run last-in first-out, so it runs after the
-// nodes' Close.
-func checkLeaks(t *testing.T) {
-	t.Helper()
-	opt := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
 }

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/cohort-cluster/cohort/internal/leaktest"
 )
 
 // fakeDNS is a Resolver whose answers the test changes, as a headless
@@ -46,7 +48,7 @@ func (r *fakeDNS) count() int {
 // the Service's name. The name does not resolve at first; the node keeps
 // re-resolving it and joins both as soon as it does.
 func TestDNSSeeds(t *testing.T) {
-	checkLeaks(t)
+	leaktest.Check(t)
 	c1 := testConfig(t, "pod1")
 	c1.BindAddr = "127.0.0.2:0"
 	p1 := start(t, c1)
