@@ -1,0 +1,324 @@
+package web
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"regexp"
+	"strings"
+	"sync"
+
+	"github.com/cohort-cluster/cohort/manager"
+)
+
+// Config configures the HTTP side. Start from DefaultConfig.
+type Config struct {
+	// Route is this node's route: the suffix of the session ids it issues
+	// and the one the route binder rebinds ids to.
+	Route string
+	// CookieName is the session cookie, and the name of the path parameter
+	// (;jsessionid=) when it is JSESSIONID. Default "JSESSIONID".
+	CookieName string
+	// CookiePath is the cookie's Path. Default "/".
+	CookiePath string
+	// CookieDomain is the cookie's Domain. Empty means the request's host.
+	CookieDomain string
+	// Secure marks the cookie Secure: set it when clients reach the
+	// application over HTTPS.
+	Secure bool
+	// Skip matches request paths that never touch sessions (static
+	// resources, as Tomcat's ReplicationValve filter): the middleware
+	// passes them straight through. Nil means DefaultSkip.
+	Skip *regexp.Regexp
+	// DisableRouteBinding turns the route binder off: a session id that
+	// carries another node's route keeps it (Tomcat's JvmRouteBinderValve
+	// disabled).
+	DisableRouteBinding bool
+	// Logger receives operational logs. Nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultSkip matches the paths of common static resources.
+var DefaultSkip = regexp.MustCompile(`(?i)\.(css|js|mjs|map|png|jpe?g|gif|svg|ico|webp|woff2?|ttf|txt)$`)
+
+// DefaultConfig returns the defaults: cookie JSESSIONID on path /, route
+// binding on, static resources skipped.
+func DefaultConfig() Config {
+	return Config{CookieName: "JSESSIONID", CookiePath: "/", Skip: DefaultSkip}
+}
+
+// Sessions is the session middleware of one node. It is safe for
+// concurrent use.
+type Sessions struct {
+	m   manager.Manager
+	cfg Config
+	log *slog.Logger
+}
+
+// New returns the middleware for the sessions of m.
+func New(m manager.Manager, cfg Config) (*Sessions, error) {
+	if cfg.Route == "" || strings.ContainsAny(cfg.Route, ". ;,/") {
+		return nil, errors.New("web: Config.Route must be a non-empty name without '.', ';', ',', '/' or spaces")
+	}
+	if cfg.CookieName == "" {
+		cfg.CookieName = "JSESSIONID"
+	}
+	if cfg.CookiePath == "" {
+		cfg.CookiePath = "/"
+	}
+	if cfg.Skip == nil {
+		cfg.Skip = DefaultSkip
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Sessions{m: m, cfg: cfg, log: log.With("component", "web", "route", cfg.Route)}, nil
+}
+
+// Manager returns the manager behind the middleware.
+func (ss *Sessions) Manager() manager.Manager { return ss.m }
+
+type ctxKey struct{}
+
+// state is one request's view of its session.
+type state struct {
+	ss         *Sessions
+	ctx        context.Context
+	mu         sync.Mutex
+	s          *manager.Session
+	originalID string // the id the request arrived with
+	cookieID   string // the id the client holds; a cookie is sent when s's differs
+	cleared    bool   // the session was invalidated: the cookie is deleted
+	committed  bool   // the response has started and the session was committed
+}
+
+// Middleware finds the request's session, from the cookie or a
+// ;jsessionid= path parameter, puts it in the request context for Get and
+// Existing, and commits the session's changes before the response's first
+// byte is written, and again, for changes made later, when the handler
+// returns. A session id carrying another node's route is rebound to this
+// node's route (see Config.DisableRouteBinding). Requests whose path
+// matches Config.Skip pass straight through.
+func (ss *Sessions) Middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if ss.cfg.Skip.MatchString(r.URL.Path) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		r, id := ss.requestID(r)
+		st := &state{ss: ss, originalID: id, cookieID: id}
+		ctx := context.WithValue(r.Context(), ctxKey{}, st)
+		st.ctx = ctx
+		if id != "" {
+			if s, err := ss.find(ctx, id); err == nil {
+				st.s = s
+			} else if !errors.Is(err, manager.ErrNotFound) {
+				ss.log.Warn("session lookup failed", "session", manager.RedactID(id), "err", err)
+			}
+		}
+		sw := &responseWriter{ResponseWriter: w, st: st}
+		next.ServeHTTP(sw, r.WithContext(ctx))
+		st.finish(sw)
+	})
+}
+
+// requestID returns the session id of the request and the request with
+// any ;jsessionid= path parameter removed from its path.
+func (ss *Sessions) requestID(r *http.Request) (*http.Request, string) {
+	var id string
+	if c, err := r.Cookie(ss.cfg.CookieName); err == nil && c.Value != "" {
+		id = c.Value
+	}
+	param := ";" + strings.ToLower(ss.cfg.CookieName) + "="
+	if i := strings.Index(strings.ToLower(r.URL.Path), param); i >= 0 {
+		rest := r.URL.Path[i+len(param):]
+		end := strings.IndexAny(rest, ";/")
+		if end < 0 {
+			end = len(rest)
+		}
+		if id == "" {
+			id = rest[:end]
+		}
+		r2 := r.Clone(r.Context())
+		r2.URL.Path = r.URL.Path[:i] + rest[end:]
+		r2.URL.RawPath = ""
+		r = r2
+	}
+	return r, id
+}
+
+// find looks a session up and, unless route binding is off, rebinds an id
+// that carries another node's route to this node's route. Two concurrent
+// requests rebinding one session end with the same id: the base is kept.
+func (ss *Sessions) find(ctx context.Context, id string) (*manager.Session, error) {
+	s, err := ss.m.Find(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if ss.cfg.DisableRouteBinding {
+		return s, nil
+	}
+	base, route := manager.SplitID(s.ID())
+	if route == ss.cfg.Route {
+		return s, nil
+	}
+	newID, err := ss.m.ChangeID(ctx, s, base)
+	if err != nil {
+		return nil, err
+	}
+	ss.log.Info("session rebound to this node", "from", route, "session", manager.RedactID(newID))
+	return s, nil
+}
+
+// Get returns the request's session, creating one if the request has none.
+// It panics when the request did not pass through Middleware, a wiring
+// mistake.
+func Get(r *http.Request) (*manager.Session, error) {
+	st := mustState(r)
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.s != nil && st.s.Valid() {
+		return st.s, nil
+	}
+	s, err := st.ss.m.Create(st.ctx)
+	if err != nil {
+		return nil, err
+	}
+	st.s, st.cleared = s, false
+	return s, nil
+}
+
+// Existing returns the request's session, or nil when it has none.
+func Existing(r *http.Request) *manager.Session {
+	st, _ := r.Context().Value(ctxKey{}).(*state)
+	if st == nil {
+		return nil
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.s == nil || !st.s.Valid() {
+		return nil
+	}
+	return st.s
+}
+
+// OriginalID returns the session id the request arrived with, before any
+// route rebinding, or "".
+func OriginalID(r *http.Request) string {
+	st, _ := r.Context().Value(ctxKey{}).(*state)
+	if st == nil {
+		return ""
+	}
+	return st.originalID
+}
+
+// RenewID gives the request's session a new random id, replicated like any
+// id change: call it after a login, against session fixation.
+func RenewID(r *http.Request) (string, error) {
+	st := mustState(r)
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.s == nil {
+		return "", manager.ErrNotFound
+	}
+	return st.ss.m.ChangeID(st.ctx, st.s, "")
+}
+
+// Invalidate destroys the request's session on every node and deletes its
+// cookie.
+func Invalidate(r *http.Request) error {
+	st := mustState(r)
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.s == nil {
+		return nil
+	}
+	err := st.ss.m.Invalidate(st.ctx, st.s.ID())
+	st.s, st.cleared = nil, true
+	if errors.Is(err, manager.ErrNotFound) {
+		err = nil
+	}
+	return err
+}
+
+func mustState(r *http.Request) *state {
+	st, _ := r.Context().Value(ctxKey{}).(*state)
+	if st == nil {
+		panic("web: request did not pass through Sessions.Middleware")
+	}
+	return st
+}
+
+// commit hands the session's changes to the manager and sets the cookie
+// header when the client's id is stale. Called before the first byte of
+// the response and after the handler.
+func (st *state) commit(h http.Header) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.s != nil {
+		if err := st.ss.m.Commit(st.ctx, st.s); err != nil {
+			st.ss.log.Warn("session commit failed", "session", manager.RedactID(st.s.ID()), "err", err)
+		}
+		if id := st.s.ID(); id != st.cookieID && h != nil {
+			h.Add("Set-Cookie", st.ss.cookie(id, 0).String())
+			st.cookieID = id
+		}
+	} else if st.cleared && st.cookieID != "" && h != nil {
+		h.Add("Set-Cookie", st.ss.cookie("", -1).String())
+		st.cookieID = ""
+	}
+}
+
+// finish commits what the handler changed after the response started (the
+// cookie can no longer change then).
+func (st *state) finish(sw *responseWriter) {
+	if !sw.started {
+		st.commit(sw.Header())
+		return
+	}
+	st.commit(nil)
+}
+
+func (ss *Sessions) cookie(id string, maxAge int) *http.Cookie {
+	return &http.Cookie{
+		Name: ss.cfg.CookieName, Value: id, Path: ss.cfg.CookiePath, Domain: ss.cfg.CookieDomain,
+		MaxAge: maxAge, HttpOnly: true, Secure: ss.cfg.Secure, SameSite: http.SameSiteLaxMode,
+	}
+}
+
+// responseWriter commits the session just before the response starts.
+type responseWriter struct {
+	http.ResponseWriter
+	st      *state
+	started bool
+}
+
+func (w *responseWriter) start() {
+	if !w.started {
+		w.started = true
+		w.st.commit(w.Header())
+	}
+}
+
+func (w *responseWriter) WriteHeader(code int) {
+	w.start()
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *responseWriter) Write(b []byte) (int, error) {
+	w.start()
+	return w.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the underlying writer.
+func (w *responseWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// Flush commits, then flushes.
+func (w *responseWriter) Flush() {
+	w.start()
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}

@@ -1,0 +1,127 @@
+package web
+
+import (
+	"fmt"
+	"net/http"
+	"reflect"
+
+	"github.com/cohort-cluster/cohort/manager"
+	"github.com/gorilla/sessions"
+)
+
+// Store is a gorilla/sessions Store backed by a Cohort manager: an
+// application written for gorilla/sessions switches to replicated sessions
+// by replacing its store constructor. A gorilla session's Values are the
+// Cohort session's attributes, so keys must be strings and values of
+// registered types (see manager.Types).
+//
+// Unlike gorilla's own stores, the cookie is not signed: its value is the
+// session id, <id>.<route>, which balancers read to route requests (the id
+// is 192 random bits, so it needs no signature). Options.MaxAge < 0
+// invalidates the session on every node. Store is safe for concurrent use.
+type Store struct {
+	ss *Sessions
+	// Options are the defaults for new sessions' cookies: Path "/",
+	// HttpOnly, SameSite Lax, no Max-Age (a browser-session cookie).
+	Options *sessions.Options
+}
+
+var _ sessions.Store = (*Store)(nil)
+
+// NewStore returns a Store for the sessions of m. cfg.CookieName is unused:
+// gorilla names cookies after sessions.
+func NewStore(m manager.Manager, cfg Config) (*Store, error) {
+	ss, err := New(m, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &Store{ss: ss, Options: &sessions.Options{
+		Path: "/", HttpOnly: true, Secure: cfg.Secure, SameSite: http.SameSiteLaxMode,
+	}}, nil
+}
+
+// Get returns the session of name for r, cached for the request in
+// gorilla's registry.
+func (st *Store) Get(r *http.Request, name string) (*sessions.Session, error) {
+	return sessions.GetRegistry(r).Get(st, name)
+}
+
+// New returns the session of name for r without caching it: the Cohort
+// session its cookie names, rebound to this node's route if it came from
+// another node, or a new, empty session. It never returns a nil session.
+func (st *Store) New(r *http.Request, name string) (*sessions.Session, error) {
+	gs := sessions.NewSession(st, name)
+	opts := *st.Options
+	gs.Options = &opts
+	gs.IsNew = true
+	c, err := r.Cookie(name)
+	if err != nil || c.Value == "" {
+		return gs, nil
+	}
+	s, err := st.ss.find(r.Context(), c.Value)
+	if err != nil {
+		return gs, nil // unknown or expired: a new session
+	}
+	gs.ID, gs.IsNew = s.ID(), false
+	for _, k := range s.Names() {
+		if v, ok := s.Get(k); ok {
+			gs.Values[k] = v
+		}
+	}
+	return gs, nil
+}
+
+// Save stores gs's Values in its Cohort session, commits them (replicating
+// as the manager's send mode says) and sets the cookie. With
+// Options.MaxAge < 0 it invalidates the session everywhere and deletes the
+// cookie.
+func (st *Store) Save(r *http.Request, w http.ResponseWriter, gs *sessions.Session) error {
+	ctx := r.Context()
+	m := st.ss.m
+	if gs.Options.MaxAge < 0 {
+		if gs.ID != "" {
+			if err := m.Invalidate(ctx, gs.ID); err != nil && err != manager.ErrNotFound {
+				return err
+			}
+		}
+		gs.ID = ""
+		http.SetCookie(w, sessions.NewCookie(gs.Name(), "", gs.Options))
+		return nil
+	}
+	var s *manager.Session
+	if gs.ID != "" {
+		s, _ = m.Find(ctx, gs.ID)
+	}
+	if s == nil {
+		var err error
+		if s, err = m.Create(ctx); err != nil {
+			return err
+		}
+	}
+	for k, v := range gs.Values {
+		name, ok := k.(string)
+		if !ok {
+			return &manager.NotDistributableError{Key: fmt.Sprint(k), Type: fmt.Sprintf("%T key", k),
+				Err: fmt.Errorf("session keys must be strings")}
+		}
+		if old, ok := s.Get(name); ok && reflect.DeepEqual(old, v) {
+			continue // unchanged: nothing to replicate
+		}
+		if err := s.Set(name, v); err != nil {
+			return err
+		}
+	}
+	for _, name := range s.Names() {
+		if _, ok := gs.Values[name]; !ok {
+			if err := s.Remove(name); err != nil {
+				return err
+			}
+		}
+	}
+	if err := m.Commit(ctx, s); err != nil {
+		return err
+	}
+	gs.ID, gs.IsNew = s.ID(), false
+	http.SetCookie(w, sessions.NewCookie(gs.Name(), gs.ID, gs.Options))
+	return nil
+}

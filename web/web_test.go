@@ -1,0 +1,352 @@
+package web_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/cohort-cluster/cohort/internal/leaktest"
+	"github.com/cohort-cluster/cohort/manager"
+	"github.com/cohort-cluster/cohort/web"
+	"github.com/gorilla/sessions"
+)
+
+func standard(t *testing.T, route, file string) *manager.Standard {
+	t.Helper()
+	c := manager.DefaultConfig()
+	c.Route, c.File = route, file
+	c.Logger = slog.New(slog.NewTextHandler(t.Output(), nil))
+	m, err := manager.NewStandard(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Close(context.Background()) })
+	return m
+}
+
+func middleware(t *testing.T, m manager.Manager, route string, edit func(*web.Config)) *web.Sessions {
+	t.Helper()
+	c := web.DefaultConfig()
+	c.Route = route
+	c.Logger = slog.New(slog.NewTextHandler(t.Output(), nil))
+	if edit != nil {
+		edit(&c)
+	}
+	ss, err := web.New(m, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ss
+}
+
+// counter is the demo handler: it increments the session attribute count.
+func counter(route string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		s, err := web.Get(r)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		n, _ := s.GetInt("count")
+		n++
+		if err := s.Set("count", n); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprintf(w, "count=%d node=%s id=%s\n", n, route, s.ID())
+	}
+}
+
+func get(t *testing.T, c *http.Client, url string) (string, *http.Response) {
+	t.Helper()
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b), resp
+}
+
+func TestMiddlewareCountsAndSetsCookie(t *testing.T) {
+	leaktest.Check(t)
+	m := standard(t, "node1", "")
+	ss := middleware(t, m, "node1", func(c *web.Config) { c.Secure = true })
+	mux := http.NewServeMux()
+	mux.Handle("GET /counter", counter("node1"))
+	mux.HandleFunc("GET /app.js", func(w http.ResponseWriter, r *http.Request) {
+		if web.Existing(r) != nil {
+			t.Error("a static resource saw a session")
+		}
+		io.WriteString(w, "js")
+	})
+	srv := httptest.NewServer(ss.Middleware(mux))
+	defer srv.Close()
+
+	jar, _ := cookiejar.New(nil)
+	c := &http.Client{Jar: jar}
+	body, resp := get(t, c, srv.URL+"/counter")
+	cookies := resp.Cookies()
+	if len(cookies) != 1 {
+		t.Fatalf("cookies %v, want one", cookies)
+	}
+	ck := cookies[0]
+	if ck.Name != "JSESSIONID" || !ck.HttpOnly || !ck.Secure || ck.SameSite != http.SameSiteLaxMode || ck.Path != "/" {
+		t.Errorf("cookie %s: want JSESSIONID, HttpOnly, Secure, SameSite=Lax, Path=/", resp.Header.Get("Set-Cookie"))
+	}
+	if want := "count=1 node=node1 id=" + ck.Value + "\n"; body != want {
+		t.Errorf("body %q, want %q", body, want)
+	}
+	// The jar does not send Secure cookies over http; send it by hand.
+	for i := 2; i <= 5; i++ {
+		req, _ := http.NewRequest("GET", srv.URL+"/counter", nil)
+		req.AddCookie(&http.Cookie{Name: "JSESSIONID", Value: ck.Value})
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if want := fmt.Sprintf("count=%d node=node1 id=%s\n", i, ck.Value); string(b) != want {
+			t.Errorf("request %d: %q, want %q", i, b, want)
+		}
+		if len(resp.Cookies()) != 0 {
+			t.Errorf("request %d set a cookie again: %v", i, resp.Cookies())
+		}
+	}
+	if _, resp := get(t, c, srv.URL+"/app.js"); len(resp.Cookies()) != 0 {
+		t.Error("static resource set a cookie")
+	}
+	if m.Count() != 1 {
+		t.Errorf("%d sessions, want 1", m.Count())
+	}
+}
+
+func TestPathParameterID(t *testing.T) {
+	leaktest.Check(t)
+	m := standard(t, "node1", "")
+	ss := middleware(t, m, "node1", nil)
+	mux := http.NewServeMux()
+	mux.Handle("GET /counter", counter("node1"))
+	srv := httptest.NewServer(ss.Middleware(mux))
+	defer srv.Close()
+	body, resp := get(t, http.DefaultClient, srv.URL+"/counter")
+	id := resp.Cookies()[0].Value
+	body, _ = get(t, http.DefaultClient, srv.URL+"/counter;jsessionid="+id)
+	if want := "count=2 node=node1 id=" + id + "\n"; body != want {
+		t.Errorf("with ;jsessionid=: %q, want %q", body, want)
+	}
+}
+
+// TestRouteBinding restores, on node2, a session saved by node1, as after a
+// failover, and sends requests carrying node1's route.
+func TestRouteBinding(t *testing.T) {
+	leaktest.Check(t)
+	file := filepath.Join(t.TempDir(), "sessions.bin")
+	m1 := standard(t, "node1", file)
+	s, _ := m1.Create(context.Background())
+	_ = s.Set("count", 41)
+	oldID := s.ID()
+	if err := m1.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+
+	m2 := standard(t, "node2", file)
+	ss := middleware(t, m2, "node2", nil)
+	var mu sync.Mutex
+	seenOriginal := map[string]bool{}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /counter", func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seenOriginal[web.OriginalID(r)] = true
+		mu.Unlock()
+		counter("node2")(w, r)
+	})
+	srv := httptest.NewServer(ss.Middleware(mux))
+	defer srv.Close()
+
+	// Two parallel requests with the old id both end on the same new id.
+	var wg sync.WaitGroup
+	ids := make([]string, 2)
+	for i := range ids {
+		wg.Go(func() {
+			req, _ := http.NewRequest("GET", srv.URL+"/counter", nil)
+			req.AddCookie(&http.Cookie{Name: "JSESSIONID", Value: oldID})
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			resp.Body.Close()
+			for _, c := range resp.Cookies() {
+				ids[i] = c.Value
+			}
+		})
+	}
+	wg.Wait()
+	base, _ := manager.SplitID(oldID)
+	want := base + ".node2"
+	for i, id := range ids {
+		if id != want {
+			t.Errorf("request %d got cookie %q, want %q", i, id, want)
+		}
+	}
+	if !seenOriginal[oldID] {
+		t.Errorf("handler did not see the original id %q: %v", oldID, seenOriginal)
+	}
+	s2, err := m2.Find(context.Background(), want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := s2.GetInt("count"); n != 43 {
+		t.Errorf("count = %d after two increments of 41, want 43", n)
+	}
+
+	// With route binding off, the id keeps its route.
+	ss3 := middleware(t, m2, "node2", func(c *web.Config) { c.DisableRouteBinding = true })
+	h := ss3.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s := web.Existing(r); s == nil || s.ID() != want {
+			t.Errorf("binding off: session %v", s)
+		}
+	}))
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequest("GET", "/x", nil)
+	req.AddCookie(&http.Cookie{Name: "JSESSIONID", Value: want})
+	h.ServeHTTP(rec, req)
+	if len(rec.Result().Cookies()) != 0 {
+		t.Errorf("binding off set cookie %v", rec.Result().Cookies())
+	}
+}
+
+func TestRenewIDAndInvalidate(t *testing.T) {
+	leaktest.Check(t)
+	m := standard(t, "node1", "")
+	ss := middleware(t, m, "node1", nil)
+	mux := http.NewServeMux()
+	mux.Handle("GET /counter", counter("node1"))
+	mux.HandleFunc("GET /login", func(w http.ResponseWriter, r *http.Request) {
+		s, _ := web.Get(r)
+		_ = s.SetPrincipal("alice")
+		if _, err := web.RenewID(r); err != nil {
+			t.Error(err)
+		}
+	})
+	mux.HandleFunc("GET /logout", func(w http.ResponseWriter, r *http.Request) {
+		if err := web.Invalidate(r); err != nil {
+			t.Error(err)
+		}
+	})
+	srv := httptest.NewServer(ss.Middleware(mux))
+	defer srv.Close()
+	jar, _ := cookiejar.New(nil)
+	c := &http.Client{Jar: jar}
+	_, resp := get(t, c, srv.URL+"/counter")
+	before := resp.Cookies()[0].Value
+	_, resp = get(t, c, srv.URL+"/login")
+	after := resp.Cookies()[0].Value
+	if after == before || !strings.HasSuffix(after, ".node1") {
+		t.Errorf("RenewID: %q -> %q", before, after)
+	}
+	if body, _ := get(t, c, srv.URL+"/counter"); !strings.HasPrefix(body, "count=2 ") {
+		t.Errorf("after login: %q, want the count kept", body)
+	}
+	_, resp = get(t, c, srv.URL+"/logout")
+	if ck := resp.Cookies(); len(ck) != 1 || ck[0].MaxAge >= 0 {
+		t.Errorf("logout cookies %v, want a deletion", ck)
+	}
+	if m.Count() != 0 {
+		t.Errorf("%d sessions after logout", m.Count())
+	}
+	if body, _ := get(t, c, srv.URL+"/counter"); !strings.HasPrefix(body, "count=1 ") {
+		t.Errorf("after logout: %q, want a new session", body)
+	}
+}
+
+// gorillaCounter is a handler written for gorilla/sessions, unmodified.
+func gorillaCounter(store sessions.Store) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		session, err := store.Get(r, "shop")
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		if r.URL.Query().Get("logout") != "" {
+			session.Options.MaxAge = -1
+		} else {
+			n, _ := session.Values["count"].(int)
+			session.Values["count"] = n + 1
+			session.Values["user"] = "alice"
+		}
+		if err := session.Save(r, w); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprintf(w, "%v", session.Values["count"])
+	}
+}
+
+func TestGorillaStoreIsADropInReplacement(t *testing.T) {
+	leaktest.Check(t)
+	m := standard(t, "node1", "")
+	cohortStore, err := web.NewStore(m, web.Config{Route: "node1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cookieStore := sessions.NewCookieStore([]byte("0123456789abcdef0123456789abcdef"))
+	cookieStore.Options.Secure = false
+	for _, tc := range []struct {
+		name  string
+		store sessions.Store
+	}{
+		{"CookieStore", cookieStore},
+		{"Cohort", cohortStore},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(gorillaCounter(tc.store))
+			defer srv.Close()
+			jar, _ := cookiejar.New(nil)
+			c := &http.Client{Jar: jar}
+			for i := 1; i <= 3; i++ {
+				if body, _ := get(t, c, srv.URL); body != fmt.Sprint(i) {
+					t.Errorf("request %d: %q", i, body)
+				}
+			}
+			get(t, c, srv.URL+"?logout=1")
+			if body, _ := get(t, c, srv.URL); body != "1" {
+				t.Errorf("after MaxAge=-1: %q, want a new session", body)
+			}
+		})
+	}
+	// The Cohort cookie names the session, route included, for balancers.
+	rec := httptest.NewRecorder()
+	gorillaCounter(cohortStore)(rec, httptest.NewRequest("GET", "/", nil))
+	ck := rec.Result().Cookies()
+	if len(ck) != 1 || !strings.HasSuffix(ck[0].Value, ".node1") || !ck[0].HttpOnly {
+		t.Errorf("cookie %v, want a readable HttpOnly <id>.node1", ck)
+	}
+	s, err := m.Find(context.Background(), ck[0].Value)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, ok := s.GetInt("count"); !ok || n != 1 {
+		t.Errorf("session count = %d, %v", n, ok)
+	}
+	if err := cohortStoreSaveBadKey(cohortStore); err == nil {
+		t.Error("a non-string key was accepted")
+	}
+}
+
+func cohortStoreSaveBadKey(st *web.Store) error {
+	req := httptest.NewRequest("GET", "/", nil)
+	gs, _ := st.New(req, "shop")
+	gs.Values[42] = "x"
+	return gs.Save(req, httptest.NewRecorder())
+}
