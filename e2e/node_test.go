@@ -3,8 +3,10 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"net/http/cookiejar"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -102,6 +104,7 @@ func startNode(t *testing.T, sp nodeSpec, join string, extra ...string) *proc {
 	args := append([]string{
 		"-route", sp.route, "-http", sp.http, "-bind", sp.bind, "-replication", sp.repl,
 		"-join", join, "-multicast", "off", "-frequency", "100ms", "-drop-time", "1s",
+		"-manager", "standard",
 	}, extra...)
 	cmd := exec.Command(nodeBinary(t), args...)
 	var log strings.Builder
@@ -196,9 +199,10 @@ func TestNodesFailLeaveAndRejoin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Route != "node1" || st.Manager != "delta" || len(st.Members) != 3 {
+	if st.Route != "node1" || st.Manager != "standard" || len(st.Members) != 3 {
 		t.Errorf("status = %+v", st)
 	}
+	checkCounter(t, n1)
 
 	// SIGKILL: the peers declare the node dead.
 	if err := n3.cmd.Process.Kill(); err != nil {
@@ -235,5 +239,33 @@ func TestBadFlagIsReported(t *testing.T) {
 	}
 	if !strings.Contains(string(out), "-drop-time") || !strings.Contains(string(out), "at least twice -frequency") {
 		t.Errorf("output %q does not name the flag and the accepted form", out)
+	}
+}
+
+// checkCounter drives /counter on p with a cookie jar and checks the exact
+// body format and the count.
+func checkCounter(t *testing.T, p *proc) {
+	t.Helper()
+	jar, _ := cookiejar.New(nil)
+	c := &http.Client{Jar: jar, Timeout: 5 * time.Second}
+	var id string
+	for i := 1; i <= 3; i++ {
+		resp, err := c.Get("http://" + p.http + "/counter")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, ck := range resp.Cookies() {
+			if ck.Name == "JSESSIONID" {
+				id = ck.Value
+			}
+		}
+		if want := fmt.Sprintf("count=%d node=%s id=%s\n", i, p.route, id); string(b) != want {
+			t.Errorf("GET /counter = %q, want %q", b, want)
+		}
+	}
+	if !strings.HasSuffix(id, "."+p.route) {
+		t.Errorf("session id %q does not end with the route", id)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cohort-cluster/cohort/membership"
+	"github.com/cohort-cluster/cohort/web"
 )
 
 // config is the node's effective configuration, from flags, COHORT_*
@@ -216,6 +217,15 @@ func (c *config) membershipConfig(logger *slog.Logger) membership.Config {
 	m.Key = c.Key
 	m.Logger = logger
 	return m
+}
+
+// webConfig maps the node configuration onto the HTTP layer.
+func (c *config) webConfig(logger *slog.Logger) web.Config {
+	w := web.DefaultConfig()
+	w.Route = c.Route
+	w.CookieName = c.Cookie
+	w.Logger = logger
+	return w
 }
 
 // LogValue lists the effective configuration, the key redacted.

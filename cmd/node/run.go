@@ -12,7 +12,9 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/cohort-cluster/cohort/manager"
 	"github.com/cohort-cluster/cohort/membership"
+	"github.com/cohort-cluster/cohort/web"
 )
 
 // run starts a node and serves until ctx is cancelled, then shuts down
@@ -28,17 +30,28 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	logger := newLogger(cfg, stderr)
 	logger.Info("starting", "config", cfg)
 
+	mgr, err := newManager(cfg, logger)
+	if err != nil {
+		return err
+	}
+	sessions, err := web.New(mgr, cfg.webConfig(logger))
+	if err != nil {
+		_ = mgr.Close(context.Background())
+		return err
+	}
 	node, err := membership.New(cfg.membershipConfig(logger))
 	if err != nil {
+		_ = mgr.Close(context.Background())
 		return err
 	}
 	ln, err := net.Listen("tcp", cfg.HTTP)
 	if err != nil {
 		_ = node.Close()
+		_ = mgr.Close(context.Background())
 		return fmt.Errorf("listen on -http %s: %w", cfg.HTTP, err)
 	}
 	srv := &http.Server{
-		Handler:           newMux(cfg, node),
+		Handler:           newMux(cfg, node, sessions),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
@@ -56,11 +69,26 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	defer cancel()
 	herr := srv.Shutdown(shutdownCtx)
 	<-serveErr
+	merr := mgr.Close(shutdownCtx)
 	lerr := node.Leave(cfg.DropTime)
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}
-	return errors.Join(err, herr, lerr)
+	return errors.Join(err, herr, merr, lerr)
+}
+
+// newManager builds the session manager the -manager flag names.
+func newManager(cfg *config, logger *slog.Logger) (manager.Manager, error) {
+	mc := manager.DefaultConfig()
+	mc.Route = cfg.Route
+	mc.MaxInactive = cfg.SessionTimeout
+	mc.Logger = logger
+	switch cfg.Manager {
+	case "standard":
+		return manager.NewStandard(mc)
+	}
+	return nil, &flagError{Flag: "manager", Value: cfg.Manager, Source: "flag -manager",
+		Want: "standard (the replicating delta and backup managers are not in this build yet)"}
 }
 
 func newLogger(cfg *config, w io.Writer) *slog.Logger {
@@ -94,13 +122,29 @@ type sessionCounts struct {
 	Backup  int `json:"backup"`
 }
 
-func newMux(cfg *config, node *membership.Node) *http.ServeMux {
+func newMux(cfg *config, node *membership.Node, sessions *web.Sessions) *http.ServeMux {
 	mux := http.NewServeMux()
+	mux.Handle("GET /counter", sessions.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s, err := web.Get(r)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		n, _ := s.GetInt("count")
+		if err := s.Set("count", n+1); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintf(w, "count=%d node=%s id=%s\n", n+1, cfg.Route, s.ID())
+	})))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, "ok\n")
 	})
 	mux.HandleFunc("GET /cluster/status", func(w http.ResponseWriter, r *http.Request) {
 		st := status{Route: cfg.Route, Manager: cfg.Manager, Members: []memberStatus{}}
+		st.Sessions.Total = sessions.Manager().Count()
+		st.Sessions.Primary = st.Sessions.Total
 		for _, m := range node.Members() {
 			st.Members = append(st.Members, memberStatus{
 				Route: m.Name, Address: m.Addr, State: m.State,
