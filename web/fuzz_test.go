@@ -1,0 +1,43 @@
+package web
+
+import (
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/cohort-cluster/cohort/manager"
+)
+
+// FuzzRequestID feeds the session id parser arbitrary cookies and paths:
+// it must never panic, must strip the ;jsessionid= parameter it reads, and
+// must give the same answer for the same request twice.
+func FuzzRequestID(f *testing.F) {
+	f.Add("/counter", "abc.node1")
+	f.Add("/counter;jsessionid=abc.node1", "")
+	f.Add("/a;JSESSIONID=x.y/b;v=1", "z")
+	f.Add(";jsessionid=", "")
+	f.Add("/%3Bjsessionid=abc", "\x00")
+	ss := &Sessions{cfg: Config{CookieName: "JSESSIONID"}}
+	f.Fuzz(func(t *testing.T, path, cookie string) {
+		r := &http.Request{Method: "GET", URL: &url.URL{Path: path}, Header: http.Header{}}
+		if cookie != "" {
+			r.Header.Set("Cookie", "JSESSIONID="+cookie)
+		}
+		r2, id := ss.requestID(r)
+		if r.URL.Path != path {
+			t.Fatalf("requestID changed the caller's request path to %q", r.URL.Path)
+		}
+		if strings.Contains(strings.ToLower(r2.URL.Path), ";jsessionid=") && !strings.Contains(strings.ToLower(path[strings.Index(strings.ToLower(path), ";jsessionid=")+1:]), ";jsessionid=") {
+			t.Fatalf("path %q kept its parameter: %q", path, r2.URL.Path)
+		}
+		_, id2 := ss.requestID(r)
+		if id != id2 {
+			t.Fatalf("requestID not deterministic: %q, %q", id, id2)
+		}
+		base, route := manager.SplitID(id)
+		if manager.JoinID(base, route) != id && route != "" {
+			t.Fatalf("SplitID(%q) = %q, %q does not join back", id, base, route)
+		}
+	})
+}
