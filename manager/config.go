@@ -119,7 +119,7 @@ func (c *Config) validate() error {
 }
 
 func (c *Config) host() *host {
-	h := &host{types: c.Types, log: c.Logger, clock: c.Clock, local: c.LocalOnly, notifyReplicated: c.NotifyOnReplication}
+	h := &host{route: c.Route, types: c.Types, log: c.Logger, clock: c.Clock, local: c.LocalOnly, notifyReplicated: c.NotifyOnReplication}
 	if h.types == nil {
 		h.types = NewTypes()
 	}

@@ -19,7 +19,7 @@
 // decodes as the same Go type. Attribute names matching Config.LocalOnly
 // stay on their node and may hold anything.
 //
-// Changes are tracked as a [Delta]: the last operation per attribute, the
+// Changes are tracked as a [Change]: the last operation per attribute, the
 // principal and max inactive interval when they changed, made on top of a
 // version. A replica applies a delta only on top of the version it was
 // made from, so replicas never silently diverge. [Session.MarkDirty]

@@ -41,6 +41,7 @@ type Listener struct {
 
 // host is the state a manager shares with its sessions.
 type host struct {
+	route     string
 	types     *types
 	log       *slog.Logger
 	clock     func() time.Time

@@ -31,7 +31,7 @@ type Session struct {
 	maxInactive time.Duration
 	principal   string
 	attrs       map[string]*attr
-	version     uint64 // bumped by every committed change
+	rev         Rev    // the committed change this state is at
 	isNew       bool   // created by this request; cleared by Commit
 	valid       bool
 	pending     pending // changes since the last Commit
@@ -165,7 +165,15 @@ func (s *Session) SetPrincipal(p string) error {
 func (s *Session) Version() uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.version
+	return s.rev.N
+}
+
+// Rev returns the revision the session is at: its version and which node
+// committed it when.
+func (s *Session) Rev() Rev {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.rev
 }
 
 // IsNew reports whether the session was created by the current request.

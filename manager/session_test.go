@@ -58,11 +58,11 @@ func TestAttributesRoundTripAsTheirOwnTypes(t *testing.T) {
 	if !ok {
 		t.Fatal("commit of a new session gave no delta")
 	}
-	wire, err := EncodeDelta(d)
+	wire, err := EncodeChange(d)
 	if err != nil {
 		t.Fatal(err)
 	}
-	d2, err := DecodeDelta(wire)
+	d2, err := DecodeChange(wire)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +147,7 @@ func TestDeltaCarriesLastOperationPerAttribute(t *testing.T) {
 	c := cart{Items: map[string]int{}}
 	_ = s.Set("cart", &c)
 	d, ok := s.commit()
-	if !ok || d.Base != 1 || d.Version != 2 || d.Created != 0 || d.Principal == nil || *d.Principal != "alice" {
+	if !ok || d.Base.N != 1 || d.Rev.N != 2 || d.Rev.Node != "node1" || d.Created != 0 || d.Principal == nil || *d.Principal != "alice" {
 		t.Fatalf("delta = %+v", d)
 	}
 	if len(d.Ops) != 3 || d.Ops[0].Name != "a" || d.Ops[1].Name != "b" || d.Ops[1].Value != nil || d.Ops[2].Name != "cart" {
@@ -222,24 +222,24 @@ func TestListeners(t *testing.T) {
 	}
 }
 
-func FuzzDecodeDelta(f *testing.F) {
+func FuzzDecodeChange(f *testing.F) {
 	h := testHost(f)
 	s := newStore(h, 0).newSession("node1", time.Hour)
 	_ = s.Set("cart", cart{Items: map[string]int{"a": 1}})
 	_ = s.SetPrincipal("bob")
 	d, _ := s.commit()
-	b, _ := EncodeDelta(d)
+	b, _ := EncodeChange(d)
 	f.Add(b)
 	full, _ := EncodeFull(s.full())
 	f.Add(full)
 	f.Add([]byte{0x80})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		if d, err := DecodeDelta(b); err == nil {
-			b2, err := EncodeDelta(d)
+		if d, err := DecodeChange(b); err == nil {
+			b2, err := EncodeChange(d)
 			if err != nil {
-				t.Fatalf("EncodeDelta(%+v) = %v", d, err)
+				t.Fatalf("EncodeChange(%+v) = %v", d, err)
 			}
-			if d2, err := DecodeDelta(b2); err != nil || !reflect.DeepEqual(normDelta(d), normDelta(d2)) {
+			if d2, err := DecodeChange(b2); err != nil || !reflect.DeepEqual(normChange(d), normChange(d2)) {
 				t.Fatalf("round trip %+v -> %+v, %v", d, d2, err)
 			}
 			// A decoded delta applies or is refused; it never panics.
@@ -259,8 +259,8 @@ func FuzzDecodeDelta(f *testing.F) {
 	})
 }
 
-// normDelta makes empty and nil slices compare equal.
-func normDelta(d Delta) Delta {
+// normChange makes empty and nil slices compare equal.
+func normChange(d Change) Change {
 	if len(d.Ops) == 0 {
 		d.Ops = nil
 	}

@@ -9,13 +9,36 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 )
 
-// Delta is one committed change of a session, as it travels to replicas:
+// Rev identifies one committed state of a session: its version number and
+// the node and time that committed it. Two nodes that change a session
+// concurrently both make version N+1; the revisions tell them apart, and
+// their order (Less) decides which one every replica keeps.
+type Rev struct {
+	N    uint64 `msgpack:"n"` // version number: committed changes so far
+	At   int64  `msgpack:"t"` // commit time, Unix ms, on the committing node
+	Node string `msgpack:"o"` // route of the committing node
+}
+
+// Less orders revisions: by version, then commit time, then node route.
+// The greater revision wins a conflict; the order is total, so every node
+// picks the same winner.
+func (r Rev) Less(o Rev) bool {
+	if r.N != o.N {
+		return r.N < o.N
+	}
+	if r.At != o.At {
+		return r.At < o.At
+	}
+	return r.Node < o.Node
+}
+
+// Change is one committed change of a session, as it travels to replicas:
 // the last operation per changed attribute and the session-level fields
-// that changed, made on top of version Base.
-type Delta struct {
+// that changed, made on top of revision Base.
+type Change struct {
 	ID          string  `msgpack:"i"`
-	Base        uint64  `msgpack:"b"`           // version the change was made from
-	Version     uint64  `msgpack:"v"`           // Base+1
+	Base        Rev     `msgpack:"b"`           // revision the change was made from
+	Rev         Rev     `msgpack:"r"`           // revision it makes, Base.N+1
 	Created     int64   `msgpack:"c,omitempty"` // Unix ms; set when the session is new
 	Access      int64   `msgpack:"a"`           // last access, Unix ms
 	MaxInactive *int64  `msgpack:"m,omitempty"` // ms; set when changed (always for a new session)
@@ -35,7 +58,7 @@ type Op struct {
 // Standard manager's file carry it.
 type Full struct {
 	ID          string            `msgpack:"i"`
-	Version     uint64            `msgpack:"v"`
+	Rev         Rev               `msgpack:"r"`
 	Created     int64             `msgpack:"c"` // Unix ms
 	Access      int64             `msgpack:"a"` // Unix ms
 	MaxInactive int64             `msgpack:"m"` // ms
@@ -47,10 +70,10 @@ type Full struct {
 // the replica does not hold: the replica needs a full copy.
 var ErrVersionGap = errors.New("manager: delta does not apply to this version")
 
-// commit takes the pending changes. It returns a Delta and true when there
+// commit takes the pending changes. It returns a Change and true when there
 // was a change to replicate (which bumps the version), or false when the
 // request only read the session.
-func (s *Session) commit() (Delta, bool) {
+func (s *Session) commit() (Change, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	p := s.pending
@@ -58,10 +81,14 @@ func (s *Session) commit() (Delta, bool) {
 	wasNew := s.isNew
 	s.isNew = false
 	if p.empty() && !wasNew {
-		return Delta{}, false
+		return Change{}, false
 	}
-	d := Delta{ID: s.id, Base: s.version, Version: s.version + 1, Access: s.lastAccess.UnixMilli(), Invalidate: p.invalidated}
-	s.version++
+	next := Rev{N: s.rev.N + 1, At: s.host.now().UnixMilli(), Node: s.host.route}
+	if next.At <= s.rev.At {
+		next.At = s.rev.At + 1 // commit times of one session only go up
+	}
+	d := Change{ID: s.id, Base: s.rev, Rev: next, Access: s.lastAccess.UnixMilli(), Invalidate: p.invalidated}
+	s.rev = next
 	if wasNew {
 		d.Created = s.created.UnixMilli()
 		p.maxInactive = true
@@ -98,7 +125,7 @@ func (s *Session) full() Full {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	f := Full{
-		ID: s.id, Version: s.version, Created: s.created.UnixMilli(), Access: s.lastAccess.UnixMilli(),
+		ID: s.id, Rev: s.rev, Created: s.created.UnixMilli(), Access: s.lastAccess.UnixMilli(),
 		MaxInactive: s.maxInactive.Milliseconds(), Principal: s.principal,
 	}
 	for name, a := range s.attrs {
@@ -115,7 +142,7 @@ func (s *Session) full() Full {
 // fromFull builds a session from a full copy.
 func (h *host) fromFull(f Full) *Session {
 	s := &Session{
-		host: h, id: f.ID, version: f.Version, valid: true,
+		host: h, id: f.ID, rev: f.Rev, valid: true,
 		created: time.UnixMilli(f.Created), lastAccess: time.UnixMilli(f.Access),
 		maxInactive: time.Duration(f.MaxInactive) * time.Millisecond, principal: f.Principal,
 		attrs: make(map[string]*attr, len(f.Attrs)),
@@ -127,16 +154,16 @@ func (h *host) fromFull(f Full) *Session {
 }
 
 // apply applies a delta received from a peer. It returns ErrVersionGap,
-// changing nothing, unless the delta was made from this session's version.
-// Listeners fire when notify is true.
-func (s *Session) apply(d Delta, notify bool) error {
+// changing nothing, unless the delta was made from this session's exact
+// revision. Listeners fire when notify is true.
+func (s *Session) apply(d Change, notify bool) error {
 	s.mu.Lock()
-	if d.Base != s.version || d.Version != d.Base+1 {
-		have := s.version
+	if d.Base != s.rev || d.Rev.N != d.Base.N+1 {
+		have := s.rev
 		s.mu.Unlock()
-		return fmt.Errorf("%w: delta %d->%d, replica at %d", ErrVersionGap, d.Base, d.Version, have)
+		return fmt.Errorf("%w: delta %d->%d, replica at %d", ErrVersionGap, d.Base.N, d.Rev.N, have.N)
 	}
-	s.version = d.Version
+	s.rev = d.Rev
 	if t := time.UnixMilli(d.Access); t.After(s.lastAccess) {
 		s.lastAccess = t
 	}
@@ -203,17 +230,17 @@ func (h *host) value(a *attr) any {
 	return v
 }
 
-// EncodeDelta encodes a delta for the wire.
-func EncodeDelta(d Delta) ([]byte, error) { return msgpack.Marshal(&d) }
+// EncodeChange encodes a delta for the wire.
+func EncodeChange(d Change) ([]byte, error) { return msgpack.Marshal(&d) }
 
-// DecodeDelta decodes a delta received from a peer.
-func DecodeDelta(b []byte) (Delta, error) {
-	var d Delta
+// DecodeChange decodes a delta received from a peer.
+func DecodeChange(b []byte) (Change, error) {
+	var d Change
 	if err := msgpack.Unmarshal(b, &d); err != nil {
-		return Delta{}, fmt.Errorf("manager: decode delta: %w", err)
+		return Change{}, fmt.Errorf("manager: decode delta: %w", err)
 	}
 	if d.ID == "" {
-		return Delta{}, errors.New("manager: decode delta: empty session id")
+		return Change{}, errors.New("manager: decode delta: empty session id")
 	}
 	return d, nil
 }
