@@ -221,6 +221,35 @@ func (s *Session) apply(d Change, notify bool) error {
 	return nil
 }
 
+// replace installs a full copy if its revision is greater than the
+// session's. It fires no listeners: a replaced copy is a repair, not a
+// user's change.
+func (s *Session) replace(f Full) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.rev.Less(f.Rev) {
+		return false
+	}
+	s.rev = f.Rev
+	s.created = time.UnixMilli(f.Created)
+	if t := time.UnixMilli(f.Access); t.After(s.lastAccess) {
+		s.lastAccess = t
+	}
+	s.maxInactive = time.Duration(f.MaxInactive) * time.Millisecond
+	s.principal = f.Principal
+	attrs := make(map[string]*attr, len(f.Attrs))
+	for name, a := range s.attrs {
+		if a.raw == nil { // local-only: never replicated, kept
+			attrs[name] = a
+		}
+	}
+	for name, raw := range f.Attrs {
+		attrs[name] = &attr{raw: raw}
+	}
+	s.attrs = attrs
+	return true
+}
+
 // value returns an attribute's value, decoding it if needed.
 func (h *host) value(a *attr) any {
 	if a.known {

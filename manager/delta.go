@@ -1,0 +1,701 @@
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ErrNotReady is returned by Find on a node that has not finished its
+// state transfer, for a session it does not hold yet: the node cannot say
+// whether the session exists. The web layer answers 503 so the balancer
+// tries another node.
+var ErrNotReady = errors.New("manager: node not ready (state transfer in progress)")
+
+// DeltaConfig adds the Delta manager's settings to Config.
+type DeltaConfig struct {
+	Config
+	// Mode is how long Commit waits for the peers. Default Ack.
+	Mode SendMode
+	// SendTimeout bounds one wait for the peers. Default 5s.
+	SendTimeout time.Duration
+	// SyncTimeout bounds a state transfer from one peer before another is
+	// tried. Default 30s.
+	SyncTimeout time.Duration
+	// ExpireOnShutdown invalidates this node's sessions cluster-wide when
+	// it closes (Tomcat's expireSessionsOnShutdown). Default false: the
+	// sessions live on in the other nodes.
+	ExpireOnShutdown bool
+	// ChunkBytes is the size of state transfer chunks. Default 256 KiB.
+	ChunkBytes int
+}
+
+// DefaultDeltaConfig returns DefaultConfig with ack mode, a 5s send
+// timeout and a 30s state transfer timeout.
+func DefaultDeltaConfig() DeltaConfig {
+	return DeltaConfig{Config: DefaultConfig(), Mode: Ack, SendTimeout: 5 * time.Second, SyncTimeout: 30 * time.Second, ChunkBytes: 256 << 10}
+}
+
+// Delta replicates every committed change to every peer, as Tomcat's
+// DeltaManager does: each node holds every session, so any node can serve
+// any user, and a write costs one message per peer.
+//
+// Concurrent changes of one session on two nodes are resolved by revision
+// order ([Rev.Less]: version, then commit time, then route): every replica
+// keeps the greater revision, the node that made the lesser one fetches the
+// winner's copy, and the discarded change is logged and counted. Replicas
+// never silently diverge.
+type Delta struct {
+	cfg DeltaConfig
+	h   *host
+	st  *store
+	t   Transport
+
+	stop   chan struct{}
+	wg     sync.WaitGroup
+	closed atomic.Bool
+	once   sync.Once
+
+	touchMu sync.Mutex
+	touches map[string]int64 // id -> access, Unix ms, not yet sent
+
+	syncMu   sync.Mutex
+	ready    bool
+	syncing  bool
+	syncDone chan int         // receives the session count when a transfer ends
+	buffered []bufferedChange // changes of unknown sessions during a transfer
+
+	stats deltaCounters
+}
+
+type bufferedChange struct {
+	from string
+	c    Change
+}
+
+type deltaCounters struct {
+	replicated, received, conflicts, resyncs, fullsSent atomic.Int64
+	sendErrors, malformed, transfers, transferFailures  atomic.Int64
+	transferNanos, created, expired, invalidated        atomic.Int64
+}
+
+// DeltaStats is a snapshot of a Delta manager's counters.
+type DeltaStats struct {
+	Sessions         int
+	Replicated       int64         // changes sent
+	Received         int64         // messages received from peers
+	Conflicts        int64         // concurrent changes discarded by revision order
+	Resyncs          int64         // full copies requested after a gap or a lost conflict
+	FullsSent        int64         // full copies sent on request
+	SendErrors       int64         // sends that failed for at least one peer
+	Malformed        int64         // undecodable messages
+	Transfers        int64         // completed state transfers into this node
+	TransferFailures int64         // state transfers that timed out or failed
+	LastTransfer     time.Duration // duration of the last completed transfer
+	Created          int64
+	Expired          int64
+	Invalidated      int64
+}
+
+var _ Manager = (*Delta)(nil)
+
+// NewDelta returns a Delta manager that sends through t. It is not ready
+// until Sync has run. The caller delivers peers' messages to Receive.
+func NewDelta(cfg DeltaConfig, t Transport) (*Delta, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if cfg.SendTimeout <= 0 {
+		return nil, &ConfigError{"SendTimeout", cfg.SendTimeout.String(), "a positive duration such as 5s"}
+	}
+	if cfg.SyncTimeout <= 0 {
+		return nil, &ConfigError{"SyncTimeout", cfg.SyncTimeout.String(), "a positive duration such as 30s"}
+	}
+	if cfg.ChunkBytes <= 0 {
+		cfg.ChunkBytes = 256 << 10
+	}
+	h := cfg.host()
+	m := &Delta{cfg: cfg, h: h, st: newStore(h, cfg.IDGracePeriod), t: t, stop: make(chan struct{}), touches: make(map[string]int64)}
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		sweepLoop(m.stop, cfg.SweepInterval, m.sweep)
+	}()
+	return m, nil
+}
+
+// Ready reports whether the node has its sessions: after a state transfer,
+// or when it found no peer to transfer from.
+func (m *Delta) Ready() bool {
+	m.syncMu.Lock()
+	defer m.syncMu.Unlock()
+	return m.ready
+}
+
+// Stats returns a snapshot of the counters.
+func (m *Delta) Stats() DeltaStats {
+	c := &m.stats
+	return DeltaStats{
+		Sessions: m.st.count(), Replicated: c.replicated.Load(), Received: c.received.Load(),
+		Conflicts: c.conflicts.Load(), Resyncs: c.resyncs.Load(), FullsSent: c.fullsSent.Load(),
+		SendErrors: c.sendErrors.Load(), Malformed: c.malformed.Load(), Transfers: c.transfers.Load(),
+		TransferFailures: c.transferFailures.Load(), LastTransfer: time.Duration(c.transferNanos.Load()),
+		Created: c.created.Load(), Expired: c.expired.Load(), Invalidated: c.invalidated.Load(),
+	}
+}
+
+// Sync fetches every session from a peer (state transfer) and makes the
+// node ready. Peers are tried in random order, each for at most
+// SyncTimeout; with no peer, the node is ready at once. Changes that
+// arrive during the transfer are applied in order once it ends. Sync
+// returns an error, and the node stays not ready, only when every peer
+// failed.
+func (m *Delta) Sync(ctx context.Context) error {
+	peers := m.t.Peers()
+	if len(peers) == 0 {
+		m.setReady()
+		m.h.log.Info("no peers: ready with no sessions")
+		return nil
+	}
+	rand.Shuffle(len(peers), func(i, j int) { peers[i], peers[j] = peers[j], peers[i] })
+	var errs []error
+	for _, p := range peers {
+		err := m.syncFrom(ctx, p)
+		if err == nil {
+			return nil
+		}
+		m.stats.transferFailures.Add(1)
+		m.h.log.Warn("state transfer failed; trying another peer", "peer", p, "err", err)
+		errs = append(errs, fmt.Errorf("%s: %w", p, err))
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return fmt.Errorf("manager: state transfer: %w", errors.Join(errs...))
+}
+
+func (m *Delta) syncFrom(ctx context.Context, peer string) error {
+	done := make(chan int, 1)
+	m.syncMu.Lock()
+	m.syncing, m.syncDone = true, done
+	m.syncMu.Unlock()
+	defer func() {
+		m.syncMu.Lock()
+		m.syncing, m.syncDone = false, nil
+		m.syncMu.Unlock()
+	}()
+	start := time.Now()
+	msg, _ := encodeMsg(kindSyncRequest, struct{}{})
+	sctx, cancel := context.WithTimeout(ctx, m.cfg.SyncTimeout)
+	defer cancel()
+	if err := m.t.Send(sctx, []string{peer}, msg, Ack); err != nil {
+		return err
+	}
+	select {
+	case n := <-done:
+		d := time.Since(start)
+		m.stats.transfers.Add(1)
+		m.stats.transferNanos.Store(int64(d))
+		m.setReady()
+		m.h.log.Info("state transfer done", "peer", peer, "sessions", n, "duration", d)
+		return nil
+	case <-sctx.Done():
+		return sctx.Err()
+	case <-m.stop:
+		return ErrClosed
+	}
+}
+
+// setReady marks the node ready and applies the changes buffered during a
+// transfer, in arrival order.
+func (m *Delta) setReady() {
+	m.syncMu.Lock()
+	m.ready = true
+	buf := m.buffered
+	m.buffered = nil
+	m.syncMu.Unlock()
+	for _, b := range buf {
+		m.onChange(b.from, b.c)
+	}
+}
+
+// Create starts a new session; it reaches the peers with its first commit.
+func (m *Delta) Create(ctx context.Context) (*Session, error) {
+	if m.closed.Load() {
+		return nil, ErrClosed
+	}
+	s := m.st.newSession(m.cfg.Route, m.cfg.MaxInactive)
+	m.stats.created.Add(1)
+	m.h.fire(func(l Listener) {
+		if l.Created != nil {
+			l.Created(s)
+		}
+	})
+	return s, nil
+}
+
+// Find returns the session of id and records an access.
+func (m *Delta) Find(ctx context.Context, id string) (*Session, error) {
+	if m.closed.Load() {
+		return nil, ErrClosed
+	}
+	s := m.st.get(id)
+	if s == nil {
+		if !m.Ready() {
+			return nil, ErrNotReady
+		}
+		return nil, ErrNotFound
+	}
+	now := m.h.now()
+	if s.expiredAt(now) {
+		m.expire(s)
+		return nil, ErrNotFound
+	}
+	s.touchAt(now)
+	return s, nil
+}
+
+// Commit replicates the request's changes to every peer in the configured
+// mode. A request that only read the session queues its access time for
+// the next batch instead.
+func (m *Delta) Commit(ctx context.Context, s *Session) error {
+	c, changed := s.commit()
+	if !changed {
+		m.queueTouch(s)
+		return nil
+	}
+	msg, err := encodeMsg(kindChange, &c)
+	if err != nil {
+		return err
+	}
+	m.stats.replicated.Add(1)
+	return m.send(ctx, nil, msg, m.cfg.Mode)
+}
+
+// send sends with the send timeout and counts failures.
+func (m *Delta) send(ctx context.Context, to []string, msg []byte, mode SendMode) error {
+	if mode != Async {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, m.cfg.SendTimeout)
+		defer cancel()
+	}
+	if err := m.t.Send(ctx, to, msg, mode); err != nil {
+		m.stats.sendErrors.Add(1)
+		return err
+	}
+	return nil
+}
+
+// sendAsync sends from a receiver or background goroutine, which must not
+// wait on peers (two receivers waiting on each other would deadlock).
+func (m *Delta) sendAsync(to []string, k kind, body any) {
+	msg, err := encodeMsg(k, body)
+	if err == nil {
+		err = m.send(context.Background(), to, msg, Async)
+	}
+	if err != nil {
+		m.h.log.Warn("replication send failed", "kind", int(k), "err", err)
+	}
+}
+
+func (m *Delta) queueTouch(s *Session) {
+	id, at := s.ID(), s.LastAccess().UnixMilli()
+	m.touchMu.Lock()
+	m.touches[id] = at
+	m.touchMu.Unlock()
+}
+
+// flushTouches sends the batched access times.
+func (m *Delta) flushTouches() {
+	m.touchMu.Lock()
+	if len(m.touches) == 0 {
+		m.touchMu.Unlock()
+		return
+	}
+	batch := make([]touch, 0, len(m.touches))
+	for id, at := range m.touches {
+		batch = append(batch, touch{ID: id, Access: at})
+	}
+	clear(m.touches)
+	m.touchMu.Unlock()
+	m.sendAsync(nil, kindTouch, batch)
+}
+
+// sweep sends the batched touches, then expires idle sessions. Touches go
+// first so peers hear of the last accesses before they judge expiry.
+func (m *Delta) sweep() {
+	m.flushTouches()
+	now := m.h.now()
+	for _, s := range m.st.all() {
+		if s.expiredAt(now) {
+			m.expire(s)
+		}
+	}
+	m.st.expired(now) // forget old aliases
+}
+
+// expire removes an idle session here and tells the peers, who remove
+// their copy unless they know of a later access.
+func (m *Delta) expire(s *Session) {
+	id, at := s.ID(), s.LastAccess().UnixMilli()
+	if r := m.st.remove(id); r != nil {
+		m.stats.expired.Add(1)
+		m.destroyed(r, Expired, true)
+		m.sendAsync(nil, kindExpire, idMsg{ID: id, Access: at})
+	}
+}
+
+func (m *Delta) destroyed(s *Session, why Reason, local bool) {
+	if !local && !m.h.notifyReplicated {
+		return
+	}
+	m.h.fire(func(l Listener) {
+		if l.Destroyed != nil {
+			l.Destroyed(s, why)
+		}
+	})
+}
+
+// Invalidate destroys the session here and on every peer.
+func (m *Delta) Invalidate(ctx context.Context, id string) error {
+	s := m.st.get(id)
+	if s == nil {
+		return ErrNotFound
+	}
+	id = s.ID()
+	if r := m.st.remove(id); r != nil {
+		m.stats.invalidated.Add(1)
+		m.destroyed(r, Invalidated, true)
+	}
+	msg, err := encodeMsg(kindInvalidate, idMsg{ID: id})
+	if err != nil {
+		return err
+	}
+	return m.send(ctx, nil, msg, m.cfg.Mode)
+}
+
+// ChangeID renames the session here and on every peer; the old id keeps
+// resolving for IDGracePeriod everywhere.
+func (m *Delta) ChangeID(ctx context.Context, s *Session, base string) (string, error) {
+	if base == "" {
+		base = newID()
+	}
+	newID := JoinID(base, m.cfg.Route)
+	oldID, ok := m.st.rename(s, newID)
+	if !ok {
+		return "", ErrNotFound
+	}
+	if oldID == newID {
+		return newID, nil
+	}
+	m.h.fire(func(l Listener) {
+		if l.IDChanged != nil {
+			l.IDChanged(s, oldID)
+		}
+	})
+	msg, err := encodeMsg(kindRename, rename{Old: oldID, New: newID})
+	if err != nil {
+		return "", err
+	}
+	return newID, m.send(ctx, nil, msg, m.cfg.Mode)
+}
+
+// FindByPrincipal returns the sessions logged in as principal. Every node
+// holds every session, so the local answer is the cluster's.
+func (m *Delta) FindByPrincipal(ctx context.Context, principal string) ([]*Session, error) {
+	return m.st.byPrincipal(principal), nil
+}
+
+// Range calls f for each session until f returns false.
+func (m *Delta) Range(f func(*Session) bool) {
+	for _, s := range m.st.all() {
+		if !f(s) {
+			return
+		}
+	}
+}
+
+// Count returns the number of sessions held.
+func (m *Delta) Count() int { return m.st.count() }
+
+// AddListener registers session callbacks.
+func (m *Delta) AddListener(l Listener) { m.h.addListener(l) }
+
+// Close sends the pending access times, invalidates every session
+// cluster-wide if ExpireOnShutdown is set, and stops. Replication already
+// handed to the transport is the transport's to flush. Close is
+// idempotent.
+func (m *Delta) Close(ctx context.Context) error {
+	var err error
+	m.once.Do(func() {
+		m.flushTouches()
+		if m.cfg.ExpireOnShutdown {
+			for _, s := range m.st.all() {
+				err = errors.Join(err, m.Invalidate(ctx, s.ID()))
+			}
+		}
+		m.closed.Store(true)
+		close(m.stop)
+		m.wg.Wait()
+	})
+	return err
+}
+
+// Receive handles one message from peer from. The transport calls it for
+// each sender in send order. A malformed message is counted and returned
+// as an error wrapping ErrMalformed; the transport may drop the peer's
+// connection.
+func (m *Delta) Receive(from string, msg []byte) error {
+	if len(msg) == 0 {
+		m.stats.malformed.Add(1)
+		return fmt.Errorf("%w: empty", ErrMalformed)
+	}
+	m.stats.received.Add(1)
+	k, body := kind(msg[0]), msg[1:]
+	var err error
+	switch k {
+	case kindChange:
+		var c Change
+		if err = decodeBody(body, &c); err == nil && c.ID != "" {
+			m.onChange(from, c)
+		}
+	case kindTouch:
+		var ts []touch
+		if err = decodeBody(body, &ts); err == nil {
+			for _, t := range ts {
+				if s := m.st.get(t.ID); s != nil {
+					s.touchAt(time.UnixMilli(t.Access))
+				}
+			}
+		}
+	case kindExpire:
+		var e idMsg
+		if err = decodeBody(body, &e); err == nil {
+			m.onExpire(e)
+		}
+	case kindInvalidate:
+		var e idMsg
+		if err = decodeBody(body, &e); err == nil {
+			if r := m.st.remove(e.ID); r != nil {
+				m.stats.invalidated.Add(1)
+				m.destroyed(r, Invalidated, false)
+			}
+		}
+	case kindRename:
+		var r rename
+		if err = decodeBody(body, &r); err == nil {
+			m.onRename(r)
+		}
+	case kindFullRequest:
+		var e idMsg
+		if err = decodeBody(body, &e); err == nil {
+			if s := m.st.get(e.ID); s != nil {
+				m.stats.fullsSent.Add(1)
+				m.sendAsync([]string{from}, kindFull, s.full())
+			}
+		}
+	case kindFull:
+		var f Full
+		if err = decodeBody(body, &f); err == nil && f.ID != "" {
+			m.onFull(f)
+		}
+	case kindSyncRequest:
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			m.serveSync(from)
+		}()
+	case kindSyncChunk:
+		var fs []Full
+		if err = decodeBody(body, &fs); err == nil {
+			for _, f := range fs {
+				if f.ID != "" {
+					m.onFull(f)
+				}
+			}
+		}
+	case kindSyncDone:
+		var d syncDone
+		if err = decodeBody(body, &d); err == nil {
+			m.syncMu.Lock()
+			if m.syncDone != nil {
+				select {
+				case m.syncDone <- d.Count:
+				default:
+				}
+			}
+			m.syncMu.Unlock()
+		}
+	default:
+		err = fmt.Errorf("%w: unknown kind %d", ErrMalformed, k)
+	}
+	if err != nil {
+		m.stats.malformed.Add(1)
+		m.h.log.Warn("bad message from peer", "peer", from, "err", err)
+	}
+	return err
+}
+
+// onChange applies a peer's change, or resolves the conflict or gap it
+// reveals.
+func (m *Delta) onChange(from string, c Change) {
+	s := m.st.get(c.ID)
+	if s == nil {
+		if c.Base == (Rev{}) && c.Created != 0 {
+			s = m.h.fromFull(Full{ID: c.ID, Created: c.Created, Access: c.Access})
+			m.st.put(s)
+			if m.h.notifyReplicated {
+				m.h.fire(func(l Listener) {
+					if l.Created != nil {
+						l.Created(s)
+					}
+				})
+			}
+		} else {
+			m.syncMu.Lock()
+			if m.syncing {
+				m.buffered = append(m.buffered, bufferedChange{from, c})
+				m.syncMu.Unlock()
+				return
+			}
+			m.syncMu.Unlock()
+			m.requestFull(from, c.ID)
+			return
+		}
+	}
+	err := s.apply(c, m.h.notifyReplicated)
+	if err == nil {
+		if c.Invalidate {
+			if r := m.st.remove(c.ID); r != nil {
+				m.destroyed(r, Invalidated, false)
+			}
+		}
+		return
+	}
+	cur := s.Rev()
+	switch {
+	case cur == c.Rev:
+		// A duplicate: already applied.
+	case cur.Less(c.Rev):
+		// Behind, because a change was lost, or holding a concurrent
+		// revision that loses: the sender's copy replaces ours.
+		if cur.N >= c.Base.N && cur != c.Base {
+			m.conflict(c.ID, cur, c.Rev)
+		}
+		m.requestFull(from, c.ID)
+	case c.Rev.N == cur.N:
+		// A concurrent change that loses to ours: dropped. Its maker
+		// fetches our copy when our change reaches it.
+		m.conflict(c.ID, c.Rev, cur)
+	}
+}
+
+// conflict logs and counts a change discarded by revision order.
+func (m *Delta) conflict(id string, lost, won Rev) {
+	m.stats.conflicts.Add(1)
+	m.h.log.Warn("concurrent change discarded by revision order", "session", RedactID(id),
+		"lost_version", lost.N, "lost_node", lost.Node, "won_version", won.N, "won_node", won.Node)
+}
+
+func (m *Delta) requestFull(from, id string) {
+	m.stats.resyncs.Add(1)
+	m.sendAsync([]string{from}, kindFullRequest, idMsg{ID: id})
+}
+
+// onFull installs a full copy unless this node already holds a greater
+// or equal revision.
+func (m *Delta) onFull(f Full) {
+	s := m.st.get(f.ID)
+	if s == nil {
+		m.st.put(m.h.fromFull(f))
+		return
+	}
+	s.replace(f)
+}
+
+func (m *Delta) onExpire(e idMsg) {
+	s := m.st.get(e.ID)
+	if s == nil {
+		return
+	}
+	if s.LastAccess().UnixMilli() > e.Access {
+		// This node saw a later access: keep the session and make sure the
+		// peers hear of it.
+		m.queueTouch(s)
+		return
+	}
+	if r := m.st.remove(s.ID()); r != nil {
+		m.stats.expired.Add(1)
+		m.destroyed(r, Expired, false)
+	}
+}
+
+func (m *Delta) onRename(r rename) {
+	s := m.st.get(r.Old)
+	if s == nil {
+		return
+	}
+	if oldID, ok := m.st.rename(s, r.New); ok && oldID != r.New && m.h.notifyReplicated {
+		m.h.fire(func(l Listener) {
+			if l.IDChanged != nil {
+				l.IDChanged(s, oldID)
+			}
+		})
+	}
+}
+
+// serveSync streams every session to peer in chunks, each sent in ack
+// mode so that a slow receiver slows the stream instead of overflowing
+// its queue.
+func (m *Delta) serveSync(peer string) {
+	start := time.Now()
+	var batch []Full
+	n := 0
+	flush := func() bool {
+		if len(batch) == 0 {
+			return true
+		}
+		msg, err := encodeMsg(kindSyncChunk, batch)
+		if err == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), m.cfg.SyncTimeout)
+			err = m.t.Send(ctx, []string{peer}, msg, Ack)
+			cancel()
+		}
+		if err != nil {
+			m.h.log.Warn("state transfer to peer failed", "peer", peer, "err", err)
+			return false
+		}
+		n += len(batch)
+		batch = batch[:0]
+		return true
+	}
+	size := 0
+	for _, s := range m.st.all() {
+		select {
+		case <-m.stop:
+			return
+		default:
+		}
+		f := s.full()
+		batch = append(batch, f)
+		size += len(f.ID) + 64
+		for _, v := range f.Attrs {
+			size += len(v)
+		}
+		if size >= m.cfg.ChunkBytes {
+			if !flush() {
+				return
+			}
+			size = 0
+		}
+	}
+	if !flush() {
+		return
+	}
+	m.sendAsync([]string{peer}, kindSyncDone, syncDone{Count: n})
+	m.h.log.Info("state transfer sent", "peer", peer, "sessions", n, "duration", time.Since(start))
+}

@@ -1,0 +1,386 @@
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cohort-cluster/cohort/internal/leaktest"
+)
+
+// deltaCluster is a set of Delta managers on one memNet.
+type deltaCluster struct {
+	t     *testing.T
+	net   *memNet
+	clock *fakeClock
+	nodes map[string]*Delta
+}
+
+func newDeltaCluster(t *testing.T, routes ...string) *deltaCluster {
+	t.Helper()
+	c := &deltaCluster{t: t, net: newMemNet(), clock: &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}, nodes: map[string]*Delta{}}
+	t.Cleanup(func() {
+		for _, m := range c.nodes {
+			_ = m.Close(context.Background())
+		}
+		c.net.close()
+	})
+	for _, r := range routes {
+		c.start(r)
+	}
+	return c
+}
+
+// start adds a node and runs its state transfer.
+func (c *deltaCluster) start(route string) *Delta {
+	c.t.Helper()
+	cfg := DefaultDeltaConfig()
+	cfg.Route = route
+	cfg.Clock = c.clock.now
+	cfg.SweepInterval = time.Hour // tests sweep by hand
+	cfg.Types = NewTypes()
+	cfg.Types.MustRegister("test.cart", cart{})
+	cfg.Logger = slog.New(slog.NewTextHandler(c.t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	m, err := NewDelta(cfg, c.net.transport(route))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.net.add(route, m)
+	c.nodes[route] = m
+	if err := m.Sync(context.Background()); err != nil {
+		c.t.Fatal(err)
+	}
+	return m
+}
+
+// settle waits until every queued message has been delivered.
+func (c *deltaCluster) settle() {
+	c.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		idle := true
+		c.net.mu.Lock()
+		for _, p := range c.net.pairs {
+			p.mu.Lock()
+			if len(p.queue) > 0 {
+				idle = false
+			}
+			p.mu.Unlock()
+		}
+		c.net.mu.Unlock()
+		if idle {
+			// Deliveries in progress finish quickly; check twice.
+			time.Sleep(5 * time.Millisecond)
+			if c.idle() {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatal("network did not settle")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func (c *deltaCluster) idle() bool {
+	c.net.mu.Lock()
+	defer c.net.mu.Unlock()
+	for _, p := range c.net.pairs {
+		p.mu.Lock()
+		n := len(p.queue)
+		p.mu.Unlock()
+		if n > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// same checks that every node holds the session at the same revision with
+// the same attributes, and returns the revision.
+func (c *deltaCluster) same(id string) Rev {
+	c.t.Helper()
+	var want Full
+	first := true
+	for r, m := range c.nodes {
+		s := m.st.get(id)
+		if s == nil {
+			c.t.Fatalf("%s does not hold %s", r, id)
+		}
+		f := s.full()
+		f.Access = 0
+		if first {
+			want, first = f, false
+			continue
+		}
+		if f.Rev != want.Rev || fmt.Sprint(f.Attrs) != fmt.Sprint(want.Attrs) || f.Principal != want.Principal {
+			c.t.Fatalf("%s holds %+v, another node %+v", r, f, want)
+		}
+	}
+	return want.Rev
+}
+
+var bg = context.Background()
+
+func TestDeltaWriteOnOneReadOnAll(t *testing.T) {
+	leaktest.Check(t)
+	c := newDeltaCluster(t, "a", "b", "c")
+	a := c.nodes["a"]
+	s, _ := a.Create(bg)
+	_ = s.Set("cart", cart{Items: map[string]int{"apple": 1}})
+	_ = s.SetPrincipal("alice")
+	if err := a.Commit(bg, s); err != nil {
+		t.Fatal(err)
+	}
+	// Ack mode: when Commit returns, the peers have the change.
+	for _, r := range []string{"b", "c"} {
+		got, err := c.nodes[r].Find(bg, s.ID())
+		if err != nil {
+			t.Fatalf("%s: %v", r, err)
+		}
+		if ct, ok := Attr[cart](got, "cart"); !ok || ct.Items["apple"] != 1 || got.Principal() != "alice" {
+			t.Errorf("%s reads cart %+v, principal %q", r, ct, got.Principal())
+		}
+		if ss, _ := c.nodes[r].FindByPrincipal(bg, "alice"); len(ss) != 1 {
+			t.Errorf("%s FindByPrincipal = %d sessions", r, len(ss))
+		}
+	}
+	// A change on b reaches a and c.
+	sb, _ := c.nodes["b"].Find(bg, s.ID())
+	_ = sb.Set("n", 2)
+	_ = c.nodes["b"].Commit(bg, sb)
+	c.settle()
+	if rev := c.same(s.ID()); rev.N != 2 || rev.Node != "b" {
+		t.Errorf("revision %+v, want version 2 by b", rev)
+	}
+}
+
+func TestDeltaConcurrentWritersConverge(t *testing.T) {
+	leaktest.Check(t)
+	c := newDeltaCluster(t, "a", "b", "c")
+	s, _ := c.nodes["a"].Create(bg)
+	_ = c.nodes["a"].Commit(bg, s)
+	id := s.ID()
+	var wg sync.WaitGroup
+	for _, r := range []string{"a", "b"} {
+		wg.Go(func() {
+			m := c.nodes[r]
+			for i := range 200 {
+				s, err := m.Find(bg, id)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				_ = s.Set("last", r+fmt.Sprint(i))
+				_ = s.Set(r, i)
+				_ = m.Commit(bg, s)
+			}
+		})
+	}
+	wg.Wait()
+	c.settle()
+	c.same(id)
+	conflicts := c.nodes["a"].Stats().Conflicts + c.nodes["b"].Stats().Conflicts + c.nodes["c"].Stats().Conflicts
+	t.Logf("conflicts resolved: %d", conflicts)
+}
+
+func TestDeltaGapTriggersResync(t *testing.T) {
+	leaktest.Check(t)
+	c := newDeltaCluster(t, "a", "b")
+	a, b := c.nodes["a"], c.nodes["b"]
+	s, _ := a.Create(bg)
+	_ = s.Set("n", 1)
+	_ = a.Commit(bg, s)
+	var dropped atomic.Bool
+	c.net.drop = func(from, to string, msg []byte) bool {
+		return to == "b" && kind(msg[0]) == kindChange && !dropped.Swap(true)
+	}
+	_ = s.Set("n", 2)
+	_ = a.Commit(bg, s) // lost on the way to b
+	c.net.drop = nil
+	_ = s.Set("n", 3)
+	_ = a.Commit(bg, s) // b sees a gap and asks for a full copy
+	c.settle()
+	if rev := c.same(s.ID()); rev.N != 3 {
+		t.Errorf("revision %d, want 3", rev.N)
+	}
+	got, _ := b.Find(bg, s.ID())
+	if n, _ := got.GetInt("n"); n != 3 {
+		t.Errorf("b reads n=%d, want 3", n)
+	}
+	if b.Stats().Resyncs == 0 {
+		t.Error("no resync counted")
+	}
+}
+
+func TestDeltaExpiryEverywhere(t *testing.T) {
+	leaktest.Check(t)
+	c := newDeltaCluster(t, "a", "b", "c")
+	a, b := c.nodes["a"], c.nodes["b"]
+	s, _ := a.Create(bg)
+	_ = s.SetMaxInactive(10 * time.Minute)
+	_ = a.Commit(bg, s)
+	id := s.ID()
+
+	// A read on b eight minutes later keeps the session alive everywhere:
+	// its access time travels in b's next touch batch.
+	c.clock.advance(8 * time.Minute)
+	sb, _ := b.Find(bg, id)
+	_ = b.Commit(bg, sb)
+	for _, m := range c.nodes {
+		m.sweep()
+	}
+	c.settle()
+	c.clock.advance(5 * time.Minute) // 13 min after creation, 5 after b's read
+	for _, m := range c.nodes {
+		m.sweep()
+	}
+	c.settle()
+	for r, m := range c.nodes {
+		if m.Count() != 1 {
+			t.Fatalf("%s expired the session early", r)
+		}
+	}
+	c.clock.advance(6 * time.Minute) // 11 min after the last access
+	a.sweep()
+	c.settle()
+	for r, m := range c.nodes {
+		if m.Count() != 0 {
+			t.Errorf("%s still holds the expired session", r)
+		}
+		if _, err := m.Find(bg, id); !errors.Is(err, ErrNotFound) {
+			t.Errorf("%s Find = %v, want ErrNotFound", r, err)
+		}
+	}
+}
+
+func TestDeltaInvalidateAndRename(t *testing.T) {
+	leaktest.Check(t)
+	c := newDeltaCluster(t, "a", "b", "c")
+	a, b := c.nodes["a"], c.nodes["b"]
+	var destroyed atomic.Int64
+	for _, m := range c.nodes {
+		m.AddListener(Listener{Destroyed: func(*Session, Reason) { destroyed.Add(1) }})
+	}
+	s, _ := a.Create(bg)
+	_ = a.Commit(bg, s)
+	old := s.ID()
+	base, _ := SplitID(old)
+
+	// b rebinds the session to its route: every node renames its copy.
+	sb, _ := b.Find(bg, old)
+	newID, err := b.ChangeID(bg, sb, base)
+	if err != nil || newID != base+".b" {
+		t.Fatalf("ChangeID = %q, %v", newID, err)
+	}
+	for r, m := range c.nodes {
+		if got, err := m.Find(bg, newID); err != nil || got.ID() != newID {
+			t.Errorf("%s Find(new) = %v, %v", r, got, err)
+		}
+		if _, err := m.Find(bg, old); err != nil {
+			t.Errorf("%s: old id within the grace period: %v", r, err)
+		}
+	}
+	if err := c.nodes["c"].Invalidate(bg, newID); err != nil {
+		t.Fatal(err)
+	}
+	for r, m := range c.nodes {
+		if m.Count() != 0 {
+			t.Errorf("%s still holds the invalidated session", r)
+		}
+	}
+	if n := destroyed.Load(); n != 3 {
+		t.Errorf("Destroyed fired %d times, want once per node", n)
+	}
+}
+
+func TestDeltaStateTransferDuringWrites(t *testing.T) {
+	leaktest.Check(t)
+	c := newDeltaCluster(t, "a", "b")
+	a := c.nodes["a"]
+	const n = 5000
+	var ids []string
+	for i := range n {
+		s, _ := a.Create(bg)
+		_ = s.Set("i", i)
+		_ = a.Commit(bg, s)
+		ids = append(ids, s.ID())
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() { // writes go on during the transfer
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			s, err := a.Find(bg, ids[i%n])
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			_ = s.Set("w", i)
+			_ = a.Commit(bg, s)
+		}
+	})
+	d := c.start("d")
+	close(stop)
+	wg.Wait()
+	c.settle()
+	if !d.Ready() || d.Stats().Transfers != 1 {
+		t.Fatalf("d ready %v after %d transfers", d.Ready(), d.Stats().Transfers)
+	}
+	for _, id := range ids {
+		c.same(id)
+	}
+}
+
+func TestDeltaNotReadyDoesNotAnswer(t *testing.T) {
+	leaktest.Check(t)
+	c := newDeltaCluster(t, "a")
+	cfg := DefaultDeltaConfig()
+	cfg.Route = "z"
+	m, err := NewDelta(cfg, c.net.transport("z"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close(bg)
+	if _, err := m.Find(bg, "nope.a"); !errors.Is(err, ErrNotReady) {
+		t.Errorf("Find before Sync = %v, want ErrNotReady", err)
+	}
+}
+
+func TestDeltaListenersOnReplication(t *testing.T) {
+	leaktest.Check(t)
+	for _, notify := range []bool{true, false} {
+		t.Run(fmt.Sprint("notify=", notify), func(t *testing.T) {
+			c := newDeltaCluster(t, "a", "b")
+			c.nodes["b"].h.notifyReplicated = notify
+			var got []string
+			var mu sync.Mutex
+			c.nodes["b"].AddListener(Listener{
+				Created:        func(*Session) { mu.Lock(); got = append(got, "created"); mu.Unlock() },
+				AttributeAdded: func(_ *Session, n string, _ any) { mu.Lock(); got = append(got, "added "+n); mu.Unlock() },
+			})
+			s, _ := c.nodes["a"].Create(bg)
+			_ = s.Set("x", 1)
+			_ = c.nodes["a"].Commit(bg, s)
+			mu.Lock()
+			defer mu.Unlock()
+			want := []string{"created", "added x"}
+			if !notify {
+				want = nil
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("b heard %q, want %q", got, want)
+			}
+		})
+	}
+}

@@ -1,0 +1,174 @@
+package manager
+
+import (
+	"context"
+	"slices"
+	"sync"
+)
+
+// memNet connects Delta managers in memory: one ordered queue and one
+// delivery goroutine per (sender, receiver) pair, as a real channel has
+// one connection per pair. Async sends return at once; Ack and Sync wait
+// until the receiver has handled the message.
+type memNet struct {
+	mu    sync.Mutex
+	nodes map[string]receiver
+	pairs map[[2]string]*pipe
+	drop  func(from, to string, msg []byte) bool // optional: lose a message
+	wg    sync.WaitGroup
+}
+
+type receiver interface {
+	Receive(from string, msg []byte) error
+}
+
+type pipe struct {
+	mu     sync.Mutex
+	cond   *sync.Cond
+	queue  []delivery
+	closed bool
+}
+
+type delivery struct {
+	msg  []byte
+	done chan struct{}
+}
+
+func newMemNet() *memNet {
+	return &memNet{nodes: map[string]receiver{}, pairs: map[[2]string]*pipe{}}
+}
+
+// transport returns the Transport of node route.
+func (n *memNet) transport(route string) *memTransport { return &memTransport{n: n, self: route} }
+
+func (n *memNet) add(route string, r receiver) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.nodes[route] = r
+}
+
+func (n *memNet) remove(route string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	delete(n.nodes, route)
+	for k, p := range n.pairs {
+		if k[0] == route || k[1] == route {
+			p.close()
+			delete(n.pairs, k)
+		}
+	}
+}
+
+func (n *memNet) close() {
+	n.mu.Lock()
+	for k, p := range n.pairs {
+		p.close()
+		delete(n.pairs, k)
+	}
+	n.mu.Unlock()
+	n.wg.Wait()
+}
+
+func (p *pipe) close() {
+	p.mu.Lock()
+	p.closed = true
+	for _, d := range p.queue {
+		if d.done != nil {
+			close(d.done)
+		}
+	}
+	p.queue = nil
+	p.mu.Unlock()
+	p.cond.Broadcast()
+}
+
+func (n *memNet) pipe(from, to string) *pipe {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	k := [2]string{from, to}
+	if p, ok := n.pairs[k]; ok {
+		return p
+	}
+	p := &pipe{}
+	p.cond = sync.NewCond(&p.mu)
+	n.pairs[k] = p
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		for {
+			p.mu.Lock()
+			for len(p.queue) == 0 && !p.closed {
+				p.cond.Wait()
+			}
+			if p.closed {
+				p.mu.Unlock()
+				return
+			}
+			d := p.queue[0]
+			p.queue = p.queue[1:]
+			p.mu.Unlock()
+			n.mu.Lock()
+			r := n.nodes[to]
+			n.mu.Unlock()
+			if r != nil {
+				_ = r.Receive(from, d.msg)
+			}
+			if d.done != nil {
+				close(d.done)
+			}
+		}
+	}()
+	return p
+}
+
+type memTransport struct {
+	n    *memNet
+	self string
+}
+
+func (t *memTransport) Peers() []string {
+	t.n.mu.Lock()
+	defer t.n.mu.Unlock()
+	var out []string
+	for r := range t.n.nodes {
+		if r != t.self {
+			out = append(out, r)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (t *memTransport) Send(ctx context.Context, to []string, msg []byte, mode SendMode) error {
+	if to == nil {
+		to = t.Peers()
+	}
+	var waits []chan struct{}
+	for _, peer := range to {
+		if t.n.drop != nil && t.n.drop(t.self, peer, msg) {
+			continue
+		}
+		d := delivery{msg: msg}
+		if mode != Async {
+			d.done = make(chan struct{})
+			waits = append(waits, d.done)
+		}
+		p := t.n.pipe(t.self, peer)
+		p.mu.Lock()
+		if !p.closed {
+			p.queue = append(p.queue, d)
+		} else if d.done != nil {
+			close(d.done)
+		}
+		p.mu.Unlock()
+		p.cond.Signal()
+	}
+	for _, w := range waits {
+		select {
+		case <-w:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}

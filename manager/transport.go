@@ -1,0 +1,117 @@
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// SendMode says how long a replicating manager waits when it sends a
+// change: not at all (Async), until every peer's receiver has read it
+// (Ack), or until every peer has applied it (Sync).
+type SendMode int
+
+const (
+	Async SendMode = iota
+	Ack
+	Sync
+)
+
+func (m SendMode) String() string {
+	switch m {
+	case Async:
+		return "async"
+	case Ack:
+		return "ack"
+	case Sync:
+		return "sync"
+	}
+	return fmt.Sprintf("SendMode(%d)", int(m))
+}
+
+// UnmarshalText parses "async", "ack" or "sync".
+func (m *SendMode) UnmarshalText(b []byte) error {
+	switch string(b) {
+	case "async":
+		*m = Async
+	case "ack":
+		*m = Ack
+	case "sync":
+		*m = Sync
+	default:
+		return fmt.Errorf("manager: send mode %q: want async, ack or sync", b)
+	}
+	return nil
+}
+
+// Transport carries a replicating manager's messages to its peers, in
+// order per sender and receiver. The replication channel provides it; tests
+// use an in-memory one. Implementations must be safe for concurrent use.
+//
+// The manager receives its peers' messages through its Receive method,
+// which the transport calls, for each sender, one message at a time in
+// send order.
+type Transport interface {
+	// Send delivers msg to the peers named in to, or to every peer when to
+	// is nil, and returns when mode is satisfied or ctx is done. The error
+	// names the peers that failed.
+	Send(ctx context.Context, to []string, msg []byte, mode SendMode) error
+	// Peers returns the routes of the current peers.
+	Peers() []string
+}
+
+// kind is the first byte of every manager message.
+type kind byte
+
+const (
+	kindChange      kind = iota + 1 // Change
+	kindTouch                       // []touch: batched access times
+	kindExpire                      // expiry: id and the access it expired after
+	kindInvalidate                  // idMsg
+	kindRename                      // rename
+	kindFullRequest                 // idMsg: send me this session whole
+	kindFull                        // Full
+	kindSyncRequest                 // send me every session (state transfer)
+	kindSyncChunk                   // []Full
+	kindSyncDone                    // syncDone
+)
+
+type touch struct {
+	ID     string `msgpack:"i"`
+	Access int64  `msgpack:"a"` // Unix ms
+}
+
+type idMsg struct {
+	ID     string `msgpack:"i"`
+	Access int64  `msgpack:"a,omitempty"`
+}
+
+type rename struct {
+	Old string `msgpack:"o"`
+	New string `msgpack:"n"`
+}
+
+type syncDone struct {
+	Count int `msgpack:"c"`
+}
+
+// encodeMsg frames a manager message: its kind, then its msgpack body.
+func encodeMsg(k kind, body any) ([]byte, error) {
+	b, err := msgpack.Marshal(body)
+	if err != nil {
+		return nil, fmt.Errorf("manager: encode message %d: %w", k, err)
+	}
+	return append([]byte{byte(k)}, b...), nil
+}
+
+// ErrMalformed wraps errors decoding a peer's message.
+var ErrMalformed = errors.New("manager: malformed message")
+
+func decodeBody(b []byte, v any) error {
+	if err := msgpack.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	return nil
+}
