@@ -31,8 +31,8 @@ type Session struct {
 	maxInactive time.Duration
 	principal   string
 	attrs       map[string]*attr
-	rev         Rev    // the committed change this state is at
-	isNew       bool   // created by this request; cleared by Commit
+	rev         Rev  // the committed change this state is at
+	isNew       bool // created by this request; cleared by Commit
 	valid       bool
 	pending     pending // changes since the last Commit
 }
