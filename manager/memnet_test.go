@@ -172,3 +172,18 @@ func (t *memTransport) Send(ctx context.Context, to []string, msg []byte, mode S
 	}
 	return nil
 }
+
+// idleNow reports whether no message is queued.
+func (n *memNet) idleNow() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, p := range n.pairs {
+		p.mu.Lock()
+		k := len(p.queue)
+		p.mu.Unlock()
+		if k > 0 {
+			return false
+		}
+	}
+	return true
+}

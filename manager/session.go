@@ -31,7 +31,8 @@ type Session struct {
 	maxInactive time.Duration
 	principal   string
 	attrs       map[string]*attr
-	rev         Rev  // the committed change this state is at
+	rev         Rev    // the committed change this state is at
+	owner       string // Backup manager: route of the primary, as this node knows it
 	isNew       bool // created by this request; cleared by Commit
 	valid       bool
 	pending     pending // changes since the last Commit
@@ -103,6 +104,18 @@ func (id RedactID) LogValue() slog.Value {
 		base = base[:4] + "…"
 	}
 	return slog.StringValue(JoinID(base, route))
+}
+
+func (s *Session) ownerRoute() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.owner
+}
+
+func (s *Session) setOwner(route string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.owner = route
 }
 
 // Created returns when the session was created.

@@ -55,8 +55,8 @@ func (m *SendMode) UnmarshalText(b []byte) error {
 // send order.
 type Transport interface {
 	// Send delivers msg to the peers named in to, or to every peer when to
-	// is nil, and returns when mode is satisfied or ctx is done. The error
-	// names the peers that failed.
+	// is nil (an empty, non-nil to sends to no one), and returns when mode
+	// is satisfied or ctx is done. The error names the peers that failed.
 	Send(ctx context.Context, to []string, msg []byte, mode SendMode) error
 	// Peers returns the routes of the current peers.
 	Peers() []string
@@ -76,7 +76,17 @@ const (
 	kindSyncRequest                 // send me every session (state transfer)
 	kindSyncChunk                   // []Full
 	kindSyncDone                    // syncDone
+	kindFetch                       // idMsg: Backup, do you hold this session?
+	kindFetchReply                  // fetchReply
+	kindTakeover                    // idMsg: the sender is now the session's primary
+	kindDrop                        // idMsg: you are no longer a holder of this session
 )
+
+type fetchReply struct {
+	ID    string `msgpack:"i"`
+	Found bool   `msgpack:"f"`
+	Full  Full   `msgpack:"s"`
+}
 
 type touch struct {
 	ID     string `msgpack:"i"`

@@ -49,7 +49,15 @@ func DefaultDeltaConfig() DeltaConfig {
 // keeps the greater revision, the node that made the lesser one fetches the
 // winner's copy, and the discarded change is logged and counted. Replicas
 // never silently diverge.
+//
+// Delta and Backup share their implementation: they differ in who
+// receives a change, not in how sessions work.
 type Delta struct {
+	*replicated
+}
+
+// replicated is the implementation of Delta and Backup.
+type replicated struct {
 	cfg DeltaConfig
 	h   *host
 	st  *store
@@ -70,6 +78,8 @@ type Delta struct {
 	buffered []bufferedChange // changes of unknown sessions during a transfer
 
 	stats deltaCounters
+
+	backup *backupState // nil for Delta
 }
 
 type bufferedChange struct {
@@ -83,9 +93,10 @@ type deltaCounters struct {
 	transferNanos, created, expired, invalidated        atomic.Int64
 }
 
-// DeltaStats is a snapshot of a Delta manager's counters.
-type DeltaStats struct {
+// Stats is a snapshot of a Delta or Backup manager's counters.
+type Stats struct {
 	Sessions         int
+	UnderReplicated  int64 // Backup: sessions waiting for a copy on a new backup
 	Replicated       int64         // changes sent
 	Received         int64         // messages received from peers
 	Conflicts        int64         // concurrent changes discarded by revision order
@@ -106,6 +117,14 @@ var _ Manager = (*Delta)(nil)
 // NewDelta returns a Delta manager that sends through t. It is not ready
 // until Sync has run. The caller delivers peers' messages to Receive.
 func NewDelta(cfg DeltaConfig, t Transport) (*Delta, error) {
+	r, err := newReplicated(cfg, t)
+	if err != nil {
+		return nil, err
+	}
+	return &Delta{r}, nil
+}
+
+func newReplicated(cfg DeltaConfig, t Transport) (*replicated, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
@@ -119,7 +138,7 @@ func NewDelta(cfg DeltaConfig, t Transport) (*Delta, error) {
 		cfg.ChunkBytes = 256 << 10
 	}
 	h := cfg.host()
-	m := &Delta{cfg: cfg, h: h, st: newStore(h, cfg.IDGracePeriod), t: t, stop: make(chan struct{}), touches: make(map[string]int64)}
+	m := &replicated{cfg: cfg, h: h, st: newStore(h, cfg.IDGracePeriod), t: t, stop: make(chan struct{}), touches: make(map[string]int64)}
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
@@ -130,17 +149,17 @@ func NewDelta(cfg DeltaConfig, t Transport) (*Delta, error) {
 
 // Ready reports whether the node has its sessions: after a state transfer,
 // or when it found no peer to transfer from.
-func (m *Delta) Ready() bool {
+func (m *replicated) Ready() bool {
 	m.syncMu.Lock()
 	defer m.syncMu.Unlock()
 	return m.ready
 }
 
 // Stats returns a snapshot of the counters.
-func (m *Delta) Stats() DeltaStats {
+func (m *replicated) Stats() Stats {
 	c := &m.stats
-	return DeltaStats{
-		Sessions: m.st.count(), Replicated: c.replicated.Load(), Received: c.received.Load(),
+	return Stats{
+		Sessions: m.st.count(), UnderReplicated: m.UnderReplicated(), Replicated: c.replicated.Load(), Received: c.received.Load(),
 		Conflicts: c.conflicts.Load(), Resyncs: c.resyncs.Load(), FullsSent: c.fullsSent.Load(),
 		SendErrors: c.sendErrors.Load(), Malformed: c.malformed.Load(), Transfers: c.transfers.Load(),
 		TransferFailures: c.transferFailures.Load(), LastTransfer: time.Duration(c.transferNanos.Load()),
@@ -154,8 +173,12 @@ func (m *Delta) Stats() DeltaStats {
 // arrive during the transfer are applied in order once it ends. Sync
 // returns an error, and the node stays not ready, only when every peer
 // failed.
-func (m *Delta) Sync(ctx context.Context) error {
+func (m *replicated) Sync(ctx context.Context) error {
 	peers := m.t.Peers()
+	if m.backup != nil {
+		m.setReady() // Backup: primaries push copies to a new member
+		return nil
+	}
 	if len(peers) == 0 {
 		m.setReady()
 		m.h.log.Info("no peers: ready with no sessions")
@@ -178,7 +201,7 @@ func (m *Delta) Sync(ctx context.Context) error {
 	return fmt.Errorf("manager: state transfer: %w", errors.Join(errs...))
 }
 
-func (m *Delta) syncFrom(ctx context.Context, peer string) error {
+func (m *replicated) syncFrom(ctx context.Context, peer string) error {
 	done := make(chan int, 1)
 	m.syncMu.Lock()
 	m.syncing, m.syncDone = true, done
@@ -212,7 +235,7 @@ func (m *Delta) syncFrom(ctx context.Context, peer string) error {
 
 // setReady marks the node ready and applies the changes buffered during a
 // transfer, in arrival order.
-func (m *Delta) setReady() {
+func (m *replicated) setReady() {
 	m.syncMu.Lock()
 	m.ready = true
 	buf := m.buffered
@@ -224,11 +247,12 @@ func (m *Delta) setReady() {
 }
 
 // Create starts a new session; it reaches the peers with its first commit.
-func (m *Delta) Create(ctx context.Context) (*Session, error) {
+func (m *replicated) Create(ctx context.Context) (*Session, error) {
 	if m.closed.Load() {
 		return nil, ErrClosed
 	}
 	s := m.st.newSession(m.cfg.Route, m.cfg.MaxInactive)
+	s.setOwner(m.cfg.Route)
 	m.stats.created.Add(1)
 	m.h.fire(func(l Listener) {
 		if l.Created != nil {
@@ -239,7 +263,7 @@ func (m *Delta) Create(ctx context.Context) (*Session, error) {
 }
 
 // Find returns the session of id and records an access.
-func (m *Delta) Find(ctx context.Context, id string) (*Session, error) {
+func (m *replicated) Find(ctx context.Context, id string) (*Session, error) {
 	if m.closed.Load() {
 		return nil, ErrClosed
 	}
@@ -248,7 +272,17 @@ func (m *Delta) Find(ctx context.Context, id string) (*Session, error) {
 		if !m.Ready() {
 			return nil, ErrNotReady
 		}
-		return nil, ErrNotFound
+		if m.backup == nil {
+			return nil, ErrNotFound
+		}
+		var err error
+		if s, err = m.fetch(ctx, id); err != nil {
+			return nil, err
+		}
+	} else if m.backup != nil && s.ownerRoute() != m.cfg.Route {
+		// A backup serves the session: the balancer failed the user over.
+		s.setOwner(m.cfg.Route)
+		m.takeover(s)
 	}
 	now := m.h.now()
 	if s.expiredAt(now) {
@@ -262,7 +296,7 @@ func (m *Delta) Find(ctx context.Context, id string) (*Session, error) {
 // Commit replicates the request's changes to every peer in the configured
 // mode. A request that only read the session queues its access time for
 // the next batch instead.
-func (m *Delta) Commit(ctx context.Context, s *Session) error {
+func (m *replicated) Commit(ctx context.Context, s *Session) error {
 	c, changed := s.commit()
 	if !changed {
 		m.queueTouch(s)
@@ -273,11 +307,11 @@ func (m *Delta) Commit(ctx context.Context, s *Session) error {
 		return err
 	}
 	m.stats.replicated.Add(1)
-	return m.send(ctx, nil, msg, m.cfg.Mode)
+	return m.send(ctx, m.targets(s), msg, m.cfg.Mode)
 }
 
 // send sends with the send timeout and counts failures.
-func (m *Delta) send(ctx context.Context, to []string, msg []byte, mode SendMode) error {
+func (m *replicated) send(ctx context.Context, to []string, msg []byte, mode SendMode) error {
 	if mode != Async {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, m.cfg.SendTimeout)
@@ -292,7 +326,7 @@ func (m *Delta) send(ctx context.Context, to []string, msg []byte, mode SendMode
 
 // sendAsync sends from a receiver or background goroutine, which must not
 // wait on peers (two receivers waiting on each other would deadlock).
-func (m *Delta) sendAsync(to []string, k kind, body any) {
+func (m *replicated) sendAsync(to []string, k kind, body any) {
 	msg, err := encodeMsg(k, body)
 	if err == nil {
 		err = m.send(context.Background(), to, msg, Async)
@@ -302,7 +336,7 @@ func (m *Delta) sendAsync(to []string, k kind, body any) {
 	}
 }
 
-func (m *Delta) queueTouch(s *Session) {
+func (m *replicated) queueTouch(s *Session) {
 	id, at := s.ID(), s.LastAccess().UnixMilli()
 	m.touchMu.Lock()
 	m.touches[id] = at
@@ -310,24 +344,47 @@ func (m *Delta) queueTouch(s *Session) {
 }
 
 // flushTouches sends the batched access times.
-func (m *Delta) flushTouches() {
+func (m *replicated) flushTouches() {
 	m.touchMu.Lock()
 	if len(m.touches) == 0 {
 		m.touchMu.Unlock()
 		return
 	}
-	batch := make([]touch, 0, len(m.touches))
+	all := make([]touch, 0, len(m.touches))
 	for id, at := range m.touches {
-		batch = append(batch, touch{ID: id, Access: at})
+		all = append(all, touch{ID: id, Access: at})
 	}
 	clear(m.touches)
 	m.touchMu.Unlock()
-	m.sendAsync(nil, kindTouch, batch)
+	if m.backup == nil {
+		m.sendAsync(nil, kindTouch, all)
+		return
+	}
+	perPeer := make(map[string][]touch)
+	for _, t := range all {
+		if s := m.st.get(t.ID); s != nil {
+			for _, p := range m.recipients(s) {
+				perPeer[p] = append(perPeer[p], t)
+			}
+		}
+	}
+	for p, batch := range perPeer {
+		m.sendAsync([]string{p}, kindTouch, batch)
+	}
+}
+
+// recipients returns who must hear of an expiry, invalidation, rename or
+// access of s: every peer (nil) for Delta, every possible holder for Backup.
+func (m *replicated) recipients(s *Session) []string {
+	if m.backup == nil {
+		return nil
+	}
+	return m.holders(s.ID(), s.ownerRoute())
 }
 
 // sweep sends the batched touches, then expires idle sessions. Touches go
 // first so peers hear of the last accesses before they judge expiry.
-func (m *Delta) sweep() {
+func (m *replicated) sweep() {
 	m.flushTouches()
 	now := m.h.now()
 	for _, s := range m.st.all() {
@@ -340,16 +397,17 @@ func (m *Delta) sweep() {
 
 // expire removes an idle session here and tells the peers, who remove
 // their copy unless they know of a later access.
-func (m *Delta) expire(s *Session) {
+func (m *replicated) expire(s *Session) {
 	id, at := s.ID(), s.LastAccess().UnixMilli()
+	to := m.recipients(s)
 	if r := m.st.remove(id); r != nil {
 		m.stats.expired.Add(1)
 		m.destroyed(r, Expired, true)
-		m.sendAsync(nil, kindExpire, idMsg{ID: id, Access: at})
+		m.sendAsync(to, kindExpire, idMsg{ID: id, Access: at})
 	}
 }
 
-func (m *Delta) destroyed(s *Session, why Reason, local bool) {
+func (m *replicated) destroyed(s *Session, why Reason, local bool) {
 	if !local && !m.h.notifyReplicated {
 		return
 	}
@@ -361,12 +419,16 @@ func (m *Delta) destroyed(s *Session, why Reason, local bool) {
 }
 
 // Invalidate destroys the session here and on every peer.
-func (m *Delta) Invalidate(ctx context.Context, id string) error {
+func (m *replicated) Invalidate(ctx context.Context, id string) error {
 	s := m.st.get(id)
+	if s == nil && m.backup != nil {
+		s, _ = m.fetch(ctx, id)
+	}
 	if s == nil {
 		return ErrNotFound
 	}
 	id = s.ID()
+	to := m.recipients(s)
 	if r := m.st.remove(id); r != nil {
 		m.stats.invalidated.Add(1)
 		m.destroyed(r, Invalidated, true)
@@ -375,12 +437,12 @@ func (m *Delta) Invalidate(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	return m.send(ctx, nil, msg, m.cfg.Mode)
+	return m.send(ctx, to, msg, m.cfg.Mode)
 }
 
 // ChangeID renames the session here and on every peer; the old id keeps
 // resolving for IDGracePeriod everywhere.
-func (m *Delta) ChangeID(ctx context.Context, s *Session, base string) (string, error) {
+func (m *replicated) ChangeID(ctx context.Context, s *Session, base string) (string, error) {
 	if base == "" {
 		base = newID()
 	}
@@ -401,17 +463,17 @@ func (m *Delta) ChangeID(ctx context.Context, s *Session, base string) (string, 
 	if err != nil {
 		return "", err
 	}
-	return newID, m.send(ctx, nil, msg, m.cfg.Mode)
+	return newID, m.send(ctx, m.recipients(s), msg, m.cfg.Mode)
 }
 
 // FindByPrincipal returns the sessions logged in as principal. Every node
 // holds every session, so the local answer is the cluster's.
-func (m *Delta) FindByPrincipal(ctx context.Context, principal string) ([]*Session, error) {
+func (m *replicated) FindByPrincipal(ctx context.Context, principal string) ([]*Session, error) {
 	return m.st.byPrincipal(principal), nil
 }
 
 // Range calls f for each session until f returns false.
-func (m *Delta) Range(f func(*Session) bool) {
+func (m *replicated) Range(f func(*Session) bool) {
 	for _, s := range m.st.all() {
 		if !f(s) {
 			return
@@ -420,16 +482,16 @@ func (m *Delta) Range(f func(*Session) bool) {
 }
 
 // Count returns the number of sessions held.
-func (m *Delta) Count() int { return m.st.count() }
+func (m *replicated) Count() int { return m.st.count() }
 
 // AddListener registers session callbacks.
-func (m *Delta) AddListener(l Listener) { m.h.addListener(l) }
+func (m *replicated) AddListener(l Listener) { m.h.addListener(l) }
 
 // Close sends the pending access times, invalidates every session
 // cluster-wide if ExpireOnShutdown is set, and stops. Replication already
 // handed to the transport is the transport's to flush. Close is
 // idempotent.
-func (m *Delta) Close(ctx context.Context) error {
+func (m *replicated) Close(ctx context.Context) error {
 	var err error
 	m.once.Do(func() {
 		m.flushTouches()
@@ -449,7 +511,7 @@ func (m *Delta) Close(ctx context.Context) error {
 // each sender in send order. A malformed message is counted and returned
 // as an error wrapping ErrMalformed; the transport may drop the peer's
 // connection.
-func (m *Delta) Receive(from string, msg []byte) error {
+func (m *replicated) Receive(from string, msg []byte) error {
 	if len(msg) == 0 {
 		m.stats.malformed.Add(1)
 		return fmt.Errorf("%w: empty", ErrMalformed)
@@ -501,7 +563,7 @@ func (m *Delta) Receive(from string, msg []byte) error {
 	case kindFull:
 		var f Full
 		if err = decodeBody(body, &f); err == nil && f.ID != "" {
-			m.onFull(f)
+			m.onFull(from, f)
 		}
 	case kindSyncRequest:
 		m.wg.Add(1)
@@ -514,7 +576,7 @@ func (m *Delta) Receive(from string, msg []byte) error {
 		if err = decodeBody(body, &fs); err == nil {
 			for _, f := range fs {
 				if f.ID != "" {
-					m.onFull(f)
+					m.onFull(from, f)
 				}
 			}
 		}
@@ -530,6 +592,32 @@ func (m *Delta) Receive(from string, msg []byte) error {
 			}
 			m.syncMu.Unlock()
 		}
+	case kindFetch:
+		var e idMsg
+		if err = decodeBody(body, &e); err == nil {
+			r := fetchReply{ID: e.ID}
+			if s := m.st.get(e.ID); s != nil {
+				r.Found, r.Full = true, s.full()
+			}
+			m.sendAsync([]string{from}, kindFetchReply, r)
+		}
+	case kindFetchReply:
+		var r fetchReply
+		if err = decodeBody(body, &r); err == nil {
+			m.onFetchReply(r)
+		}
+	case kindTakeover:
+		var e idMsg
+		if err = decodeBody(body, &e); err == nil && m.backup != nil {
+			m.onTakeover(from, e)
+		}
+	case kindDrop:
+		var e idMsg
+		if err = decodeBody(body, &e); err == nil {
+			if s := m.st.get(e.ID); s != nil && s.ownerRoute() != m.cfg.Route {
+				m.st.remove(s.ID())
+			}
+		}
 	default:
 		err = fmt.Errorf("%w: unknown kind %d", ErrMalformed, k)
 	}
@@ -542,7 +630,7 @@ func (m *Delta) Receive(from string, msg []byte) error {
 
 // onChange applies a peer's change, or resolves the conflict or gap it
 // reveals.
-func (m *Delta) onChange(from string, c Change) {
+func (m *replicated) onChange(from string, c Change) {
 	s := m.st.get(c.ID)
 	if s == nil {
 		if c.Base == (Rev{}) && c.Created != 0 {
@@ -569,6 +657,7 @@ func (m *Delta) onChange(from string, c Change) {
 	}
 	err := s.apply(c, m.h.notifyReplicated)
 	if err == nil {
+		s.setOwner(from)
 		if c.Invalidate {
 			if r := m.st.remove(c.ID); r != nil {
 				m.destroyed(r, Invalidated, false)
@@ -595,29 +684,33 @@ func (m *Delta) onChange(from string, c Change) {
 }
 
 // conflict logs and counts a change discarded by revision order.
-func (m *Delta) conflict(id string, lost, won Rev) {
+func (m *replicated) conflict(id string, lost, won Rev) {
 	m.stats.conflicts.Add(1)
 	m.h.log.Warn("concurrent change discarded by revision order", "session", RedactID(id),
 		"lost_version", lost.N, "lost_node", lost.Node, "won_version", won.N, "won_node", won.Node)
 }
 
-func (m *Delta) requestFull(from, id string) {
+func (m *replicated) requestFull(from, id string) {
 	m.stats.resyncs.Add(1)
 	m.sendAsync([]string{from}, kindFullRequest, idMsg{ID: id})
 }
 
-// onFull installs a full copy unless this node already holds a greater
-// or equal revision.
-func (m *Delta) onFull(f Full) {
+// onFull installs a full copy from peer from unless this node already
+// holds a greater or equal revision. The sender is the session's primary.
+func (m *replicated) onFull(from string, f Full) {
 	s := m.st.get(f.ID)
 	if s == nil {
-		m.st.put(m.h.fromFull(f))
+		s = m.h.fromFull(f)
+		s.owner = from
+		m.st.put(s)
 		return
 	}
-	s.replace(f)
+	if s.replace(f) {
+		s.setOwner(from)
+	}
 }
 
-func (m *Delta) onExpire(e idMsg) {
+func (m *replicated) onExpire(e idMsg) {
 	s := m.st.get(e.ID)
 	if s == nil {
 		return
@@ -634,7 +727,7 @@ func (m *Delta) onExpire(e idMsg) {
 	}
 }
 
-func (m *Delta) onRename(r rename) {
+func (m *replicated) onRename(r rename) {
 	s := m.st.get(r.Old)
 	if s == nil {
 		return
@@ -651,7 +744,7 @@ func (m *Delta) onRename(r rename) {
 // serveSync streams every session to peer in chunks, each sent in ack
 // mode so that a slow receiver slows the stream instead of overflowing
 // its queue.
-func (m *Delta) serveSync(peer string) {
+func (m *replicated) serveSync(peer string) {
 	start := time.Now()
 	var batch []Full
 	n := 0

@@ -1,0 +1,394 @@
+package manager
+
+import (
+	"context"
+	"hash/fnv"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Backup keeps each session on its primary, the node that serves it, plus
+// Backups backup nodes chosen by rendezvous hashing of the session id over
+// the live members, the primary excluded. Any node computes where a
+// session's copies are, with no directory; a write costs the same whatever
+// the cluster size, and each node holds about (1+Backups)/N of the
+// sessions.
+//
+// A request for a session this node does not hold (the balancer failed
+// over) fetches it from its holders and makes this node its primary;
+// concurrent fetches of one session coalesce. When members fail or join,
+// primaries push copies to the backups the new placement names, at a
+// bounded rate, and a surviving backup takes over the sessions of a failed
+// primary.
+type Backup struct {
+	*replicated
+}
+
+var _ Manager = (*Backup)(nil)
+
+// BackupConfig adds the Backup manager's settings to DeltaConfig.
+type BackupConfig struct {
+	DeltaConfig
+	// Backups is the number of backup copies of each session. Default 1.
+	Backups int
+	// FetchTimeout bounds a fetch of a session from its holders. Default 2s.
+	FetchTimeout time.Duration
+	// RepairRate bounds how many sessions per second are copied to new
+	// backups after a membership change. Default 20000.
+	RepairRate int
+}
+
+// DefaultBackupConfig returns DefaultDeltaConfig with one backup, a 2s
+// fetch timeout and a repair rate of 20000 sessions/s.
+func DefaultBackupConfig() BackupConfig {
+	return BackupConfig{DeltaConfig: DefaultDeltaConfig(), Backups: 1, FetchTimeout: 2 * time.Second, RepairRate: 20000}
+}
+
+// NewBackup returns a Backup manager that sends through t. The caller
+// delivers peers' messages to Receive and calls PeersChanged when the
+// membership changes.
+func NewBackup(cfg BackupConfig, t Transport) (*Backup, error) {
+	if cfg.Backups < 1 {
+		return nil, &ConfigError{"Backups", strconv.Itoa(cfg.Backups), "at least 1"}
+	}
+	if cfg.FetchTimeout <= 0 {
+		return nil, &ConfigError{"FetchTimeout", cfg.FetchTimeout.String(), "a positive duration such as 2s"}
+	}
+	if cfg.RepairRate <= 0 {
+		return nil, &ConfigError{"RepairRate", strconv.Itoa(cfg.RepairRate), "a positive number of sessions per second"}
+	}
+	r, err := newReplicated(cfg.DeltaConfig, t)
+	if err != nil {
+		return nil, err
+	}
+	r.backup = &backupState{
+		k: cfg.Backups, fetchTimeout: cfg.FetchTimeout, rate: cfg.RepairRate,
+		fetches: make(map[string]*fetchCall), wake: make(chan struct{}, 1),
+		peers: t.Peers(),
+	}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		r.repairLoop()
+	}()
+	return &Backup{r}, nil
+}
+
+// backupState is what the Backup manager adds to the shared implementation.
+type backupState struct {
+	k            int
+	fetchTimeout time.Duration
+	rate         int
+
+	fetchMu sync.Mutex
+	fetches map[string]*fetchCall // coalesced fetches by session id
+
+	wake    chan struct{} // capacity 1: membership changed
+	peersMu sync.Mutex
+	peers   []string // the peers at the last repair
+
+	underReplicated atomic.Int64
+	repairing       atomic.Bool // a repair is computing or sending
+}
+
+type fetchCall struct {
+	done    chan struct{}
+	pending int // replies awaited
+	full    *Full
+}
+
+// score is the rendezvous weight of node route for session base: FNV-1a
+// with a final mix, the same on every node.
+func score(base, route string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(base))
+	h.Write([]byte{0})
+	h.Write([]byte(route))
+	x := h.Sum64()
+	x ^= x >> 33
+	x *= 0xff51afd7ed558ccd
+	x ^= x >> 33
+	x *= 0xc4ceb9fe1a85ec53
+	x ^= x >> 33
+	return x
+}
+
+// placement returns the k members with the highest scores for base,
+// primary excluded, best first. Adding or removing a member moves only the
+// sessions whose top k it enters or leaves.
+func placement(base, primary string, members []string, k int) []string {
+	cand := make([]string, 0, len(members))
+	for _, m := range members {
+		if m != primary && !slices.Contains(cand, m) {
+			cand = append(cand, m)
+		}
+	}
+	slices.SortFunc(cand, func(a, b string) int {
+		sa, sb := score(base, a), score(base, b)
+		switch {
+		case sa > sb:
+			return -1
+		case sa < sb:
+			return 1
+		}
+		return 0
+	})
+	if len(cand) > k {
+		cand = cand[:k]
+	}
+	return cand
+}
+
+// members returns the peers and this node.
+func (m *replicated) members() []string {
+	return append(m.t.Peers(), m.cfg.Route)
+}
+
+// targets returns who receives the changes of s: every peer (nil) for
+// Delta, the session's backups for Backup.
+func (m *replicated) targets(s *Session) []string {
+	if m.backup == nil {
+		return nil
+	}
+	base, _ := SplitID(s.ID())
+	return placement(base, m.cfg.Route, m.members(), m.backup.k)
+}
+
+// holders returns the peers that may hold a copy of id: for Backup, the
+// route in the id, the known owner, and the k+1 best-placed members.
+func (m *replicated) holders(id, owner string) []string {
+	if m.backup == nil {
+		return nil
+	}
+	base, route := SplitID(id)
+	peers := m.t.Peers()
+	out := placement(base, "", peers, m.backup.k+1)
+	for _, r := range []string{route, owner} {
+		if r != "" && r != m.cfg.Route && slices.Contains(peers, r) && !slices.Contains(out, r) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// fetch gets a session this node does not hold from its holders and makes
+// this node its primary. Concurrent fetches of one id share one request.
+func (m *replicated) fetch(ctx context.Context, id string) (*Session, error) {
+	b := m.backup
+	b.fetchMu.Lock()
+	call, ok := b.fetches[id]
+	if !ok {
+		holders := m.holders(id, "")
+		if len(holders) == 0 {
+			b.fetchMu.Unlock()
+			return nil, ErrNotFound
+		}
+		call = &fetchCall{done: make(chan struct{}), pending: len(holders)}
+		b.fetches[id] = call
+		m.sendAsync(holders, kindFetch, idMsg{ID: id})
+	}
+	b.fetchMu.Unlock()
+
+	timer := time.NewTimer(b.fetchTimeout)
+	defer timer.Stop()
+	select {
+	case <-call.done:
+	case <-timer.C:
+		m.h.log.Warn("fetch of a session timed out", "session", RedactID(id), "after", b.fetchTimeout)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-m.stop:
+		return nil, ErrClosed
+	}
+	b.fetchMu.Lock()
+	if b.fetches[id] == call {
+		delete(b.fetches, id)
+	}
+	full := call.full
+	b.fetchMu.Unlock()
+	if s := m.st.get(id); s != nil {
+		return s, nil // a concurrent fetch installed it
+	}
+	if full == nil {
+		return nil, ErrNotFound
+	}
+	s := m.h.fromFull(*full)
+	s.owner = m.cfg.Route
+	m.st.put(s)
+	m.takeover(s)
+	return s, nil
+}
+
+// onFetchReply completes a fetch.
+func (m *replicated) onFetchReply(r fetchReply) {
+	b := m.backup
+	if b == nil {
+		return
+	}
+	b.fetchMu.Lock()
+	defer b.fetchMu.Unlock()
+	call, ok := b.fetches[r.ID]
+	if !ok {
+		return
+	}
+	select {
+	case <-call.done:
+		return
+	default:
+	}
+	if r.Found && (call.full == nil || call.full.Rev.Less(r.Full.Rev)) {
+		f := r.Full
+		call.full = &f
+		close(call.done) // the first copy is enough; later ones are older or equal
+		return
+	}
+	call.pending--
+	if call.pending <= 0 {
+		close(call.done)
+	}
+}
+
+// takeover makes this node the primary of s: the other holders hear of it
+// (and keep or drop their copy by the new placement) and the new backups
+// get a copy.
+func (m *replicated) takeover(s *Session) {
+	id := s.ID()
+	m.h.log.Info("took over session", "session", RedactID(id))
+	m.sendAsync(m.holders(id, ""), kindTakeover, idMsg{ID: id})
+	m.sendAsync(m.targets(s), kindFull, s.full())
+}
+
+// onTakeover updates this node's role for a session whose primary moved.
+func (m *replicated) onTakeover(from string, e idMsg) {
+	s := m.st.get(e.ID)
+	if s == nil {
+		return
+	}
+	base, _ := SplitID(e.ID)
+	if slices.Contains(placement(base, from, m.members(), m.backup.k), m.cfg.Route) {
+		s.setOwner(from)
+		return
+	}
+	m.st.remove(s.ID())
+}
+
+// PeersChanged tells the manager the membership changed. For Backup it
+// starts a background repair: copies go to the backups the new placement
+// names, and the sessions of a failed primary get a new one. For Delta it
+// does nothing: a joining node fetches every session itself.
+func (m *replicated) PeersChanged() {
+	if m.backup == nil {
+		return
+	}
+	select {
+	case m.backup.wake <- struct{}{}:
+	default:
+	}
+}
+
+// repairLoop runs repairs when the membership changes. It exits when the
+// manager closes.
+func (m *replicated) repairLoop() {
+	for {
+		select {
+		case <-m.stop:
+			return
+		case <-m.backup.wake:
+		}
+		m.repair()
+	}
+}
+
+// repair moves copies after a membership change, at most RepairRate
+// sessions per second.
+func (m *replicated) repair() {
+	b := m.backup
+	b.repairing.Store(true)
+	defer b.repairing.Store(false)
+	b.peersMu.Lock()
+	old := append(slices.Clone(b.peers), m.cfg.Route)
+	b.peers = m.t.Peers()
+	now := append(slices.Clone(b.peers), m.cfg.Route)
+	b.peersMu.Unlock()
+
+	type job struct {
+		s    *Session
+		to   []string
+		drop []string
+	}
+	var jobs []job
+	for _, s := range m.st.all() {
+		id := s.ID()
+		base, _ := SplitID(id)
+		owner := s.ownerRoute()
+		if owner != m.cfg.Route && !slices.Contains(now, owner) {
+			// The primary failed. The surviving backup with the best score
+			// takes over; the others wait for its copy.
+			survivors := placement(base, owner, old, b.k)
+			survivors = slices.DeleteFunc(survivors, func(r string) bool { return !slices.Contains(now, r) })
+			if len(survivors) == 0 || survivors[0] != m.cfg.Route {
+				continue
+			}
+			s.setOwner(m.cfg.Route)
+			jobs = append(jobs, job{s: s, to: placement(base, m.cfg.Route, now, b.k)})
+			m.sendAsync(m.holders(id, ""), kindTakeover, idMsg{ID: id})
+			continue
+		}
+		if owner != m.cfg.Route {
+			continue
+		}
+		before := placement(base, m.cfg.Route, old, b.k)
+		after := placement(base, m.cfg.Route, now, b.k)
+		var add, drop []string
+		for _, r := range after {
+			if !slices.Contains(before, r) {
+				add = append(add, r)
+			}
+		}
+		for _, r := range before {
+			if !slices.Contains(after, r) && slices.Contains(now, r) {
+				drop = append(drop, r)
+			}
+		}
+		if len(add) > 0 || len(drop) > 0 {
+			jobs = append(jobs, job{s: s, to: add, drop: drop})
+		}
+	}
+	if len(jobs) == 0 {
+		return
+	}
+	b.underReplicated.Store(int64(len(jobs)))
+	start := time.Now()
+	interval := time.Second / time.Duration(b.rate)
+	next := time.Now()
+	for i, j := range jobs {
+		if d := time.Until(next); d > 0 {
+			select {
+			case <-m.stop:
+				return
+			case <-time.After(d):
+			}
+		}
+		next = next.Add(interval)
+		if len(j.to) > 0 {
+			m.sendAsync(j.to, kindFull, j.s.full())
+		}
+		if len(j.drop) > 0 {
+			m.sendAsync(j.drop, kindDrop, idMsg{ID: j.s.ID()})
+		}
+		b.underReplicated.Store(int64(len(jobs) - i - 1))
+	}
+	m.h.log.Info("replicas rebalanced", "sessions", len(jobs), "duration", time.Since(start))
+}
+
+// UnderReplicated returns how many sessions wait for a copy to reach a new
+// backup; 0 when replication is complete (always 0 for Delta).
+func (m *replicated) UnderReplicated() int64 {
+	if m.backup == nil {
+		return 0
+	}
+	return m.backup.underReplicated.Load()
+}

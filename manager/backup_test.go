@@ -1,0 +1,237 @@
+package manager
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/cohort-cluster/cohort/internal/leaktest"
+)
+
+type backupCluster struct {
+	t     *testing.T
+	net   *memNet
+	k     int
+	nodes map[string]*Backup
+}
+
+func newBackupCluster(t *testing.T, k int, routes ...string) *backupCluster {
+	c := &backupCluster{t: t, net: newMemNet(), k: k, nodes: map[string]*Backup{}}
+	t.Cleanup(func() {
+		for _, m := range c.nodes {
+			_ = m.Close(context.Background())
+		}
+		c.net.close()
+	})
+	for _, r := range routes {
+		c.start(r)
+	}
+	return c
+}
+
+func (c *backupCluster) start(route string) *Backup {
+	c.t.Helper()
+	cfg := DefaultBackupConfig()
+	cfg.Route = route
+	cfg.Backups = c.k
+	cfg.SweepInterval = time.Hour
+	cfg.Logger = slog.New(slog.NewTextHandler(c.t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	m, err := NewBackup(cfg, c.net.transport(route))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.net.add(route, m)
+	c.nodes[route] = m
+	_ = m.Sync(context.Background())
+	for _, n := range c.nodes {
+		n.PeersChanged()
+	}
+	return m
+}
+
+// kill removes nodes abruptly and tells the survivors.
+func (c *backupCluster) kill(routes ...string) {
+	for _, r := range routes {
+		c.net.remove(r)
+		_ = c.nodes[r].Close(context.Background())
+		delete(c.nodes, r)
+	}
+	for _, n := range c.nodes {
+		n.PeersChanged()
+	}
+}
+
+// copies returns how many nodes hold id.
+func (c *backupCluster) copies(id string) int {
+	n := 0
+	for _, m := range c.nodes {
+		m.st.mu.RLock()
+		_, ok := m.st.byID[id]
+		m.st.mu.RUnlock()
+		if ok {
+			n++
+		}
+	}
+	return n
+}
+
+// waitReplicated waits until every id has exactly 1+k copies.
+func (c *backupCluster) waitReplicated(ids []string) {
+	c.t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		bad := ""
+		for _, id := range ids {
+			if n := c.copies(id); n != 1+c.k {
+				bad = fmt.Sprintf("%s has %d copies, want %d", RedactID(id).LogValue(), n, 1+c.k)
+				break
+			}
+		}
+		under := int64(0)
+		for r, m := range c.nodes {
+			under += m.UnderReplicated()
+			b := m.backup
+			b.peersMu.Lock()
+			seen := slices.Sorted(slices.Values(b.peers))
+			b.peersMu.Unlock()
+			if cur := m.t.Peers(); !slices.Equal(seen, cur) || len(b.wake) > 0 || b.repairing.Load() {
+				bad = fmt.Sprintf("%s has not repaired for peers %v yet", r, cur)
+			}
+		}
+		if bad == "" && under == 0 && c.net.idleNow() {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("replication not restored: %s; under-replicated %d", bad, under)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (c *backupCluster) routes() []string {
+	var out []string
+	for r := range c.nodes {
+		out = append(out, r)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// createEverywhere creates n sessions on every node and returns their ids
+// and the count each holds.
+func (c *backupCluster) createEverywhere(n int) ([]string, map[string]int64) {
+	var ids []string
+	want := map[string]int64{}
+	for _, r := range c.routes() {
+		m := c.nodes[r]
+		for i := range n {
+			s, _ := m.Create(bg)
+			_ = s.Set("n", i)
+			if err := m.Commit(bg, s); err != nil {
+				c.t.Fatal(err)
+			}
+			ids = append(ids, s.ID())
+			want[s.ID()] = int64(i)
+		}
+	}
+	return ids, want
+}
+
+// readAll reads every session through the given node and checks its value.
+func (c *backupCluster) readAll(via string, want map[string]int64) {
+	c.t.Helper()
+	m := c.nodes[via]
+	for id, n := range want {
+		s, err := m.Find(bg, id)
+		if err != nil {
+			c.t.Fatalf("Find(%v) on %s: %v", RedactID(id).LogValue(), via, err)
+		}
+		if got, _ := s.GetInt("n"); got != n {
+			c.t.Fatalf("%v on %s: n=%d, want %d", RedactID(id).LogValue(), via, got, n)
+		}
+	}
+}
+
+func TestBackupPlacementAndFailover(t *testing.T) {
+	leaktest.Check(t)
+	c := newBackupCluster(t, 1, "n1", "n2", "n3", "n4", "n5")
+	ids, want := c.createEverywhere(40)
+	c.waitReplicated(ids)
+	// Each node holds about (1+k)/N of the sessions, not all of them.
+	for r, m := range c.nodes {
+		if n := m.Count(); n >= len(ids) || n == 0 {
+			t.Errorf("%s holds %d of %d sessions", r, n, len(ids))
+		}
+	}
+
+	c.kill("n3")
+	c.waitReplicated(ids)
+	c.readAll("n1", want) // takes over every session it lacks
+	c.waitReplicated(ids)
+	for _, id := range ids {
+		if s := c.nodes["n1"].st.get(id); s == nil || s.ownerRoute() != "n1" {
+			t.Fatalf("n1 did not become the primary of a session it served")
+		}
+	}
+}
+
+func TestBackupJoinRebalances(t *testing.T) {
+	leaktest.Check(t)
+	c := newBackupCluster(t, 1, "n1", "n2", "n3")
+	ids, want := c.createEverywhere(50)
+	c.waitReplicated(ids)
+	c.start("n4")
+	c.start("n5")
+	c.waitReplicated(ids)
+	if c.nodes["n5"].Count() == 0 {
+		t.Error("n5 received no copies after joining")
+	}
+	c.readAll("n2", want)
+	c.waitReplicated(ids)
+}
+
+func TestBackupTwoKillsWithTwoBackups(t *testing.T) {
+	leaktest.Check(t)
+	c := newBackupCluster(t, 2, "n1", "n2", "n3", "n4", "n5")
+	ids, want := c.createEverywhere(30)
+	c.waitReplicated(ids)
+	c.kill("n2", "n4")
+	c.waitReplicated(ids)
+	c.readAll("n5", want)
+	c.waitReplicated(ids)
+}
+
+func TestBackupMissingSessionAnsweredAtOnce(t *testing.T) {
+	leaktest.Check(t)
+	c := newBackupCluster(t, 1, "n1", "n2", "n3")
+	// With an hour's timeout, only the holders' "not here" answers can end
+	// the fetch.
+	c.nodes["n1"].backup.fetchTimeout = time.Hour
+	if _, err := c.nodes["n1"].Find(bg, "doesnotexist.n2"); err != ErrNotFound {
+		t.Fatalf("Find = %v, want ErrNotFound", err)
+	}
+}
+
+func TestPlacementMovesFewSessions(t *testing.T) {
+	members := []string{"n1", "n2", "n3", "n4", "n5"}
+	moved := 0
+	const total = 10000
+	for i := range total {
+		base := fmt.Sprint("session", i)
+		before := placement(base, "n1", members, 1)
+		after := placement(base, "n1", append(members, "n6"), 1)
+		if before[0] != after[0] {
+			moved++
+			if after[0] != "n6" {
+				t.Fatalf("adding n6 moved a backup from %s to %s", before[0], after[0])
+			}
+		}
+	}
+	// Only the sessions that now belong on n6 move: about 1/5 of them.
+	if moved < total/10 || moved > total*3/10 {
+		t.Errorf("%d of %d backups moved, want about 1/5", moved, total)
+	}
+}
