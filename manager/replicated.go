@@ -96,7 +96,7 @@ type deltaCounters struct {
 // Stats is a snapshot of a Delta or Backup manager's counters.
 type Stats struct {
 	Sessions         int
-	UnderReplicated  int64 // Backup: sessions waiting for a copy on a new backup
+	UnderReplicated  int64         // Backup: sessions waiting for a copy on a new backup
 	Replicated       int64         // changes sent
 	Received         int64         // messages received from peers
 	Conflicts        int64         // concurrent changes discarded by revision order

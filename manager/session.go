@@ -33,7 +33,7 @@ type Session struct {
 	attrs       map[string]*attr
 	rev         Rev    // the committed change this state is at
 	owner       string // Backup manager: route of the primary, as this node knows it
-	isNew       bool // created by this request; cleared by Commit
+	isNew       bool   // created by this request; cleared by Commit
 	valid       bool
 	pending     pending // changes since the last Commit
 }
