@@ -7,8 +7,18 @@
 // A [Session] has an id <base>.<route> (192 random bits, URL-safe base64),
 // creation and last-access times, a max inactive interval, a principal,
 // attributes, a version and a new flag. [Manager] is the interface every
-// kind offers the web layer; [Standard] keeps sessions on one node and
-// saves them to a file across restarts, as Tomcat's StandardManager does.
+// kind offers the web layer:
+//
+//   - [Standard] keeps sessions on one node and saves them to a file across
+//     restarts, as Tomcat's StandardManager does.
+//   - [Delta] replicates every committed change to every peer; a joining
+//     node first fetches every session (state transfer).
+//   - [Backup] keeps each session on its primary plus a fixed number of
+//     backups placed by rendezvous hashing; a node asked for a session it
+//     lacks fetches it from its holders and becomes its primary.
+//
+// Delta and Backup send through a [Transport] (the replication channel)
+// and receive through their Receive method.
 //
 // # Semantics
 //
@@ -21,10 +31,23 @@
 //
 // Changes are tracked as a [Change]: the last operation per attribute, the
 // principal and max inactive interval when they changed, made on top of a
-// version. A replica applies a delta only on top of the version it was
-// made from, so replicas never silently diverge. [Session.MarkDirty]
-// replicates a value changed in place. Committing a request that only read
-// the session replicates nothing.
+// revision ([Rev]: version number, commit time and committing node). A
+// replica applies a change only on top of the exact revision it was made
+// from. Otherwise it compares revisions: if the change's is greater, the
+// replica was behind (a message was lost) or held a concurrent change that
+// loses, and it fetches the sender's full copy; if the replica's is
+// greater, the change lost a conflict and is dropped. The order (version,
+// then commit time, then route) is total, so every node keeps the same
+// winner; discarded concurrent changes are logged and counted. Replicas
+// never silently diverge. [Session.MarkDirty] replicates a value changed
+// in place. Committing a request that only read the session replicates
+// nothing; its access time travels in a batch with the next sweep.
+//
+// Expiry: every node sweeps its sessions every SweepInterval, after
+// sending its batched access times, so a session expires on every node
+// within one sweep interval of the others. An expiry is replicated with the
+// last access the expiring node knew; a node that saw a later access keeps
+// the session and re-sends that access.
 //
 // Listeners ([Listener]) hear of sessions created and destroyed (expired
 // or invalidated), attributes added, replaced and removed, and id changes.
