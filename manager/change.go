@@ -105,6 +105,9 @@ func (s *Session) commit() (Change, bool) {
 		op := Op{Name: name}
 		if a != nil {
 			op.Value = a.raw
+			if a.known {
+				a.raw = nil // the value stays; full copies re-encode it
+			}
 		}
 		d.Ops = append(d.Ops, op)
 	}
@@ -129,12 +132,18 @@ func (s *Session) full() Full {
 		MaxInactive: s.maxInactive.Milliseconds(), Principal: s.principal,
 	}
 	for name, a := range s.attrs {
-		if a.raw != nil {
-			if f.Attrs == nil {
-				f.Attrs = make(map[string][]byte, len(s.attrs))
-			}
-			f.Attrs[name] = a.raw
+		if a.local {
+			continue
 		}
+		raw, err := a.wire(s.host.types)
+		if err != nil || raw == nil {
+			s.host.log.Warn("attribute left out of a full copy", "session", RedactID(s.id), "attribute", name, "err", err)
+			continue
+		}
+		if f.Attrs == nil {
+			f.Attrs = make(map[string][]byte, len(s.attrs))
+		}
+		f.Attrs[name] = raw
 	}
 	return f
 }
@@ -239,7 +248,7 @@ func (s *Session) replace(f Full) bool {
 	s.principal = f.Principal
 	attrs := make(map[string]*attr, len(f.Attrs))
 	for name, a := range s.attrs {
-		if a.raw == nil { // local-only: never replicated, kept
+		if a.local { // never replicated: kept
 			attrs[name] = a
 		}
 	}

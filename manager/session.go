@@ -38,12 +38,22 @@ type Session struct {
 	pending     pending // changes since the last Commit
 }
 
-// attr is one attribute: its wire form and, once read or set locally, its
-// value.
+// attr is one attribute. To keep one copy in memory, it holds either its
+// wire form (received from a peer, not yet read) or its value (set here,
+// or read); both only between Set and the next commit.
 type attr struct {
-	raw   []byte // Types.encode form; nil for local-only attributes
+	raw   []byte // Types.encode form, or nil
 	val   any
-	known bool // val holds the decoded value
+	known bool // val holds the value
+	local bool // local-only: never encoded, never replicated
+}
+
+// wire returns the attribute's wire form, encoding its value if needed.
+func (a *attr) wire(t *Types) ([]byte, error) {
+	if a.raw != nil || !a.known {
+		return a.raw, nil
+	}
+	return t.encode(a.val)
 }
 
 // pending is what changed since the last Commit: the last operation per
@@ -241,7 +251,7 @@ func (s *Session) Get(name string) (any, bool) {
 			s.host.log.Warn("unreadable attribute", "session", RedactID(s.id), "attribute", name, "err", err)
 			return nil, false
 		}
-		a.val, a.known = v, true
+		a.val, a.known, a.raw = v, true, nil
 	}
 	return a.val, true
 }
@@ -331,7 +341,8 @@ func (s *Session) Names() []string {
 // place are not seen until MarkDirty.
 func (s *Session) Set(name string, v any) error {
 	var raw []byte
-	if !s.host.localOnly(name) {
+	local := s.host.localOnly(name)
+	if !local {
 		var err error
 		if raw, err = s.host.types.encode(v); err != nil {
 			return &NotDistributableError{Key: name, Type: fmt.Sprintf("%T", v), Err: err}
@@ -343,9 +354,9 @@ func (s *Session) Set(name string, v any) error {
 		return ErrInvalidated
 	}
 	old, had := s.attrs[name]
-	a := &attr{raw: raw, val: v, known: true}
+	a := &attr{raw: raw, val: v, known: true, local: local}
 	s.attrs[name] = a
-	if raw != nil {
+	if !local {
 		s.pending.op(name, a)
 	}
 	s.mu.Unlock()
@@ -378,7 +389,7 @@ func (s *Session) MarkDirty(name string) error {
 		return ErrInvalidated
 	}
 	a, ok := s.attrs[name]
-	if !ok || !a.known || s.host.localOnly(name) {
+	if !ok || !a.known || a.local {
 		return nil
 	}
 	raw, err := s.host.types.encode(a.val)
