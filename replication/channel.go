@@ -1,0 +1,517 @@
+package replication
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	mathrand "math/rand/v2"
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Errors returned by Channel methods.
+var (
+	ErrClosed      = errors.New("replication: channel closed")
+	ErrQueueFull   = errors.New("replication: peer queue full")
+	ErrUnknownPeer = errors.New("replication: unknown peer")
+	ErrConnLost    = errors.New("replication: connection lost before the peer answered")
+	ErrNoHandler   = errors.New("replication: no handler for message type")
+)
+
+// PeerError is the failure of one peer in a Send.
+type PeerError struct {
+	Peer string
+	Op   string // "queue", "ack", "apply"
+	Err  error
+}
+
+func (e *PeerError) Error() string {
+	return "replication: " + e.Op + " " + e.Peer + ": " + e.Err.Error()
+}
+
+func (e *PeerError) Unwrap() error { return e.Err }
+
+// Handler handles one message from peer from. The channel calls the
+// handlers of one sender one at a time, in send order, on that sender's
+// connection goroutine: a handler that blocks holds back that sender's
+// later messages (and nobody else's). body is valid only during the call.
+// In Sync mode the handler's error goes back to the sender.
+type Handler func(from string, body []byte) error
+
+// Channel is this node's end of the replication channel: one persistent
+// outbound TCP connection per peer for its sends, and the inbound
+// connections of the peers for theirs. It is safe for concurrent use.
+type Channel struct {
+	cfg  Config
+	log  *slog.Logger
+	ln   net.Listener
+	stop chan struct{}
+	wg   sync.WaitGroup
+
+	closed    atomic.Bool
+	closeOnce sync.Once
+
+	hmu      sync.RWMutex
+	handlers map[MsgType]Handler
+
+	mu      sync.Mutex
+	peers   map[string]*peer
+	inbound map[net.Conn]struct{}
+	recv    map[string]*recvCounters // by sender route
+
+	drops     dropCounters
+	lastWarn  sync.Map // reason -> *atomic.Int64 (Unix nanos of the last warning)
+	onResync  func(route string)
+	histogram *histogram
+}
+
+// New validates cfg, listens on cfg.Addr and starts accepting peers.
+func New(cfg Config) (*Channel, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	cfg.Key = slices.Clone(cfg.Key)
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("replication: listen on %s: %w", cfg.Addr, err)
+	}
+	c := &Channel{
+		cfg: cfg, log: logger.With("component", "replication", "route", cfg.Route), ln: ln,
+		stop: make(chan struct{}), handlers: make(map[MsgType]Handler),
+		peers: make(map[string]*peer), inbound: make(map[net.Conn]struct{}), recv: make(map[string]*recvCounters),
+		histogram: newHistogram(),
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.acceptLoop()
+	}()
+	return c, nil
+}
+
+// Addr returns the address the channel listens on.
+func (c *Channel) Addr() net.Addr { return c.ln.Addr() }
+
+// Route returns this node's route.
+func (c *Channel) Route() string { return c.cfg.Route }
+
+// Handle registers the handler of message type t, replacing any earlier
+// one. t must be at least FirstUserType.
+func (c *Channel) Handle(t MsgType, h Handler) {
+	if t < FirstUserType {
+		panic(fmt.Sprintf("replication: message type %d is reserved", t))
+	}
+	c.hmu.Lock()
+	defer c.hmu.Unlock()
+	c.handlers[t] = h
+}
+
+// OnResync registers f to be called, once per episode, when a peer may have
+// missed frames: its queue overflowed or its connection broke with frames
+// in flight. The higher layer then sends that peer a full state. f runs on
+// the goroutine that noticed and must not block.
+func (c *Channel) OnResync(f func(route string)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.onResync = f
+}
+
+// AddPeer starts connecting to peer route at addr and keeps the
+// connection up, reconnecting with backoff, until RemovePeer. Adding a
+// known peer at a new address replaces its connection.
+func (c *Channel) AddPeer(route, addr string) {
+	if c.closed.Load() || route == c.cfg.Route {
+		return
+	}
+	c.mu.Lock()
+	old := c.peers[route]
+	if old != nil && old.addr == addr {
+		c.mu.Unlock()
+		return
+	}
+	p := newPeer(c, route, addr)
+	c.peers[route] = p
+	c.mu.Unlock()
+	if old != nil {
+		old.close()
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		p.run()
+	}()
+	c.log.Info("replication peer added", "peer", route, "addr", addr)
+}
+
+// RemovePeer closes the connection to route and fails its waiting sends.
+func (c *Channel) RemovePeer(route string) {
+	c.mu.Lock()
+	p := c.peers[route]
+	delete(c.peers, route)
+	c.mu.Unlock()
+	if p != nil {
+		p.close()
+		c.log.Info("replication peer removed", "peer", route)
+	}
+}
+
+// Peers returns the routes of the peers, sorted.
+func (c *Channel) Peers() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]string, 0, len(c.peers))
+	for r := range c.peers {
+		out = append(out, r)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Send sends body as a message of type t to the peers named in to, or to
+// every peer when to is nil (an empty, non-nil to sends to no one). In
+// Async mode it returns once the frames are queued; in Ack mode when every
+// peer's receiver has read its frame; in Sync mode when every peer's
+// handler has returned. Waits end at ctx's deadline, or after
+// Config.SendTimeout when ctx has none. A peer whose queue is full fails at
+// once with ErrQueueFull and is marked for a resync; a slow peer never
+// delays the others' queueing. The error joins a *PeerError per failed
+// peer. body must not be modified until Send returns in Ack and Sync modes,
+// or ever in Async mode.
+func (c *Channel) Send(ctx context.Context, to []string, t MsgType, body []byte, mode SendMode) error {
+	if c.closed.Load() {
+		return ErrClosed
+	}
+	var targets []*peer
+	var errs []error
+	c.mu.Lock()
+	if to == nil {
+		for _, p := range c.peers {
+			targets = append(targets, p)
+		}
+	} else {
+		for _, r := range to {
+			if p, ok := c.peers[r]; ok {
+				targets = append(targets, p)
+			} else {
+				errs = append(errs, &PeerError{Peer: r, Op: "queue", Err: ErrUnknownPeer})
+			}
+		}
+	}
+	c.mu.Unlock()
+
+	frames := make([]*outFrame, 0, len(targets))
+	for _, p := range targets {
+		f := &outFrame{typ: t, mode: mode, body: body, queued: time.Now()}
+		if mode != Async {
+			f.done = make(chan error, 1)
+		}
+		if err := p.enqueue(f); err != nil {
+			errs = append(errs, &PeerError{Peer: p.route, Op: "queue", Err: err})
+			continue
+		}
+		if f.done != nil {
+			frames = append(frames, f)
+		}
+	}
+	if len(frames) == 0 {
+		return errors.Join(errs...)
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.cfg.SendTimeout)
+		defer cancel()
+	}
+	op := "ack"
+	if mode == Sync {
+		op = "apply"
+	}
+	for _, f := range frames {
+		select {
+		case err := <-f.done:
+			if err != nil {
+				errs = append(errs, &PeerError{Peer: f.peer.route, Op: op, Err: err})
+			}
+		case <-ctx.Done():
+			f.peer.forget(f)
+			errs = append(errs, &PeerError{Peer: f.peer.route, Op: op, Err: ctx.Err()})
+		case <-c.stop:
+			errs = append(errs, &PeerError{Peer: f.peer.route, Op: op, Err: ErrClosed})
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// NeedsResync reports whether route may have missed frames since the last
+// ClearResync.
+func (c *Channel) NeedsResync(route string) bool {
+	c.mu.Lock()
+	p := c.peers[route]
+	c.mu.Unlock()
+	return p != nil && p.resync.Load()
+}
+
+// ClearResync records that route has been sent a full state.
+func (c *Channel) ClearResync(route string) {
+	c.mu.Lock()
+	p := c.peers[route]
+	c.mu.Unlock()
+	if p != nil {
+		p.resync.Store(false)
+	}
+}
+
+// Close stops accepting, closes every connection, fails waiting sends with
+// ErrClosed and waits for every goroutine. It is idempotent.
+func (c *Channel) Close() error {
+	c.closeOnce.Do(func() {
+		c.closed.Store(true)
+		close(c.stop)
+		_ = c.ln.Close()
+		c.mu.Lock()
+		peers := c.peers
+		c.peers = map[string]*peer{}
+		for conn := range c.inbound {
+			_ = conn.Close()
+		}
+		c.mu.Unlock()
+		for _, p := range peers {
+			p.close()
+		}
+		c.wg.Wait()
+	})
+	return nil
+}
+
+// acceptLoop accepts inbound connections until the listener closes,
+// backing off 5ms to 1s on temporary errors.
+func (c *Channel) acceptLoop() {
+	backoff := 5 * time.Millisecond
+	for {
+		conn, err := c.ln.Accept()
+		if err != nil {
+			if c.closed.Load() {
+				return
+			}
+			c.warn("accept", "accept failed", "err", err)
+			select {
+			case <-c.stop:
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, time.Second)
+			continue
+		}
+		backoff = 5 * time.Millisecond
+		c.mu.Lock()
+		if c.closed.Load() {
+			c.mu.Unlock()
+			_ = conn.Close()
+			return
+		}
+		c.inbound[conn] = struct{}{}
+		c.mu.Unlock()
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			c.serve(conn)
+			c.mu.Lock()
+			delete(c.inbound, conn)
+			c.mu.Unlock()
+		}()
+	}
+}
+
+// serve runs one inbound connection: the handshake, then each frame in
+// order: ack it if asked, hand it to its handler, reply if asked. Bad
+// input closes the connection and is counted; a panic in a handler is
+// recovered, counted and logged, and closes the connection too.
+func (c *Channel) serve(conn net.Conn) {
+	defer conn.Close()
+	from := "?"
+	defer func() {
+		if r := recover(); r != nil {
+			c.drops.add(dropPanic)
+			c.log.Error("panic serving a peer; connection dropped", "peer", from, "panic", r)
+		}
+	}()
+	br := bufio.NewReaderSize(conn, 64<<10)
+	bw := bufio.NewWriterSize(conn, 16<<10)
+	_ = conn.SetDeadline(time.Now().Add(c.cfg.DialTimeout))
+	h, open, seal, err := c.serverHandshake(br, bw)
+	if err != nil {
+		c.refuse(conn, from, err)
+		return
+	}
+	_ = conn.SetDeadline(time.Time{})
+	from = h.Route
+	rc := c.recvCounters(from)
+	var buf, out []byte
+	overhead := 64
+	for {
+		payload, err := readFrame(br, buf, c.cfg.MaxFrameSize+overhead)
+		if err != nil {
+			if !isClosedErr(err) {
+				c.refuse(conn, from, err)
+			}
+			return
+		}
+		buf = payload[:cap(payload)]
+		frameLen := len(payload)
+		if open != nil {
+			if payload, err = open.open(payload); err != nil {
+				c.refuse(conn, from, err)
+				return
+			}
+		}
+		env, err := DecodeEnvelope(payload)
+		if err == nil && env.Domain != c.cfg.Domain {
+			err = fmt.Errorf("%w: %q", ErrDomain, env.Domain)
+		}
+		if err == nil && env.From != from {
+			err = fmt.Errorf("%w: frame from %q on %q's connection", ErrMalformed, env.From, from)
+		}
+		if err != nil {
+			c.refuse(conn, from, err)
+			return
+		}
+		rc.frames.Add(1)
+		rc.bytes.Add(int64(frameLen + frameHeader))
+		if env.Mode == Ack {
+			out = c.appendControl(out[:0], typeAck, env.Seq, nil, seal)
+			_, _ = bw.Write(out)
+		}
+		herr := c.dispatch(from, env)
+		if env.Mode == Sync {
+			var msg []byte
+			if herr != nil {
+				msg = []byte(herr.Error())
+			}
+			out = c.appendControl(out[:0], typeReply, env.Seq, msg, seal)
+			_, _ = bw.Write(out)
+		}
+		if br.Buffered() == 0 && bw.Buffered() > 0 {
+			_ = conn.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout))
+			if err := bw.Flush(); err != nil {
+				return
+			}
+		}
+	}
+}
+
+// dispatch calls the handler of env's type.
+func (c *Channel) dispatch(from string, env Envelope) error {
+	c.hmu.RLock()
+	h := c.handlers[env.Type]
+	c.hmu.RUnlock()
+	if h == nil {
+		c.drops.add(dropNoHandler)
+		c.warn("nohandler", "no handler for message type; frame dropped", "peer", from, "type", env.Type)
+		return fmt.Errorf("%w %d", ErrNoHandler, env.Type)
+	}
+	err := h(from, env.Body)
+	if err != nil {
+		c.log.Debug("handler failed", "peer", from, "type", env.Type, "err", err)
+	}
+	return err
+}
+
+// appendControl appends a framed ack or reply to dst.
+func (c *Channel) appendControl(dst []byte, t MsgType, seq uint64, body []byte, seal *sealer) []byte {
+	env := Envelope{Version: ProtocolVersion, Type: t, From: c.cfg.Route, Domain: c.cfg.Domain, Seq: seq, Body: body}
+	b, _ := EncodeEnvelope(&env)
+	if seal != nil {
+		b = seal.seal(nil, b)
+	}
+	return appendFrame(dst, b)
+}
+
+// refuse counts and logs a connection dropped for bad input.
+func (c *Channel) refuse(conn net.Conn, from string, err error) {
+	reason := dropReason(err)
+	c.drops.add(reason)
+	c.warn(reason.String(), "dropping replication connection", "peer", from, "remote", conn.RemoteAddr().String(), "reason", reason.String(), "err", err)
+}
+
+// warn logs at Warn at most once a second per key.
+func (c *Channel) warn(key, msg string, args ...any) {
+	v, _ := c.lastWarn.LoadOrStore(key, new(atomic.Int64))
+	last := v.(*atomic.Int64)
+	now := time.Now().UnixNano()
+	prev := last.Load()
+	if now-prev < int64(time.Second) || !last.CompareAndSwap(prev, now) {
+		return
+	}
+	c.log.Warn(msg, args...)
+}
+
+func (c *Channel) recvCounters(route string) *recvCounters {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	rc := c.recv[route]
+	if rc == nil {
+		rc = &recvCounters{}
+		c.recv[route] = rc
+	}
+	return rc
+}
+
+// serverHandshake reads the client's hello and answers it. With a key it
+// derives the connection's keys and proves it holds the cluster key; the
+// client proves it with its first frame, which must open.
+func (c *Channel) serverHandshake(br *bufio.Reader, bw *bufio.Writer) (h hello, open, seal *sealer, err error) {
+	payload, err := readFrame(br, nil, 4096)
+	if err != nil {
+		return hello{}, nil, nil, err
+	}
+	h, err = decodeHello(payload)
+	if err != nil {
+		return hello{}, nil, nil, err
+	}
+	if h.Domain != c.cfg.Domain {
+		return hello{}, nil, nil, fmt.Errorf("%w: %q", ErrDomain, h.Domain)
+	}
+	reply := hello{Version: ProtocolVersion, Domain: c.cfg.Domain, Route: c.cfg.Route, Nonce: randomNonce()}
+	if len(c.cfg.Key) > 0 {
+		reply.MAC = helloMAC(c.cfg.Key, &h, &reply)
+		c2s, s2c, err := connKeys(c.cfg.Key, h.Nonce, reply.Nonce)
+		if err != nil {
+			return hello{}, nil, nil, err
+		}
+		if open, err = newSealer(c2s); err != nil {
+			return hello{}, nil, nil, err
+		}
+		if seal, err = newSealer(s2c); err != nil {
+			return hello{}, nil, nil, err
+		}
+	}
+	b, _ := encodeHello(&reply)
+	_, _ = bw.Write(appendFrame(nil, b))
+	return h, open, seal, bw.Flush()
+}
+
+func randomNonce() []byte {
+	b := make([]byte, nonceSize)
+	_, _ = rand.Read(b)
+	return b
+}
+
+// isClosedErr reports a connection closed between frames: not bad input.
+func isClosedErr(err error) bool {
+	return errors.Is(err, net.ErrClosed) || err == io.EOF
+}
+
+// jitter returns d ± 20%.
+func jitter(d time.Duration) time.Duration {
+	return d - d/5 + time.Duration(mathrand.Int64N(int64(d)*2/5+1))
+}

@@ -1,0 +1,454 @@
+package replication
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cohort-cluster/cohort/internal/leaktest"
+)
+
+const testType = FirstUserType
+
+func testConfig(t testing.TB, route string) Config {
+	c := DefaultConfig()
+	c.Route = route
+	c.Addr = "127.0.0.1:0"
+	c.SendTimeout = 10 * time.Second
+	c.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	return c
+}
+
+func newChannel(t testing.TB, c Config) *Channel {
+	t.Helper()
+	ch, err := New(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ch.Close() })
+	return ch
+}
+
+// mesh connects every channel to every other.
+func mesh(chs ...*Channel) {
+	for _, a := range chs {
+		for _, b := range chs {
+			if a != b {
+				a.AddPeer(b.Route(), b.Addr().String())
+			}
+		}
+	}
+}
+
+// inbox records what a channel's handler received.
+type inbox struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (in *inbox) handler(fail string) Handler {
+	return func(from string, body []byte) error {
+		in.mu.Lock()
+		in.msgs = append(in.msgs, from+":"+string(body))
+		in.mu.Unlock()
+		if string(body) == fail {
+			return errors.New("refused " + fail)
+		}
+		return nil
+	}
+}
+
+func (in *inbox) has(msg string) bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	for _, m := range in.msgs {
+		if m == msg {
+			return true
+		}
+	}
+	return false
+}
+
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestSendModes(t *testing.T) {
+	leaktest.Check(t)
+	a, b, c := newChannel(t, testConfig(t, "a")), newChannel(t, testConfig(t, "b")), newChannel(t, testConfig(t, "c"))
+	boxes := map[string]*inbox{"b": {}, "c": {}}
+	b.Handle(testType, boxes["b"].handler("bad"))
+	c.Handle(testType, boxes["c"].handler("bad"))
+	mesh(a, b, c)
+	ctx := context.Background()
+
+	// Ack and Sync return only once the peers have the frame.
+	if err := a.Send(ctx, nil, testType, []byte("ack-all"), Ack); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Send(ctx, []string{"b"}, testType, []byte("sync-b"), Sync); err != nil {
+		t.Fatal(err)
+	}
+	if !boxes["b"].has("a:sync-b") || boxes["c"].has("a:sync-b") {
+		t.Error("a sync send to b alone did not reach exactly b")
+	}
+	if err := a.Send(ctx, []string{"b", "c"}, testType, []byte("async-set"), Async); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "async frames", func() bool { return boxes["b"].has("a:async-set") && boxes["c"].has("a:async-set") })
+	for _, r := range []string{"b", "c"} {
+		if !boxes[r].has("a:ack-all") {
+			t.Errorf("%s missed the ack-mode frame", r)
+		}
+	}
+	// A handler's error comes back in Sync mode, naming the peer.
+	err := a.Send(ctx, nil, testType, []byte("bad"), Sync)
+	var pe *PeerError
+	var re *RemoteError
+	if !errors.As(err, &pe) || !errors.As(err, &re) {
+		t.Fatalf("Sync send to failing handlers = %v, want PeerError and RemoteError", err)
+	}
+	if err := a.Send(ctx, []string{"nobody"}, testType, nil, Async); !errors.Is(err, ErrUnknownPeer) {
+		t.Errorf("send to an unknown peer = %v", err)
+	}
+	st := a.Stats()
+	if len(st.Peers) != 2 || st.Peers[0].FramesSent == 0 || st.Latency.Count == 0 {
+		t.Errorf("stats %+v", st)
+	}
+	if bs := b.Stats(); bs.Peers[0].Route != "a" || bs.Peers[0].FramesReceived < 4 {
+		t.Errorf("b's stats of a: %+v", bs.Peers[0])
+	}
+}
+
+func TestOrderPerSender(t *testing.T) {
+	leaktest.Check(t)
+	a, b := newChannel(t, testConfig(t, "a")), newChannel(t, testConfig(t, "b"))
+	var mu sync.Mutex
+	last := map[int]int{}
+	var bad atomic.Int64
+	var got atomic.Int64
+	b.Handle(testType, func(from string, body []byte) error {
+		g, n := int(body[0]), int(binary.BigEndian.Uint32(body[1:]))
+		mu.Lock()
+		if prev, ok := last[g]; ok && n != prev+1 {
+			bad.Add(1)
+		}
+		last[g] = n
+		mu.Unlock()
+		got.Add(1)
+		return nil
+	})
+	mesh(a, b)
+	const senders, each = 4, 500
+	var wg sync.WaitGroup
+	for g := range senders {
+		wg.Go(func() {
+			for n := range each {
+				body := make([]byte, 5)
+				body[0] = byte(g)
+				binary.BigEndian.PutUint32(body[1:], uint32(n))
+				mode := SendMode(n % 3) // async, ack and sync mixed
+				if err := a.Send(context.Background(), nil, testType, body, mode); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	waitFor(t, "every frame", func() bool { return got.Load() == senders*each })
+	if n := bad.Load(); n != 0 {
+		t.Errorf("%d frames out of their sender's order", n)
+	}
+}
+
+func TestWrongKeyAndDomain(t *testing.T) {
+	leaktest.Check(t)
+	key := bytes.Repeat([]byte{1}, 32)
+	for _, tc := range []struct {
+		name       string
+		edit       func(*Config)
+		dropReason string // counted by the receiver
+	}{
+		{"other key", func(c *Config) { c.Key = bytes.Repeat([]byte{2}, 32) }, ""},
+		{"no key", func(c *Config) { c.Key = nil }, "auth"},
+		{"other domain", func(c *Config) { c.Domain = "other" }, "domain"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cb := testConfig(t, "b")
+			cb.Key = key
+			b := newChannel(t, cb)
+			var in inbox
+			b.Handle(testType, in.handler(""))
+			ca := testConfig(t, "a")
+			ca.Key = key
+			tc.edit(&ca)
+			a := newChannel(t, ca)
+			a.AddPeer("b", b.Addr().String())
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			defer cancel()
+			if err := a.Send(ctx, nil, testType, []byte("x"), Ack); err == nil {
+				t.Fatal("send succeeded")
+			}
+			if tc.dropReason != "" {
+				waitFor(t, tc.dropReason+" drop", func() bool { return b.Stats().Dropped[tc.dropReason] > 0 })
+			}
+			if len(in.msgs) != 0 {
+				t.Errorf("handler ran for %q", in.msgs)
+			}
+		})
+	}
+}
+
+// TestBadInputDropsOnlyThatConnection writes garbage to the listener and
+// checks each connection is dropped and counted while a real peer goes on.
+func TestBadInputDropsOnlyThatConnection(t *testing.T) {
+	leaktest.Check(t)
+	cb := testConfig(t, "b")
+	cb.MaxFrameSize = 4096
+	b := newChannel(t, cb)
+	var in inbox
+	b.Handle(testType, in.handler(""))
+	a := newChannel(t, testConfig(t, "a"))
+	mesh(a, b)
+
+	helloFrame := func() []byte {
+		h, _ := encodeHello(&hello{Version: ProtocolVersion, Domain: "cohort", Route: "x", Nonce: randomNonce()})
+		return appendFrame(nil, h)
+	}
+	env := func(e Envelope) []byte {
+		bb, _ := EncodeEnvelope(&e)
+		return appendFrame(nil, bb)
+	}
+	for _, tc := range []struct {
+		name   string
+		input  []byte
+		reason string
+	}{
+		{"garbage", []byte("GET / HTTP/1.1\r\n\r\n"), "oversize"},
+		{"oversized", binary.BigEndian.AppendUint32(nil, 1<<30), "oversize"},
+		{"truncated", append(binary.BigEndian.AppendUint32(nil, 100), 1, 2, 3), "truncated"},
+		{"bad hello", appendFrame(nil, []byte{0xc1}), "garbage"},
+		{"garbage after hello", append(helloFrame(), appendFrame(nil, []byte{0xc1, 0xc1})...), "garbage"},
+		{"unknown version", append(helloFrame(), env(Envelope{Version: 9, Type: testType, From: "x", Domain: "cohort"})...), "version"},
+		{"other domain", append(helloFrame(), env(Envelope{Version: ProtocolVersion, Type: testType, From: "x", Domain: "evil"})...), "domain"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := b.Stats().Dropped[tc.reason]
+			conn, err := net.Dial("tcp", b.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			_, _ = conn.Write(tc.input)
+			if tc.name == "truncated" {
+				_ = conn.(*net.TCPConn).CloseWrite()
+			}
+			// The channel closes the connection: the read ends.
+			_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			_, _ = io.Copy(io.Discard, conn)
+			waitFor(t, tc.reason+" counted", func() bool { return b.Stats().Dropped[tc.reason] > before })
+		})
+	}
+	if err := a.Send(context.Background(), nil, testType, []byte("still here"), Sync); err != nil {
+		t.Fatalf("a real peer after bad input: %v", err)
+	}
+	if in.has("x:") || !in.has("a:still here") {
+		t.Errorf("handler saw %q", in.msgs)
+	}
+}
+
+func TestQueueFullMarksResync(t *testing.T) {
+	leaktest.Check(t)
+	ca := testConfig(t, "a")
+	ca.QueueSize = 2
+	a := newChannel(t, ca)
+	var resyncs atomic.Int64
+	a.OnResync(func(string) { resyncs.Add(1) })
+	// A peer that never answers: a listener that accepts nothing.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	a.AddPeer("dead", addr)
+	var full int
+	for range 5 {
+		if err := a.Send(context.Background(), nil, testType, []byte("x"), Async); errors.Is(err, ErrQueueFull) {
+			full++
+		}
+	}
+	if full != 3 {
+		t.Errorf("%d sends refused with a queue of 2, want 3", full)
+	}
+	if !a.NeedsResync("dead") || resyncs.Load() != 1 {
+		t.Errorf("resync flagged %v, %d callbacks; want true, 1", a.NeedsResync("dead"), resyncs.Load())
+	}
+	if q := a.Stats().Peers[0]; q.QueueFull != 3 || q.QueueDepth != 2 {
+		t.Errorf("peer stats %+v", q)
+	}
+	a.ClearResync("dead")
+	if a.NeedsResync("dead") {
+		t.Error("ClearResync did not clear")
+	}
+}
+
+func TestPeerKilledMidStream(t *testing.T) {
+	leaktest.Check(t)
+	a := newChannel(t, testConfig(t, "a"))
+	cb := testConfig(t, "b")
+	b, err := New(cb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got atomic.Int64
+	b.Handle(testType, func(string, []byte) error {
+		if got.Add(1) == 100 {
+			go b.Close() // the peer dies mid-stream
+		}
+		return nil
+	})
+	mesh(a, b)
+	s, err := a.OpenStream("b", testType, 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var werr error
+	for i := 0; i < 100000 && werr == nil; i++ {
+		werr = s.Write(ctx, []byte(fmt.Sprint(i)))
+	}
+	cerr := s.Close(ctx)
+	if werr == nil && cerr == nil {
+		t.Fatal("stream to a dead peer reported no error")
+	}
+	if errors.Is(werr, context.DeadlineExceeded) || errors.Is(cerr, context.DeadlineExceeded) {
+		t.Errorf("stream waited for its deadline instead of failing: %v, %v", werr, cerr)
+	}
+	_ = b.Close()
+}
+
+func TestStreamDeliversInOrder(t *testing.T) {
+	leaktest.Check(t)
+	a, b := newChannel(t, testConfig(t, "a")), newChannel(t, testConfig(t, "b"))
+	var next atomic.Int64
+	var bad atomic.Bool
+	b.Handle(testType, func(_ string, body []byte) error {
+		if int64(binary.BigEndian.Uint32(body)) != next.Add(1)-1 {
+			bad.Store(true)
+		}
+		return nil
+	})
+	mesh(a, b)
+	s, err := a.OpenStream("b", testType, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for i := range 5000 {
+		if err := s.Write(ctx, binary.BigEndian.AppendUint32(nil, uint32(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if next.Load() != 5000 || bad.Load() {
+		t.Errorf("received %d chunks, out of order: %v", next.Load(), bad.Load())
+	}
+}
+
+// TestReplayIsRejected records an encrypted connection through a proxy and
+// replays its bytes on a new connection: nothing is applied twice.
+func TestReplayIsRejected(t *testing.T) {
+	leaktest.Check(t)
+	key := bytes.Repeat([]byte{7}, 32)
+	cb := testConfig(t, "b")
+	cb.Key = key
+	b := newChannel(t, cb)
+	var n atomic.Int64
+	b.Handle(testType, func(string, []byte) error { n.Add(1); return nil })
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var recorded bytes.Buffer
+	var rmu sync.Mutex
+	proxyDone := make(chan struct{})
+	go func() {
+		defer close(proxyDone)
+		in, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer in.Close()
+		out, err := net.Dial("tcp", b.Addr().String())
+		if err != nil {
+			return
+		}
+		defer out.Close()
+		go func() { _, _ = io.Copy(in, out) }()
+		buf := make([]byte, 4096)
+		for {
+			k, err := in.Read(buf)
+			if k > 0 {
+				rmu.Lock()
+				recorded.Write(buf[:k])
+				rmu.Unlock()
+				_, _ = out.Write(buf[:k])
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	ca := testConfig(t, "a")
+	ca.Key = key
+	a := newChannel(t, ca)
+	a.AddPeer("b", ln.Addr().String())
+	if err := a.Send(context.Background(), nil, testType, []byte("pay 100"), Sync); err != nil {
+		t.Fatal(err)
+	}
+	if n.Load() != 1 {
+		t.Fatalf("applied %d times", n.Load())
+	}
+	rmu.Lock()
+	replay := bytes.Clone(recorded.Bytes())
+	rmu.Unlock()
+	before := b.Stats().Dropped["auth"]
+	conn, err := net.Dial("tcp", b.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = conn.Write(replay)
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, _ = io.Copy(io.Discard, conn)
+	conn.Close()
+	waitFor(t, "auth drop", func() bool { return b.Stats().Dropped["auth"] > before })
+	if n.Load() != 1 {
+		t.Errorf("a replayed frame was applied: %d applications", n.Load())
+	}
+	_ = a.Close()
+	ln.Close()
+	<-proxyDone
+}

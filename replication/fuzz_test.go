@@ -1,0 +1,99 @@
+package replication
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"testing"
+)
+
+func FuzzReadFrame(f *testing.F) {
+	f.Add(appendFrame(nil, []byte("hello")))
+	f.Add(binary.BigEndian.AppendUint32(nil, 1<<31))
+	f.Add(append(binary.BigEndian.AppendUint32(nil, 10), 1, 2))
+	f.Add([]byte{0, 0, 0, 0})
+	f.Add([]byte{0, 0})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		const limit = 4096
+		r := bufio.NewReader(bytes.NewReader(in))
+		var buf []byte
+		for {
+			p, err := readFrame(r, buf, limit)
+			if err != nil {
+				if err != io.EOF && !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrFrameTooLarge) {
+					t.Fatalf("readFrame error %v is neither EOF nor a frame error", err)
+				}
+				return
+			}
+			if len(p) == 0 || len(p) > limit {
+				t.Fatalf("readFrame returned %d bytes, limit %d", len(p), limit)
+			}
+			buf = p[:cap(p)]
+		}
+	})
+}
+
+func FuzzDecodeEnvelope(f *testing.F) {
+	for _, e := range []Envelope{
+		{Version: ProtocolVersion, Type: FirstUserType, From: "node1", Domain: "cohort", Seq: 1, Mode: Ack, Body: []byte("x")},
+		{Version: ProtocolVersion, Type: typeReply, From: "b", Domain: "d", Seq: 1 << 40, Mode: Sync},
+		{Version: 9, Type: 1},
+	} {
+		b, err := EncodeEnvelope(&e)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte{0x97, 0xc1})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		e, err := DecodeEnvelope(in)
+		if err != nil {
+			if !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrVersion) {
+				t.Fatalf("DecodeEnvelope error %v is neither malformed nor version", err)
+			}
+			return
+		}
+		if e.Version != ProtocolVersion || e.Mode > Sync {
+			t.Fatalf("DecodeEnvelope accepted %+v", e)
+		}
+		// The body does not alias the input, which the reader reuses.
+		if len(e.Body) > 0 && len(in) > 0 {
+			body := bytes.Clone(e.Body)
+			for i := range in {
+				in[i] ^= 0xff
+			}
+			if !bytes.Equal(body, e.Body) {
+				t.Fatal("the envelope's body aliases the frame buffer")
+			}
+		}
+		b, err := EncodeEnvelope(&e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e2, err := DecodeEnvelope(b)
+		if err != nil || e2.Seq != e.Seq || e2.Type != e.Type || e2.From != e.From || !bytes.Equal(e2.Body, e.Body) {
+			t.Fatalf("round trip of %+v gave %+v, %v", e, e2, err)
+		}
+	})
+}
+
+func FuzzDecodeHello(f *testing.F) {
+	b, _ := encodeHello(&hello{Version: ProtocolVersion, Domain: "cohort", Route: "node1", Nonce: make([]byte, nonceSize), MAC: make([]byte, 32)})
+	f.Add(b)
+	f.Add([]byte{0x95, 0x01})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		h, err := decodeHello(in)
+		if err != nil {
+			if !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrVersion) {
+				t.Fatalf("decodeHello error %v", err)
+			}
+			return
+		}
+		if len(h.Nonce) != nonceSize || h.Route == "" {
+			t.Fatalf("decodeHello accepted %+v", h)
+		}
+	})
+}

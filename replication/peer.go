@@ -1,0 +1,354 @@
+package replication
+
+import (
+	"bufio"
+	"crypto/hmac"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// outFrame is one message queued for one peer.
+type outFrame struct {
+	peer   *peer
+	typ    MsgType
+	mode   SendMode
+	body   []byte
+	seq    uint64
+	done   chan error // nil in Async mode; receives the outcome once
+	queued time.Time
+}
+
+// peer is the outbound side of one peer: its bounded queue and the
+// goroutine that keeps a connection up and writes the queue to it.
+type peer struct {
+	c     *Channel
+	route string
+	addr  string
+	queue chan *outFrame
+	stop  chan struct{}
+	once  sync.Once
+	seq   atomic.Uint64
+
+	wmu     sync.Mutex
+	waiters map[uint64]*outFrame // written, awaiting an ack or reply
+
+	connected                            atomic.Bool
+	resync                               atomic.Bool
+	framesSent, bytesSent, errs, queueFull atomic.Int64
+}
+
+func newPeer(c *Channel, route, addr string) *peer {
+	return &peer{c: c, route: route, addr: addr, queue: make(chan *outFrame, c.cfg.QueueSize),
+		stop: make(chan struct{}), waiters: make(map[uint64]*outFrame)}
+}
+
+// enqueue queues f without blocking.
+func (p *peer) enqueue(f *outFrame) error {
+	f.peer = p
+	f.seq = p.seq.Add(1)
+	select {
+	case <-p.stop:
+		return ErrClosed
+	default:
+	}
+	select {
+	case p.queue <- f:
+		return nil
+	default:
+		p.queueFull.Add(1)
+		p.markResync("queue full")
+		return ErrQueueFull
+	}
+}
+
+// markResync flags the peer as possibly missing frames and tells the
+// higher layer, once per episode.
+func (p *peer) markResync(why string) {
+	if p.resync.Swap(true) {
+		return
+	}
+	p.c.log.Warn("peer may have missed frames; it needs a resync", "peer", p.route, "reason", why)
+	p.c.mu.Lock()
+	f := p.c.onResync
+	p.c.mu.Unlock()
+	if f != nil {
+		f(p.route)
+	}
+}
+
+// forget drops the waiter of f after its sender gave up.
+func (p *peer) forget(f *outFrame) {
+	p.wmu.Lock()
+	delete(p.waiters, f.seq)
+	p.wmu.Unlock()
+}
+
+func (p *peer) close() {
+	p.once.Do(func() { close(p.stop) })
+}
+
+// run keeps a connection to the peer up until the peer is removed, then
+// fails every frame still queued or awaiting an answer.
+func (p *peer) run() {
+	defer p.failAll(ErrClosed)
+	backoff := 20 * time.Millisecond
+	for {
+		conn, open, seal, err := p.dial()
+		if err != nil {
+			p.errs.Add(1)
+			p.c.log.Debug("cannot reach peer; retrying", "peer", p.route, "addr", p.addr, "err", err, "in", backoff)
+			select {
+			case <-p.stop:
+				return
+			case <-time.After(jitter(backoff)):
+			}
+			backoff = min(2*backoff, p.c.cfg.MaxBackoff)
+			continue
+		}
+		up := time.Now()
+		sent := p.framesSent.Load()
+		p.connected.Store(true)
+		readerDone := make(chan error, 1)
+		p.c.wg.Add(1)
+		go func() {
+			defer p.c.wg.Done()
+			readerDone <- p.readAnswers(conn, open)
+		}()
+		err = p.writeLoop(conn, seal, readerDone)
+		_ = conn.Close()
+		if rerr := <-readerDone; err == nil {
+			err = rerr
+		}
+		p.connected.Store(false)
+		n := p.failWaiting(ErrConnLost)
+		select {
+		case <-p.stop:
+			return
+		default:
+		}
+		// Frames written on a lost connection may not have been handled:
+		// the peer needs a resync unless nothing was written at all.
+		if n > 0 || err != nil || p.framesSent.Load() != sent {
+			p.errs.Add(1)
+			p.markResync("connection lost")
+			p.c.log.Warn("replication connection lost; reconnecting", "peer", p.route, "err", err)
+		}
+		// A connection that ends at once (a peer that accepts, then
+		// hangs up) must not turn into a busy redial loop.
+		if time.Since(up) > time.Second {
+			backoff = 20 * time.Millisecond
+		} else {
+			select {
+			case <-p.stop:
+				return
+			case <-time.After(jitter(backoff)):
+			}
+			backoff = min(2*backoff, p.c.cfg.MaxBackoff)
+		}
+	}
+}
+
+// dial connects and runs the client side of the handshake.
+func (p *peer) dial() (net.Conn, *sealer, *sealer, error) {
+	c := p.c
+	d := net.Dialer{Timeout: c.cfg.DialTimeout}
+	conn, err := d.Dial("tcp", p.addr)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	_ = conn.SetDeadline(time.Now().Add(c.cfg.DialTimeout))
+	mine := hello{Version: ProtocolVersion, Domain: c.cfg.Domain, Route: c.cfg.Route, Nonce: randomNonce()}
+	b, _ := encodeHello(&mine)
+	if _, err := conn.Write(appendFrame(nil, b)); err != nil {
+		conn.Close()
+		return nil, nil, nil, err
+	}
+	payload, err := readFrame(conn, nil, 4096)
+	if err != nil {
+		conn.Close()
+		return nil, nil, nil, fmt.Errorf("handshake: %w", err)
+	}
+	theirs, err := decodeHello(payload)
+	if err == nil && theirs.Route != p.route {
+		err = fmt.Errorf("peer at %s is %q, not %q", p.addr, theirs.Route, p.route)
+	}
+	if err != nil {
+		conn.Close()
+		return nil, nil, nil, err
+	}
+	var open, seal *sealer
+	if len(c.cfg.Key) > 0 {
+		if !hmac.Equal(theirs.MAC, helloMAC(c.cfg.Key, &mine, &theirs)) {
+			conn.Close()
+			c.drops.add(dropAuth)
+			return nil, nil, nil, fmt.Errorf("%w: peer does not hold the cluster key", ErrAuth)
+		}
+		c2s, s2c, err := connKeys(c.cfg.Key, mine.Nonce, theirs.Nonce)
+		if err == nil {
+			seal, err = newSealer(c2s)
+		}
+		if err == nil {
+			open, err = newSealer(s2c)
+		}
+		if err != nil {
+			conn.Close()
+			return nil, nil, nil, err
+		}
+	}
+	_ = conn.SetDeadline(time.Time{})
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	return conn, open, seal, nil
+}
+
+// writeLoop writes queued frames until the connection fails, the reader
+// stops, or the peer is removed. Frames queued together are coalesced into
+// one write.
+func (p *peer) writeLoop(conn net.Conn, seal *sealer, readerDone chan error) error {
+	c := p.c
+	bw := bufio.NewWriterSize(conn, 64<<10)
+	var env Envelope
+	var sealed []byte
+	write := func(f *outFrame) error {
+		env = Envelope{Version: ProtocolVersion, Type: f.typ, From: c.cfg.Route, Domain: c.cfg.Domain, Seq: f.seq, Mode: f.mode, Body: f.body}
+		b, err := EncodeEnvelope(&env)
+		if err != nil {
+			return err
+		}
+		if len(b) > c.cfg.MaxFrameSize {
+			if f.done != nil {
+				f.done <- fmt.Errorf("%w: %d bytes", ErrFrameTooLarge, len(b))
+			}
+			return nil // refused locally; the connection is fine
+		}
+		if seal != nil {
+			sealed = seal.seal(sealed[:0], b)
+			b = sealed
+		}
+		if f.done != nil {
+			p.wmu.Lock()
+			p.waiters[f.seq] = f
+			p.wmu.Unlock()
+		}
+		var h [frameHeader]byte
+		h[0], h[1], h[2], h[3] = byte(len(b)>>24), byte(len(b)>>16), byte(len(b)>>8), byte(len(b))
+		_, _ = bw.Write(h[:])
+		_, err = bw.Write(b)
+		p.framesSent.Add(1)
+		p.bytesSent.Add(int64(len(b) + frameHeader))
+		return err
+	}
+	for {
+		var f *outFrame
+		select {
+		case f = <-p.queue:
+		case <-p.stop:
+			return nil
+		case err := <-readerDone:
+			readerDone <- err // for run
+			return err
+		}
+		_ = conn.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout))
+		if err := write(f); err != nil {
+			return err
+		}
+	drain:
+		for bw.Buffered() < 256<<10 {
+			select {
+			case f = <-p.queue:
+				if err := write(f); err != nil {
+					return err
+				}
+			default:
+				break drain
+			}
+		}
+		if err := bw.Flush(); err != nil {
+			return err
+		}
+	}
+}
+
+// readAnswers reads the acks and replies the peer sends back on the
+// outbound connection and completes their waiters.
+func (p *peer) readAnswers(conn net.Conn, open *sealer) error {
+	br := bufio.NewReaderSize(conn, 16<<10)
+	var buf []byte
+	for {
+		payload, err := readFrame(br, buf, p.c.cfg.MaxFrameSize)
+		if err != nil {
+			if isClosedErr(err) {
+				return nil
+			}
+			return err
+		}
+		buf = payload[:cap(payload)]
+		if open != nil {
+			if payload, err = open.open(payload); err != nil {
+				p.c.drops.add(dropAuth)
+				return err
+			}
+		}
+		env, err := DecodeEnvelope(payload)
+		if err != nil {
+			p.c.drops.add(dropReason(err))
+			return err
+		}
+		var result error
+		switch env.Type {
+		case typeAck:
+		case typeReply:
+			if len(env.Body) > 0 {
+				result = &RemoteError{Msg: string(env.Body)}
+			}
+		default:
+			p.c.drops.add(dropGarbage)
+			return fmt.Errorf("%w: unexpected message type %d on an outbound connection", ErrMalformed, env.Type)
+		}
+		p.wmu.Lock()
+		f := p.waiters[env.Seq]
+		delete(p.waiters, env.Seq)
+		p.wmu.Unlock()
+		if f != nil {
+			p.c.histogram.observe(time.Since(f.queued))
+			f.done <- result
+		}
+	}
+}
+
+// RemoteError is a peer handler's error, returned by Send in Sync mode.
+type RemoteError struct{ Msg string }
+
+func (e *RemoteError) Error() string { return "peer handler: " + e.Msg }
+
+// failWaiting fails the frames written but not answered and returns how
+// many there were.
+func (p *peer) failWaiting(err error) int {
+	p.wmu.Lock()
+	ws := p.waiters
+	p.waiters = make(map[uint64]*outFrame)
+	p.wmu.Unlock()
+	for _, f := range ws {
+		f.done <- err
+	}
+	return len(ws)
+}
+
+// failAll fails everything still queued or waiting.
+func (p *peer) failAll(err error) {
+	p.failWaiting(err)
+	for {
+		select {
+		case f := <-p.queue:
+			if f.done != nil {
+				f.done <- err
+			}
+		default:
+			return
+		}
+	}
+}

@@ -1,0 +1,88 @@
+package replication
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// Stream sends a long sequence of messages to one peer with flow control:
+// at most Window frames are unacknowledged at a time, so a slow receiver
+// slows the sender down instead of overflowing its queue, and no goroutine
+// is spent per message. The receiver gets the messages, in order, through
+// the handler of the stream's type, like any other; the sender's last
+// message says the stream is complete (state transfer sends a count). If
+// the peer dies, Write and Close fail promptly with the connection's error.
+// A Stream is used by one goroutine at a time.
+type Stream struct {
+	c        *Channel
+	p        *peer
+	typ      MsgType
+	window   int
+	inflight []*outFrame
+	err      error
+}
+
+// OpenStream opens a stream of messages of type t to peer, with at most
+// window unacknowledged frames (at least 1).
+func (c *Channel) OpenStream(peer string, t MsgType, window int) (*Stream, error) {
+	c.mu.Lock()
+	p := c.peers[peer]
+	c.mu.Unlock()
+	if p == nil {
+		return nil, &PeerError{Peer: peer, Op: "stream", Err: ErrUnknownPeer}
+	}
+	return &Stream{c: c, p: p, typ: t, window: max(window, 1)}, nil
+}
+
+// Write queues body, first waiting, if the window is full, for the oldest
+// frame's acknowledgement. body must not change until Close returns.
+func (s *Stream) Write(ctx context.Context, body []byte) error {
+	if s.err != nil {
+		return s.err
+	}
+	for len(s.inflight) >= s.window {
+		if err := s.waitOldest(ctx); err != nil {
+			return err
+		}
+	}
+	f := &outFrame{typ: s.typ, mode: Ack, body: body, done: make(chan error, 1), queued: time.Now()}
+	if err := s.p.enqueue(f); err != nil {
+		s.err = &PeerError{Peer: s.p.route, Op: "stream", Err: err}
+		return s.err
+	}
+	s.inflight = append(s.inflight, f)
+	return nil
+}
+
+func (s *Stream) waitOldest(ctx context.Context) error {
+	f := s.inflight[0]
+	select {
+	case err := <-f.done:
+		s.inflight = s.inflight[1:]
+		if err != nil {
+			s.err = &PeerError{Peer: s.p.route, Op: "stream", Err: err}
+		}
+	case <-ctx.Done():
+		s.err = &PeerError{Peer: s.p.route, Op: "stream", Err: ctx.Err()}
+	case <-s.c.stop:
+		s.err = ErrClosed
+	}
+	return s.err
+}
+
+// Close waits until every written frame is acknowledged and returns the
+// stream's first error.
+func (s *Stream) Close(ctx context.Context) error {
+	for len(s.inflight) > 0 && s.err == nil {
+		_ = s.waitOldest(ctx)
+	}
+	for _, f := range s.inflight {
+		s.p.forget(f)
+	}
+	s.inflight = nil
+	if s.err != nil {
+		return fmt.Errorf("replication: stream to %s: %w", s.p.route, s.err)
+	}
+	return nil
+}
