@@ -23,6 +23,7 @@ var (
 	ErrUnknownPeer = errors.New("replication: unknown peer")
 	ErrConnLost    = errors.New("replication: connection lost before the peer answered")
 	ErrNoHandler   = errors.New("replication: no handler for message type")
+	ErrPeerDown    = errors.New("replication: peer unreachable")
 )
 
 // PeerError is the failure of one peer in a Send.
@@ -61,10 +62,11 @@ type Channel struct {
 	hmu      sync.RWMutex
 	handlers map[MsgType]Handler
 
-	mu      sync.Mutex
-	peers   map[string]*peer
-	inbound map[net.Conn]struct{}
-	recv    map[string]*recvCounters // by sender route
+	mu       sync.Mutex
+	peers    map[string]*peer
+	inbound  map[net.Conn]struct{}
+	bySender map[string]*inConn       // the connection each sender's frames come in on
+	recv     map[string]*recvCounters // by sender route
 
 	drops     dropCounters
 	lastWarn  sync.Map // reason -> *atomic.Int64 (Unix nanos of the last warning)
@@ -89,7 +91,8 @@ func New(cfg Config) (*Channel, error) {
 	c := &Channel{
 		cfg: cfg, log: logger.With("component", "replication", "route", cfg.Route), ln: ln,
 		stop: make(chan struct{}), handlers: make(map[MsgType]Handler),
-		peers: make(map[string]*peer), inbound: make(map[net.Conn]struct{}), recv: make(map[string]*recvCounters),
+		peers: make(map[string]*peer), inbound: make(map[net.Conn]struct{}), bySender: make(map[string]*inConn),
+		recv:      make(map[string]*recvCounters),
 		histogram: newHistogram(),
 	}
 	c.wg.Add(1)
@@ -117,10 +120,11 @@ func (c *Channel) Handle(t MsgType, h Handler) {
 	c.handlers[t] = h
 }
 
-// OnResync registers f to be called, once per episode, when a peer may have
-// missed frames: its queue overflowed or its connection broke with frames
-// in flight. The higher layer then sends that peer a full state. f runs on
-// the goroutine that noticed and must not block.
+// OnResync registers f to be called when a peer that may have missed
+// frames (its queue overflowed, it was unreachable, or its connection broke
+// with frames in flight) is connected again. The higher layer then sends
+// that peer a full state and calls ClearResync. f runs on the peer's
+// writer goroutine and must not block.
 func (c *Channel) OnResync(f func(route string)) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -252,6 +256,26 @@ func (c *Channel) Send(ctx context.Context, to []string, t MsgType, body []byte,
 	return errors.Join(errs...)
 }
 
+// Flush returns once every frame queued so far has been read by its peer,
+// or ctx is done: it sends each connected peer an acknowledged no-op,
+// which, frames being ordered, is read after everything before it. Peers
+// that are unreachable are skipped; their frames are lost and they are
+// marked for a resync. A graceful shutdown flushes before leaving.
+func (c *Channel) Flush(ctx context.Context) error {
+	c.mu.Lock()
+	var to []string
+	for r, p := range c.peers {
+		if p.connected.Load() {
+			to = append(to, r)
+		}
+	}
+	c.mu.Unlock()
+	if len(to) == 0 {
+		return nil
+	}
+	return c.Send(ctx, to, typeNoop, nil, Ack)
+}
+
 // NeedsResync reports whether route may have missed frames since the last
 // ClearResync.
 func (c *Channel) NeedsResync(route string) bool {
@@ -355,6 +379,26 @@ func (c *Channel) serve(conn net.Conn) {
 	}
 	_ = conn.SetDeadline(time.Time{})
 	from = h.Route
+	// One sender's frames are handled one at a time, in order: a
+	// reconnecting sender's new connection takes over only once the old
+	// one, possibly half-open, is closed and done.
+	me := &inConn{conn: conn, done: make(chan struct{})}
+	defer close(me.done)
+	c.mu.Lock()
+	old := c.bySender[from]
+	c.bySender[from] = me
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		if c.bySender[from] == me {
+			delete(c.bySender, from)
+		}
+		c.mu.Unlock()
+	}()
+	if old != nil {
+		_ = old.conn.Close()
+		<-old.done
+	}
 	rc := c.recvCounters(from)
 	var buf, out []byte
 	overhead := 64
@@ -409,8 +453,17 @@ func (c *Channel) serve(conn net.Conn) {
 	}
 }
 
+// inConn is an inbound connection being served.
+type inConn struct {
+	conn net.Conn
+	done chan struct{} // closed when its serve returns
+}
+
 // dispatch calls the handler of env's type.
 func (c *Channel) dispatch(from string, env Envelope) error {
+	if env.Type == typeNoop {
+		return nil
+	}
 	c.hmu.RLock()
 	h := c.handlers[env.Type]
 	c.hmu.RUnlock()

@@ -281,14 +281,20 @@ func TestQueueFullMarksResync(t *testing.T) {
 	a := newChannel(t, ca)
 	var resyncs atomic.Int64
 	a.OnResync(func(string) { resyncs.Add(1) })
-	// A peer that never answers: a listener that accepts nothing.
+	// A peer that accepts but never answers the handshake: nothing leaves
+	// the queue while the dial waits.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
-	ln.Close()
-	a.AddPeer("dead", addr)
+	defer ln.Close()
+	held := make(chan net.Conn, 1)
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			held <- c
+		}
+	}()
+	a.AddPeer("stuck", ln.Addr().String())
 	var full int
 	for range 5 {
 		if err := a.Send(context.Background(), nil, testType, []byte("x"), Async); errors.Is(err, ErrQueueFull) {
@@ -298,15 +304,72 @@ func TestQueueFullMarksResync(t *testing.T) {
 	if full != 3 {
 		t.Errorf("%d sends refused with a queue of 2, want 3", full)
 	}
-	if !a.NeedsResync("dead") || resyncs.Load() != 1 {
-		t.Errorf("resync flagged %v, %d callbacks; want true, 1", a.NeedsResync("dead"), resyncs.Load())
+	if !a.NeedsResync("stuck") || resyncs.Load() != 0 {
+		t.Errorf("resync flagged %v, %d callbacks; want true, 0 until the peer is back", a.NeedsResync("stuck"), resyncs.Load())
 	}
 	if q := a.Stats().Peers[0]; q.QueueFull != 3 || q.QueueDepth != 2 {
 		t.Errorf("peer stats %+v", q)
 	}
-	a.ClearResync("dead")
-	if a.NeedsResync("dead") {
+	a.ClearResync("stuck")
+	if a.NeedsResync("stuck") {
 		t.Error("ClearResync did not clear")
+	}
+	a.RemovePeer("stuck")
+	(<-held).Close()
+}
+
+// TestUnreachablePeerFailsFastAndResyncsOnReturn stops a peer: sends to it
+// fail at once instead of waiting out the timeout, and when it is back at
+// its address the higher layer is told to resync it.
+func TestUnreachablePeerFailsFastAndResyncsOnReturn(t *testing.T) {
+	leaktest.Check(t)
+	a := newChannel(t, testConfig(t, "a"))
+	resynced := make(chan string, 4)
+	a.OnResync(func(r string) { resynced <- r })
+	cb := testConfig(t, "b")
+	b, err := New(cb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := b.Addr().String()
+	var in inbox
+	b.Handle(testType, in.handler(""))
+	a.AddPeer("b", addr)
+	if err := a.Send(context.Background(), nil, testType, []byte("1"), Ack); err != nil {
+		t.Fatal(err)
+	}
+	_ = b.Close()
+	// Within the send timeout (10s here), sends start failing with
+	// ErrPeerDown or ErrConnLost rather than by timing out.
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
+	defer cancel()
+	waitFor(t, "fast failure", func() bool {
+		err := a.Send(ctx, nil, testType, []byte("lost"), Ack)
+		return errors.Is(err, ErrPeerDown)
+	})
+	if ctx.Err() != nil {
+		t.Fatal("a send waited for its deadline")
+	}
+	if !a.NeedsResync("b") {
+		t.Error("an unreachable peer is not marked for a resync")
+	}
+	cb.Addr = addr
+	b2 := newChannel(t, cb)
+	b2.Handle(testType, in.handler(""))
+	select {
+	case r := <-resynced:
+		if r != "b" {
+			t.Errorf("resync of %q", r)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no resync callback when the peer came back")
+	}
+	a.ClearResync("b")
+	waitFor(t, "sends to the returned peer", func() bool {
+		return a.Send(context.Background(), nil, testType, []byte("2"), Sync) == nil
+	})
+	if err := a.Flush(context.Background()); err != nil {
+		t.Errorf("Flush: %v", err)
 	}
 }
 

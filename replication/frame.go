@@ -26,6 +26,7 @@ const (
 	typeHello MsgType = 1 // handshake, both directions
 	typeAck   MsgType = 2 // receiver read frame Seq
 	typeReply MsgType = 3 // receiver applied frame Seq; Body holds an error text, if any
+	typeNoop  MsgType = 4 // read and acknowledged, never dispatched (Flush)
 	// FirstUserType is the lowest type higher layers may register.
 	FirstUserType MsgType = 16
 )

@@ -35,8 +35,9 @@ type peer struct {
 	wmu     sync.Mutex
 	waiters map[uint64]*outFrame // written, awaiting an ack or reply
 
-	connected                            atomic.Bool
-	resync                               atomic.Bool
+	connected                              atomic.Bool
+	down                                   atomic.Bool // the last dial failed
+	resync                                 atomic.Bool
 	framesSent, bytesSent, errs, queueFull atomic.Int64
 }
 
@@ -54,6 +55,12 @@ func (p *peer) enqueue(f *outFrame) error {
 		return ErrClosed
 	default:
 	}
+	if p.down.Load() {
+		// The peer cannot be reached: waiting for it would hold the
+		// request path until membership declares it failed.
+		p.markResync("peer unreachable")
+		return ErrPeerDown
+	}
 	select {
 	case p.queue <- f:
 		return nil
@@ -64,13 +71,21 @@ func (p *peer) enqueue(f *outFrame) error {
 	}
 }
 
-// markResync flags the peer as possibly missing frames and tells the
-// higher layer, once per episode.
+// markResync flags the peer as possibly missing frames, once per episode.
+// The higher layer hears of it when the peer is connected again.
 func (p *peer) markResync(why string) {
 	if p.resync.Swap(true) {
 		return
 	}
 	p.c.log.Warn("peer may have missed frames; it needs a resync", "peer", p.route, "reason", why)
+}
+
+// connectedAgain tells the higher layer that a peer which missed frames
+// can be resynchronised now.
+func (p *peer) connectedAgain() {
+	if !p.resync.Load() {
+		return
+	}
 	p.c.mu.Lock()
 	f := p.c.onResync
 	p.c.mu.Unlock()
@@ -98,6 +113,10 @@ func (p *peer) run() {
 	for {
 		conn, open, seal, err := p.dial()
 		if err != nil {
+			p.down.Store(true)
+			if n := p.failQueued(ErrPeerDown); n > 0 {
+				p.markResync("peer unreachable")
+			}
 			p.errs.Add(1)
 			p.c.log.Debug("cannot reach peer; retrying", "peer", p.route, "addr", p.addr, "err", err, "in", backoff)
 			select {
@@ -110,7 +129,9 @@ func (p *peer) run() {
 		}
 		up := time.Now()
 		sent := p.framesSent.Load()
+		p.down.Store(false)
 		p.connected.Store(true)
+		p.connectedAgain()
 		readerDone := make(chan error, 1)
 		p.c.wg.Add(1)
 		go func() {
@@ -341,14 +362,20 @@ func (p *peer) failWaiting(err error) int {
 // failAll fails everything still queued or waiting.
 func (p *peer) failAll(err error) {
 	p.failWaiting(err)
-	for {
+	p.failQueued(err)
+}
+
+// failQueued fails the frames still queued and returns how many there
+// were.
+func (p *peer) failQueued(err error) int {
+	for n := 0; ; n++ {
 		select {
 		case f := <-p.queue:
 			if f.done != nil {
 				f.done <- err
 			}
 		default:
-			return
+			return n
 		}
 	}
 }
