@@ -177,20 +177,75 @@ func (m *replicated) holders(id, owner string) []string {
 // fetch gets a session this node does not hold from its holders and makes
 // this node its primary. Concurrent fetches of one id share one request.
 func (m *replicated) fetch(ctx context.Context, id string) (*Session, error) {
+	call := m.ask(id)
+	if call == nil {
+		return nil, ErrNotFound
+	}
+	full, err := m.await(ctx, id, call)
+	if err != nil {
+		return nil, err
+	}
+	if s := m.st.get(id); s != nil {
+		if full != nil {
+			s.replace(*full)
+		}
+		return s, nil // a concurrent fetch installed it
+	}
+	if full == nil {
+		return nil, ErrNotFound
+	}
+	s := m.h.fromFull(*full)
+	s.owner = m.cfg.Route
+	m.st.put(s)
+	m.takeover(s)
+	return s, nil
+}
+
+// refresh brings a backup copy that is about to serve requests up to the
+// newest revision its other holders have: the balancer failed a user over
+// to a backup, which may have missed the last change sent to another
+// holder while membership had not yet declared a member failed.
+func (m *replicated) refresh(ctx context.Context, s *Session) {
+	call := m.ask(s.ID())
+	if call == nil {
+		return
+	}
+	if full, err := m.await(ctx, s.ID(), call); err == nil && full != nil && s.Rev().Less(full.Rev) {
+		s.replace(*full)
+	}
+}
+
+// ask sends a fetch of id to each holder that can be reached, or joins the
+// fetch in progress. It returns nil when no holder can be asked.
+func (m *replicated) ask(id string) *fetchCall {
 	b := m.backup
 	b.fetchMu.Lock()
-	call, ok := b.fetches[id]
-	if !ok {
-		holders := m.holders(id, "")
-		if len(holders) == 0 {
-			b.fetchMu.Unlock()
-			return nil, ErrNotFound
-		}
-		call = &fetchCall{done: make(chan struct{}), pending: len(holders)}
-		b.fetches[id] = call
-		m.sendAsync(holders, kindFetch, idMsg{ID: id})
+	defer b.fetchMu.Unlock()
+	if call, ok := b.fetches[id]; ok {
+		return call
 	}
-	b.fetchMu.Unlock()
+	msg, err := encodeMsg(kindFetch, idMsg{ID: id})
+	if err != nil {
+		return nil
+	}
+	call := &fetchCall{done: make(chan struct{})}
+	for _, h := range m.holders(id, "") {
+		// One send per holder, so that an unreachable one is not waited for.
+		if m.t.Send(context.Background(), []string{h}, msg, Async) == nil {
+			call.pending++
+		}
+	}
+	if call.pending == 0 {
+		return nil
+	}
+	b.fetches[id] = call
+	return call
+}
+
+// await waits for the replies of a fetch and returns the newest copy
+// found, or nil.
+func (m *replicated) await(ctx context.Context, id string, call *fetchCall) (*Full, error) {
+	b := m.backup
 
 	timer := time.NewTimer(b.fetchTimeout)
 	defer timer.Stop()
@@ -209,17 +264,7 @@ func (m *replicated) fetch(ctx context.Context, id string) (*Session, error) {
 	}
 	full := call.full
 	b.fetchMu.Unlock()
-	if s := m.st.get(id); s != nil {
-		return s, nil // a concurrent fetch installed it
-	}
-	if full == nil {
-		return nil, ErrNotFound
-	}
-	s := m.h.fromFull(*full)
-	s.owner = m.cfg.Route
-	m.st.put(s)
-	m.takeover(s)
-	return s, nil
+	return full, nil
 }
 
 // onFetchReply completes a fetch.
@@ -239,11 +284,11 @@ func (m *replicated) onFetchReply(r fetchReply) {
 		return
 	default:
 	}
+	// Every holder answers, so the newest copy wins: a holder may have
+	// missed the last change.
 	if r.Found && (call.full == nil || call.full.Rev.Less(r.Full.Rev)) {
 		f := r.Full
 		call.full = &f
-		close(call.done) // the first copy is enough; later ones are older or equal
-		return
 	}
 	call.pending--
 	if call.pending <= 0 {

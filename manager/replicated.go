@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/cohort-cluster/cohort/replication"
 )
 
 // ErrNotReady is returned by Find on a node that has not finished its
@@ -281,6 +284,7 @@ func (m *replicated) Find(ctx context.Context, id string) (*Session, error) {
 		}
 	} else if m.backup != nil && s.ownerRoute() != m.cfg.Route {
 		// A backup serves the session: the balancer failed the user over.
+		m.refresh(ctx, s)
 		s.setOwner(m.cfg.Route)
 		m.takeover(s)
 	}
@@ -741,11 +745,64 @@ func (m *replicated) onRename(r rename) {
 	}
 }
 
-// serveSync streams every session to peer in chunks, each sent in ack
-// mode so that a slow receiver slows the stream instead of overflowing
-// its queue.
+// serveSync streams every session to peer, then says how many.
 func (m *replicated) serveSync(peer string) {
 	start := time.Now()
+	n, ok := m.streamTo(peer, nil)
+	if !ok {
+		return
+	}
+	m.sendAsync([]string{peer}, kindSyncDone, syncDone{Count: n})
+	m.h.log.Info("state transfer sent", "peer", peer, "sessions", n, "duration", time.Since(start))
+}
+
+// resync sends peer a full copy of every session it should hold, after the
+// replication channel reported that it may have missed changes (its queue
+// overflowed, or it was unreachable for a while). The peer keeps, for each
+// session, the greater revision, so a copy it no longer needs is harmless.
+func (m *replicated) resync(peer string) {
+	start := time.Now()
+	filter := func(s *Session) bool {
+		if m.backup == nil {
+			return true
+		}
+		return s.ownerRoute() == m.cfg.Route && slices.Contains(m.targets(s), peer)
+	}
+	if n, ok := m.streamTo(peer, filter); ok {
+		m.h.log.Info("peer resynchronised", "peer", peer, "sessions", n, "duration", time.Since(start))
+	}
+}
+
+// sendPatiently sends msg to peer in ack mode, retrying for up to
+// SyncTimeout while the peer is unknown or unreachable: a node that asks
+// for a state transfer as soon as it starts may not be in this node's
+// view of the membership yet.
+func (m *replicated) sendPatiently(peer string, msg []byte) error {
+	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.SyncTimeout)
+	defer cancel()
+	backoff := 20 * time.Millisecond
+	for {
+		err := m.t.Send(ctx, []string{peer}, msg, Ack)
+		if err == nil || !(errors.Is(err, replication.ErrPeerDown) || errors.Is(err, replication.ErrUnknownPeer) || errors.Is(err, replication.ErrConnLost)) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-m.stop:
+			return ErrClosed
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+}
+
+// streamTo sends peer full copies of the sessions filter accepts (all of
+// them when filter is nil), in chunks of about ChunkBytes, each sent in
+// ack mode so that a slow receiver slows the stream instead of
+// overflowing its queue. It reports how many it sent and whether all
+// went.
+func (m *replicated) streamTo(peer string, filter func(*Session) bool) (int, bool) {
 	var batch []Full
 	n := 0
 	flush := func() bool {
@@ -754,12 +811,10 @@ func (m *replicated) serveSync(peer string) {
 		}
 		msg, err := encodeMsg(kindSyncChunk, batch)
 		if err == nil {
-			ctx, cancel := context.WithTimeout(context.Background(), m.cfg.SyncTimeout)
-			err = m.t.Send(ctx, []string{peer}, msg, Ack)
-			cancel()
+			err = m.sendPatiently(peer, msg)
 		}
 		if err != nil {
-			m.h.log.Warn("state transfer to peer failed", "peer", peer, "err", err)
+			m.h.log.Warn("sending sessions to peer failed", "peer", peer, "err", err)
 			return false
 		}
 		n += len(batch)
@@ -770,8 +825,11 @@ func (m *replicated) serveSync(peer string) {
 	for _, s := range m.st.all() {
 		select {
 		case <-m.stop:
-			return
+			return n, false
 		default:
+		}
+		if filter != nil && !filter(s) {
+			continue
 		}
 		f := s.full()
 		batch = append(batch, f)
@@ -781,14 +839,10 @@ func (m *replicated) serveSync(peer string) {
 		}
 		if size >= m.cfg.ChunkBytes {
 			if !flush() {
-				return
+				return n, false
 			}
 			size = 0
 		}
 	}
-	if !flush() {
-		return
-	}
-	m.sendAsync([]string{peer}, kindSyncDone, syncDone{Count: n})
-	m.h.log.Info("state transfer sent", "peer", peer, "sessions", n, "duration", time.Since(start))
+	return n, flush()
 }

@@ -6,45 +6,22 @@ import (
 	"fmt"
 
 	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/cohort-cluster/cohort/replication"
 )
 
 // SendMode says how long a replicating manager waits when it sends a
 // change: not at all (Async), until every peer's receiver has read it
-// (Ack), or until every peer has applied it (Sync).
-type SendMode int
+// (Ack), or until every peer has applied it (Sync). It is the replication
+// channel's mode.
+type SendMode = replication.SendMode
 
+// The send modes.
 const (
-	Async SendMode = iota
-	Ack
-	Sync
+	Async = replication.Async
+	Ack   = replication.Ack
+	Sync  = replication.Sync
 )
-
-func (m SendMode) String() string {
-	switch m {
-	case Async:
-		return "async"
-	case Ack:
-		return "ack"
-	case Sync:
-		return "sync"
-	}
-	return fmt.Sprintf("SendMode(%d)", int(m))
-}
-
-// UnmarshalText parses "async", "ack" or "sync".
-func (m *SendMode) UnmarshalText(b []byte) error {
-	switch string(b) {
-	case "async":
-		*m = Async
-	case "ack":
-		*m = Ack
-	case "sync":
-		*m = Sync
-	default:
-		return fmt.Errorf("manager: send mode %q: want async, ack or sync", b)
-	}
-	return nil
-}
 
 // Transport carries a replicating manager's messages to its peers, in
 // order per sender and receiver. The replication channel provides it; tests

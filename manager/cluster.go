@@ -1,0 +1,393 @@
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/cohort-cluster/cohort/membership"
+	"github.com/cohort-cluster/cohort/replication"
+)
+
+// MsgType is the replication message type that carries manager messages.
+const MsgType = replication.FirstUserType
+
+// ChannelTransport returns a Transport that sends over ch, as messages of
+// type MsgType. The manager's Receive must be ch's handler of MsgType
+// (StartCluster does both).
+func ChannelTransport(ch *replication.Channel) Transport { return channelTransport{ch} }
+
+type channelTransport struct{ ch *replication.Channel }
+
+func (t channelTransport) Send(ctx context.Context, to []string, msg []byte, mode SendMode) error {
+	return t.ch.Send(ctx, to, MsgType, msg, mode)
+}
+
+func (t channelTransport) Peers() []string { return t.ch.Peers() }
+
+// The manager kinds, as the -manager flag and node metadata name them.
+const (
+	KindDelta    = "delta"
+	KindBackup   = "backup"
+	KindStandard = "standard"
+)
+
+// ClusterConfig configures a Cluster: this node's membership, its
+// replication channel and its session manager.
+type ClusterConfig struct {
+	// Kind is the session manager: KindDelta (default), KindBackup or
+	// KindStandard. Nodes of one domain must all run the same kind.
+	Kind string
+	// Manager configures the session manager; for Delta only its
+	// DeltaConfig part is used, for Standard only its Config part. An empty
+	// Route or Logger is taken from Membership.
+	Manager BackupConfig
+	// Membership configures discovery and failure detection. Its
+	// ReplicationAddr and Manager are filled in by StartCluster.
+	Membership membership.Config
+	// Replication configures the channel. An empty Addr means the gossip
+	// port + 1000 on the gossip host (port 0 when gossip's is 0); Route,
+	// Domain, Key and Logger default to Membership's.
+	Replication replication.Config
+	// JoinWait is how long a starting node looks for peers before it
+	// concludes it is the first and serves with no sessions. A node that
+	// finds a peer first fetches every session from it (Delta). Default
+	// 2 × Membership.Frequency, at least 1s.
+	JoinWait time.Duration
+}
+
+// DefaultClusterConfig returns a Delta cluster with the default membership,
+// replication and manager settings.
+func DefaultClusterConfig() ClusterConfig {
+	return ClusterConfig{
+		Kind:        KindDelta,
+		Manager:     DefaultBackupConfig(),
+		Membership:  membership.DefaultConfig(),
+		Replication: replication.DefaultConfig(),
+	}
+}
+
+// Cluster is one node of a Cohort cluster: membership, the replication
+// channel and a session manager wired together. It keeps the channel's
+// peers equal to the live members, tells the manager when they change,
+// resynchronises peers that missed changes, and runs the state transfer
+// of a joining node. Hand Manager() to the web layer.
+type Cluster struct {
+	cfg  ClusterConfig
+	log  *slog.Logger
+	node *membership.Node
+	ch   *replication.Channel // nil for Standard
+	mgr  Manager
+	repl *replicated // nil for Standard
+
+	sub    *membership.Subscription
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	once   sync.Once
+
+	closing sync.Once
+	down    chan struct{} // closed when Close starts: not ready any more
+}
+
+// StartCluster starts the replication channel, the manager and
+// membership, in that order, and returns at once. The node is Ready once
+// it has found its peers and, for Delta, fetched every session from one.
+func StartCluster(cfg ClusterConfig) (*Cluster, error) {
+	if cfg.Kind == "" {
+		cfg.Kind = KindDelta
+	}
+	mc := &cfg.Membership
+	if mc.Frequency <= 0 || mc.DropTime <= 0 {
+		return nil, &ConfigError{"Membership.Frequency", mc.Frequency.String(), "a positive duration; start from DefaultClusterConfig"}
+	}
+	if cfg.JoinWait <= 0 {
+		cfg.JoinWait = max(2*mc.Frequency, time.Second)
+	}
+	log := mc.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	mgrCfg := cfg.Manager
+	if mgrCfg.Route == "" {
+		mgrCfg.Route = mc.Route
+	}
+	if mgrCfg.Logger == nil {
+		mgrCfg.Logger = log
+	}
+	c := &Cluster{cfg: cfg, log: log.With("component", "cluster"), down: make(chan struct{})}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	var err error
+	switch cfg.Kind {
+	case KindStandard:
+		if c.mgr, err = NewStandard(mgrCfg.Config); err != nil {
+			return nil, err
+		}
+	case KindDelta, KindBackup:
+		rc := cfg.Replication
+		if rc.Route == "" {
+			rc.Route = mc.Route
+		}
+		if rc.Domain == "" || rc.Domain == replication.DefaultConfig().Domain {
+			rc.Domain = mc.Domain
+		}
+		if rc.Key == nil {
+			rc.Key = mc.Key
+		}
+		if rc.Logger == nil {
+			rc.Logger = log
+		}
+		if rc.Addr == "" {
+			if rc.Addr, err = replicationAddr(mc.BindAddr); err != nil {
+				return nil, err
+			}
+		}
+		if c.ch, err = replication.New(rc); err != nil {
+			return nil, err
+		}
+		t := ChannelTransport(c.ch)
+		if cfg.Kind == KindDelta {
+			d, derr := NewDelta(mgrCfg.DeltaConfig, t)
+			c.mgr, err = d, derr
+			if d != nil {
+				c.repl = d.replicated
+			}
+		} else {
+			b, berr := NewBackup(mgrCfg, t)
+			c.mgr, err = b, berr
+			if b != nil {
+				c.repl = b.replicated
+			}
+		}
+		if err != nil {
+			_ = c.ch.Close()
+			return nil, err
+		}
+		c.ch.Handle(MsgType, c.repl.Receive)
+		c.ch.OnResync(func(peer string) {
+			c.ch.ClearResync(peer)
+			c.wg.Add(1)
+			go func() {
+				defer c.wg.Done()
+				c.repl.resync(peer)
+			}()
+		})
+		mc.ReplicationAddr = c.ch.Addr().String()
+	default:
+		return nil, &ConfigError{"Kind", cfg.Kind, "delta, backup or standard"}
+	}
+	mc.Manager = cfg.Kind
+	if c.node, err = membership.New(*mc); err != nil {
+		c.closeParts(context.Background())
+		return nil, err
+	}
+	c.sub = c.node.Subscribe()
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.follow()
+	}()
+	if c.repl != nil {
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			c.syncLoop()
+		}()
+	}
+	return c, nil
+}
+
+// replicationAddr is the default replication address: the gossip host and
+// port + 1000 (port 0 stays 0).
+func replicationAddr(bind string) (string, error) {
+	host, port, err := net.SplitHostPort(bind)
+	if err != nil {
+		return "", &ConfigError{"Membership.BindAddr", bind, "host:port"}
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 0 || p+1000 > 65535 {
+		return "", &ConfigError{"Membership.BindAddr", bind, "host:port with a port of at most 64535, or set Replication.Addr"}
+	}
+	if p > 0 {
+		p += 1000
+	}
+	return net.JoinHostPort(host, strconv.Itoa(p)), nil
+}
+
+// Manager returns the session manager.
+func (c *Cluster) Manager() Manager { return c.mgr }
+
+// Membership returns the membership node.
+func (c *Cluster) Membership() *membership.Node { return c.node }
+
+// Channel returns the replication channel, nil for the Standard manager.
+func (c *Cluster) Channel() *replication.Channel { return c.ch }
+
+// Kind returns the manager kind.
+func (c *Cluster) Kind() string { return c.cfg.Kind }
+
+// Ready reports whether the node can serve sessions: it has its state (or
+// found no peer to fetch it from) and is not shutting down.
+func (c *Cluster) Ready() bool {
+	select {
+	case <-c.down:
+		return false
+	default:
+	}
+	return c.repl == nil || c.repl.Ready()
+}
+
+// Stats returns the manager's counters; zero for the Standard manager.
+func (c *Cluster) Stats() Stats {
+	if c.repl == nil {
+		return Stats{Sessions: c.mgr.Count()}
+	}
+	return c.repl.Stats()
+}
+
+// SessionCounts returns how many sessions this node holds, and of those
+// how many it is the primary of (it serves them) and how many it holds as
+// a backup. With Delta every node holds every session; the primary is the
+// node that last changed it.
+func (c *Cluster) SessionCounts() (total, primary, backup int) {
+	self := c.cfg.Membership.Route
+	c.mgr.Range(func(s *Session) bool {
+		total++
+		if o := s.ownerRoute(); o == "" || o == self {
+			primary++
+		} else {
+			backup++
+		}
+		return true
+	})
+	return total, primary, backup
+}
+
+// follow keeps the channel's peers equal to the live members until the
+// subscription ends.
+func (c *Cluster) follow() {
+	c.syncPeers()
+	for ev := range c.sub.C {
+		c.log.Debug("membership event", "type", ev.Type, "peer", ev.Member.Name)
+		c.syncPeers()
+	}
+}
+
+// syncPeers adds the live members to the channel and removes the others,
+// then tells the manager if anything changed.
+func (c *Cluster) syncPeers() {
+	if c.ch == nil {
+		return
+	}
+	self := c.node.Route()
+	want := make(map[string]string)
+	for _, m := range c.node.Members() {
+		if m.Name == self || m.State != membership.StateAlive || m.Meta.Leaving || m.Meta.ReplicationAddr == "" {
+			continue
+		}
+		want[m.Name] = m.Meta.ReplicationAddr
+	}
+	changed := false
+	have := make(map[string]string)
+	for _, p := range c.ch.Stats().Peers {
+		have[p.Route] = p.Addr
+	}
+	for r := range have {
+		if _, ok := want[r]; !ok {
+			c.ch.RemovePeer(r)
+			changed = true
+		}
+	}
+	for r, a := range want {
+		if have[r] != a {
+			c.ch.AddPeer(r, a)
+			changed = true
+		}
+	}
+	if changed && c.repl != nil {
+		c.repl.PeersChanged()
+	}
+}
+
+// syncLoop waits up to JoinWait for a peer, then runs the state transfer,
+// retrying until it succeeds or the cluster closes.
+func (c *Cluster) syncLoop() {
+	deadline := time.Now().Add(c.cfg.JoinWait)
+	for len(c.ch.Peers()) == 0 && time.Now().Before(deadline) {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	backoff := 250 * time.Millisecond
+	for {
+		err := c.repl.Sync(c.ctx)
+		if err == nil {
+			c.log.Info("ready", "sessions", c.mgr.Count(), "peers", len(c.ch.Peers()))
+			return
+		}
+		if c.ctx.Err() != nil {
+			return
+		}
+		c.log.Warn("state transfer failed; retrying", "err", err, "in", backoff)
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// Close shuts the node down gracefully: it stops being ready, stops the
+// manager (which sends its pending access times), waits until the peers
+// have read everything queued for them, leaves the cluster so peers see a
+// leave rather than a failure, and closes the channel. ctx bounds the
+// whole shutdown.
+func (c *Cluster) Close(ctx context.Context) error {
+	var err error
+	c.once.Do(func() {
+		close(c.down)
+		c.cancel()
+		err = c.mgr.Close(ctx)
+		if c.ch != nil {
+			if ferr := c.ch.Flush(ctx); ferr != nil {
+				c.log.Warn("replication not flushed before leaving", "err", ferr)
+			}
+		}
+		leave := c.cfg.Membership.DropTime
+		if d, ok := ctx.Deadline(); ok {
+			leave = min(leave, time.Until(d))
+		}
+		if lerr := c.node.Leave(leave); lerr != nil && !errors.Is(lerr, membership.ErrClosed) {
+			err = errors.Join(err, fmt.Errorf("leave: %w", lerr))
+		}
+		c.closeParts(ctx)
+	})
+	return err
+}
+
+// closeParts closes what StartCluster opened and waits for the cluster's
+// goroutines.
+func (c *Cluster) closeParts(ctx context.Context) {
+	c.cancel()
+	if c.sub != nil {
+		c.sub.Close()
+	}
+	if c.node != nil {
+		_ = c.node.Close()
+	}
+	if c.ch != nil {
+		_ = c.ch.Close()
+	}
+	if c.mgr != nil {
+		_ = c.mgr.Close(ctx)
+	}
+	c.wg.Wait()
+}

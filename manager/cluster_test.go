@@ -1,0 +1,223 @@
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/cohort-cluster/cohort/internal/leaktest"
+	"github.com/cohort-cluster/cohort/membership"
+)
+
+// realCluster runs Clusters on 127.0.0.1 with real membership and real
+// replication channels.
+type realCluster struct {
+	t     *testing.T
+	kind  string
+	nodes map[string]*Cluster
+}
+
+func newRealCluster(t *testing.T, kind string, routes ...string) *realCluster {
+	t.Helper()
+	rc := &realCluster{t: t, kind: kind, nodes: map[string]*Cluster{}}
+	t.Cleanup(func() {
+		for _, c := range rc.nodes {
+			_ = c.Close(context.Background())
+		}
+	})
+	for _, r := range routes {
+		rc.start(r)
+	}
+	for _, r := range routes {
+		rc.waitReady(r)
+	}
+	rc.waitPeers(len(routes) - 1)
+	return rc
+}
+
+func (rc *realCluster) start(route string) *Cluster {
+	rc.t.Helper()
+	cfg := DefaultClusterConfig()
+	cfg.Kind = rc.kind
+	cfg.Membership = membership.DefaultLocalConfig()
+	cfg.Membership.Route = route
+	cfg.Membership.Logger = slog.New(slog.NewTextHandler(rc.t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})).With("node", route)
+	for _, c := range rc.nodes {
+		cfg.Membership.Join = append(cfg.Membership.Join, c.Membership().Addr().String())
+	}
+	cfg.Replication.Addr = "127.0.0.1:0"
+	cfg.Manager.Types = NewTypes()
+	cfg.Manager.Types.MustRegister("test.cart", cart{})
+	cfg.Manager.SweepInterval = time.Hour
+	cfg.JoinWait = 300 * time.Millisecond
+	c, err := StartCluster(cfg)
+	if err != nil {
+		rc.t.Fatal(err)
+	}
+	rc.nodes[route] = c
+	return c
+}
+
+func (rc *realCluster) waitReady(route string) {
+	rc.t.Helper()
+	waitUntil(rc.t, route+" ready", rc.nodes[route].Ready)
+}
+
+// waitPeers waits until every node's channel has n peers.
+func (rc *realCluster) waitPeers(n int) {
+	rc.t.Helper()
+	waitUntil(rc.t, fmt.Sprintf("%d peers each", n), func() bool {
+		for _, c := range rc.nodes {
+			if len(c.Channel().Peers()) != n {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// crash stops a node the way SIGKILL would: no flush, no leave.
+func (rc *realCluster) crash(route string) {
+	c := rc.nodes[route]
+	delete(rc.nodes, route)
+	c.once.Do(func() { c.closeParts(context.Background()) })
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestClusterReplicatesOverRealChannels runs each replicating kind on 3
+// real nodes: a session written on one is read on the others; a node
+// crashed in ack mode loses no acknowledged write; a node restarted with
+// the same route gets the sessions back (Delta by state transfer, Backup
+// by fetching on demand).
+func TestClusterReplicatesOverRealChannels(t *testing.T) {
+	for _, kind := range []string{KindDelta, KindBackup} {
+		t.Run(kind, func(t *testing.T) {
+			leaktest.Check(t)
+			rc := newRealCluster(t, kind, "n1", "n2", "n3")
+			ctx := context.Background()
+			a := rc.nodes["n1"].Manager()
+			s, err := a.Create(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			id := s.ID()
+			for i := 1; i <= 10; i++ {
+				if err := s.Set("count", i); err != nil {
+					t.Fatal(err)
+				}
+				if err := s.Set("cart", cart{Items: map[string]int{"book": i}, Note: "gift"}); err != nil {
+					t.Fatal(err)
+				}
+				if err := a.Commit(ctx, s); err != nil {
+					t.Fatalf("commit %d: %v", i, err)
+				}
+			}
+			// Acknowledged writes are readable on every other node.
+			for _, r := range []string{"n2", "n3"} {
+				got, err := rc.nodes[r].Manager().Find(ctx, id)
+				if err != nil {
+					t.Fatalf("%s: %v", r, err)
+				}
+				if n, _ := got.GetInt("count"); n != 10 {
+					t.Errorf("%s: count = %d, want 10", r, n)
+				}
+				if c, ok := Attr[cart](got, "cart"); !ok || c.Items["book"] != 10 || c.Note != "gift" {
+					t.Errorf("%s: cart = %+v, %v", r, c, ok)
+				}
+			}
+			// Crash n1: the session lives on, and a write on n2 reaches n3.
+			rc.crash("n1")
+			b := rc.nodes["n2"].Manager()
+			s2, err := b.Find(ctx, id)
+			if err != nil {
+				t.Fatalf("after the crash: %v", err)
+			}
+			n, _ := s2.GetInt("count")
+			if err := s2.Set("count", n+1); err != nil {
+				t.Fatal(err)
+			}
+			// The ack to the crashed node fails fast or times out; the
+			// surviving peer has the change either way.
+			_ = b.Commit(ctx, s2)
+			waitUntil(t, "n3 to see 11", func() bool {
+				got, err := rc.nodes["n3"].Manager().Find(ctx, id)
+				if err != nil {
+					return false
+				}
+				v, _ := got.GetInt("count")
+				return v == 11
+			})
+			// n1 comes back with the same route and has the session again.
+			rc.start("n1")
+			rc.waitReady("n1")
+			rc.waitPeers(2)
+			got, err := rc.nodes["n1"].Manager().Find(ctx, id)
+			if err != nil {
+				t.Fatalf("restarted n1: %v", err)
+			}
+			if v, _ := got.GetInt("count"); v != 11 {
+				t.Errorf("restarted n1: count = %d, want 11", v)
+			}
+			if kind == KindDelta {
+				if st := rc.nodes["n1"].Stats(); st.Transfers != 1 {
+					t.Errorf("restarted n1 made %d state transfers, want 1", st.Transfers)
+				}
+			}
+		})
+	}
+}
+
+// TestClusterGracefulCloseIsALeave checks that a closed node is seen as
+// having left, and that what it committed just before reached its peers.
+func TestClusterGracefulCloseIsALeave(t *testing.T) {
+	leaktest.Check(t)
+	rc := newRealCluster(t, KindDelta, "n1", "n2")
+	ctx := context.Background()
+	a := rc.nodes["n1"].Manager()
+	rc.nodes["n1"].cfg.Manager.Mode = Async
+	s, _ := a.Create(ctx)
+	_ = s.Set("k", "v")
+	if err := a.Commit(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	c := rc.nodes["n1"]
+	delete(rc.nodes, "n1")
+	if err := c.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if c.Ready() {
+		t.Error("a closed node reports ready")
+	}
+	n2 := rc.nodes["n2"]
+	waitUntil(t, "n2 to see n1 leave", func() bool {
+		for _, m := range n2.Membership().Members() {
+			if m.Name == "n1" {
+				return m.State == membership.StateLeft
+			}
+		}
+		return false
+	})
+	got, err := n2.Manager().Find(ctx, s.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := got.GetString("k"); v != "v" {
+		t.Errorf("k = %q", v)
+	}
+	if _, err := StartCluster(ClusterConfig{Kind: "nosuch", Membership: membership.DefaultLocalConfig()}); !errors.As(err, new(*ConfigError)) {
+		t.Errorf("unknown kind: %v", err)
+	}
+}
