@@ -112,10 +112,20 @@ func (ss *Sessions) Middleware(next http.Handler) http.Handler {
 		ctx := context.WithValue(r.Context(), ctxKey{}, st)
 		st.ctx = ctx
 		if id != "" {
-			if s, err := ss.find(ctx, id); err == nil {
+			s, err := ss.find(ctx, id)
+			switch {
+			case err == nil:
 				st.s = s
-			} else if !errors.Is(err, manager.ErrNotFound) {
+			case errors.Is(err, manager.ErrNotFound):
+			default:
+				// The session may exist (this node is still fetching its
+				// state, or its holders did not answer in time): serving
+				// the request without it would hand the user a new,
+				// empty session. 503 lets the balancer or the client retry.
 				ss.log.Warn("session lookup failed", "session", manager.RedactID(id), "err", err)
+				w.Header().Set("Retry-After", "1")
+				http.Error(w, "session temporarily unavailable", http.StatusServiceUnavailable)
+				return
 			}
 		}
 		sw := &responseWriter{ResponseWriter: w, st: st}

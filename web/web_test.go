@@ -350,3 +350,36 @@ func cohortStoreSaveBadKey(st *web.Store) error {
 	gs.Values[42] = "x"
 	return gs.Save(req, httptest.NewRecorder())
 }
+
+// notReady is a manager that cannot say whether a session exists yet, as a
+// replicating node during its state transfer.
+type notReady struct{ manager.Manager }
+
+func (notReady) Find(context.Context, string) (*manager.Session, error) {
+	return nil, manager.ErrNotReady
+}
+
+// TestLookupFailureIsUnavailable checks that a session that may exist is
+// never replaced by a new one: the request is refused with 503.
+func TestLookupFailureIsUnavailable(t *testing.T) {
+	ss := middleware(t, notReady{standard(t, "node1", "")}, "node1", nil)
+	ran := false
+	srv := httptest.NewServer(ss.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ran = true
+		_, _ = web.Get(r)
+	})))
+	defer srv.Close()
+	req, _ := http.NewRequest("GET", srv.URL+"/counter", nil)
+	req.AddCookie(&http.Cookie{Name: "JSESSIONID", Value: "abc.node2"})
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("status %d, Retry-After %q; want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	if ran || len(resp.Cookies()) != 0 {
+		t.Errorf("handler ran: %v; cookies set: %v", ran, resp.Cookies())
+	}
+}
