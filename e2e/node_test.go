@@ -104,7 +104,6 @@ func startNode(t *testing.T, sp nodeSpec, join string, extra ...string) *proc {
 	args := append([]string{
 		"-route", sp.route, "-http", sp.http, "-bind", sp.bind, "-replication", sp.repl,
 		"-join", join, "-multicast", "off", "-frequency", "100ms", "-drop-time", "1s",
-		"-manager", "standard",
 	}, extra...)
 	cmd := exec.Command(nodeBinary(t), args...)
 	var log strings.Builder
@@ -199,7 +198,7 @@ func TestNodesFailLeaveAndRejoin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Route != "node1" || st.Manager != "standard" || len(st.Members) != 3 {
+	if st.Route != "node1" || st.Manager != "delta" || len(st.Members) != 3 {
 		t.Errorf("status = %+v", st)
 	}
 	checkCounter(t, n1)

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cohort-cluster/cohort/manager"
 	"github.com/cohort-cluster/cohort/membership"
 	"github.com/cohort-cluster/cohort/web"
 )
@@ -166,8 +167,8 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	default:
 		return nil, bad("manager", *manager, "delta, backup or standard")
 	}
-	if c.Backups, err = strconv.Atoi(*backups); err != nil || c.Backups < 0 {
-		return nil, bad("backups", *backups, "a whole number of at least 0, such as 1")
+	if c.Backups, err = strconv.Atoi(*backups); err != nil || c.Backups < 1 {
+		return nil, bad("backups", *backups, "a whole number of at least 1, such as 1")
 	}
 	switch c.SendMode = *sendMode; c.SendMode {
 	case "async", "ack", "sync":
@@ -217,6 +218,22 @@ func (c *config) membershipConfig(logger *slog.Logger) membership.Config {
 	m.Key = c.Key
 	m.Logger = logger
 	return m
+}
+
+// clusterConfig maps the node configuration onto the cluster: membership,
+// replication channel and session manager.
+func (c *config) clusterConfig(logger *slog.Logger) manager.ClusterConfig {
+	cc := manager.DefaultClusterConfig()
+	cc.Kind = c.Manager
+	cc.Membership = c.membershipConfig(logger)
+	cc.Replication.Addr = c.Replication
+	m := &cc.Manager
+	m.Route = c.Route
+	m.MaxInactive = c.SessionTimeout
+	m.Logger = logger
+	m.Backups = c.Backups
+	_ = m.Mode.UnmarshalText([]byte(c.SendMode)) // validated by parseFlags
+	return cc
 }
 
 // webConfig maps the node configuration onto the HTTP layer.

@@ -30,28 +30,24 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	logger := newLogger(cfg, stderr)
 	logger.Info("starting", "config", cfg)
 
-	mgr, err := newManager(cfg, logger)
-	if err != nil {
-		return err
-	}
-	sessions, err := web.New(mgr, cfg.webConfig(logger))
-	if err != nil {
-		_ = mgr.Close(context.Background())
-		return err
-	}
-	node, err := membership.New(cfg.membershipConfig(logger))
-	if err != nil {
-		_ = mgr.Close(context.Background())
-		return err
-	}
+	// Listen first: a taken port fails the start before the node joins.
 	ln, err := net.Listen("tcp", cfg.HTTP)
 	if err != nil {
-		_ = node.Close()
-		_ = mgr.Close(context.Background())
 		return fmt.Errorf("listen on -http %s: %w", cfg.HTTP, err)
 	}
+	cluster, err := manager.StartCluster(cfg.clusterConfig(logger))
+	if err != nil {
+		_ = ln.Close()
+		return err
+	}
+	sessions, err := web.New(cluster.Manager(), cfg.webConfig(logger))
+	if err != nil {
+		_ = ln.Close()
+		_ = cluster.Close(context.Background())
+		return err
+	}
 	srv := &http.Server{
-		Handler:           newMux(cfg, node, sessions),
+		Handler:           newMux(cfg, cluster, sessions),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
@@ -69,26 +65,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	defer cancel()
 	herr := srv.Shutdown(shutdownCtx)
 	<-serveErr
-	merr := mgr.Close(shutdownCtx)
-	lerr := node.Leave(cfg.DropTime)
+	cerr := cluster.Close(shutdownCtx)
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}
-	return errors.Join(err, herr, merr, lerr)
-}
-
-// newManager builds the session manager the -manager flag names.
-func newManager(cfg *config, logger *slog.Logger) (manager.Manager, error) {
-	mc := manager.DefaultConfig()
-	mc.Route = cfg.Route
-	mc.MaxInactive = cfg.SessionTimeout
-	mc.Logger = logger
-	switch cfg.Manager {
-	case "standard":
-		return manager.NewStandard(mc)
-	}
-	return nil, &flagError{Flag: "manager", Value: cfg.Manager, Source: "flag -manager",
-		Want: "standard (the replicating delta and backup managers are not in this build yet)"}
+	return errors.Join(err, herr, cerr)
 }
 
 func newLogger(cfg *config, w io.Writer) *slog.Logger {
@@ -104,6 +85,7 @@ func newLogger(cfg *config, w io.Writer) *slog.Logger {
 type status struct {
 	Route    string         `json:"route"`
 	Manager  string         `json:"manager"`
+	Ready    bool           `json:"ready"`
 	Members  []memberStatus `json:"members"`
 	Sessions sessionCounts  `json:"sessions"`
 }
@@ -122,7 +104,7 @@ type sessionCounts struct {
 	Backup  int `json:"backup"`
 }
 
-func newMux(cfg *config, node *membership.Node, sessions *web.Sessions) *http.ServeMux {
+func newMux(cfg *config, cluster *manager.Cluster, sessions *web.Sessions) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("GET /counter", sessions.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s, err := web.Get(r)
@@ -141,11 +123,17 @@ func newMux(cfg *config, node *membership.Node, sessions *web.Sessions) *http.Se
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, "ok\n")
 	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if !cluster.Ready() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, "ready\n")
+	})
 	mux.HandleFunc("GET /cluster/status", func(w http.ResponseWriter, r *http.Request) {
-		st := status{Route: cfg.Route, Manager: cfg.Manager, Members: []memberStatus{}}
-		st.Sessions.Total = sessions.Manager().Count()
-		st.Sessions.Primary = st.Sessions.Total
-		for _, m := range node.Members() {
+		st := status{Route: cfg.Route, Manager: cfg.Manager, Ready: cluster.Ready(), Members: []memberStatus{}}
+		st.Sessions.Total, st.Sessions.Primary, st.Sessions.Backup = cluster.SessionCounts()
+		for _, m := range cluster.Membership().Members() {
 			st.Members = append(st.Members, memberStatus{
 				Route: m.Name, Address: m.Addr, State: m.State,
 				Replication: m.Meta.ReplicationAddr, Local: m.Name == cfg.Route,

@@ -17,12 +17,11 @@ stop() {
 trap stop INT TERM EXIT
 
 seeds=127.0.0.1:7946,127.0.0.1:7947,127.0.0.1:7948
-# Sessions stay on the node that created them until the replicating
-# managers are in; the flag goes when delta is the working default.
-manager=${COHORT_MANAGER:-standard}
+# Extra arguments go to every node, e.g. `-manager backup`; COHORT_*
+# variables work too.
 for i in 1 2 3; do
 	"$bin" -route "node$i" -http "127.0.0.1:808$i" -bind "127.0.0.1:794$((i + 5))" \
-		-join "$seeds" -manager "$manager" "$@" > >(sed -u "s/^/[node$i] /") 2>&1 &
+		-join "$seeds" "$@" > >(sed -u "s/^/[node$i] /") 2>&1 &
 	pids+=($!) # the node itself, not its log filter
 done
 echo "cluster up: http://127.0.0.1:8081 http://127.0.0.1:8082 http://127.0.0.1:8083 (Ctrl-C stops it)"
