@@ -29,7 +29,9 @@ type Manager interface {
 	Invalidate(ctx context.Context, id string) error
 	// ChangeID gives a session a new id and returns it: a new random base
 	// when base is "" (RenewID after login), or the given base (route
-	// rebinding keeps the base), always with this node's route.
+	// rebinding keeps the base), always with this node's route. When the
+	// rename is done here but not every peer confirmed it, it returns the
+	// new id and the error; it returns "" only when nothing changed.
 	ChangeID(ctx context.Context, s *Session, base string) (string, error)
 	// Commit ends a request's use of the session: it hands the request's
 	// changes to replication, waiting as the send mode says.

@@ -175,8 +175,13 @@ func (ss *Sessions) find(ctx context.Context, id string) (*manager.Session, erro
 		return s, nil
 	}
 	newID, err := ss.m.ChangeID(ctx, s, base)
-	if err != nil {
+	if newID == "" {
 		return nil, err
+	}
+	if err != nil {
+		// Renamed here, but not every peer confirmed: typically the node
+		// that just failed. The request goes on, as with a commit.
+		ss.log.Warn("rebinding not confirmed by every peer", "session", manager.RedactID(newID), "err", err)
 	}
 	ss.log.Info("session rebound to this node", "from", route, "session", manager.RedactID(newID))
 	return s, nil
