@@ -2,12 +2,15 @@ package manager
 
 import (
 	"context"
+	"errors"
 	"hash/fnv"
 	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/cohort-cluster/cohort/replication"
 )
 
 // Backup keeps each session on its primary, the node that serves it, plus
@@ -215,31 +218,68 @@ func (m *replicated) refresh(ctx context.Context, s *Session) {
 	}
 }
 
-// ask sends a fetch of id to each holder that can be reached, or joins the
-// fetch in progress. It returns nil when no holder can be asked.
+// ask sends a fetch of id to its holders, or joins the fetch in progress.
+// It returns nil when no holder can be asked. The fetch is sent in ack
+// mode, so that a holder that cannot be reached (a member that has just
+// died, before membership declares it failed) is not waited for.
 func (m *replicated) ask(id string) *fetchCall {
 	b := m.backup
 	b.fetchMu.Lock()
-	defer b.fetchMu.Unlock()
 	if call, ok := b.fetches[id]; ok {
+		b.fetchMu.Unlock()
 		return call
 	}
+	holders := m.holders(id, "")
 	msg, err := encodeMsg(kindFetch, idMsg{ID: id})
-	if err != nil {
+	if err != nil || len(holders) == 0 {
+		b.fetchMu.Unlock()
 		return nil
 	}
-	call := &fetchCall{done: make(chan struct{})}
-	for _, h := range m.holders(id, "") {
-		// One send per holder, so that an unreachable one is not waited for.
-		if m.t.Send(context.Background(), []string{h}, msg, Async) == nil {
-			call.pending++
+	call := &fetchCall{done: make(chan struct{}), pending: len(holders)}
+	b.fetches[id] = call
+	b.fetchMu.Unlock()
+
+	ctx, cancel := context.WithTimeout(context.Background(), b.fetchTimeout)
+	defer cancel()
+	failed := failedPeers(m.t.Send(ctx, holders, msg, Ack), holders)
+	if len(failed) > 0 {
+		b.fetchMu.Lock()
+		call.pending -= len(failed)
+		if call.pending <= 0 {
+			select {
+			case <-call.done:
+			default:
+				close(call.done)
+			}
+		}
+		b.fetchMu.Unlock()
+	}
+	return call
+}
+
+// failedPeers returns the peers a Send error names; all of to when the
+// error does not say.
+func failedPeers(err error, to []string) []string {
+	if err == nil {
+		return nil
+	}
+	var out []string
+	var walk func(error)
+	walk = func(e error) {
+		var pe *replication.PeerError
+		if j, ok := e.(interface{ Unwrap() []error }); ok {
+			for _, e := range j.Unwrap() {
+				walk(e)
+			}
+		} else if errors.As(e, &pe) {
+			out = append(out, pe.Peer)
 		}
 	}
-	if call.pending == 0 {
-		return nil
+	walk(err)
+	if len(out) == 0 {
+		return to
 	}
-	b.fetches[id] = call
-	return call
+	return out
 }
 
 // await waits for the replies of a fetch and returns the newest copy
