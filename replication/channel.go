@@ -3,6 +3,7 @@ package replication
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -418,11 +419,11 @@ func (c *Channel) serve(conn net.Conn) {
 				return
 			}
 		}
-		env, err := DecodeEnvelope(payload)
-		if err == nil && env.Domain != c.cfg.Domain {
+		env, err := parseEnvelope(payload)
+		if err == nil && string(env.Domain) != c.cfg.Domain {
 			err = fmt.Errorf("%w: %q", ErrDomain, env.Domain)
 		}
-		if err == nil && env.From != from {
+		if err == nil && string(env.From) != from {
 			err = fmt.Errorf("%w: frame from %q on %q's connection", ErrMalformed, env.From, from)
 		}
 		if err != nil {
@@ -435,7 +436,7 @@ func (c *Channel) serve(conn net.Conn) {
 			out = c.appendControl(out[:0], typeAck, env.Seq, nil, seal)
 			_, _ = bw.Write(out)
 		}
-		herr := c.dispatch(from, env)
+		herr := c.dispatch(from, &env)
 		if env.Mode == Sync {
 			var msg []byte
 			if herr != nil {
@@ -460,7 +461,7 @@ type inConn struct {
 }
 
 // dispatch calls the handler of env's type.
-func (c *Channel) dispatch(from string, env Envelope) error {
+func (c *Channel) dispatch(from string, env *envelopeView) error {
 	if env.Type == typeNoop {
 		return nil
 	}
@@ -482,11 +483,15 @@ func (c *Channel) dispatch(from string, env Envelope) error {
 // appendControl appends a framed ack or reply to dst.
 func (c *Channel) appendControl(dst []byte, t MsgType, seq uint64, body []byte, seal *sealer) []byte {
 	env := Envelope{Version: ProtocolVersion, Type: t, From: c.cfg.Route, Domain: c.cfg.Domain, Seq: seq, Body: body}
-	b, _ := EncodeEnvelope(&env)
-	if seal != nil {
-		b = seal.seal(nil, b)
+	start := len(dst)
+	dst = append(dst, 0, 0, 0, 0) // the length, set below
+	if seal == nil {
+		dst = appendEnvelope(dst, &env)
+	} else {
+		dst = seal.seal(dst, appendEnvelope(nil, &env))
 	}
-	return appendFrame(dst, b)
+	binary.BigEndian.PutUint32(dst[start:], uint32(len(dst)-start-frameHeader))
+	return dst
 }
 
 // refuse counts and logs a connection dropped for bad input.

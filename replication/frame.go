@@ -93,23 +93,22 @@ func appendFrame(dst, payload []byte) []byte {
 	return append(dst, payload...)
 }
 
-// EncodeEnvelope encodes e.
+// EncodeEnvelope encodes e as a msgpack array.
 func EncodeEnvelope(e *Envelope) ([]byte, error) {
-	return msgpack.Marshal(e)
+	return appendEnvelope(nil, e), nil
 }
 
-// DecodeEnvelope decodes an envelope. The body is copied out of b, so b may
-// be reused; this is the one copy a received frame undergoes.
+// DecodeEnvelope decodes an envelope. Its strings and body are copied out
+// of b, so b may be reused. (The channel itself decodes frames without
+// copying and hands handlers a body that lives only during the call.)
 func DecodeEnvelope(b []byte) (Envelope, error) {
-	var e Envelope
-	if err := msgpack.Unmarshal(b, &e); err != nil {
-		return Envelope{}, fmt.Errorf("%w: %v", ErrMalformed, err)
+	v, err := parseEnvelope(b)
+	if err != nil {
+		return Envelope{}, err
 	}
-	if e.Version != ProtocolVersion {
-		return Envelope{}, fmt.Errorf("%w: %d", ErrVersion, e.Version)
-	}
-	if e.Mode > Sync {
-		return Envelope{}, fmt.Errorf("%w: send mode %d", ErrMalformed, e.Mode)
+	e := Envelope{Version: v.Version, Type: v.Type, From: string(v.From), Domain: string(v.Domain), Seq: v.Seq, Mode: v.Mode}
+	if v.Body != nil {
+		e.Body = append([]byte{}, v.Body...)
 	}
 	return e, nil
 }

@@ -233,12 +233,13 @@ func (p *peer) writeLoop(conn net.Conn, seal *sealer, readerDone chan error) err
 	c := p.c
 	bw := bufio.NewWriterSize(conn, 64<<10)
 	var env Envelope
-	var sealed []byte
+	var plain, sealed []byte // reused for every frame
 	write := func(f *outFrame) error {
 		env = Envelope{Version: ProtocolVersion, Type: f.typ, From: c.cfg.Route, Domain: c.cfg.Domain, Seq: f.seq, Mode: f.mode, Body: f.body}
-		b, err := EncodeEnvelope(&env)
-		if err != nil {
-			return err
+		plain = appendEnvelope(plain[:0], &env)
+		b := plain
+		if cap(plain) > 4<<20 {
+			plain = nil // do not keep a huge buffer for one large frame
 		}
 		if len(b) > c.cfg.MaxFrameSize {
 			if f.done != nil {
@@ -258,7 +259,7 @@ func (p *peer) writeLoop(conn net.Conn, seal *sealer, readerDone chan error) err
 		var h [frameHeader]byte
 		h[0], h[1], h[2], h[3] = byte(len(b)>>24), byte(len(b)>>16), byte(len(b)>>8), byte(len(b))
 		_, _ = bw.Write(h[:])
-		_, err = bw.Write(b)
+		_, err := bw.Write(b)
 		p.framesSent.Add(1)
 		p.bytesSent.Add(int64(len(b) + frameHeader))
 		return err
@@ -314,7 +315,7 @@ func (p *peer) readAnswers(conn net.Conn, open *sealer) error {
 				return err
 			}
 		}
-		env, err := DecodeEnvelope(payload)
+		env, err := parseEnvelope(payload)
 		if err != nil {
 			p.c.drops.add(dropReason(err))
 			return err
