@@ -3,8 +3,8 @@ package replication
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
