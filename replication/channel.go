@@ -435,6 +435,14 @@ func (c *Channel) serve(conn net.Conn) {
 		if env.Mode == Ack {
 			out = c.appendControl(out[:0], typeAck, env.Seq, nil, seal)
 			_, _ = bw.Write(out)
+			// The ack says the frame was read: when no more frames are
+			// waiting, send it now rather than after the handler.
+			if br.Buffered() == 0 {
+				_ = conn.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout))
+				if err := bw.Flush(); err != nil {
+					return
+				}
+			}
 		}
 		herr := c.dispatch(from, &env)
 		if env.Mode == Sync {
