@@ -306,6 +306,9 @@ func (m *replicated) Commit(ctx context.Context, s *Session) error {
 		m.queueTouch(s)
 		return nil
 	}
+	if m.backup == nil {
+		s.setOwner(m.cfg.Route) // Delta: the primary is the node that last changed it
+	}
 	msg, err := encodeMsg(kindChange, &c)
 	if err != nil {
 		return err
