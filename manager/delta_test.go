@@ -384,3 +384,63 @@ func TestDeltaListenersOnReplication(t *testing.T) {
 		})
 	}
 }
+
+// TestDeltaPartitionHealsToOneRevision cuts two nodes apart while both
+// change the same session, one of them rebinding it to its own route (the
+// balancer failed a user over to it), then lets them resynchronise as the
+// channel does on reconnection: both end with the same id and revision,
+// the greater one, and the discarded change is counted.
+func TestDeltaPartitionHealsToOneRevision(t *testing.T) {
+	leaktest.Check(t)
+	c := newDeltaCluster(t, "a", "b")
+	a, b := c.nodes["a"], c.nodes["b"]
+	s, _ := a.Create(bg)
+	_ = s.Set("count", 1)
+	_ = a.Commit(bg, s)
+	c.settle()
+	id := s.ID()
+
+	var cut atomic.Bool
+	cut.Store(true)
+	c.net.drop = func(from, to string, msg []byte) bool { return cut.Load() }
+	for i := 2; i <= 4; i++ { // the majority side: three writes
+		_ = s.Set("count", i)
+		_ = a.Commit(bg, s)
+	}
+	sb, err := b.Find(bg, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, _ := SplitID(id)
+	if _, err := b.ChangeID(bg, sb, base); err != nil { // rebound to b
+		t.Fatal(err)
+	}
+	_ = sb.Set("count", 100)
+	_ = b.Commit(bg, sb)
+	if sb.ID() == id {
+		t.Fatal("b did not rebind the session")
+	}
+
+	cut.Store(false)
+	c.net.drop = nil
+	a.resync("b")
+	b.resync("a")
+	c.settle()
+	if a.Count() != 1 || b.Count() != 1 {
+		t.Fatalf("a holds %d sessions, b %d; want one each", a.Count(), b.Count())
+	}
+	rev := c.same(id)
+	if rev.Node != "a" || rev.N != 4 {
+		t.Errorf("kept revision %+v, want version 4 by a", rev)
+	}
+	got := b.st.get(id)
+	if got == nil || got.ID() != id {
+		t.Fatalf("b's session has id %v, want %s", got, id)
+	}
+	if n, _ := got.GetInt("count"); n != 4 {
+		t.Errorf("b reads count=%d, want 4", n)
+	}
+	if b.Stats().Conflicts == 0 {
+		t.Error("the change discarded on b was not counted")
+	}
+}

@@ -704,16 +704,40 @@ func (m *replicated) requestFull(from, id string) {
 
 // onFull installs a full copy from peer from unless this node already
 // holds a greater or equal revision. The sender is the session's primary.
+//
+// The copy may carry another route than the local one: the two nodes
+// rebound the session while they could not talk (a partition). It is the
+// same session, so the greater revision wins, id included; with equal
+// revisions the greater id wins, so every node ends with the same id.
 func (m *replicated) onFull(from string, f Full) {
 	s := m.st.get(f.ID)
+	if s == nil {
+		s = m.st.getBase(f.ID)
+	}
 	if s == nil {
 		s = m.h.fromFull(f)
 		s.owner = from
 		m.st.put(s)
 		return
 	}
+	old := s.Rev()
 	if s.replace(f) {
 		s.setOwner(from)
+		if old.Node == m.cfg.Route && f.Rev.Node != m.cfg.Route {
+			// A change made here is superseded by a concurrent one.
+			m.conflict(f.ID, old, f.Rev)
+		}
+	} else if old != f.Rev || s.ID() >= f.ID {
+		return
+	}
+	if id := s.ID(); id != f.ID {
+		if _, ok := m.st.rename(s, f.ID); ok && m.h.notifyReplicated {
+			m.h.fire(func(l Listener) {
+				if l.IDChanged != nil {
+					l.IDChanged(s, id)
+				}
+			})
+		}
 	}
 }
 

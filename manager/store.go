@@ -13,7 +13,8 @@ type store struct {
 	h     *host
 	mu    sync.RWMutex
 	byID  map[string]*Session
-	alias map[string]alias // old id -> new id, until expiry
+	base  map[string]*Session // by the id's base: one session per base
+	alias map[string]alias    // old id -> new id, until expiry
 	grace time.Duration
 }
 
@@ -23,7 +24,7 @@ type alias struct {
 }
 
 func newStore(h *host, grace time.Duration) *store {
-	return &store{h: h, byID: make(map[string]*Session), alias: make(map[string]alias), grace: grace}
+	return &store{h: h, byID: make(map[string]*Session), base: make(map[string]*Session), alias: make(map[string]alias), grace: grace}
 }
 
 // newSession makes and stores a session with a fresh id.
@@ -35,8 +36,24 @@ func (st *store) newSession(route string, maxInactive time.Duration) *Session {
 	}
 	st.mu.Lock()
 	st.byID[s.id] = s
+	st.base[baseOf(s.id)] = s
 	st.mu.Unlock()
 	return s
+}
+
+// baseOf returns the base of a session id, without its route.
+func baseOf(id string) string {
+	b, _ := SplitID(id)
+	return b
+}
+
+// getBase returns the session whose id has the same base as id, whatever
+// its route: the same session, renamed on another node by route
+// rebinding while the two could not talk.
+func (st *store) getBase(id string) *Session {
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	return st.base[baseOf(id)]
 }
 
 // get returns the session for id, following a recent alias.
@@ -56,7 +73,11 @@ func (st *store) get(id string) *Session {
 func (st *store) put(s *Session) {
 	id := s.ID()
 	st.mu.Lock()
+	if old := st.base[baseOf(id)]; old != nil && old != s {
+		delete(st.byID, old.ID())
+	}
 	st.byID[id] = s
+	st.base[baseOf(id)] = s
 	st.mu.Unlock()
 }
 
@@ -67,6 +88,9 @@ func (st *store) remove(id string) *Session {
 	s, ok := st.byID[id]
 	if ok {
 		delete(st.byID, id)
+		if st.base[baseOf(id)] == s {
+			delete(st.base, baseOf(id))
+		}
 	}
 	st.mu.Unlock()
 	if !ok {
@@ -93,7 +117,16 @@ func (st *store) rename(s *Session, newID string) (oldID string, ok bool) {
 		return oldID, true
 	}
 	delete(st.byID, oldID)
+	if st.base[baseOf(oldID)] == s {
+		delete(st.base, baseOf(oldID))
+	}
+	if other := st.byID[newID]; other != nil && other != s {
+		other.mu.Lock()
+		other.valid = false
+		other.mu.Unlock()
+	}
 	st.byID[newID] = s
+	st.base[baseOf(newID)] = s
 	s.id = newID
 	if st.grace > 0 {
 		st.alias[oldID] = alias{to: newID, until: st.h.now().Add(st.grace)}
