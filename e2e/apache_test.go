@@ -173,7 +173,15 @@ type hit struct {
 }
 
 func getCounter(c *http.Client, u string) (hit, error) {
-	resp, err := c.Get(u)
+	req, err := http.NewRequest("GET", u, nil)
+	if err != nil {
+		return hit{}, err
+	}
+	return doCounter(c, req)
+}
+
+func doCounter(c *http.Client, req *http.Request) (hit, error) {
+	resp, err := c.Do(req)
 	if err != nil {
 		return hit{}, err
 	}

@@ -75,6 +75,7 @@ type proc struct {
 
 type nodeSpec struct {
 	route, http, bind, repl string
+	netns                   string // network namespace to run in, if any
 }
 
 func newSpecs(t *testing.T, n int) []nodeSpec {
@@ -106,6 +107,10 @@ func startNode(t *testing.T, sp nodeSpec, join string, extra ...string) *proc {
 		"-join", join, "-multicast", "off", "-frequency", "100ms", "-drop-time", "1s",
 	}, extra...)
 	cmd := exec.Command(nodeBinary(t), args...)
+	if sp.netns != "" {
+		// ip netns exec execs the node: the process is the node itself.
+		cmd = exec.Command("ip", append([]string{"netns", "exec", sp.netns, nodeBinary(t)}, args...)...)
+	}
 	var log strings.Builder
 	var mu sync.Mutex
 	w := writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return log.Write(p) })
@@ -137,7 +142,10 @@ type status struct {
 	Members []struct {
 		Route, Address, State string
 	} `json:"members"`
-	Sessions struct{ Total, Primary, Backup int } `json:"sessions"`
+	Sessions    struct{ Total, Primary, Backup int } `json:"sessions"`
+	Replication struct {
+		Conflicts int64 `json:"conflicts"`
+	} `json:"replication"`
 }
 
 func getStatus(httpAddr string) (*status, error) {

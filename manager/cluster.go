@@ -91,8 +91,13 @@ type Cluster struct {
 	wg     sync.WaitGroup
 	once   sync.Once
 
-	closing sync.Once
-	down    chan struct{} // closed when Close starts: not ready any more
+	down chan struct{} // closed when Close starts: not ready any more
+
+	// lost records, for members removed while alive elsewhere (failed,
+	// not left), the start time of the incarnation that was lost. When the
+	// same incarnation comes back, the two sides were partitioned and
+	// exchange their sessions; a restarted node fetches them itself.
+	lost map[string]time.Time
 }
 
 // StartCluster starts the replication channel, the manager and
@@ -120,7 +125,7 @@ func StartCluster(cfg ClusterConfig) (*Cluster, error) {
 	if mgrCfg.Logger == nil {
 		mgrCfg.Logger = log
 	}
-	c := &Cluster{cfg: cfg, log: log.With("component", "cluster"), down: make(chan struct{})}
+	c := &Cluster{cfg: cfg, log: log.With("component", "cluster"), down: make(chan struct{}), lost: make(map[string]time.Time)}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	var err error
 	switch cfg.Kind {
@@ -242,6 +247,24 @@ func (c *Cluster) Ready() bool {
 	return c.repl == nil || c.repl.Ready()
 }
 
+// Lookup returns the session this node holds under id (or an alias of
+// it), or nil, without recording an access or fetching it from a peer: an
+// operator's view, not a request's.
+func (c *Cluster) Lookup(id string) *Session {
+	if c.repl != nil {
+		return c.repl.st.get(id)
+	}
+	var found *Session
+	c.mgr.Range(func(s *Session) bool {
+		if s.ID() == id {
+			found = s
+			return false
+		}
+		return true
+	})
+	return found
+}
+
 // Stats returns the manager's counters; zero for the Standard manager.
 func (c *Cluster) Stats() Stats {
 	if c.repl == nil {
@@ -286,7 +309,9 @@ func (c *Cluster) syncPeers() {
 	}
 	self := c.node.Route()
 	want := make(map[string]string)
+	members := make(map[string]membership.Member)
 	for _, m := range c.node.Members() {
+		members[m.Name] = m
 		if m.Name == self || m.State != membership.StateAlive || m.Meta.Leaving || m.Meta.ReplicationAddr == "" {
 			continue
 		}
@@ -301,12 +326,26 @@ func (c *Cluster) syncPeers() {
 		if _, ok := want[r]; !ok {
 			c.ch.RemovePeer(r)
 			changed = true
+			if m, ok := members[r]; ok && m.State == membership.StateDead {
+				c.lost[r] = m.Meta.Started
+			}
 		}
 	}
 	for r, a := range want {
 		if have[r] != a {
 			c.ch.AddPeer(r, a)
 			changed = true
+			if started, ok := c.lost[r]; ok {
+				delete(c.lost, r)
+				if started.Equal(members[r].Meta.Started) && c.repl.Ready() {
+					c.log.Info("partition healed: exchanging sessions", "peer", r)
+					c.wg.Add(1)
+					go func() {
+						defer c.wg.Done()
+						c.repl.resync(r)
+					}()
+				}
+			}
 		}
 	}
 	if changed && c.repl != nil {

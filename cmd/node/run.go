@@ -83,11 +83,12 @@ func newLogger(cfg *config, w io.Writer) *slog.Logger {
 
 // status is the body of GET /cluster/status.
 type status struct {
-	Route    string         `json:"route"`
-	Manager  string         `json:"manager"`
-	Ready    bool           `json:"ready"`
-	Members  []memberStatus `json:"members"`
-	Sessions sessionCounts  `json:"sessions"`
+	Route       string           `json:"route"`
+	Manager     string           `json:"manager"`
+	Ready       bool             `json:"ready"`
+	Members     []memberStatus   `json:"members"`
+	Sessions    sessionCounts    `json:"sessions"`
+	Replication replicationStats `json:"replication"`
 }
 
 type memberStatus struct {
@@ -130,6 +131,15 @@ func newMux(cfg *config, cluster *manager.Cluster, sessions *web.Sessions) *http
 		}
 		_, _ = io.WriteString(w, "ready\n")
 	})
+	mux.HandleFunc("GET /cluster/sessions/{id}", func(w http.ResponseWriter, r *http.Request) {
+		s := cluster.Lookup(r.PathValue("id"))
+		if s == nil {
+			http.Error(w, "no such session on this node", http.StatusNotFound)
+			return
+		}
+		rev := s.Rev()
+		writeJSON(w, sessionView{ID: s.ID(), Version: rev.N, Node: rev.Node, Attributes: s.Names()})
+	})
 	mux.HandleFunc("GET /cluster/status", func(w http.ResponseWriter, r *http.Request) {
 		st := status{Route: cfg.Route, Manager: cfg.Manager, Ready: cluster.Ready(), Members: []memberStatus{}}
 		st.Sessions.Total, st.Sessions.Primary, st.Sessions.Backup = cluster.SessionCounts()
@@ -139,10 +149,41 @@ func newMux(cfg *config, cluster *manager.Cluster, sessions *web.Sessions) *http
 				Replication: m.Meta.ReplicationAddr, Local: m.Name == cfg.Route,
 			})
 		}
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(st)
+		rs := cluster.Stats()
+		st.Replication = replicationStats{
+			Replicated: rs.Replicated, Received: rs.Received, Conflicts: rs.Conflicts, Resyncs: rs.Resyncs,
+			SendErrors: rs.SendErrors, Transfers: rs.Transfers, TransferFailures: rs.TransferFailures,
+			UnderReplicated: rs.UnderReplicated,
+		}
+		writeJSON(w, st)
 	})
 	return mux
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+// sessionView is the body of GET /cluster/sessions/{id}: what a node holds
+// of a session, attribute names but not values.
+type sessionView struct {
+	ID         string   `json:"id"`
+	Version    uint64   `json:"version"`
+	Node       string   `json:"node"` // the node that made the revision
+	Attributes []string `json:"attributes"`
+}
+
+// replicationStats are the manager's replication counters in the status.
+type replicationStats struct {
+	Replicated       int64 `json:"replicated"`
+	Received         int64 `json:"received"`
+	Conflicts        int64 `json:"conflicts"`
+	Resyncs          int64 `json:"resyncs"`
+	SendErrors       int64 `json:"send_errors"`
+	Transfers        int64 `json:"transfers"`
+	TransferFailures int64 `json:"transfer_failures"`
+	UnderReplicated  int64 `json:"under_replicated"`
 }
