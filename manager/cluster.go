@@ -30,6 +30,27 @@ func (t channelTransport) Send(ctx context.Context, to []string, msg []byte, mod
 
 func (t channelTransport) Peers() []string { return t.ch.Peers() }
 
+// streamWindow is how many state transfer chunks may await their
+// acknowledgement at once.
+const streamWindow = 4
+
+func (t channelTransport) openStream(peer string) (chunkStream, error) {
+	return t.ch.OpenStream(peer, MsgType, streamWindow)
+}
+
+// streamOpener is implemented by transports that can stream messages to
+// one peer with flow control (the replication channel's Stream); state
+// transfer and resynchronisation use it when there.
+type streamOpener interface {
+	openStream(peer string) (chunkStream, error)
+}
+
+// chunkStream is a flow-controlled sequence of messages to one peer.
+type chunkStream interface {
+	Write(ctx context.Context, body []byte) error
+	Close(ctx context.Context) error
+}
+
 // The manager kinds, as the -manager flag and node metadata name them.
 const (
 	KindDelta    = "delta"

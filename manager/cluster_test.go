@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -52,6 +53,7 @@ func (rc *realCluster) start(route string) *Cluster {
 	cfg.Manager.Types = NewTypes()
 	cfg.Manager.Types.MustRegister("test.cart", cart{})
 	cfg.Manager.SweepInterval = time.Hour
+	cfg.Manager.ChunkBytes = 1024 // state transfers of many chunks, streamed
 	cfg.JoinWait = 300 * time.Millisecond
 	c, err := StartCluster(cfg)
 	if err != nil {
@@ -145,8 +147,17 @@ func TestClusterReplicatesOverRealChannels(t *testing.T) {
 			// Acknowledged writes are on every other node (Delta) or on the
 			// session's backup (Backup). Peek, without a request, which
 			// would make the reading node the session's primary.
-			if got := holding(rc, id, 10); got != 3 && kind == KindDelta || got != 2 && kind == KindBackup {
-				t.Errorf("%d nodes hold count 10", got)
+			// Ack means received, not yet applied: wait for the apply.
+			want := map[string]int{KindDelta: 3, KindBackup: 2}[kind]
+			waitUntil(t, fmt.Sprintf("%d nodes to hold count 10", want), func() bool { return holding(rc, id, 10) == want })
+			// More sessions, so that a state transfer takes many chunks.
+			for i := range 60 {
+				m := rc.nodes[fmt.Sprintf("n%d", 2+i%2)].Manager()
+				s, _ := m.Create(ctx)
+				_ = s.Set("pad", strings.Repeat("x", 200))
+				if err := m.Commit(ctx, s); err != nil {
+					t.Fatal(err)
+				}
 			}
 			// Crash n1: a request on n2 finds the session (Backup: fetches
 			// it from its backup and becomes its primary) and its write
@@ -197,6 +208,9 @@ func TestClusterReplicatesOverRealChannels(t *testing.T) {
 			if kind == KindDelta {
 				if st := rc.nodes["n1"].Stats(); st.Transfers != 1 {
 					t.Errorf("restarted n1 made %d state transfers, want 1", st.Transfers)
+				}
+				if got, want := rc.nodes["n1"].Manager().Count(), rc.nodes["n2"].Manager().Count(); got != want {
+					t.Errorf("restarted n1 holds %d sessions, n2 %d", got, want)
 				}
 			}
 		})

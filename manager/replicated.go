@@ -832,13 +832,32 @@ func (m *replicated) sendPatiently(peer string, msg []byte) error {
 func (m *replicated) streamTo(peer string, filter func(*Session) bool) (int, bool) {
 	var batch []Full
 	n := 0
+	var stream chunkStream
+	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.SyncTimeout)
+	defer cancel()
+	defer func() {
+		if stream != nil {
+			_ = stream.Close(ctx)
+		}
+	}()
 	flush := func() bool {
 		if len(batch) == 0 {
 			return true
 		}
 		msg, err := encodeMsg(kindSyncChunk, batch)
-		if err == nil {
-			err = m.sendPatiently(peer, msg)
+		switch {
+		case err != nil:
+		case stream != nil:
+			err = stream.Write(ctx, msg)
+		default:
+			// The first chunk waits until the peer is in view and
+			// reachable; the rest go through a stream, when the
+			// transport has them, with a window of chunks in flight.
+			if err = m.sendPatiently(peer, msg); err == nil {
+				if o, ok := m.t.(streamOpener); ok {
+					stream, _ = o.openStream(peer)
+				}
+			}
 		}
 		if err != nil {
 			m.h.log.Warn("sending sessions to peer failed", "peer", peer, "err", err)
@@ -871,5 +890,16 @@ func (m *replicated) streamTo(peer string, filter func(*Session) bool) (int, boo
 			size = 0
 		}
 	}
-	return n, flush()
+	if !flush() {
+		return n, false
+	}
+	if stream != nil {
+		err := stream.Close(ctx)
+		stream = nil
+		if err != nil {
+			m.h.log.Warn("sending sessions to peer failed", "peer", peer, "err", err)
+			return n, false
+		}
+	}
+	return n, true
 }
