@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/vmihailenco/msgpack/v5"
@@ -101,15 +102,11 @@ func (s *Session) commit() (Change, bool) {
 		pr := s.principal
 		d.Principal = &pr
 	}
-	for name, a := range p.ops {
-		op := Op{Name: name}
-		if a != nil {
-			op.Value = a.raw
-			if a.known {
-				a.raw = nil // the value stays; full copies re-encode it
-			}
+	for name, raw := range p.ops {
+		d.Ops = append(d.Ops, Op{Name: name, Value: raw})
+		if a, ok := s.attrs.get(name); ok && a.known {
+			a.raw = nil // the value stays; full copies re-encode it
 		}
-		d.Ops = append(d.Ops, op)
 	}
 	slices.SortFunc(d.Ops, func(a, b Op) int {
 		switch {
@@ -131,7 +128,8 @@ func (s *Session) full() Full {
 		ID: s.id, Rev: s.rev, Created: s.created.UnixMilli(), Access: s.lastAccess.UnixMilli(),
 		MaxInactive: s.maxInactive.Milliseconds(), Principal: s.principal,
 	}
-	for name, a := range s.attrs {
+	for _, e := range s.attrs {
+		name, a := e.name, e.attr
 		if a.local {
 			continue
 		}
@@ -154,11 +152,12 @@ func (h *host) fromFull(f Full) *Session {
 		host: h, id: f.ID, rev: f.Rev, valid: true,
 		created: time.UnixMilli(f.Created), lastAccess: time.UnixMilli(f.Access),
 		maxInactive: time.Duration(f.MaxInactive) * time.Millisecond, principal: f.Principal,
-		attrs: make(map[string]*attr, len(f.Attrs)),
+		attrs: make(attrList, 0, len(f.Attrs)),
 	}
 	for name, raw := range f.Attrs {
-		s.attrs[name] = &attr{raw: raw}
+		s.attrs = append(s.attrs, attrEntry{name: internName(name), attr: attr{raw: raw}})
 	}
+	slices.SortFunc(s.attrs, func(a, b attrEntry) int { return strings.Compare(a.name, b.name) })
 	return s
 }
 
@@ -188,13 +187,21 @@ func (s *Session) apply(d Change, notify bool) error {
 	}
 	var changes []change
 	for _, op := range d.Ops {
-		old := s.attrs[op.Name]
+		var old attr
+		var had bool
 		if op.Value == nil {
-			delete(s.attrs, op.Name)
+			old, had = s.attrs.del(op.Name)
 		} else {
-			s.attrs[op.Name] = &attr{raw: op.Value}
+			old, had = s.attrs.set(op.Name, attr{raw: op.Value})
 		}
-		changes = append(changes, change{op.Name, old, s.attrs[op.Name]})
+		c := change{name: op.Name}
+		if had {
+			c.old = &old
+		}
+		if op.Value != nil {
+			c.new = &attr{raw: op.Value}
+		}
+		changes = append(changes, c)
 	}
 	s.mu.Unlock()
 	if !notify {
@@ -246,15 +253,19 @@ func (s *Session) replace(f Full) bool {
 	}
 	s.maxInactive = time.Duration(f.MaxInactive) * time.Millisecond
 	s.principal = f.Principal
-	attrs := make(map[string]*attr, len(f.Attrs))
-	for name, a := range s.attrs {
-		if a.local { // never replicated: kept
-			attrs[name] = a
+	attrs := make(attrList, 0, len(f.Attrs))
+	for _, e := range s.attrs {
+		if e.local { // never replicated: kept
+			attrs = append(attrs, e)
 		}
 	}
+	locals := attrs
 	for name, raw := range f.Attrs {
-		attrs[name] = &attr{raw: raw}
+		if _, local := locals.index(name); !local {
+			attrs = append(attrs, attrEntry{name: internName(name), attr: attr{raw: raw}})
+		}
 	}
+	slices.SortFunc(attrs, func(a, b attrEntry) int { return strings.Compare(a.name, b.name) })
 	s.attrs = attrs
 	return true
 }

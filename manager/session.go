@@ -6,11 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"slices"
 	"strings"
 	"sync"
 	"time"
+	"unique"
 )
 
 // ErrInvalidated is returned by Session methods once the session has been
@@ -30,13 +30,75 @@ type Session struct {
 	lastAccess  time.Time
 	maxInactive time.Duration
 	principal   string
-	attrs       map[string]*attr
+	attrs       attrList
 	rev         Rev    // the committed change this state is at
 	owner       string // Backup manager: route of the primary, as this node knows it
 	isNew       bool   // created by this request; cleared by Commit
 	valid       bool
 	pending     pending // changes since the last Commit
 }
+
+// attrEntry is one named attribute.
+type attrEntry struct {
+	name string
+	attr
+}
+
+// attrList holds a session's attributes sorted by name. A session has few
+// attributes, and one slice costs far less memory than a map of pointers:
+// on a replica holding many sessions the difference is most of the
+// overhead over the attributes' encoded size.
+type attrList []attrEntry
+
+func (l attrList) index(name string) (int, bool) {
+	return slices.BinarySearchFunc(l, name, func(e attrEntry, n string) int { return strings.Compare(e.name, n) })
+}
+
+// get returns the attribute of name, a pointer valid until the list
+// changes.
+func (l attrList) get(name string) (*attr, bool) {
+	i, ok := l.index(name)
+	if !ok {
+		return nil, false
+	}
+	return &l[i].attr, true
+}
+
+// set stores a under name and returns the attribute it replaced, if any.
+func (l *attrList) set(name string, a attr) (old attr, had bool) {
+	i, ok := l.index(name)
+	if ok {
+		old = (*l)[i].attr
+		(*l)[i].attr = a
+		return old, true
+	}
+	*l = slices.Insert(*l, i, attrEntry{name: internName(name), attr: a})
+	return attr{}, false
+}
+
+// del removes the attribute of name and returns it, if there was one.
+func (l *attrList) del(name string) (old attr, had bool) {
+	i, ok := l.index(name)
+	if !ok {
+		return attr{}, false
+	}
+	old = (*l)[i].attr
+	*l = slices.Delete(*l, i, i+1)
+	return old, true
+}
+
+func (l attrList) names() []string {
+	out := make([]string, len(l))
+	for i, e := range l {
+		out[i] = e.name
+	}
+	return out
+}
+
+// internName returns the canonical copy of an attribute name: every
+// session received from a peer would otherwise hold its own copy of the
+// same few names.
+func internName(name string) string { return unique.Make(name).Value() }
 
 // attr is one attribute. To keep one copy in memory, it holds either its
 // wire form (received from a peer, not yet read) or its value (set here,
@@ -59,7 +121,7 @@ func (a *attr) wire(t *Types) ([]byte, error) {
 // pending is what changed since the last Commit: the last operation per
 // attribute, and the session-level fields.
 type pending struct {
-	ops         map[string]*attr // nil value: removed
+	ops         map[string][]byte // the new wire form; nil: removed
 	principal   bool
 	maxInactive bool
 	touched     bool
@@ -241,7 +303,7 @@ func (s *Session) expiredAt(now time.Time) bool {
 func (s *Session) Get(name string) (any, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	a, ok := s.attrs[name]
+	a, ok := s.attrs.get(name)
 	if !ok {
 		return nil, false
 	}
@@ -331,7 +393,7 @@ func Attr[T any](s *Session, name string) (v T, ok bool) {
 func (s *Session) Names() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return slices.Sorted(maps.Keys(s.attrs))
+	return s.attrs.names()
 }
 
 // Set stores an attribute. Unless the name is local-only (Config.LocalOnly),
@@ -353,11 +415,10 @@ func (s *Session) Set(name string, v any) error {
 		s.mu.Unlock()
 		return ErrInvalidated
 	}
-	old, had := s.attrs[name]
-	a := &attr{raw: raw, val: v, known: true, local: local}
-	s.attrs[name] = a
+	a := attr{raw: raw, val: v, known: true, local: local}
+	old, had := s.attrs.set(name, a)
 	if !local {
-		s.pending.op(name, a)
+		s.pending.op(name, raw)
 	}
 	s.mu.Unlock()
 	if had {
@@ -388,7 +449,7 @@ func (s *Session) MarkDirty(name string) error {
 	if !s.valid {
 		return ErrInvalidated
 	}
-	a, ok := s.attrs[name]
+	a, ok := s.attrs.get(name)
 	if !ok || !a.known || a.local {
 		return nil
 	}
@@ -397,7 +458,7 @@ func (s *Session) MarkDirty(name string) error {
 		return &NotDistributableError{Key: name, Type: fmt.Sprintf("%T", a.val), Err: err}
 	}
 	a.raw = raw
-	s.pending.op(name, a)
+	s.pending.op(name, raw)
 	return nil
 }
 
@@ -408,12 +469,11 @@ func (s *Session) Remove(name string) error {
 		s.mu.Unlock()
 		return ErrInvalidated
 	}
-	old, had := s.attrs[name]
+	old, had := s.attrs.del(name)
 	if !had {
 		s.mu.Unlock()
 		return nil
 	}
-	delete(s.attrs, name)
 	if !s.host.localOnly(name) {
 		s.pending.op(name, nil)
 	}
@@ -430,9 +490,9 @@ func (s *Session) Remove(name string) error {
 	return nil
 }
 
-func (p *pending) op(name string, a *attr) {
+func (p *pending) op(name string, raw []byte) {
 	if p.ops == nil {
-		p.ops = make(map[string]*attr)
+		p.ops = make(map[string][]byte)
 	}
-	p.ops[name] = a
+	p.ops[name] = raw
 }

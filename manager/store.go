@@ -32,7 +32,7 @@ func (st *store) newSession(route string, maxInactive time.Duration) *Session {
 	now := st.h.now()
 	s := &Session{
 		host: st.h, id: JoinID(newID(), route), created: now, lastAccess: now,
-		maxInactive: maxInactive, attrs: make(map[string]*attr), isNew: true, valid: true,
+		maxInactive: maxInactive, isNew: true, valid: true,
 	}
 	st.mu.Lock()
 	st.byID[s.id] = s
