@@ -69,7 +69,7 @@ func (c *backupCluster) copies(id string) int {
 	n := 0
 	for _, m := range c.nodes {
 		m.st.mu.RLock()
-		_, ok := m.st.byID[id]
+		_, ok := m.st.byBase[baseOf(id)]
 		m.st.mu.RUnlock()
 		if ok {
 			n++

@@ -4,8 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
+	"unique"
 
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -88,10 +88,10 @@ func (s *Session) commit() (Change, bool) {
 	if next.At <= s.rev.At {
 		next.At = s.rev.At + 1 // commit times of one session only go up
 	}
-	d := Change{ID: s.id, Base: s.rev, Rev: next, Access: s.lastAccess.UnixMilli(), Invalidate: p.invalidated}
+	d := Change{ID: s.id, Base: s.rev, Rev: next, Access: s.lastAccess / 1e6, Invalidate: p.invalidated}
 	s.rev = next
 	if wasNew {
-		d.Created = s.created.UnixMilli()
+		d.Created = s.created / 1e6
 		p.maxInactive = true
 	}
 	if p.maxInactive {
@@ -104,7 +104,7 @@ func (s *Session) commit() (Change, bool) {
 	}
 	for name, raw := range p.ops {
 		d.Ops = append(d.Ops, Op{Name: name, Value: raw})
-		if a, ok := s.attrs.get(name); ok && a.known {
+		if a, ok := s.attrs.get(name); ok && a.val != nil {
 			a.raw = nil // the value stays; full copies re-encode it
 		}
 	}
@@ -125,12 +125,12 @@ func (s *Session) full() Full {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	f := Full{
-		ID: s.id, Rev: s.rev, Created: s.created.UnixMilli(), Access: s.lastAccess.UnixMilli(),
+		ID: s.id, Rev: s.rev, Created: s.created / 1e6, Access: s.lastAccess / 1e6,
 		MaxInactive: s.maxInactive.Milliseconds(), Principal: s.principal,
 	}
 	for _, e := range s.attrs {
-		name, a := e.name, e.attr
-		if a.local {
+		name, a := e.name.Value(), e.attr
+		if s.host.localOnly(name) {
 			continue
 		}
 		raw, err := a.wire(s.host.types)
@@ -148,16 +148,17 @@ func (s *Session) full() Full {
 
 // fromFull builds a session from a full copy.
 func (h *host) fromFull(f Full) *Session {
+	f.Rev.Node = internName(f.Rev.Node)
 	s := &Session{
 		host: h, id: f.ID, rev: f.Rev, valid: true,
-		created: time.UnixMilli(f.Created), lastAccess: time.UnixMilli(f.Access),
+		created: f.Created * 1e6, lastAccess: f.Access * 1e6,
 		maxInactive: time.Duration(f.MaxInactive) * time.Millisecond, principal: f.Principal,
 		attrs: make(attrList, 0, len(f.Attrs)),
 	}
 	for name, raw := range f.Attrs {
-		s.attrs = append(s.attrs, attrEntry{name: internName(name), attr: attr{raw: raw}})
+		s.attrs = append(s.attrs, attrEntry{name: unique.Make(name), attr: attr{raw: raw}})
 	}
-	slices.SortFunc(s.attrs, func(a, b attrEntry) int { return strings.Compare(a.name, b.name) })
+	sortAttrs(s.attrs)
 	return s
 }
 
@@ -172,7 +173,8 @@ func (s *Session) apply(d Change, notify bool) error {
 		return fmt.Errorf("%w: delta %d->%d, replica at %d", ErrVersionGap, d.Base.N, d.Rev.N, have.N)
 	}
 	s.rev = d.Rev
-	if t := time.UnixMilli(d.Access); t.After(s.lastAccess) {
+	s.rev.Node = internName(d.Rev.Node) // a route: the same few everywhere
+	if t := d.Access * 1e6; t > s.lastAccess {
 		s.lastAccess = t
 	}
 	if d.MaxInactive != nil {
@@ -247,32 +249,33 @@ func (s *Session) replace(f Full) bool {
 		return false
 	}
 	s.rev = f.Rev
-	s.created = time.UnixMilli(f.Created)
-	if t := time.UnixMilli(f.Access); t.After(s.lastAccess) {
+	s.rev.Node = internName(f.Rev.Node)
+	s.created = f.Created * 1e6
+	if t := f.Access * 1e6; t > s.lastAccess {
 		s.lastAccess = t
 	}
 	s.maxInactive = time.Duration(f.MaxInactive) * time.Millisecond
 	s.principal = f.Principal
 	attrs := make(attrList, 0, len(f.Attrs))
 	for _, e := range s.attrs {
-		if e.local { // never replicated: kept
+		if s.host.localOnly(e.name.Value()) { // never replicated: kept
 			attrs = append(attrs, e)
 		}
 	}
 	locals := attrs
 	for name, raw := range f.Attrs {
 		if _, local := locals.index(name); !local {
-			attrs = append(attrs, attrEntry{name: internName(name), attr: attr{raw: raw}})
+			attrs = append(attrs, attrEntry{name: unique.Make(name), attr: attr{raw: raw}})
 		}
 	}
-	slices.SortFunc(attrs, func(a, b attrEntry) int { return strings.Compare(a.name, b.name) })
+	sortAttrs(attrs)
 	s.attrs = attrs
 	return true
 }
 
 // value returns an attribute's value, decoding it if needed.
 func (h *host) value(a *attr) any {
-	if a.known {
+	if a.known() {
 		return a.val
 	}
 	v, _ := h.types.decode(a.raw)

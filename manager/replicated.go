@@ -710,10 +710,7 @@ func (m *replicated) requestFull(from, id string) {
 // same session, so the greater revision wins, id included; with equal
 // revisions the greater id wins, so every node ends with the same id.
 func (m *replicated) onFull(from string, f Full) {
-	s := m.st.get(f.ID)
-	if s == nil {
-		s = m.st.getBase(f.ID)
-	}
+	s := m.st.get(f.ID) // by base: possibly rebound elsewhere meanwhile
 	if s == nil {
 		s = m.h.fromFull(f)
 		s.owner = from

@@ -26,8 +26,8 @@ type Session struct {
 
 	mu          sync.Mutex
 	id          string
-	created     time.Time
-	lastAccess  time.Time
+	created     int64 // Unix ns: a third of a time.Time, on every session held
+	lastAccess  int64 // Unix ns
 	maxInactive time.Duration
 	principal   string
 	attrs       attrList
@@ -38,9 +38,10 @@ type Session struct {
 	pending     pending // changes since the last Commit
 }
 
-// attrEntry is one named attribute.
+// attrEntry is one named attribute: 48 bytes, the name a handle to its
+// interned copy.
 type attrEntry struct {
-	name string
+	name unique.Handle[string]
 	attr
 }
 
@@ -51,7 +52,7 @@ type attrEntry struct {
 type attrList []attrEntry
 
 func (l attrList) index(name string) (int, bool) {
-	return slices.BinarySearchFunc(l, name, func(e attrEntry, n string) int { return strings.Compare(e.name, n) })
+	return slices.BinarySearchFunc(l, name, func(e attrEntry, n string) int { return strings.Compare(e.name.Value(), n) })
 }
 
 // get returns the attribute of name, a pointer valid until the list
@@ -72,7 +73,7 @@ func (l *attrList) set(name string, a attr) (old attr, had bool) {
 		(*l)[i].attr = a
 		return old, true
 	}
-	*l = slices.Insert(*l, i, attrEntry{name: internName(name), attr: a})
+	*l = slices.Insert(*l, i, attrEntry{name: unique.Make(name), attr: a})
 	return attr{}, false
 }
 
@@ -90,29 +91,36 @@ func (l *attrList) del(name string) (old attr, had bool) {
 func (l attrList) names() []string {
 	out := make([]string, len(l))
 	for i, e := range l {
-		out[i] = e.name
+		out[i] = e.name.Value()
 	}
 	return out
 }
 
-// internName returns the canonical copy of an attribute name: every
-// session received from a peer would otherwise hold its own copy of the
-// same few names.
+// sortAttrs sorts a list built out of order.
+func sortAttrs(l attrList) {
+	slices.SortFunc(l, func(a, b attrEntry) int { return strings.Compare(a.name.Value(), b.name.Value()) })
+}
+
+// internName returns the canonical copy of a name that many sessions hold
+// (a route): each would otherwise hold its own copy of the same string.
 func internName(name string) string { return unique.Make(name).Value() }
 
 // attr is one attribute. To keep one copy in memory, it holds either its
 // wire form (received from a peer, not yet read) or its value (set here,
-// or read); both only between Set and the next commit.
+// or read); both only between Set and the next commit. A nil value keeps
+// its wire form. Local-only attributes (Config.LocalOnly) have no wire
+// form.
 type attr struct {
-	raw   []byte // Types.encode form, or nil
-	val   any
-	known bool // val holds the value
-	local bool // local-only: never encoded, never replicated
+	raw []byte // Types.encode form, or nil
+	val any    // the decoded value, or nil
 }
+
+// known reports whether val holds the value.
+func (a *attr) known() bool { return a.val != nil || a.raw == nil }
 
 // wire returns the attribute's wire form, encoding its value if needed.
 func (a *attr) wire(t *Types) ([]byte, error) {
-	if a.raw != nil || !a.known {
+	if a.raw != nil {
 		return a.raw, nil
 	}
 	return t.encode(a.val)
@@ -194,14 +202,14 @@ func (s *Session) setOwner(route string) {
 func (s *Session) Created() time.Time {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.created
+	return time.Unix(0, s.created)
 }
 
 // LastAccess returns when the session was last used.
 func (s *Session) LastAccess() time.Time {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.lastAccess
+	return time.Unix(0, s.lastAccess)
 }
 
 // MaxInactive returns how long the session lives without being used.
@@ -283,8 +291,8 @@ func (s *Session) Touch() {
 func (s *Session) touchAt(t time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if t.After(s.lastAccess) {
-		s.lastAccess = t
+	if n := t.UnixNano(); n > s.lastAccess {
+		s.lastAccess = n
 		s.pending.touched = true
 	}
 }
@@ -294,7 +302,7 @@ func (s *Session) touchAt(t time.Time) {
 func (s *Session) expiredAt(now time.Time) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.maxInactive > 0 && now.Sub(s.lastAccess) > s.maxInactive
+	return s.maxInactive > 0 && time.Duration(now.UnixNano()-s.lastAccess) > s.maxInactive
 }
 
 // Get returns the value of an attribute. On a node that received the
@@ -307,13 +315,16 @@ func (s *Session) Get(name string) (any, bool) {
 	if !ok {
 		return nil, false
 	}
-	if !a.known {
+	if !a.known() {
 		v, err := s.host.types.decode(a.raw)
 		if err != nil {
 			s.host.log.Warn("unreadable attribute", "session", RedactID(s.id), "attribute", name, "err", err)
 			return nil, false
 		}
-		a.val, a.known, a.raw = v, true, nil
+		if v != nil {
+			a.val, a.raw = v, nil
+		}
+		return v, true
 	}
 	return a.val, true
 }
@@ -415,7 +426,7 @@ func (s *Session) Set(name string, v any) error {
 		s.mu.Unlock()
 		return ErrInvalidated
 	}
-	a := attr{raw: raw, val: v, known: true, local: local}
+	a := attr{raw: raw, val: v}
 	old, had := s.attrs.set(name, a)
 	if !local {
 		s.pending.op(name, raw)
@@ -423,7 +434,7 @@ func (s *Session) Set(name string, v any) error {
 	s.mu.Unlock()
 	if had {
 		oldVal := old.val
-		if !old.known {
+		if !old.known() {
 			oldVal, _ = s.host.types.decode(old.raw)
 		}
 		s.host.fire(func(l Listener) {
@@ -450,7 +461,7 @@ func (s *Session) MarkDirty(name string) error {
 		return ErrInvalidated
 	}
 	a, ok := s.attrs.get(name)
-	if !ok || !a.known || a.local {
+	if !ok || !a.known() || s.host.localOnly(name) {
 		return nil
 	}
 	raw, err := s.host.types.encode(a.val)
@@ -479,7 +490,7 @@ func (s *Session) Remove(name string) error {
 	}
 	s.mu.Unlock()
 	oldVal := old.val
-	if !old.known {
+	if !old.known() {
 		oldVal, _ = s.host.types.decode(old.raw)
 	}
 	s.host.fire(func(l Listener) {

@@ -6,16 +6,22 @@ import (
 )
 
 // store is the in-memory session table every manager kind uses: sessions
-// by id, ids recently replaced by ChangeID, and sessions by principal. It is
-// guarded by one mutex; sessions have their own locks, always taken after
-// the store's (lock order: store.mu, then Session.mu).
+// by the base of their id, and ids recently replaced by a new base
+// (RenewID). It is guarded by one mutex; sessions have their own locks,
+// always taken after the store's (lock order: store.mu, then Session.mu).
+//
+// Sessions are keyed by base, not by whole id: the route is where the
+// session is served, not which session it is. An id whose route is stale
+// (<base>.node1 after the session was rebound to node2) still finds the
+// session, and a copy rebound on the other side of a partition is
+// recognised as the same session. One map entry per session also keeps the
+// table small.
 type store struct {
-	h     *host
-	mu    sync.RWMutex
-	byID  map[string]*Session
-	base  map[string]*Session // by the id's base: one session per base
-	alias map[string]alias    // old id -> new id, until expiry
-	grace time.Duration
+	h      *host
+	mu     sync.RWMutex
+	byBase map[string]*Session
+	alias  map[string]alias // old base -> new base, until expiry
+	grace  time.Duration
 }
 
 type alias struct {
@@ -24,19 +30,18 @@ type alias struct {
 }
 
 func newStore(h *host, grace time.Duration) *store {
-	return &store{h: h, byID: make(map[string]*Session), base: make(map[string]*Session), alias: make(map[string]alias), grace: grace}
+	return &store{h: h, byBase: make(map[string]*Session), alias: make(map[string]alias), grace: grace}
 }
 
 // newSession makes and stores a session with a fresh id.
 func (st *store) newSession(route string, maxInactive time.Duration) *Session {
 	now := st.h.now()
 	s := &Session{
-		host: st.h, id: JoinID(newID(), route), created: now, lastAccess: now,
+		host: st.h, id: JoinID(newID(), route), created: now.UnixNano(), lastAccess: now.UnixNano(),
 		maxInactive: maxInactive, isNew: true, valid: true,
 	}
 	st.mu.Lock()
-	st.byID[s.id] = s
-	st.base[baseOf(s.id)] = s
+	st.byBase[baseOf(s.id)] = s
 	st.mu.Unlock()
 	return s
 }
@@ -47,50 +52,37 @@ func baseOf(id string) string {
 	return b
 }
 
-// getBase returns the session whose id has the same base as id, whatever
-// its route: the same session, renamed on another node by route
-// rebinding while the two could not talk.
-func (st *store) getBase(id string) *Session {
-	st.mu.RLock()
-	defer st.mu.RUnlock()
-	return st.base[baseOf(id)]
-}
-
-// get returns the session for id, following a recent alias.
+// get returns the session of id's base, whatever its route, following a
+// recent alias.
 func (st *store) get(id string) *Session {
+	base := baseOf(id)
 	st.mu.RLock()
 	defer st.mu.RUnlock()
-	if s, ok := st.byID[id]; ok {
+	if s, ok := st.byBase[base]; ok {
 		return s
 	}
-	if a, ok := st.alias[id]; ok && st.h.now().Before(a.until) {
-		return st.byID[a.to]
+	if a, ok := st.alias[base]; ok && st.h.now().Before(a.until) {
+		return st.byBase[a.to]
 	}
 	return nil
 }
 
-// put stores s under its id, replacing any session of that id.
+// put stores s, replacing any session of the same base.
 func (st *store) put(s *Session) {
-	id := s.ID()
+	base := baseOf(s.ID())
 	st.mu.Lock()
-	if old := st.base[baseOf(id)]; old != nil && old != s {
-		delete(st.byID, old.ID())
-	}
-	st.byID[id] = s
-	st.base[baseOf(id)] = s
+	st.byBase[base] = s
 	st.mu.Unlock()
 }
 
 // remove deletes the session of id and marks it invalid. It returns the
 // session, or nil when there was none.
 func (st *store) remove(id string) *Session {
+	base := baseOf(id)
 	st.mu.Lock()
-	s, ok := st.byID[id]
+	s, ok := st.byBase[base]
 	if ok {
-		delete(st.byID, id)
-		if st.base[baseOf(id)] == s {
-			delete(st.base, baseOf(id))
-		}
+		delete(st.byBase, base)
 	}
 	st.mu.Unlock()
 	if !ok {
@@ -102,35 +94,35 @@ func (st *store) remove(id string) *Session {
 	return s
 }
 
-// rename moves s from its id to newID and keeps the old id as an alias for
-// the grace period. It reports false when s is no longer stored.
+// rename gives s the id newID. When the base changes, the old base stays
+// an alias for the grace period. It reports false when s is no longer
+// stored.
 func (st *store) rename(s *Session, newID string) (oldID string, ok bool) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	oldID = s.id
-	if st.byID[oldID] != s {
+	oldBase, newBase := baseOf(oldID), baseOf(newID)
+	if st.byBase[oldBase] != s {
 		return oldID, false
 	}
 	if oldID == newID {
 		return oldID, true
 	}
-	delete(st.byID, oldID)
-	if st.base[baseOf(oldID)] == s {
-		delete(st.base, baseOf(oldID))
+	if oldBase != newBase {
+		delete(st.byBase, oldBase)
+		if other := st.byBase[newBase]; other != nil && other != s {
+			other.mu.Lock()
+			other.valid = false
+			other.mu.Unlock()
+		}
+		st.byBase[newBase] = s
+		if st.grace > 0 {
+			st.alias[oldBase] = alias{to: newBase, until: st.h.now().Add(st.grace)}
+		}
 	}
-	if other := st.byID[newID]; other != nil && other != s {
-		other.mu.Lock()
-		other.valid = false
-		other.mu.Unlock()
-	}
-	st.byID[newID] = s
-	st.base[baseOf(newID)] = s
 	s.id = newID
-	if st.grace > 0 {
-		st.alias[oldID] = alias{to: newID, until: st.h.now().Add(st.grace)}
-	}
 	return oldID, true
 }
 
@@ -138,8 +130,8 @@ func (st *store) rename(s *Session, newID string) (oldID string, ok bool) {
 func (st *store) all() []*Session {
 	st.mu.RLock()
 	defer st.mu.RUnlock()
-	out := make([]*Session, 0, len(st.byID))
-	for _, s := range st.byID {
+	out := make([]*Session, 0, len(st.byBase))
+	for _, s := range st.byBase {
 		out = append(out, s)
 	}
 	return out
@@ -148,7 +140,7 @@ func (st *store) all() []*Session {
 func (st *store) count() int {
 	st.mu.RLock()
 	defer st.mu.RUnlock()
-	return len(st.byID)
+	return len(st.byBase)
 }
 
 // expired removes and returns the sessions idle past their deadline at now,
