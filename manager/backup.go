@@ -3,6 +3,7 @@ package manager
 import (
 	"context"
 	"errors"
+	"fmt"
 	"hash/fnv"
 	"slices"
 	"strconv"
@@ -87,7 +88,9 @@ type backupState struct {
 	rate         int
 
 	fetchMu sync.Mutex
-	fetches map[string]*fetchCall // coalesced fetches by session id
+	fetches map[string]*fetchCall     // coalesced fetches by session id
+	queries map[uint64]*principalCall // FindByPrincipal calls awaiting answers
+	queryN  uint64
 
 	wake    chan struct{} // capacity 1: membership changed
 	peersMu sync.Mutex
@@ -95,6 +98,96 @@ type backupState struct {
 
 	underReplicated atomic.Int64
 	repairing       atomic.Bool // a repair is computing or sending
+}
+
+// principalCall is a FindByPrincipal waiting for its peers' answers.
+type principalCall struct {
+	pending int
+	fulls   map[string]Full // newest copy by id base
+	done    chan struct{}
+}
+
+// askPrincipal asks every peer for the sessions of principal they hold and
+// returns the newest copy of each.
+func (m *replicated) askPrincipal(ctx context.Context, principal string) ([]Full, error) {
+	b := m.backup
+	peers := m.t.Peers()
+	if len(peers) == 0 {
+		return nil, nil
+	}
+	call := &principalCall{pending: len(peers), fulls: make(map[string]Full), done: make(chan struct{})}
+	b.fetchMu.Lock()
+	b.queryN++
+	q := b.queryN
+	if b.queries == nil {
+		b.queries = make(map[uint64]*principalCall)
+	}
+	b.queries[q] = call
+	b.fetchMu.Unlock()
+	defer func() {
+		b.fetchMu.Lock()
+		delete(b.queries, q)
+		b.fetchMu.Unlock()
+	}()
+	msg, err := encodeMsg(kindPrincipalQuery, principalQuery{Q: q, Principal: principal})
+	if err != nil {
+		return nil, err
+	}
+	sctx, cancel := context.WithTimeout(ctx, b.fetchTimeout)
+	defer cancel()
+	failed := failedPeers(m.t.Send(sctx, peers, msg, Ack), peers)
+	b.fetchMu.Lock()
+	call.pending -= len(failed)
+	if call.pending <= 0 {
+		select {
+		case <-call.done: // the last answer came in first
+		default:
+			close(call.done)
+		}
+	}
+	b.fetchMu.Unlock()
+	var werr error
+	select {
+	case <-call.done:
+	case <-sctx.Done():
+		werr = fmt.Errorf("manager: find by principal: not every peer answered: %w", sctx.Err())
+	case <-m.stop:
+		return nil, ErrClosed
+	}
+	if len(failed) > 0 {
+		werr = errors.Join(werr, fmt.Errorf("manager: find by principal: peers %v unreachable", failed))
+	}
+	b.fetchMu.Lock()
+	defer b.fetchMu.Unlock()
+	out := make([]Full, 0, len(call.fulls))
+	for _, f := range call.fulls {
+		out = append(out, f)
+	}
+	return out, werr
+}
+
+// onPrincipalReply records one peer's answer to a FindByPrincipal.
+func (b *backupState) onPrincipalReply(r principalReply) {
+	b.fetchMu.Lock()
+	defer b.fetchMu.Unlock()
+	call := b.queries[r.Q]
+	if call == nil {
+		return
+	}
+	select {
+	case <-call.done:
+		return
+	default:
+	}
+	for _, f := range r.Fulls {
+		base := baseOf(f.ID)
+		if cur, ok := call.fulls[base]; !ok || cur.Rev.Less(f.Rev) {
+			call.fulls[base] = f
+		}
+	}
+	if call.pending--; call.pending <= 0 {
+		close(call.done)
+	}
 }
 
 type fetchCall struct {

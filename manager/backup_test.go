@@ -235,3 +235,60 @@ func TestPlacementMovesFewSessions(t *testing.T) {
 		t.Errorf("%d of %d backups moved, want about 1/5", moved, total)
 	}
 }
+
+// TestBackupFindByPrincipalIsClusterWide logs one user in on sessions
+// created on every node: any node finds all of them, though it holds only
+// its share, and invalidating them logs the user out everywhere.
+func TestBackupFindByPrincipalIsClusterWide(t *testing.T) {
+	leaktest.Check(t)
+	c := newBackupCluster(t, 1, "n1", "n2", "n3", "n4", "n5")
+	var ids []string
+	for _, r := range []string{"n1", "n2", "n3", "n4", "n5", "n1", "n3"} {
+		m := c.nodes[r]
+		s, _ := m.Create(bg)
+		_ = s.SetPrincipal("alice")
+		_ = m.Commit(bg, s)
+		ids = append(ids, s.ID())
+	}
+	other, _ := c.nodes["n2"].Create(bg)
+	_ = other.SetPrincipal("bob")
+	_ = c.nodes["n2"].Commit(bg, other)
+	c.waitReplicated(ids)
+	if held := c.nodes["n4"].Count(); held >= len(ids) {
+		t.Fatalf("n4 holds %d sessions: the test needs a node that holds only a share", held)
+	}
+	found, err := c.nodes["n4"].FindByPrincipal(bg, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, s := range found {
+		got = append(got, s.ID())
+		if s.Principal() != "alice" {
+			t.Errorf("%v has principal %q", RedactID(s.ID()).LogValue(), s.Principal())
+		}
+	}
+	slices.Sort(got)
+	want := slices.Clone(ids)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("FindByPrincipal found %d sessions, want the %d of alice", len(got), len(want))
+	}
+	// Log alice out everywhere.
+	for _, s := range found {
+		if err := c.nodes["n4"].Invalidate(bg, s.ID()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitUntil(t, "alice logged out on every node", func() bool {
+		for _, m := range c.nodes {
+			if left, _ := m.FindByPrincipal(bg, "alice"); len(left) != 0 {
+				return false
+			}
+		}
+		return true
+	})
+	if s, err := c.nodes["n5"].Find(bg, other.ID()); err != nil || s.Principal() != "bob" {
+		t.Errorf("bob's session: %v, %v", s, err)
+	}
+}

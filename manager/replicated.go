@@ -473,10 +473,30 @@ func (m *replicated) ChangeID(ctx context.Context, s *Session, base string) (str
 	return newID, m.send(ctx, m.recipients(s), msg, m.cfg.Mode)
 }
 
-// FindByPrincipal returns the sessions logged in as principal. Every node
-// holds every session, so the local answer is the cluster's.
+// FindByPrincipal returns the sessions logged in as principal, cluster
+// wide. With Delta every node holds every session, so the local answer is
+// the cluster's. With Backup each node holds a share: the peers are asked
+// (bounded by FetchTimeout) and the sessions this node does not hold come
+// back as detached copies, good for reading and for Invalidate, which
+// reaches their holders.
 func (m *replicated) FindByPrincipal(ctx context.Context, principal string) ([]*Session, error) {
-	return m.st.byPrincipal(principal), nil
+	local := m.st.byPrincipal(principal)
+	if m.backup == nil {
+		return local, nil
+	}
+	remote, err := m.askPrincipal(ctx, principal)
+	out := local
+	seen := make(map[string]bool, len(local))
+	for _, s := range local {
+		seen[baseOf(s.ID())] = true
+	}
+	for _, f := range remote {
+		if b := baseOf(f.ID); !seen[b] {
+			seen[b] = true
+			out = append(out, m.h.fromFull(f))
+		}
+	}
+	return out, err
 }
 
 // Range calls f for each session until f returns false.
@@ -617,6 +637,20 @@ func (m *replicated) Receive(from string, msg []byte) error {
 		var e idMsg
 		if err = decodeBody(body, &e); err == nil && m.backup != nil {
 			m.onTakeover(from, e)
+		}
+	case kindPrincipalQuery:
+		var q principalQuery
+		if err = decodeBody(body, &q); err == nil {
+			r := principalReply{Q: q.Q}
+			for _, s := range m.st.byPrincipal(q.Principal) {
+				r.Fulls = append(r.Fulls, s.full())
+			}
+			m.sendAsync([]string{from}, kindPrincipalReply, r)
+		}
+	case kindPrincipalReply:
+		var r principalReply
+		if err = decodeBody(body, &r); err == nil && m.backup != nil {
+			m.backup.onPrincipalReply(r)
 		}
 	case kindDrop:
 		var e idMsg

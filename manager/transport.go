@@ -43,26 +43,38 @@ type Transport interface {
 type kind byte
 
 const (
-	kindChange      kind = iota + 1 // Change
-	kindTouch                       // []touch: batched access times
-	kindExpire                      // expiry: id and the access it expired after
-	kindInvalidate                  // idMsg
-	kindRename                      // rename
-	kindFullRequest                 // idMsg: send me this session whole
-	kindFull                        // Full
-	kindSyncRequest                 // send me every session (state transfer)
-	kindSyncChunk                   // []Full
-	kindSyncDone                    // syncDone
-	kindFetch                       // idMsg: Backup, do you hold this session?
-	kindFetchReply                  // fetchReply
-	kindTakeover                    // idMsg: the sender is now the session's primary
-	kindDrop                        // idMsg: you are no longer a holder of this session
+	kindChange         kind = iota + 1 // Change
+	kindTouch                          // []touch: batched access times
+	kindExpire                         // expiry: id and the access it expired after
+	kindInvalidate                     // idMsg
+	kindRename                         // rename
+	kindFullRequest                    // idMsg: send me this session whole
+	kindFull                           // Full
+	kindSyncRequest                    // send me every session (state transfer)
+	kindSyncChunk                      // []Full
+	kindSyncDone                       // syncDone
+	kindFetch                          // idMsg: Backup, do you hold this session?
+	kindFetchReply                     // fetchReply
+	kindTakeover                       // idMsg: the sender is now the session's primary
+	kindDrop                           // idMsg: you are no longer a holder of this session
+	kindPrincipalQuery                 // principalQuery: Backup, which sessions of this principal do you hold?
+	kindPrincipalReply                 // principalReply
 )
 
 type fetchReply struct {
 	ID    string `msgpack:"i"`
 	Found bool   `msgpack:"f"`
 	Full  Full   `msgpack:"s"`
+}
+
+type principalQuery struct {
+	Q         uint64 `msgpack:"q"`
+	Principal string `msgpack:"p"`
+}
+
+type principalReply struct {
+	Q     uint64 `msgpack:"q"`
+	Fulls []Full `msgpack:"f,omitempty"`
 }
 
 type touch struct {
