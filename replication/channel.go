@@ -70,6 +70,7 @@ type Channel struct {
 	recv     map[string]*recvCounters // by sender route
 
 	drops     dropCounters
+	types     typeCounters
 	lastWarn  sync.Map // reason -> *atomic.Int64 (Unix nanos of the last warning)
 	onResync  func(route string)
 	histogram *histogram
@@ -432,6 +433,9 @@ func (c *Channel) serve(conn net.Conn) {
 		}
 		rc.frames.Add(1)
 		rc.bytes.Add(int64(frameLen + frameHeader))
+		tc := &c.types[c.types.of(env.Type)]
+		tc.framesRecv.Add(1)
+		tc.bytesRecv.Add(int64(frameLen + frameHeader))
 		if env.Mode == Ack {
 			out = c.appendControl(out[:0], typeAck, env.Seq, nil, seal)
 			_, _ = bw.Write(out)

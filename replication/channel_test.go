@@ -434,6 +434,9 @@ func TestStreamDeliversInOrder(t *testing.T) {
 	if err := s.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
+	// Close returns once every chunk was read; the last may still be in
+	// its handler.
+	waitFor(t, "every chunk handled", func() bool { return next.Load() == 5000 })
 	if next.Load() != 5000 || bad.Load() {
 		t.Errorf("received %d chunks, out of order: %v", next.Load(), bad.Load())
 	}

@@ -262,6 +262,9 @@ func (p *peer) writeLoop(conn net.Conn, seal *sealer, readerDone chan error) err
 		_, err := bw.Write(b)
 		p.framesSent.Add(1)
 		p.bytesSent.Add(int64(len(b) + frameHeader))
+		tc := &c.types[c.types.of(f.typ)]
+		tc.framesSent.Add(1)
+		tc.bytesSent.Add(int64(len(b) + frameHeader))
 		return err
 	}
 	for {

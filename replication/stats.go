@@ -56,6 +56,22 @@ type recvCounters struct {
 	frames, bytes atomic.Int64
 }
 
+// maxCountedType bounds the message types counted one by one; higher ones
+// share the last slot.
+const maxCountedType = 64
+
+// typeCounters count frames and bytes of each message type.
+type typeCounters [maxCountedType]struct {
+	framesSent, bytesSent, framesRecv, bytesRecv atomic.Int64
+}
+
+func (t *typeCounters) of(typ MsgType) int { return int(min(typ, maxCountedType-1)) }
+
+// TypeStats counts the frames of one message type.
+type TypeStats struct {
+	FramesSent, BytesSent, FramesReceived, BytesReceived int64
+}
+
 // histogram counts round trips in fixed buckets.
 type histogram struct {
 	mu     sync.Mutex
@@ -138,11 +154,19 @@ type Stats struct {
 	Peers   []PeerStats      // sorted by route
 	Dropped map[string]int64 // connections dropped or frames refused, by reason
 	Latency Histogram        // round trips of Ack and Sync sends
+	ByType  map[MsgType]TypeStats
 }
 
 // Stats returns a snapshot of the counters.
 func (c *Channel) Stats() Stats {
-	s := Stats{Dropped: map[string]int64{}, Latency: c.histogram.snapshot()}
+	s := Stats{Dropped: map[string]int64{}, Latency: c.histogram.snapshot(), ByType: map[MsgType]TypeStats{}}
+	for i := range c.types {
+		t := &c.types[i]
+		ts := TypeStats{FramesSent: t.framesSent.Load(), BytesSent: t.bytesSent.Load(), FramesReceived: t.framesRecv.Load(), BytesReceived: t.bytesRecv.Load()}
+		if ts != (TypeStats{}) {
+			s.ByType[MsgType(i)] = ts
+		}
+	}
 	for r := drop(0); r < numDrops; r++ {
 		s.Dropped[r.String()] = c.drops[r].Load()
 	}
