@@ -94,6 +94,39 @@ type deltaCounters struct {
 	replicated, received, conflicts, resyncs, fullsSent atomic.Int64
 	sendErrors, malformed, transfers, transferFailures  atomic.Int64
 	transferNanos, created, expired, invalidated        atomic.Int64
+	maxActive, aliveMax, aliveSum, aliveCount           atomic.Int64
+	sweepNanos                                          atomic.Int64
+	sent, recv                                          [numKinds]atomic.Int64 // messages by kind
+}
+
+// noteActive records a new high of sessions held.
+func (c *deltaCounters) noteActive(n int) {
+	for {
+		cur := c.maxActive.Load()
+		if int64(n) <= cur || c.maxActive.CompareAndSwap(cur, int64(n)) {
+			return
+		}
+	}
+}
+
+// countingTransport counts the messages sent by kind.
+type countingTransport struct {
+	Transport
+	c *deltaCounters
+}
+
+func (t countingTransport) Send(ctx context.Context, to []string, msg []byte, mode SendMode) error {
+	if len(msg) > 0 {
+		t.c.sent[kindIndex(msg[0])].Add(1)
+	}
+	return t.Transport.Send(ctx, to, msg, mode)
+}
+
+func (t countingTransport) openStream(peer string) (chunkStream, error) {
+	if o, ok := t.Transport.(streamOpener); ok {
+		return o.openStream(peer)
+	}
+	return nil, errors.New("manager: transport has no streams")
 }
 
 // Stats is a snapshot of a Delta or Backup manager's counters.
@@ -113,6 +146,12 @@ type Stats struct {
 	Created          int64
 	Expired          int64
 	Invalidated      int64
+	MaxActive        int64            // most sessions held at once
+	AliveMax         time.Duration    // longest life of a destroyed session
+	AliveAvg         time.Duration    // average life of destroyed sessions
+	SweepTime        time.Duration    // time spent sweeping expired sessions, in all
+	Sent             map[string]int64 // messages sent, by kind
+	ReceivedByKind   map[string]int64 // messages received, by kind
 }
 
 var _ Manager = (*Delta)(nil)
@@ -141,7 +180,8 @@ func newReplicated(cfg DeltaConfig, t Transport) (*replicated, error) {
 		cfg.ChunkBytes = 256 << 10
 	}
 	h := cfg.host()
-	m := &replicated{cfg: cfg, h: h, st: newStore(h, cfg.IDGracePeriod), t: t, stop: make(chan struct{}), touches: make(map[string]int64)}
+	m := &replicated{cfg: cfg, h: h, st: newStore(h, cfg.IDGracePeriod), stop: make(chan struct{}), touches: make(map[string]int64)}
+	m.t = countingTransport{Transport: t, c: &m.stats}
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
@@ -161,13 +201,27 @@ func (m *replicated) Ready() bool {
 // Stats returns a snapshot of the counters.
 func (m *replicated) Stats() Stats {
 	c := &m.stats
-	return Stats{
+	st := Stats{
 		Sessions: m.st.count(), UnderReplicated: m.UnderReplicated(), Replicated: c.replicated.Load(), Received: c.received.Load(),
 		Conflicts: c.conflicts.Load(), Resyncs: c.resyncs.Load(), FullsSent: c.fullsSent.Load(),
 		SendErrors: c.sendErrors.Load(), Malformed: c.malformed.Load(), Transfers: c.transfers.Load(),
 		TransferFailures: c.transferFailures.Load(), LastTransfer: time.Duration(c.transferNanos.Load()),
 		Created: c.created.Load(), Expired: c.expired.Load(), Invalidated: c.invalidated.Load(),
+		MaxActive: c.maxActive.Load(), AliveMax: time.Duration(c.aliveMax.Load()), SweepTime: time.Duration(c.sweepNanos.Load()),
+		Sent: make(map[string]int64), ReceivedByKind: make(map[string]int64),
 	}
+	if n := c.aliveCount.Load(); n > 0 {
+		st.AliveAvg = time.Duration(c.aliveSum.Load() / n)
+	}
+	for k := range numKinds {
+		if v := c.sent[k].Load(); v > 0 {
+			st.Sent[kind(k).String()] = v
+		}
+		if v := c.recv[k].Load(); v > 0 {
+			st.ReceivedByKind[kind(k).String()] = v
+		}
+	}
+	return st
 }
 
 // Sync fetches every session from a peer (state transfer) and makes the
@@ -257,6 +311,7 @@ func (m *replicated) Create(ctx context.Context) (*Session, error) {
 	s := m.st.newSession(m.cfg.Route, m.cfg.MaxInactive)
 	s.setOwner(m.cfg.Route)
 	m.stats.created.Add(1)
+	m.stats.noteActive(m.st.count())
 	m.h.fire(func(l Listener) {
 		if l.Created != nil {
 			l.Created(s)
@@ -392,6 +447,8 @@ func (m *replicated) recipients(s *Session) []string {
 // sweep sends the batched touches, then expires idle sessions. Touches go
 // first so peers hear of the last accesses before they judge expiry.
 func (m *replicated) sweep() {
+	start := time.Now()
+	defer func() { m.stats.sweepNanos.Add(int64(time.Since(start))) }()
 	m.flushTouches()
 	now := m.h.now()
 	for _, s := range m.st.all() {
@@ -415,6 +472,11 @@ func (m *replicated) expire(s *Session) {
 }
 
 func (m *replicated) destroyed(s *Session, why Reason, local bool) {
+	alive := int64(m.h.now().Sub(s.Created()))
+	m.stats.aliveSum.Add(alive)
+	m.stats.aliveCount.Add(1)
+	for cur := m.stats.aliveMax.Load(); alive > cur && !m.stats.aliveMax.CompareAndSwap(cur, alive); cur = m.stats.aliveMax.Load() {
+	}
 	if !local && !m.h.notifyReplicated {
 		return
 	}
@@ -545,6 +607,7 @@ func (m *replicated) Receive(from string, msg []byte) error {
 	}
 	m.stats.received.Add(1)
 	k, body := kind(msg[0]), msg[1:]
+	m.stats.recv[kindIndex(msg[0])].Add(1)
 	var err error
 	switch k {
 	case kindChange:
@@ -749,6 +812,7 @@ func (m *replicated) onFull(from string, f Full) {
 		s = m.h.fromFull(f)
 		s.owner = from
 		m.st.put(s)
+		m.stats.noteActive(m.st.count())
 		return
 	}
 	old := s.Rev()

@@ -61,6 +61,21 @@ const (
 	kindPrincipalReply                 // principalReply
 )
 
+// numKinds bounds the kinds counted one by one; unknown ones share slot 0.
+const numKinds = 17
+
+func kindIndex(b byte) int {
+	if int(b) >= numKinds {
+		return 0
+	}
+	return int(b)
+}
+
+var kindNames = [numKinds]string{"unknown", "change", "touch", "expire", "invalidate", "rename", "full_request", "full",
+	"sync_request", "sync_chunk", "sync_done", "fetch", "fetch_reply", "takeover", "drop", "principal_query", "principal_reply"}
+
+func (k kind) String() string { return kindNames[kindIndex(byte(k))] }
+
 type fetchReply struct {
 	ID    string `msgpack:"i"`
 	Found bool   `msgpack:"f"`

@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cohort-cluster/cohort/manager"
 )
@@ -54,6 +55,20 @@ type Sessions struct {
 	m   manager.Manager
 	cfg Config
 	log *slog.Logger
+
+	rebinds, unavailable, commitErrors atomic.Int64
+}
+
+// Stats counts what the middleware did.
+type Stats struct {
+	Rebinds      int64 // session ids rebound to this node's route
+	Unavailable  int64 // requests answered 503: the session could not be looked up
+	CommitErrors int64 // commits not confirmed by every peer
+}
+
+// Stats returns the middleware's counters.
+func (ss *Sessions) Stats() Stats {
+	return Stats{Rebinds: ss.rebinds.Load(), Unavailable: ss.unavailable.Load(), CommitErrors: ss.commitErrors.Load()}
 }
 
 // New returns the middleware for the sessions of m.
@@ -122,6 +137,7 @@ func (ss *Sessions) Middleware(next http.Handler) http.Handler {
 				// state, or its holders did not answer in time): serving
 				// the request without it would hand the user a new,
 				// empty session. 503 lets the balancer or the client retry.
+				ss.unavailable.Add(1)
 				ss.log.Warn("session lookup failed", "session", manager.RedactID(id), "err", err)
 				w.Header().Set("Retry-After", "1")
 				http.Error(w, "session temporarily unavailable", http.StatusServiceUnavailable)
@@ -183,6 +199,7 @@ func (ss *Sessions) find(ctx context.Context, id string) (*manager.Session, erro
 		// that just failed. The request goes on, as with a commit.
 		ss.log.Warn("rebinding not confirmed by every peer", "session", manager.RedactID(newID), "err", err)
 	}
+	ss.rebinds.Add(1)
 	ss.log.Info("session rebound to this node", "from", route, "session", manager.RedactID(newID))
 	return s, nil
 }
@@ -274,6 +291,7 @@ func (st *state) commit(h http.Header) {
 	defer st.mu.Unlock()
 	if st.s != nil {
 		if err := st.ss.m.Commit(st.ctx, st.s); err != nil {
+			st.ss.commitErrors.Add(1)
 			st.ss.log.Warn("session commit failed", "session", manager.RedactID(st.s.ID()), "err", err)
 		}
 		if id := st.s.ID(); id != st.cookieID && h != nil {
