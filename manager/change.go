@@ -146,6 +146,16 @@ func (s *Session) full() Full {
 	return f
 }
 
+// Size returns the session's encoded size in bytes, as a full copy of it
+// travels in a state transfer.
+func (s *Session) Size() int {
+	b, err := EncodeFull(s.full())
+	if err != nil {
+		return 0
+	}
+	return len(b)
+}
+
 // fromFull builds a session from a full copy.
 func (h *host) fromFull(f Full) *Session {
 	f.Rev.Node = internName(f.Rev.Node)

@@ -78,6 +78,10 @@ type Config struct {
 	// File is where the Standard manager saves its sessions on Close and
 	// loads them from on start. Empty means no persistence.
 	File string
+	// LargeSession is the size of a committed change, in bytes, above
+	// which a warning is logged: large sessions slow replication and state
+	// transfers. Zero means 256 KiB; negative turns the warning off.
+	LargeSession int
 	// Logger receives operational logs. Nil means slog.Default().
 	Logger *slog.Logger
 	// Clock returns the current time. Nil means time.Now; tests set it.

@@ -80,7 +80,8 @@ type replicated struct {
 	syncDone chan int         // receives the session count when a transfer ends
 	buffered []bufferedChange // changes of unknown sessions during a transfer
 
-	stats deltaCounters
+	stats         deltaCounters
+	lastLargeWarn atomic.Int64 // Unix ns of the last large-session warning
 
 	backup *backupState // nil for Delta
 }
@@ -368,8 +369,28 @@ func (m *replicated) Commit(ctx context.Context, s *Session) error {
 	if err != nil {
 		return err
 	}
+	m.warnLarge(s, len(msg))
 	m.stats.replicated.Add(1)
 	return m.send(ctx, m.targets(s), msg, m.cfg.Mode)
+}
+
+// warnLarge logs, at most once a minute, a change larger than
+// Config.LargeSession.
+func (m *replicated) warnLarge(s *Session, size int) {
+	limit := m.cfg.LargeSession
+	if limit == 0 {
+		limit = 256 << 10
+	}
+	if limit < 0 || size <= limit {
+		return
+	}
+	now := time.Now().UnixNano()
+	last := m.lastLargeWarn.Load()
+	if now-last < int64(time.Minute) || !m.lastLargeWarn.CompareAndSwap(last, now) {
+		return
+	}
+	m.h.log.Warn("large session change: large sessions slow replication and state transfers",
+		"session", RedactID(s.ID()), "bytes", size, "limit", limit)
 }
 
 // send sends with the send timeout and counts failures.

@@ -131,6 +131,7 @@ func newMux(cfg *config, cluster *manager.Cluster, sessions *web.Sessions) *http
 		}
 		_, _ = io.WriteString(w, "ready\n")
 	})
+	mux.Handle("GET /metrics", web.NewMetrics(cluster, sessions).Handler())
 	mux.HandleFunc("GET /cluster/sessions/{id}", func(w http.ResponseWriter, r *http.Request) {
 		s := cluster.Lookup(r.PathValue("id"))
 		if s == nil {

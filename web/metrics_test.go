@@ -1,0 +1,101 @@
+package web_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http/httptest"
+	"regexp"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/cohort-cluster/cohort/internal/leaktest"
+	"github.com/cohort-cluster/cohort/manager"
+	"github.com/cohort-cluster/cohort/membership"
+	"github.com/cohort-cluster/cohort/web"
+)
+
+// TestMetricsReportTheCluster scrapes a node of a 2-node Delta cluster
+// after a replicated write and checks the figures operators graph.
+func TestMetricsReportTheCluster(t *testing.T) {
+	leaktest.Check(t)
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	var nodes []*manager.Cluster
+	for _, route := range []string{"n1", "n2"} {
+		cfg := manager.DefaultClusterConfig()
+		cfg.Membership = membership.DefaultLocalConfig()
+		cfg.Membership.Route, cfg.Membership.Logger = route, quiet
+		for _, n := range nodes {
+			cfg.Membership.Join = append(cfg.Membership.Join, n.Membership().Addr().String())
+		}
+		cfg.Replication.Addr = "127.0.0.1:0"
+		cfg.JoinWait = 300 * time.Millisecond
+		c, err := manager.StartCluster(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close(context.Background()) })
+		nodes = append(nodes, c)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for !nodes[0].Ready() || !nodes[1].Ready() || len(nodes[0].Channel().Peers()) != 1 || len(nodes[1].Channel().Peers()) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("cluster did not form")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	ctx := context.Background()
+	m := nodes[0].Manager()
+	s, _ := m.Create(ctx)
+	_ = s.Set("count", 1)
+	if err := m.Commit(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	wc := web.DefaultConfig()
+	wc.Route, wc.Logger = "n1", quiet
+	ss, err := web.New(m, wc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(web.NewMetrics(nodes[0], ss).Handler())
+	defer srv.Close()
+	resp, err := srv.Client().Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	value := func(series string) float64 {
+		t.Helper()
+		re := regexp.MustCompile("(?m)^" + regexp.QuoteMeta(series) + ` (\S+)$`)
+		m := re.FindSubmatch(body)
+		if m == nil {
+			t.Errorf("no series %s in:\n%s", series, body)
+			return -1
+		}
+		v, _ := strconv.ParseFloat(string(m[1]), 64)
+		return v
+	}
+	for _, c := range []struct {
+		series string
+		ok     func(float64) bool
+	}{
+		{`cohort_members{state="alive"}`, func(v float64) bool { return v == 2 }},
+		{`cohort_ready`, func(v float64) bool { return v == 1 }},
+		{`cohort_sessions{role="primary"}`, func(v float64) bool { return v == 1 }},
+		{`cohort_sessions_created_total`, func(v float64) bool { return v == 1 }},
+		{`cohort_replication_changes_total`, func(v float64) bool { return v == 1 }},
+		{`cohort_replication_messages_sent_total{kind="change"}`, func(v float64) bool { return v == 1 }},
+		{`cohort_replication_frames_sent_total{peer="n2"}`, func(v float64) bool { return v >= 1 }},
+		{`cohort_replication_peer_connected{peer="n2"}`, func(v float64) bool { return v == 1 }},
+		{`cohort_replication_ack_latency_seconds_count`, func(v float64) bool { return v >= 1 }},
+		{`cohort_session_size_bytes_count`, func(v float64) bool { return v == 1 }},
+		{`cohort_route_rebinds_total`, func(v float64) bool { return v == 0 }},
+		{`cohort_replication_connections_dropped_total{reason="auth"}`, func(v float64) bool { return v == 0 }},
+	} {
+		if v := value(c.series); !c.ok(v) {
+			t.Errorf("%s = %v", c.series, v)
+		}
+	}
+}
