@@ -112,7 +112,8 @@ type Cluster struct {
 	wg     sync.WaitGroup
 	once   sync.Once
 
-	down chan struct{} // closed when Close starts: not ready any more
+	down     chan struct{} // closed by Drain or Close: not ready any more
+	downOnce sync.Once
 
 	// lost records, for members removed while alive elsewhere (failed,
 	// not left), the start time of the incarnation that was lost. When the
@@ -405,6 +406,13 @@ func (c *Cluster) syncLoop() {
 	}
 }
 
+// Drain makes the node report not ready, so that balancers and
+// Kubernetes stop sending it requests, while it goes on serving those
+// that still come. Close drains too.
+func (c *Cluster) Drain() {
+	c.downOnce.Do(func() { close(c.down) })
+}
+
 // Close shuts the node down gracefully: it stops being ready, stops the
 // manager (which sends its pending access times), waits until the peers
 // have read everything queued for them, leaves the cluster so peers see a
@@ -413,7 +421,7 @@ func (c *Cluster) syncLoop() {
 func (c *Cluster) Close(ctx context.Context) error {
 	var err error
 	c.once.Do(func() {
-		close(c.down)
+		c.Drain()
 		c.cancel()
 		err = c.mgr.Close(ctx)
 		if c.ch != nil {

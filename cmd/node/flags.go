@@ -32,6 +32,7 @@ type config struct {
 	Backups        int
 	SendMode       string
 	SessionTimeout time.Duration
+	DrainTime      time.Duration
 	Cookie         string
 	Domain         string
 	Key            membership.Key
@@ -77,6 +78,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 		backups   = fs.String("backups", "1", "backup copies per session (backup manager)")
 		sendMode  = fs.String("send-mode", "ack", "replication send mode: async, ack or sync")
 		timeout   = fs.String("session-timeout", "30m", "session max inactive interval")
+		drain     = fs.String("drain-time", "0s", "on SIGTERM, how long to report not ready while still serving, before closing HTTP")
 		cookie    = fs.String("cookie", "JSESSIONID", "session cookie name")
 		domain    = fs.String("domain", "cohort", "cluster name; nodes of other domains are ignored")
 		key       = fs.String("key", "", "cluster key, base64 of 16, 24 or 32 bytes; empty means no encryption")
@@ -178,6 +180,9 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	if c.SessionTimeout, err = time.ParseDuration(*timeout); err != nil || c.SessionTimeout <= 0 {
 		return nil, bad("session-timeout", *timeout, "a positive duration such as 30m")
 	}
+	if c.DrainTime, err = time.ParseDuration(*drain); err != nil || c.DrainTime < 0 {
+		return nil, bad("drain-time", *drain, "a duration of 0 or more, such as 3s")
+	}
 	if c.Cookie == "" || strings.ContainsAny(c.Cookie, " =;,\t") {
 		return nil, bad("cookie", c.Cookie, "a cookie name such as JSESSIONID")
 	}
@@ -253,7 +258,7 @@ func (c *config) LogValue() slog.Value {
 		slog.String("multicast", orOff(c.Multicast)), slog.Duration("frequency", c.Frequency),
 		slog.Duration("drop_time", c.DropTime), slog.String("manager", c.Manager),
 		slog.Int("backups", c.Backups), slog.String("send_mode", c.SendMode),
-		slog.Duration("session_timeout", c.SessionTimeout), slog.String("cookie", c.Cookie),
+		slog.Duration("session_timeout", c.SessionTimeout), slog.Duration("drain_time", c.DrainTime), slog.String("cookie", c.Cookie),
 		slog.String("domain", c.Domain), slog.Any("key", c.Key),
 	)
 }

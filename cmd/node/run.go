@@ -30,21 +30,36 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	logger := newLogger(cfg, stderr)
 	logger.Info("starting", "config", cfg)
 
-	// Listen first: a taken port fails the start before the node joins.
-	ln, err := net.Listen("tcp", cfg.HTTP)
+	// Try the port first: a taken one fails the start before the node
+	// joins.
+	probe, err := net.Listen("tcp", cfg.HTTP)
 	if err != nil {
 		return fmt.Errorf("listen on -http %s: %w", cfg.HTTP, err)
 	}
+	_ = probe.Close()
 	cluster, err := manager.StartCluster(cfg.clusterConfig(logger))
 	if err != nil {
-		_ = ln.Close()
 		return err
 	}
 	sessions, err := web.New(cluster.Manager(), cfg.webConfig(logger))
 	if err != nil {
-		_ = ln.Close()
 		_ = cluster.Close(context.Background())
 		return err
+	}
+	// HTTP opens only once the node has its sessions: until then a
+	// balancer's connection is refused and goes to another node, rather
+	// than getting a 503 for a session this node does not hold yet.
+	for !cluster.Ready() {
+		select {
+		case <-ctx.Done():
+			return cluster.Close(context.Background())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	ln, err := net.Listen("tcp", cfg.HTTP)
+	if err != nil {
+		_ = cluster.Close(context.Background())
+		return fmt.Errorf("listen on -http %s: %w", cfg.HTTP, err)
 	}
 	srv := &http.Server{
 		Handler:           newMux(cfg, cluster, sessions),
@@ -60,6 +75,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		logger.Info("shutting down")
 	case err = <-serveErr:
 		logger.Error("http server stopped", "err", err)
+	}
+	// Not ready first, then keep serving for the drain time, so balancers
+	// that probe /readyz stop sending requests before the listener closes.
+	cluster.Drain()
+	if cfg.DrainTime > 0 && err == nil {
+		logger.Info("draining: not ready, still serving", "for", cfg.DrainTime)
+		time.Sleep(cfg.DrainTime)
 	}
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
