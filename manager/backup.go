@@ -439,6 +439,50 @@ func (m *replicated) takeover(s *Session) {
 	m.sendAsync(m.targets(s), kindFull, s.full())
 }
 
+// handOff gives each session this node is the primary of to its first
+// backup, which becomes its primary and restores its backups, before the
+// node leaves: Backup's graceful shutdown. Copies go in ack mode, a stream
+// per new primary.
+func (m *replicated) handOff() {
+	start := time.Now()
+	members := m.members()
+	to := make(map[string]bool)
+	for _, s := range m.st.all() {
+		if s.ownerRoute() != m.cfg.Route {
+			continue
+		}
+		base, _ := SplitID(s.ID())
+		if p := placement(base, m.cfg.Route, members, 1); len(p) > 0 {
+			to[p[0]] = true
+		}
+	}
+	total := 0
+	for peer := range to {
+		n, _ := m.streamTo(peer, kindHandoff, func(s *Session) bool {
+			if s.ownerRoute() != m.cfg.Route {
+				return false
+			}
+			base, _ := SplitID(s.ID())
+			p := placement(base, m.cfg.Route, members, 1)
+			return len(p) > 0 && p[0] == peer
+		})
+		total += n
+	}
+	if total > 0 {
+		m.h.log.Info("primaries handed off before leaving", "sessions", total, "peers", len(to), "duration", time.Since(start))
+	}
+}
+
+// onHandoff makes this node the primary of a session its primary handed
+// over on leaving.
+func (m *replicated) onHandoff(from string, f Full) {
+	m.onFull(from, f)
+	if s := m.st.get(f.ID); s != nil {
+		s.setOwner(m.cfg.Route)
+		m.takeover(s)
+	}
+}
+
 // onTakeover updates this node's role for a session whose primary moved.
 func (m *replicated) onTakeover(from string, e idMsg) {
 	s := m.st.get(e.ID)

@@ -292,3 +292,48 @@ func TestBackupFindByPrincipalIsClusterWide(t *testing.T) {
 		t.Errorf("bob's session: %v, %v", s, err)
 	}
 }
+
+// TestBackupGracefulCloseHandsOff stops a node gracefully: before it
+// leaves, its primaries go to their first backups, which serve them
+// without a fetch, and replication is restored to 1+k copies.
+func TestBackupGracefulCloseHandsOff(t *testing.T) {
+	leaktest.Check(t)
+	c := newBackupCluster(t, 1, "n1", "n2", "n3", "n4")
+	ids, want := c.createEverywhere(25)
+	c.waitReplicated(ids)
+	var mine []string
+	for _, id := range ids {
+		if s := c.nodes["n1"].st.get(id); s != nil && s.ownerRoute() == "n1" {
+			mine = append(mine, id)
+		}
+	}
+	if len(mine) == 0 {
+		t.Fatal("n1 is the primary of no session")
+	}
+	leaving := c.nodes["n1"]
+	if err := leaving.Close(bg); err != nil {
+		t.Fatal(err)
+	}
+	c.net.remove("n1")
+	delete(c.nodes, "n1")
+	for _, n := range c.nodes {
+		n.PeersChanged()
+	}
+	c.waitReplicated(ids)
+	// Every session n1 served has a primary among the others, which holds it.
+	for _, id := range mine {
+		owners := 0
+		for _, m := range c.nodes {
+			if s := m.st.get(id); s != nil && s.ownerRoute() == m.cfg.Route {
+				owners++
+			}
+		}
+		if owners != 1 {
+			t.Errorf("%v has %d primaries after the hand-off, want 1", RedactID(id).LogValue(), owners)
+		}
+	}
+	if st := leaving.Stats(); st.Sent["handoff"] == 0 {
+		t.Error("no hand-off sent")
+	}
+	c.readAll("n3", want)
+}

@@ -609,6 +609,8 @@ func (m *replicated) Close(ctx context.Context) error {
 			for _, s := range m.st.all() {
 				err = errors.Join(err, m.Invalidate(ctx, s.ID()))
 			}
+		} else if m.backup != nil {
+			m.handOff()
 		}
 		m.closed.Store(true)
 		close(m.stop)
@@ -682,6 +684,15 @@ func (m *replicated) Receive(from string, msg []byte) error {
 			defer m.wg.Done()
 			m.serveSync(from)
 		}()
+	case kindHandoff:
+		var fs []Full
+		if err = decodeBody(body, &fs); err == nil && m.backup != nil {
+			for _, f := range fs {
+				if f.ID != "" {
+					m.onHandoff(from, f)
+				}
+			}
+		}
 	case kindSyncChunk:
 		var fs []Full
 		if err = decodeBody(body, &fs); err == nil {
@@ -891,7 +902,7 @@ func (m *replicated) onRename(r rename) {
 // serveSync streams every session to peer, then says how many.
 func (m *replicated) serveSync(peer string) {
 	start := time.Now()
-	n, ok := m.streamTo(peer, nil)
+	n, ok := m.streamTo(peer, kindSyncChunk, nil)
 	if !ok {
 		return
 	}
@@ -911,7 +922,7 @@ func (m *replicated) resync(peer string) {
 		}
 		return s.ownerRoute() == m.cfg.Route && slices.Contains(m.targets(s), peer)
 	}
-	if n, ok := m.streamTo(peer, filter); ok {
+	if n, ok := m.streamTo(peer, kindSyncChunk, filter); ok {
 		m.h.log.Info("peer resynchronised", "peer", peer, "sessions", n, "duration", time.Since(start))
 	}
 }
@@ -945,7 +956,7 @@ func (m *replicated) sendPatiently(peer string, msg []byte) error {
 // ack mode so that a slow receiver slows the stream instead of
 // overflowing its queue. It reports how many it sent and whether all
 // went.
-func (m *replicated) streamTo(peer string, filter func(*Session) bool) (int, bool) {
+func (m *replicated) streamTo(peer string, k kind, filter func(*Session) bool) (int, bool) {
 	var batch []Full
 	n := 0
 	var stream chunkStream
@@ -960,7 +971,7 @@ func (m *replicated) streamTo(peer string, filter func(*Session) bool) (int, boo
 		if len(batch) == 0 {
 			return true
 		}
-		msg, err := encodeMsg(kindSyncChunk, batch)
+		msg, err := encodeMsg(k, batch)
 		switch {
 		case err != nil:
 		case stream != nil:

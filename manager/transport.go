@@ -59,10 +59,11 @@ const (
 	kindDrop                           // idMsg: you are no longer a holder of this session
 	kindPrincipalQuery                 // principalQuery: Backup, which sessions of this principal do you hold?
 	kindPrincipalReply                 // principalReply
+	kindHandoff                        // []Full: you are now these sessions' primary (the sender leaves)
 )
 
 // numKinds bounds the kinds counted one by one; unknown ones share slot 0.
-const numKinds = 17
+const numKinds = 18
 
 func kindIndex(b byte) int {
 	if int(b) >= numKinds {
@@ -72,7 +73,7 @@ func kindIndex(b byte) int {
 }
 
 var kindNames = [numKinds]string{"unknown", "change", "touch", "expire", "invalidate", "rename", "full_request", "full",
-	"sync_request", "sync_chunk", "sync_done", "fetch", "fetch_reply", "takeover", "drop", "principal_query", "principal_reply"}
+	"sync_request", "sync_chunk", "sync_done", "fetch", "fetch_reply", "takeover", "drop", "principal_query", "principal_reply", "handoff"}
 
 func (k kind) String() string { return kindNames[kindIndex(byte(k))] }
 
