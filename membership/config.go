@@ -52,6 +52,11 @@ type Config struct {
 	// traffic (a pure observer).
 	ReplicationAddr string
 
+	// HTTPAddr is the node's app and admin HTTP address, host:port,
+	// advertised so that a node's dashboard can show the others. Empty
+	// means not advertised.
+	HTTPAddr string
+
 	// Manager is the session manager kind advertised in the metadata
 	// ("delta", "backup", "standard"). Two nodes of one domain whose kinds
 	// differ refuse to pair. Empty matches any kind.

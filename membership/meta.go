@@ -24,6 +24,7 @@ type Meta struct {
 	ReplicationAddr string    `msgpack:"a"` // replication channel host:port, may be empty
 	Domain          string    `msgpack:"d"` // cluster domain
 	Manager         string    `msgpack:"m"` // session manager kind, may be empty
+	HTTPAddr        string    `msgpack:"h"` // app and admin HTTP host:port, may be empty
 	Protocol        uint8     `msgpack:"p"` // Cohort protocol version
 	Started         time.Time `msgpack:"t"` // when the node started
 	// Leaving is set by Node.Leave just before the node leaves, so peers
@@ -39,6 +40,7 @@ type wireMeta struct {
 	ReplicationAddr string `msgpack:"a"`
 	Domain          string `msgpack:"d"`
 	Manager         string `msgpack:"m"`
+	HTTPAddr        string `msgpack:"h,omitempty"`
 	Protocol        uint8  `msgpack:"p"`
 	Started         int64  `msgpack:"t"`
 	Leaving         bool   `msgpack:"l,omitempty"`
@@ -53,6 +55,7 @@ func encodeMeta(m Meta) ([]byte, error) {
 		ReplicationAddr: m.ReplicationAddr,
 		Domain:          m.Domain,
 		Manager:         m.Manager,
+		HTTPAddr:        m.HTTPAddr,
 		Protocol:        m.Protocol,
 		Started:         m.Started.UnixMilli(),
 		Leaving:         m.Leaving,
@@ -84,6 +87,7 @@ func DecodeMeta(b []byte) (Meta, error) {
 		ReplicationAddr: w.ReplicationAddr,
 		Domain:          w.Domain,
 		Manager:         w.Manager,
+		HTTPAddr:        w.HTTPAddr,
 		Protocol:        w.Protocol,
 		Started:         time.UnixMilli(w.Started),
 		Leaving:         w.Leaving,
@@ -97,6 +101,7 @@ func (c *Config) meta(started time.Time) Meta {
 		ReplicationAddr: c.ReplicationAddr,
 		Domain:          c.Domain,
 		Manager:         c.Manager,
+		HTTPAddr:        c.HTTPAddr,
 		Protocol:        ProtocolVersion,
 		Started:         started,
 	}

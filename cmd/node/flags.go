@@ -215,6 +215,7 @@ func (c *config) membershipConfig(logger *slog.Logger) membership.Config {
 	m.Domain = c.Domain
 	m.BindAddr = c.Bind
 	m.ReplicationAddr = c.Replication
+	m.HTTPAddr = c.HTTP
 	m.Manager = c.Manager
 	m.Join = c.Join
 	m.MulticastAddr = c.Multicast

@@ -118,6 +118,7 @@ type memberStatus struct {
 	Address     string           `json:"address"`
 	State       membership.State `json:"state"`
 	Replication string           `json:"replication,omitempty"`
+	HTTP        string           `json:"http,omitempty"`
 	Local       bool             `json:"local,omitempty"`
 }
 
@@ -169,7 +170,7 @@ func newMux(cfg *config, cluster *manager.Cluster, sessions *web.Sessions) *http
 		for _, m := range cluster.Membership().Members() {
 			st.Members = append(st.Members, memberStatus{
 				Route: m.Name, Address: m.Addr, State: m.State,
-				Replication: m.Meta.ReplicationAddr, Local: m.Name == cfg.Route,
+				Replication: m.Meta.ReplicationAddr, HTTP: m.Meta.HTTPAddr, Local: m.Name == cfg.Route,
 			})
 		}
 		rs := cluster.Stats()
