@@ -36,6 +36,7 @@ LoadModule proxy_module {{modules}}/mod_proxy.so
 LoadModule proxy_http_module {{modules}}/mod_proxy_http.so
 LoadModule proxy_balancer_module {{modules}}/mod_proxy_balancer.so
 LoadModule lbmethod_byrequests_module {{modules}}/mod_lbmethod_byrequests.so
+{{hcmodule}}
 
 # A connection to a killed node is refused at once: httpd puts that
 # member in error for retry seconds and sends the request to another.
@@ -72,15 +73,26 @@ func apacheBinary(t *testing.T) (bin, modules string) {
 }
 
 // startApache writes a config balancing over nodes and starts httpd in
-// the foreground on a free port. It returns the base URL.
-func startApache(t *testing.T, nodes []nodeSpec) string {
+// the foreground on a free port. It returns the base URL. With
+// healthCheck, httpd probes each node's /readyz every second
+// (mod_proxy_hcheck) and opens a backend connection per request, as
+// examples/rolling-restart/httpd-balancer.conf does.
+func startApache(t *testing.T, nodes []nodeSpec, healthCheck bool) string {
 	t.Helper()
 	bin, modules := apacheBinary(t)
 	dir := t.TempDir()
 	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	var members strings.Builder
 	for _, n := range nodes {
-		fmt.Fprintf(&members, "    BalancerMember \"http://%s\" route=%s retry=1 connectiontimeout=1 timeout=10\n", n.http, n.route)
+		hc := ""
+		if healthCheck {
+			hc = " disablereuse=On hcmethod=GET hcuri=/readyz hcinterval=1 hcfails=1 hcpasses=1"
+		}
+		fmt.Fprintf(&members, "    BalancerMember \"http://%s\" route=%s retry=1 connectiontimeout=1 timeout=10%s\n", n.http, n.route, hc)
+	}
+	hcModule := ""
+	if healthCheck {
+		hcModule = "LoadModule proxy_hcheck_module " + modules + "/mod_proxy_hcheck.so"
 	}
 	userLine := ""
 	if os.Geteuid() == 0 {
@@ -96,7 +108,7 @@ func startApache(t *testing.T, nodes []nodeSpec) string {
 		}
 	}
 	conf := strings.NewReplacer("{{listen}}", listen, "{{dir}}", dir, "{{modules}}", modules,
-		"{{members}}", strings.TrimRight(members.String(), "\n"), "{{user}}", userLine).Replace(httpdConf)
+		"{{members}}", strings.TrimRight(members.String(), "\n"), "{{user}}", userLine, "{{hcmodule}}", hcModule).Replace(httpdConf)
 	confPath := filepath.Join(dir, "httpd.conf")
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
@@ -238,7 +250,7 @@ func TestFailoverBehindApache(t *testing.T) {
 			for _, p := range procs {
 				waitReady(t, p)
 			}
-			base := startApache(t, specs)
+			base := startApache(t, specs, false)
 			jar, _ := cookiejar.New(nil)
 			client := &http.Client{Jar: jar, Timeout: 15 * time.Second}
 

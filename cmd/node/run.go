@@ -61,8 +61,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		_ = cluster.Close(context.Background())
 		return fmt.Errorf("listen on -http %s: %w", cfg.HTTP, err)
 	}
+	dash := web.NewDashboard(cluster, sessions, logger)
 	srv := &http.Server{
-		Handler:           newMux(cfg, cluster, sessions),
+		Handler:           newMux(cfg, cluster, sessions, dash),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
@@ -86,6 +87,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	herr := srv.Shutdown(shutdownCtx)
+	dash.Close()
 	<-serveErr
 	cerr := cluster.Close(shutdownCtx)
 	if errors.Is(err, http.ErrServerClosed) {
@@ -128,7 +130,7 @@ type sessionCounts struct {
 	Backup  int `json:"backup"`
 }
 
-func newMux(cfg *config, cluster *manager.Cluster, sessions *web.Sessions) *http.ServeMux {
+func newMux(cfg *config, cluster *manager.Cluster, sessions *web.Sessions, dash *web.Dashboard) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("GET /counter", sessions.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s, err := web.Get(r)
@@ -155,6 +157,8 @@ func newMux(cfg *config, cluster *manager.Cluster, sessions *web.Sessions) *http
 		_, _ = io.WriteString(w, "ready\n")
 	})
 	mux.Handle("GET /metrics", web.NewMetrics(cluster, sessions).Handler())
+	mux.Handle("GET /cluster/{$}", dash)
+	mux.Handle("GET /cluster/ws", dash)
 	mux.HandleFunc("GET /cluster/sessions/{id}", func(w http.ResponseWriter, r *http.Request) {
 		s := cluster.Lookup(r.PathValue("id"))
 		if s == nil {
