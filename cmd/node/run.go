@@ -113,6 +113,7 @@ type status struct {
 	Members     []memberStatus   `json:"members"`
 	Sessions    sessionCounts    `json:"sessions"`
 	Replication replicationStats `json:"replication"`
+	Peers       []peerStatus     `json:"peers,omitempty"` // the replication channel's peers
 }
 
 type memberStatus struct {
@@ -183,9 +184,28 @@ func newMux(cfg *config, cluster *manager.Cluster, sessions *web.Sessions, dash 
 			SendErrors: rs.SendErrors, Transfers: rs.Transfers, TransferFailures: rs.TransferFailures,
 			UnderReplicated: rs.UnderReplicated,
 		}
+		if ch := cluster.Channel(); ch != nil {
+			for _, p := range ch.Stats().Peers {
+				st.Peers = append(st.Peers, peerStatus{
+					Route: p.Route, Address: p.Addr, Connected: p.Connected, QueueDepth: p.QueueDepth,
+					NeedsResync: p.NeedsResync, FramesSent: p.FramesSent, FramesReceived: p.FramesReceived,
+				})
+			}
+		}
 		writeJSON(w, st)
 	})
 	return mux
+}
+
+// peerStatus is one replication peer in the status.
+type peerStatus struct {
+	Route          string `json:"route"`
+	Address        string `json:"address"`
+	Connected      bool   `json:"connected"`
+	QueueDepth     int    `json:"queue_depth"`
+	NeedsResync    bool   `json:"needs_resync"`
+	FramesSent     int64  `json:"frames_sent"`
+	FramesReceived int64  `json:"frames_received"`
 }
 
 func writeJSON(w http.ResponseWriter, v any) {
