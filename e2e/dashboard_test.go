@@ -33,14 +33,7 @@ func chromium(t *testing.T) string {
 // COHORT_SCREENSHOT_DIR when set, else in the test's temporary directory).
 func TestDashboardInChromium(t *testing.T) {
 	exe := chromium(t)
-	specs := newSpecs(t, 3)
-	join := seeds(specs)
-	n1 := startNode(t, specs[0], join)
-	n2 := startNode(t, specs[1], join)
-	n3 := startNode(t, specs[2], join)
-	for _, r := range []string{"node1", "node2", "node3"} {
-		waitState(t, r, "alive", n1, n2, n3)
-	}
+	_, _, n1, n2, n3 := startThree(t)
 	checkCounter(t, n2) // a session on node 2, for the bars
 
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],

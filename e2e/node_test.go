@@ -193,15 +193,23 @@ func waitState(t *testing.T, route, want string, procs ...*proc) {
 	}
 }
 
-func TestNodesFailLeaveAndRejoin(t *testing.T) {
-	specs := newSpecs(t, 3)
-	join := seeds(specs)
-	n1 := startNode(t, specs[0], join)
-	n2 := startNode(t, specs[1], join)
-	n3 := startNode(t, specs[2], join)
+// startThree starts node1..node3 on free ports, seeded with each other,
+// and waits until each sees all three alive.
+func startThree(t *testing.T, extra ...string) (specs []nodeSpec, join string, n1, n2, n3 *proc) {
+	t.Helper()
+	specs = newSpecs(t, 3)
+	join = seeds(specs)
+	n1 = startNode(t, specs[0], join, extra...)
+	n2 = startNode(t, specs[1], join, extra...)
+	n3 = startNode(t, specs[2], join, extra...)
 	for _, r := range []string{"node1", "node2", "node3"} {
 		waitState(t, r, "alive", n1, n2, n3)
 	}
+	return specs, join, n1, n2, n3
+}
+
+func TestNodesFailLeaveAndRejoin(t *testing.T) {
+	specs, join, n1, n2, n3 := startThree(t)
 	st, err := getStatus(n1.http)
 	if err != nil {
 		t.Fatal(err)

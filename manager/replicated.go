@@ -906,7 +906,17 @@ func (m *replicated) serveSync(peer string) {
 	if !ok {
 		return
 	}
-	m.sendAsync([]string{peer}, kindSyncDone, syncDone{Count: n})
+	// The end goes like the chunks: patiently, since with no session to
+	// send this is the first message, and the joining node may not be in
+	// this node's view yet.
+	msg, err := encodeMsg(kindSyncDone, syncDone{Count: n})
+	if err == nil {
+		err = m.sendPatiently(peer, msg)
+	}
+	if err != nil {
+		m.h.log.Warn("state transfer end not sent", "peer", peer, "err", err)
+		return
+	}
 	m.h.log.Info("state transfer sent", "peer", peer, "sessions", n, "duration", time.Since(start))
 }
 

@@ -1,5 +1,5 @@
 // Package web is Cohort's HTTP side: the session middleware with its route
-// binder, and a gorilla/sessions Store.
+// binder, a gorilla/sessions Store, and the cluster WebSocket hub.
 //
 // # Overview
 //
@@ -29,11 +29,76 @@
 // session fixation. New cookies are HttpOnly, SameSite=Lax, Path=/, and
 // Secure when Config.Secure is set.
 //
+// # WebSocket hub
+//
+// A socket lives on one node; messages to it can come from any node. A
+// [Hub] (one per node, [NewHub]) upgrades GET requests with
+// [Hub.Handler], which must run behind the middleware: each socket belongs
+// to a user (named by the handler's callback) and is bound to the HTTP
+// session of its handshake, created if need be (the 101 response then sets
+// the cookie). [Hub.SendToUser], [Hub.SendToSession] and [Hub.Publish]
+// reach sockets on every node and return how many they reached;
+// [Hub.PushHandler] and [Hub.PublishHandler] serve POST /push/{user} and
+// POST /publish/{topic} with {"reached": N}. [Hub.CloseUser] closes a
+// user's sockets everywhere, [Conn.Close] one socket.
+//
+// Client protocol: the text message {"subscribe":"T"} subscribes the
+// socket to topic T and is answered {"subscribed":"T"};
+// {"unsubscribe":"T"} is answered {"unsubscribed":"T"}; a refused one
+// (too many topics, HubConfig.MaxTopics) is answered {"error":"...",
+// "topic":"T"}. Only an object with exactly that one member and a string
+// of 1 to 256 bytes is a control message; every other message goes to
+// HubConfig.OnMessage.
+//
+// Delivery between nodes: the hub's messages are replication messages of
+// type [HubMsgType] (a compact binary format, see hub_wire.go). A call
+// delivers to this node's sockets, then sends the operation, in Async
+// mode, to the nodes concerned: for a user, the nodes that presence says
+// hold its sockets; for a topic, a session or CloseUser, every peer. Each
+// receiver delivers to its sockets and answers with a count message
+// carrying the request's id; the caller adds the counts up. So a remote
+// call costs one message each way. A peer whose queueing fails, or whose
+// connection drops while the caller waits (checked every 50ms), is not
+// waited for and is named in the error; HubConfig.DeliverTimeout bounds
+// the wait. A user with sockets on several nodes gets the message once on
+// each socket.
+//
+// Presence: each node keeps user -> node -> socket count for the whole
+// cluster. A node sends its changed counts to every peer as they change
+// (absolute counts, batched, in order), its whole presence to each member
+// that joins (and asks for theirs), and again to everyone every
+// HubConfig.PresenceRefresh. When membership reports a node failed or
+// left, its sockets are forgotten at once. [Hub.Online],
+// [Hub.OnlineUsers] and [Hub.Presence] read it; HubConfig.OnPresence
+// hears a user come online or go offline cluster-wide. Presence is
+// eventually consistent: a socket opened a moment ago on another node may
+// not be reached by SendToUser yet.
+//
+// Sessions: a message received on a socket records an access to its
+// session and commits it, at most once per HubConfig.TouchInterval, so an
+// active socket keeps its session alive. When the session is destroyed
+// on any node (invalidated or expired, heard through the manager's
+// listener, which needs NotifyOnReplication, the default), its sockets
+// close with 1008. Close codes: 1000 idle timeout (HubConfig.IdleTimeout:
+// no message either way), 1001 hub closing, 1008 session destroyed or
+// CloseUser, 1009 client message over HubConfig.MaxMessageSize, 1013 slow
+// consumer: a socket whose send buffer (HubConfig.SendBuffer) is full is
+// cut off and never delays delivery to the others. The handshake checks
+// the Origin (same origin by default, HubConfig.CheckOrigin).
+//
 // # Concurrency
 //
 // Sessions and Store are safe for concurrent use. The session of one
 // request may be shared with the user's other requests in flight; its
 // methods lock it briefly.
+//
+// A Hub and its Conns are safe for concurrent use. Each socket has one
+// reader goroutine (the handler's, which calls OnConnect, OnMessage and
+// OnDisconnect) and one writer goroutine, the only one that writes to
+// it, with a write deadline and pings; sends only queue, and never block.
+// The hub's run goroutine sends presence and calls OnPresence. Replication
+// handlers only queue to sockets. Lock order: the presence lock, then the
+// socket tables' lock, then a session's. Callbacks run with no lock held.
 //
 // # Usage
 //
@@ -45,4 +110,12 @@
 //		_ = s.Set("count", n+1)
 //	})
 //	http.ListenAndServe(addr, sessions.Middleware(mux))
+//
+// With a hub, on a node started with manager.StartCluster:
+//
+//	hub, err := web.NewHub(cluster, web.DefaultHubConfig())
+//	...
+//	mux.Handle("GET /ws", hub.Handler(func(r *http.Request) string { return r.URL.Query().Get("user") }))
+//	mux.Handle("POST /push/{user}", hub.PushHandler())
+//	n, err := hub.SendToUser(ctx, "alice", []byte("hello")) // from any node
 package web

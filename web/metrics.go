@@ -20,6 +20,7 @@ import (
 type Metrics struct {
 	c        *manager.Cluster
 	ss       *Sessions
+	hub      *Hub
 	registry *prometheus.Registry
 }
 
@@ -29,6 +30,12 @@ type Metrics struct {
 func NewMetrics(c *manager.Cluster, ss *Sessions) *Metrics {
 	m := &Metrics{c: c, ss: ss, registry: prometheus.NewRegistry()}
 	m.registry.MustRegister(m, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// WithHub adds the WebSocket hub's figures to the metrics.
+func (m *Metrics) WithHub(h *Hub) *Metrics {
+	m.hub = h
 	return m
 }
 
@@ -84,6 +91,11 @@ var (
 	mRebinds          = desc("route_rebinds_total", "Session ids rebound to this node's route after a failover.")
 	mUnavailable      = desc("session_unavailable_total", "Requests answered 503 because their session could not be looked up.")
 	mCommitErrors     = desc("commit_errors_total", "Commits not confirmed by every peer.")
+	mWSSockets        = desc("websocket_connections", "Open WebSockets on this node.")
+	mWSUsers          = desc("websocket_users_online", "Users with a WebSocket, by where: this node or anywhere in the cluster.", "where")
+	mWSDelivered      = desc("websocket_messages_delivered_total", "Messages queued to WebSockets of this node.")
+	mWSClosed         = desc("websocket_closed_total", "WebSockets closed by the server, by reason.", "reason")
+	mWSBadPeer        = desc("websocket_bad_peer_messages_total", "Hub messages from peers that did not decode.")
 )
 
 // Describe implements prometheus.Collector.
@@ -170,6 +182,17 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 			buckets[le.Seconds()] = acc
 		}
 		ch <- prometheus.MustNewConstHistogram(mAckLatency, uint64(cs.Latency.Count), cs.Latency.Sum.Seconds(), buckets)
+	}
+	if m.hub != nil {
+		hs := m.hub.Stats()
+		gauge(mWSSockets, float64(hs.Sockets))
+		gauge(mWSUsers, float64(hs.LocalUsers), "node")
+		gauge(mWSUsers, float64(hs.OnlineUsers), "cluster")
+		counter(mWSDelivered, hs.Delivered)
+		counter(mWSClosed, hs.SlowConsumers, "slow_consumer")
+		counter(mWSClosed, hs.IdleClosed, "idle")
+		counter(mWSClosed, hs.SessionClosed, "session_destroyed")
+		counter(mWSBadPeer, hs.BadPeerMessage)
 	}
 	if m.ss != nil {
 		ws := m.ss.Stats()

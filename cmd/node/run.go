@@ -41,8 +41,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
+	// The hub right away: its peers' messages (presence) start at once.
+	hc := web.DefaultHubConfig()
+	hc.Logger = logger
+	hub, err := web.NewHub(cluster, hc)
+	if err != nil {
+		_ = cluster.Close(context.Background())
+		return err
+	}
 	sessions, err := web.New(cluster.Manager(), cfg.webConfig(logger))
 	if err != nil {
+		_ = hub.Close()
 		_ = cluster.Close(context.Background())
 		return err
 	}
@@ -52,18 +61,20 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	for !cluster.Ready() {
 		select {
 		case <-ctx.Done():
+			_ = hub.Close()
 			return cluster.Close(context.Background())
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
 	ln, err := net.Listen("tcp", cfg.HTTP)
 	if err != nil {
+		_ = hub.Close()
 		_ = cluster.Close(context.Background())
 		return fmt.Errorf("listen on -http %s: %w", cfg.HTTP, err)
 	}
 	dash := web.NewDashboard(cluster, sessions, logger)
 	srv := &http.Server{
-		Handler:           newMux(cfg, cluster, sessions, dash),
+		Handler:           newMux(cfg, cluster, sessions, dash, hub),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
@@ -88,6 +99,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	defer cancel()
 	herr := srv.Shutdown(shutdownCtx)
 	dash.Close()
+	_ = hub.Close()
 	<-serveErr
 	cerr := cluster.Close(shutdownCtx)
 	if errors.Is(err, http.ErrServerClosed) {
@@ -131,7 +143,7 @@ type sessionCounts struct {
 	Backup  int `json:"backup"`
 }
 
-func newMux(cfg *config, cluster *manager.Cluster, sessions *web.Sessions, dash *web.Dashboard) *http.ServeMux {
+func newMux(cfg *config, cluster *manager.Cluster, sessions *web.Sessions, dash *web.Dashboard, hub *web.Hub) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("GET /counter", sessions.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s, err := web.Get(r)
@@ -157,7 +169,12 @@ func newMux(cfg *config, cluster *manager.Cluster, sessions *web.Sessions, dash 
 		}
 		_, _ = io.WriteString(w, "ready\n")
 	})
-	mux.Handle("GET /metrics", web.NewMetrics(cluster, sessions).Handler())
+	mux.Handle("GET /metrics", web.NewMetrics(cluster, sessions).WithHub(hub).Handler())
+	// WebSockets: GET /ws?user=U; POST /push/U and POST /publish/TOPIC
+	// answer {"reached": N}, the sockets reached cluster-wide.
+	mux.Handle("GET /ws", sessions.Middleware(hub.Handler(func(r *http.Request) string { return r.URL.Query().Get("user") })))
+	mux.Handle("POST /push/{user}", hub.PushHandler())
+	mux.Handle("POST /publish/{topic}", hub.PublishHandler())
 	mux.Handle("GET /cluster/{$}", dash)
 	mux.Handle("GET /cluster/ws", dash)
 	mux.HandleFunc("GET /cluster/sessions/{id}", func(w http.ResponseWriter, r *http.Request) {

@@ -1,0 +1,296 @@
+package web
+
+import (
+	"context"
+	"time"
+
+	"github.com/cohort-cluster/cohort/membership"
+	"github.com/cohort-cluster/cohort/replication"
+)
+
+// presenceChunk bounds the entries of one presence message.
+const presenceChunk = 4096
+
+// presenceRetry is how soon the run goroutine tries again to send its
+// presence to a member that is not yet, or no longer, a channel peer.
+const presenceRetry = 100 * time.Millisecond
+
+// poke wakes the run goroutine.
+func (h *Hub) poke() {
+	select {
+	case h.wake <- struct{}{}:
+	default:
+	}
+}
+
+// localChanged records this node's current socket count for user in the
+// registry and marks it for the peers.
+func (h *Hub) localChanged(user string) {
+	h.pmu.Lock()
+	h.mu.RLock()
+	n := len(h.users[user])
+	h.mu.RUnlock()
+	h.setCount(user, h.route, n)
+	h.dirty[user] = struct{}{}
+	h.pmu.Unlock()
+	h.poke()
+}
+
+// setCount sets node's count for user, noting a change of the user's
+// cluster-wide presence. pmu must be held.
+func (h *Hub) setCount(user, node string, n int) {
+	nodes := h.presence[user]
+	was := len(nodes) > 0
+	if n > 0 {
+		if nodes == nil {
+			nodes = make(map[string]int)
+			h.presence[user] = nodes
+		}
+		nodes[node] = n
+	} else if nodes != nil {
+		delete(nodes, node)
+		if len(nodes) == 0 {
+			delete(h.presence, user)
+		}
+	}
+	if is := len(h.presence[user]) > 0; is != was && h.cfg.OnPresence != nil {
+		h.notes = append(h.notes, presenceNote{user, is})
+	}
+}
+
+// applyPresence applies a peer's presence message.
+func (h *Hub) applyPresence(from string, reset bool, entries []presenceEntry) {
+	if from == h.route {
+		return
+	}
+	h.pmu.Lock()
+	if h.down[from] {
+		// A late message from a node declared failed or left.
+		h.pmu.Unlock()
+		return
+	}
+	if reset {
+		h.purgeLocked(from)
+	}
+	for _, e := range entries {
+		h.setCount(e.User, from, int(min(e.Sockets, 1<<31)))
+	}
+	notes := len(h.notes) > 0
+	h.pmu.Unlock()
+	if notes {
+		h.poke()
+	}
+}
+
+// purgeLocked forgets every socket of node. pmu must be held.
+func (h *Hub) purgeLocked(node string) {
+	for user, nodes := range h.presence {
+		if _, ok := nodes[node]; ok {
+			h.setCount(user, node, 0)
+		}
+	}
+}
+
+// nodesOf returns the peers that presence says hold sockets of user.
+func (h *Hub) nodesOf(user string) []string {
+	h.pmu.Lock()
+	defer h.pmu.Unlock()
+	var out []string
+	for n := range h.presence[user] {
+		if n != h.route {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// live reports whether m is a member the hub exchanges presence with.
+func live(m membership.Member) bool {
+	return m.State == membership.StateAlive && !m.Meta.Leaving
+}
+
+// run owns presence traffic: it follows membership (purging the sockets of
+// failed and departed nodes, sending our whole presence to each new member
+// and asking for theirs), sends this node's changed counts, refreshes
+// every peer's copy every PresenceRefresh, and calls OnPresence. It
+// returns when the hub closes.
+func (h *Hub) run() {
+	refresh := time.NewTicker(h.cfg.PresenceRefresh)
+	defer refresh.Stop()
+	retry := time.NewTimer(presenceRetry)
+	defer retry.Stop()
+	synced := map[string]time.Time{} // member -> start time of the incarnation we sent our presence to
+	events := h.sub.C
+	for {
+		members := false
+		select {
+		case <-h.done:
+			// Tell the peers about the sockets Close just closed.
+			if h.ch != nil {
+				h.flushDirty(synced)
+			}
+			return
+		case ev, ok := <-events:
+			if !ok {
+				events = nil // the node closed
+				continue
+			}
+			if ev.Type == membership.EventLeave || ev.Type == membership.EventFail {
+				h.pmu.Lock()
+				h.down[ev.Member.Name] = true
+				h.purgeLocked(ev.Member.Name)
+				h.pmu.Unlock()
+				delete(synced, ev.Member.Name)
+			}
+			members = true
+		case <-retry.C:
+			members = true
+		case <-refresh.C:
+			clear(synced)
+			members = true
+		case <-h.wake:
+		}
+		if h.ch != nil {
+			again := members && h.syncMembers(synced)
+			h.sendAsked()
+			if h.flushDirty(synced) || again {
+				retry.Reset(presenceRetry)
+			}
+		}
+		h.notify()
+	}
+}
+
+// syncMembers sends our whole presence to each live member of a new
+// incarnation, and asks for theirs, and forgets the sockets of members no
+// longer live. It reports whether some member must be tried again.
+func (h *Hub) syncMembers(synced map[string]time.Time) (retry bool) {
+	peers := map[string]bool{}
+	for _, p := range h.ch.Peers() {
+		peers[p] = true
+	}
+	alive := map[string]bool{}
+	for _, m := range h.node.Members() {
+		if m.Name == h.route {
+			continue
+		}
+		if !live(m) {
+			if _, ok := synced[m.Name]; ok {
+				delete(synced, m.Name)
+				h.pmu.Lock()
+				h.down[m.Name] = true
+				h.purgeLocked(m.Name)
+				h.pmu.Unlock()
+			}
+			continue
+		}
+		alive[m.Name] = true
+		h.pmu.Lock()
+		delete(h.down, m.Name)
+		h.pmu.Unlock()
+		if started, ok := synced[m.Name]; ok && started.Equal(m.Meta.Started) {
+			continue
+		}
+		if !peers[m.Name] {
+			retry = true // the cluster has not connected the channel yet
+			continue
+		}
+		if err := h.sendSnapshot(m.Name, true); err != nil {
+			retry = true
+			continue
+		}
+		synced[m.Name] = m.Meta.Started
+	}
+	for name := range synced {
+		if !alive[name] {
+			delete(synced, name)
+		}
+	}
+	return retry
+}
+
+// sendAsked sends our whole presence to the peers that asked for it.
+func (h *Hub) sendAsked() {
+	h.pmu.Lock()
+	if len(h.asked) == 0 {
+		h.pmu.Unlock()
+		return
+	}
+	asked := h.asked
+	h.asked = map[string]bool{}
+	h.pmu.Unlock()
+	for peer := range asked {
+		if err := h.sendSnapshot(peer, false); err != nil {
+			h.log.Debug("presence not sent", "peer", peer, "err", err)
+		}
+	}
+}
+
+// sendSnapshot sends peer every local user's count, replacing what it
+// holds for this node, in chunks, and, when ask is set, asks for the
+// peer's. The counts are read and queued under pmu so that no later
+// update is queued before them.
+func (h *Hub) sendSnapshot(peer string, ask bool) error {
+	h.pmu.Lock()
+	defer h.pmu.Unlock()
+	var entries []presenceEntry
+	for user, nodes := range h.presence {
+		if n := nodes[h.route]; n > 0 {
+			entries = append(entries, presenceEntry{user, uint64(n)})
+		}
+	}
+	to := []string{peer}
+	first := true
+	for first || len(entries) > 0 {
+		k := min(len(entries), presenceChunk)
+		body := appendHubMsg(nil, &hubMsg{Kind: kindPresence, Reset: first, Entries: entries[:k]})
+		if err := h.ch.Send(context.Background(), to, HubMsgType, body, replication.Async); err != nil {
+			return err
+		}
+		entries, first = entries[k:], false
+	}
+	if ask {
+		body := appendHubMsg(nil, &hubMsg{Kind: kindAskPresence})
+		return h.ch.Send(context.Background(), to, HubMsgType, body, replication.Async)
+	}
+	return nil
+}
+
+// flushDirty sends every peer this node's counts of the users that
+// changed. A peer that misses them (its queue is full) is forgotten from
+// synced, so that the retry sends it our whole presence again; it then
+// reports true.
+func (h *Hub) flushDirty(synced map[string]time.Time) (retry bool) {
+	h.pmu.Lock()
+	defer h.pmu.Unlock()
+	if len(h.dirty) == 0 {
+		return false
+	}
+	entries := make([]presenceEntry, 0, len(h.dirty))
+	for user := range h.dirty {
+		entries = append(entries, presenceEntry{user, uint64(h.presence[user][h.route])})
+	}
+	clear(h.dirty)
+	for len(entries) > 0 {
+		k := min(len(entries), presenceChunk)
+		body := appendHubMsg(nil, &hubMsg{Kind: kindPresence, Entries: entries[:k]})
+		entries = entries[k:]
+		err := h.ch.Send(context.Background(), nil, HubMsgType, body, replication.Async)
+		for peer := range failedPeers(err) {
+			delete(synced, peer)
+			retry = true
+		}
+	}
+	return retry
+}
+
+// notify calls OnPresence for the changes noted so far, in order.
+func (h *Hub) notify() {
+	h.pmu.Lock()
+	notes := h.notes
+	h.notes = nil
+	h.pmu.Unlock()
+	for _, n := range notes {
+		h.cfg.OnPresence(n.user, n.online)
+	}
+}
