@@ -81,4 +81,16 @@ func TestWebSocketAcrossNodes(t *testing.T) {
 	if n := post(t, "http://"+n2.http+"/push/nobody", "x"); n != 0 {
 		t.Errorf("a push to a user with no socket reached %d", n)
 	}
+	// The node's metrics count the socket and the users online.
+	resp, err = http.Get("http://" + n1.http + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"cohort_websocket_connections 1\n", `cohort_websocket_users_online{where="cluster"} 1` + "\n"} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
 }
