@@ -33,6 +33,7 @@ type config struct {
 	SendMode       string
 	SessionTimeout time.Duration
 	DrainTime      time.Duration
+	LargeSession   int // bytes; a committed change larger than this is logged
 	Cookie         string
 	Domain         string
 	Key            membership.Key
@@ -79,6 +80,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 		sendMode  = fs.String("send-mode", "ack", "replication send mode: async, ack or sync")
 		timeout   = fs.String("session-timeout", "30m", "session max inactive interval")
 		drain     = fs.String("drain-time", "0s", "on SIGTERM, how long to report not ready while still serving, before closing HTTP")
+		large     = fs.String("large-session", "256KiB", "log a warning for session changes larger than this (bytes, KiB or MiB), or off")
 		cookie    = fs.String("cookie", "JSESSIONID", "session cookie name")
 		domain    = fs.String("domain", "cohort", "cluster name; nodes of other domains are ignored")
 		key       = fs.String("key", "", "cluster key, base64 of 16, 24 or 32 bytes; empty means no encryption")
@@ -183,6 +185,9 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	if c.DrainTime, err = time.ParseDuration(*drain); err != nil || c.DrainTime < 0 {
 		return nil, bad("drain-time", *drain, "a duration of 0 or more, such as 3s")
 	}
+	if c.LargeSession, err = parseSize(*large); err != nil {
+		return nil, bad("large-session", *large, "a size such as 65536, 256KiB or 1MiB, or off")
+	}
 	if c.Cookie == "" || strings.ContainsAny(c.Cookie, " =;,\t") {
 		return nil, bad("cookie", c.Cookie, "a cookie name such as JSESSIONID")
 	}
@@ -201,6 +206,29 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 		return nil, bad("log-format", *logFormat, "text or json")
 	}
 	return c, nil
+}
+
+// parseSize parses a byte count with an optional KiB or MiB suffix; "off"
+// is -1.
+func parseSize(s string) (int, error) {
+	if s == "off" {
+		return -1, nil
+	}
+	mult := 1
+	for _, u := range []struct {
+		suffix string
+		mult   int
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}} {
+		if strings.HasSuffix(s, u.suffix) {
+			s, mult = strings.TrimSuffix(s, u.suffix), u.mult
+			break
+		}
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n <= 0 || n > (1<<31-1)/mult {
+		return 0, fmt.Errorf("bad size %q", s)
+	}
+	return n * mult, nil
 }
 
 func validPort(s string, zeroOK bool) bool {
@@ -238,6 +266,7 @@ func (c *config) clusterConfig(logger *slog.Logger) manager.ClusterConfig {
 	m.MaxInactive = c.SessionTimeout
 	m.Logger = logger
 	m.Backups = c.Backups
+	m.LargeSession = c.LargeSession
 	_ = m.Mode.UnmarshalText([]byte(c.SendMode)) // validated by parseFlags
 	return cc
 }
@@ -259,7 +288,7 @@ func (c *config) LogValue() slog.Value {
 		slog.String("multicast", orOff(c.Multicast)), slog.Duration("frequency", c.Frequency),
 		slog.Duration("drop_time", c.DropTime), slog.String("manager", c.Manager),
 		slog.Int("backups", c.Backups), slog.String("send_mode", c.SendMode),
-		slog.Duration("session_timeout", c.SessionTimeout), slog.Duration("drain_time", c.DrainTime), slog.String("cookie", c.Cookie),
+		slog.Duration("session_timeout", c.SessionTimeout), slog.Duration("drain_time", c.DrainTime), slog.Int("large_session", c.LargeSession), slog.String("cookie", c.Cookie),
 		slog.String("domain", c.Domain), slog.Any("key", c.Key),
 	)
 }

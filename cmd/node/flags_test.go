@@ -67,6 +67,8 @@ func TestParseFlagsErrors(t *testing.T) {
 		{[]string{"-frequency", "1s", "-drop-time", "1500ms"}, nil, "-drop-time"},
 		{[]string{"-manager", "redis"}, nil, "-manager"},
 		{[]string{"-backups", "-1"}, nil, "-backups"},
+		{[]string{"-large-session", "12GB"}, nil, "-large-session"},
+		{[]string{"-drain-time", "-1s"}, nil, "-drain-time"},
 		{[]string{"-send-mode", "fire"}, nil, "-send-mode"},
 		{[]string{"-session-timeout", "1"}, nil, "-session-timeout"},
 		{[]string{"-cookie", "a b"}, nil, "-cookie"},
