@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cohort-cluster/cohort/membership"
@@ -80,6 +82,9 @@ type ClusterConfig struct {
 	// finds a peer first fetches every session from it (Delta). Default
 	// 2 × Membership.Frequency, at least 1s.
 	JoinWait time.Duration
+	// ConnectWait bounds how long a node that has its sessions waits, before
+	// it reports ready, for every peer to connect to it. Default 3s.
+	ConnectWait time.Duration
 }
 
 // DefaultClusterConfig returns a Delta cluster with the default membership,
@@ -89,8 +94,16 @@ func DefaultClusterConfig() ClusterConfig {
 		Kind:        KindDelta,
 		Manager:     DefaultBackupConfig(),
 		Membership:  membership.DefaultConfig(),
-		Replication: replication.DefaultConfig(),
+		Replication: replicationDefaults(),
 	}
+}
+
+// replicationDefaults are replication's defaults with no address, so that
+// StartCluster derives it from the gossip address.
+func replicationDefaults() replication.Config {
+	rc := replication.DefaultConfig()
+	rc.Addr = ""
+	return rc
 }
 
 // Cluster is one node of a Cohort cluster: membership, the replication
@@ -115,6 +128,10 @@ type Cluster struct {
 	down     chan struct{} // closed by Drain or Close: not ready any more
 	downOnce sync.Once
 
+	readyMu    sync.Mutex
+	readySince time.Time   // when the state transfer was first seen done
+	inbound    atomic.Bool // every peer connected to this node once ready
+
 	// lost records, for members removed while alive elsewhere (failed,
 	// not left), the start time of the incarnation that was lost. When the
 	// same incarnation comes back, the two sides were partitioned and
@@ -135,6 +152,9 @@ func StartCluster(cfg ClusterConfig) (*Cluster, error) {
 	}
 	if cfg.JoinWait <= 0 {
 		cfg.JoinWait = max(2*mc.Frequency, time.Second)
+	}
+	if cfg.ConnectWait <= 0 {
+		cfg.ConnectWait = 3 * time.Second
 	}
 	log := mc.Logger
 	if log == nil {
@@ -229,6 +249,11 @@ func StartCluster(cfg ClusterConfig) (*Cluster, error) {
 	return c, nil
 }
 
+// catchUpMargin widens the window of changes sent to a new peer, for
+// clock skew between nodes (a revision's time is its committing node's
+// clock, a member's start time its own).
+const catchUpMargin = 5 * time.Second
+
 // replicationAddr is the default replication address: the gossip host and
 // port + 1000 (port 0 stays 0).
 func replicationAddr(bind string) (string, error) {
@@ -266,7 +291,41 @@ func (c *Cluster) Ready() bool {
 		return false
 	default:
 	}
-	return c.repl == nil || c.repl.Ready()
+	if c.repl == nil {
+		return true
+	}
+	if !c.repl.Ready() {
+		return false
+	}
+	if c.inbound.Load() {
+		return true
+	}
+	// The first time only: every live peer must also have connected to
+	// this node, so that no change it commits after the state transfer
+	// passes this node by (a change to an unreachable peer is not queued;
+	// the peer is caught up when it connects). A peer that cannot connect
+	// delays readiness by ConnectWait at most.
+	c.readyMu.Lock()
+	defer c.readyMu.Unlock()
+	if c.readySince.IsZero() {
+		c.readySince = time.Now()
+	}
+	senders := c.ch.Senders()
+	missing := ""
+	for _, r := range c.ch.Peers() {
+		if !slices.Contains(senders, r) {
+			missing = r
+			break
+		}
+	}
+	if missing == "" || time.Since(c.readySince) > c.cfg.ConnectWait {
+		if missing != "" {
+			c.log.Warn("ready although a peer has not connected to this node", "peer", missing, "waited", c.cfg.ConnectWait)
+		}
+		c.inbound.Store(true)
+		return true
+	}
+	return false
 }
 
 // Lookup returns the session this node holds under id (or an alias of
@@ -354,19 +413,24 @@ func (c *Cluster) syncPeers() {
 		}
 	}
 	for r, a := range want {
+		c.ch.AddPeer(r, a) // when known: only reconnects at once if it was down
 		if have[r] != a {
-			c.ch.AddPeer(r, a)
 			changed = true
-			if started, ok := c.lost[r]; ok {
+			started := members[r].Meta.Started
+			since := started.Add(-catchUpMargin) // a new node: what changed since it started
+			if lost, ok := c.lost[r]; ok {
 				delete(c.lost, r)
-				if started.Equal(members[r].Meta.Started) && c.repl.Ready() {
+				if lost.Equal(started) {
 					c.log.Info("partition healed: exchanging sessions", "peer", r)
-					c.wg.Add(1)
-					go func() {
-						defer c.wg.Done()
-						c.repl.resync(r)
-					}()
+					since = time.Time{} // the same node, cut off: everything
 				}
+			}
+			if c.repl.Ready() {
+				c.wg.Add(1)
+				go func() {
+					defer c.wg.Done()
+					c.repl.catchUp(r, since)
+				}()
 			}
 		}
 	}

@@ -925,15 +925,32 @@ func (m *replicated) serveSync(peer string) {
 // overflowed, or it was unreachable for a while). The peer keeps, for each
 // session, the greater revision, so a copy it no longer needs is harmless.
 func (m *replicated) resync(peer string) {
+	m.catchUp(peer, time.Time{})
+}
+
+// catchUp sends peer a full copy of every session it should hold that was
+// changed at or after since (all of them when since is zero).
+//
+// A joining node fetches every session from one peer, but the others add
+// it as a peer only when membership tells them, a moment later: a change
+// committed on another node in between would not reach it, and it would
+// serve a stale copy after a failover. So each node, when it adds a new
+// member as a peer, sends it the sessions changed since that member
+// started (less a margin for clock skew).
+func (m *replicated) catchUp(peer string, since time.Time) {
 	start := time.Now()
+	sinceMs := since.UnixMilli()
 	filter := func(s *Session) bool {
+		if !since.IsZero() && s.Rev().At < sinceMs {
+			return false
+		}
 		if m.backup == nil {
 			return true
 		}
 		return s.ownerRoute() == m.cfg.Route && slices.Contains(m.targets(s), peer)
 	}
-	if n, ok := m.streamTo(peer, kindSyncChunk, filter); ok {
-		m.h.log.Info("peer resynchronised", "peer", peer, "sessions", n, "duration", time.Since(start))
+	if n, ok := m.streamTo(peer, kindSyncChunk, filter); ok && n > 0 {
+		m.h.log.Info("peer caught up", "peer", peer, "sessions", n, "since", since, "duration", time.Since(start))
 	}
 }
 

@@ -329,6 +329,34 @@ func (s *Session) Get(name string) (any, bool) {
 	return a.val, true
 }
 
+// GetCopy returns a copy of an attribute's value, decoded afresh from its
+// wire form: changes made to the copy in place do not reach the session
+// until it is Set. The gorilla/sessions Store hands out such copies, as
+// gorilla's own stores do. A local-only attribute is returned as is.
+func (s *Session) GetCopy(name string) (any, bool) {
+	s.mu.Lock()
+	a, ok := s.attrs.get(name)
+	if !ok {
+		s.mu.Unlock()
+		return nil, false
+	}
+	if s.host.localOnly(name) {
+		v := a.val
+		s.mu.Unlock()
+		return v, true
+	}
+	raw, err := a.wire(s.host.types)
+	s.mu.Unlock()
+	if err == nil {
+		var v any
+		if v, err = s.host.types.decode(raw); err == nil {
+			return v, true
+		}
+	}
+	s.host.log.Warn("unreadable attribute", "session", RedactID(s.ID()), "attribute", name, "err", err)
+	return nil, false
+}
+
 // GetString returns a string attribute; ok is false when it is missing or
 // not a string.
 func (s *Session) GetString(name string) (v string, ok bool) {

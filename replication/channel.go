@@ -144,6 +144,12 @@ func (c *Channel) AddPeer(route, addr string) {
 	old := c.peers[route]
 	if old != nil && old.addr == addr {
 		c.mu.Unlock()
+		// Known: membership saw it (again), so if it is unreachable, it
+		// may be back; try now rather than at the end of the backoff.
+		select {
+		case old.kick <- struct{}{}:
+		default:
+		}
 		return
 	}
 	p := newPeer(c, route, addr)
@@ -170,6 +176,19 @@ func (c *Channel) RemovePeer(route string) {
 		p.close()
 		c.log.Info("replication peer removed", "peer", route)
 	}
+}
+
+// Senders returns the routes of the peers whose own connections to this
+// node are up: the peers this node can receive changes from.
+func (c *Channel) Senders() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]string, 0, len(c.bySender))
+	for r := range c.bySender {
+		out = append(out, r)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // Peers returns the routes of the peers, sorted.

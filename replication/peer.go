@@ -29,6 +29,7 @@ type peer struct {
 	addr  string
 	queue chan *outFrame
 	stop  chan struct{}
+	kick  chan struct{} // capacity 1: try to connect now, not after the backoff
 	once  sync.Once
 	seq   atomic.Uint64
 
@@ -43,7 +44,7 @@ type peer struct {
 
 func newPeer(c *Channel, route, addr string) *peer {
 	return &peer{c: c, route: route, addr: addr, queue: make(chan *outFrame, c.cfg.QueueSize),
-		stop: make(chan struct{}), waiters: make(map[uint64]*outFrame)}
+		stop: make(chan struct{}), kick: make(chan struct{}, 1), waiters: make(map[uint64]*outFrame)}
 }
 
 // enqueue queues f without blocking.
@@ -122,6 +123,9 @@ func (p *peer) run() {
 			select {
 			case <-p.stop:
 				return
+			case <-p.kick:
+				backoff = 20 * time.Millisecond
+				continue
 			case <-time.After(jitter(backoff)):
 			}
 			backoff = min(2*backoff, p.c.cfg.MaxBackoff)

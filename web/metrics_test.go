@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net/http"
+	"net/http/cookiejar"
 	"net/http/httptest"
 	"regexp"
 	"strconv"
@@ -16,11 +18,10 @@ import (
 	"github.com/cohort-cluster/cohort/web"
 )
 
-// TestMetricsReportTheCluster scrapes a node of a 2-node Delta cluster
-// after a replicated write and checks the figures operators graph.
-func TestMetricsReportTheCluster(t *testing.T) {
-	leaktest.Check(t)
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+// twoNodes starts a 2-node Delta cluster on 127.0.0.1 and waits until
+// both are ready and connected.
+func twoNodes(t *testing.T, quiet *slog.Logger) []*manager.Cluster {
+	t.Helper()
 	var nodes []*manager.Cluster
 	for _, route := range []string{"n1", "n2"} {
 		cfg := manager.DefaultClusterConfig()
@@ -45,6 +46,15 @@ func TestMetricsReportTheCluster(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	return nodes
+}
+
+// TestMetricsReportTheCluster scrapes a node of a 2-node Delta cluster
+// after a replicated write and checks the figures operators graph.
+func TestMetricsReportTheCluster(t *testing.T) {
+	leaktest.Check(t)
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	nodes := twoNodes(t, quiet)
 	ctx := context.Background()
 	m := nodes[0].Manager()
 	s, _ := m.Create(ctx)
@@ -97,5 +107,60 @@ func TestMetricsReportTheCluster(t *testing.T) {
 		if v := value(c.series); !c.ok(v) {
 			t.Errorf("%s = %v", c.series, v)
 		}
+	}
+}
+
+// TestStoreReplicatesInPlaceChanges changes a value of a gorilla session
+// in place, as gorilla handlers do with slices and maps, and checks that
+// the change reaches the other node.
+func TestStoreReplicatesInPlaceChanges(t *testing.T) {
+	leaktest.Check(t)
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	nodes := twoNodes(t, quiet)
+	wc := web.DefaultConfig()
+	wc.Route, wc.Logger = "n1", quiet
+	store, err := web.NewStore(nodes[0].Manager(), wc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var id string
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s, _ := store.Get(r, "s")
+		if list, ok := s.Values["list"].([]string); ok {
+			list[0] = "changed" // in place
+		} else {
+			s.Values["list"] = []string{"first"}
+		}
+		if err := s.Save(r, w); err != nil {
+			t.Error(err)
+		}
+		id = s.ID
+	})
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	jar, _ := cookiejar.New(nil)
+	c := &http.Client{Jar: jar}
+	for range 2 {
+		resp, err := c.Get(srv.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got := ""
+		if s := nodes[1].Lookup(id); s != nil {
+			if v, ok := manager.Attr[[]string](s, "list"); ok {
+				got = v[0]
+			}
+		}
+		if got == "changed" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node 2 holds %q, want the in-place change", got)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

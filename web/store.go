@@ -63,8 +63,11 @@ func (st *Store) New(r *http.Request, name string) (*sessions.Session, error) {
 		return gs, nil // unknown or expired: a new session
 	}
 	gs.ID, gs.IsNew = s.ID(), false
+	// Copies: a handler that changes a value in place (a map, a slice, a
+	// struct through a pointer) changes only its copy, so Save sees the
+	// difference and replicates it.
 	for _, k := range s.Names() {
-		if v, ok := s.Get(k); ok {
+		if v, ok := s.GetCopy(k); ok {
 			gs.Values[k] = v
 		}
 	}
@@ -119,7 +122,10 @@ func (st *Store) Save(r *http.Request, w http.ResponseWriter, gs *sessions.Sessi
 		}
 	}
 	if err := m.Commit(ctx, s); err != nil {
-		return err
+		// Committed here; some peer did not confirm (it just died, or
+		// timed out). As with the middleware, the request goes on.
+		st.ss.commitErrors.Add(1)
+		st.ss.log.Warn("session commit not confirmed by every peer", "session", manager.RedactID(s.ID()), "err", err)
 	}
 	gs.ID, gs.IsNew = s.ID(), false
 	http.SetCookie(w, sessions.NewCookie(gs.Name(), gs.ID, gs.Options))

@@ -208,6 +208,21 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	return c, nil
 }
 
+// advertisedHTTP is the HTTP address peers are told: the listen address,
+// or, when it listens on all interfaces, the gossip IP with the HTTP port.
+func advertisedHTTP(httpAddr, bind string) string {
+	host, port, err := net.SplitHostPort(httpAddr)
+	if err != nil {
+		return httpAddr
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		if bindIP, _, err := net.SplitHostPort(bind); err == nil && !net.ParseIP(bindIP).IsUnspecified() {
+			return net.JoinHostPort(bindIP, port)
+		}
+	}
+	return httpAddr
+}
+
 // parseSize parses a byte count with an optional KiB or MiB suffix; "off"
 // is -1.
 func parseSize(s string) (int, error) {
@@ -243,7 +258,7 @@ func (c *config) membershipConfig(logger *slog.Logger) membership.Config {
 	m.Domain = c.Domain
 	m.BindAddr = c.Bind
 	m.ReplicationAddr = c.Replication
-	m.HTTPAddr = c.HTTP
+	m.HTTPAddr = advertisedHTTP(c.HTTP, c.Bind)
 	m.Manager = c.Manager
 	m.Join = c.Join
 	m.MulticastAddr = c.Multicast
