@@ -54,7 +54,7 @@ ProxyPassReverse "/" "balancer://cohort/"
 
 // apacheBinary finds httpd: Debian's apache2 or a plain httpd. In CI it
 // must be there (.ci/run installs it); elsewhere the test skips.
-func apacheBinary(t *testing.T) (bin, modules string) {
+func apacheBinary(t testing.TB) (bin, modules string) {
 	t.Helper()
 	for _, c := range []struct{ bin, mods string }{
 		{"/usr/sbin/apache2", "/usr/lib/apache2/modules"},
@@ -77,7 +77,7 @@ func apacheBinary(t *testing.T) (bin, modules string) {
 // healthCheck, httpd probes each node's /readyz every second
 // (mod_proxy_hcheck) and opens a backend connection per request, as
 // examples/rolling-restart/httpd-balancer.conf does.
-func startApache(t *testing.T, nodes []nodeSpec, healthCheck bool) string {
+func startApache(t testing.TB, nodes []nodeSpec, healthCheck bool) string {
 	t.Helper()
 	bin, modules := apacheBinary(t)
 	dir := t.TempDir()
@@ -211,7 +211,7 @@ func doCounter(c *http.Client, req *http.Request) (hit, error) {
 }
 
 // waitReady polls /readyz of p.
-func waitReady(t *testing.T, p *proc) {
+func waitReady(t testing.TB, p *proc) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {

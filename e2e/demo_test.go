@@ -11,7 +11,7 @@ import (
 
 // freeRange returns a port base such that base..base+23 are free on
 // 127.0.0.1, for scripts that lay their ports out from a base.
-func freeRange(t *testing.T) int {
+func freeRange(t testing.TB) int {
 	t.Helper()
 	for range 20 {
 		base := 20000 + freePort(t)%20000

@@ -24,7 +24,7 @@ var (
 )
 
 // nodeBinary builds cmd/node once per test run.
-func nodeBinary(t *testing.T) string {
+func nodeBinary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "cohort-e2e-")
@@ -45,7 +45,7 @@ func nodeBinary(t *testing.T) string {
 }
 
 // freePort returns a port free on 127.0.0.1 for both TCP and UDP.
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	for range 50 {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -78,7 +78,7 @@ type nodeSpec struct {
 	netns                   string // network namespace to run in, if any
 }
 
-func newSpecs(t *testing.T, n int) []nodeSpec {
+func newSpecs(t testing.TB, n int) []nodeSpec {
 	specs := make([]nodeSpec, n)
 	for i := range specs {
 		specs[i] = nodeSpec{
@@ -100,7 +100,7 @@ func seeds(specs []nodeSpec) string {
 }
 
 // startNode starts a node with fast failure detection and no multicast.
-func startNode(t *testing.T, sp nodeSpec, join string, extra ...string) *proc {
+func startNode(t testing.TB, sp nodeSpec, join string, extra ...string) *proc {
 	t.Helper()
 	args := append([]string{
 		"-route", sp.route, "-http", sp.http, "-bind", sp.bind, "-replication", sp.repl,
@@ -176,7 +176,7 @@ func states(p *proc) (map[string]string, error) {
 }
 
 // waitState polls until each of procs reports route in state want.
-func waitState(t *testing.T, route, want string, procs ...*proc) {
+func waitState(t testing.TB, route, want string, procs ...*proc) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for _, p := range procs {
@@ -195,7 +195,7 @@ func waitState(t *testing.T, route, want string, procs ...*proc) {
 
 // startThree starts node1..node3 on free ports, seeded with each other,
 // and waits until each sees all three alive.
-func startThree(t *testing.T, extra ...string) (specs []nodeSpec, join string, n1, n2, n3 *proc) {
+func startThree(t testing.TB, extra ...string) (specs []nodeSpec, join string, n1, n2, n3 *proc) {
 	t.Helper()
 	specs = newSpecs(t, 3)
 	join = seeds(specs)
