@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/cookiejar"
@@ -44,25 +45,40 @@ func nodeBinary(t testing.TB) string {
 	return binPath
 }
 
-// freePort returns a port free on 127.0.0.1 for both TCP and UDP.
+// freePort returns a port free on 127.0.0.1 for both TCP and UDP, below
+// the kernel's ephemeral range (32768 and up on Linux). Nodes restart on
+// the same ports; a port of the ephemeral range, once released, can be
+// taken meanwhile by any outgoing connection of the tests running in
+// parallel, while ports below it are only ever handed out here.
 func freePort(t testing.TB) int {
 	t.Helper()
-	for range 50 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
+	portMu.Lock()
+	defer portMu.Unlock()
+	for range 200 {
+		port := 10000 + rand.IntN(22000)
+		if portsUsed[port] {
+			continue
 		}
-		port := l.Addr().(*net.TCPAddr).Port
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
 		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
 		_ = l.Close()
 		if err == nil {
 			_ = u.Close()
+			portsUsed[port] = true
 			return port
 		}
 	}
 	t.Fatal("no free port")
 	return 0
 }
+
+var (
+	portMu    sync.Mutex
+	portsUsed = map[int]bool{} // handed out in this test process
+)
 
 // proc is one running cohort-node.
 type proc struct {

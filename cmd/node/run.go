@@ -10,6 +10,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
+	"syscall"
 	"time"
 
 	"github.com/cohort-cluster/cohort/manager"
@@ -37,7 +39,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return fmt.Errorf("listen on -http %s: %w", cfg.HTTP, err)
 	}
 	_ = probe.Close()
-	cluster, err := manager.StartCluster(cfg.clusterConfig(logger))
+	cluster, err := startCluster(ctx, cfg, logger)
 	if err != nil {
 		return err
 	}
@@ -115,6 +117,29 @@ func newLogger(cfg *config, w io.Writer) *slog.Logger {
 		h = slog.NewJSONHandler(w, opts)
 	}
 	return slog.New(h)
+}
+
+// startCluster starts the node's cluster. A port still held, as when the
+// previous process of a restarted node has closed its HTTP port but not
+// yet left the cluster, is retried for up to 15 s.
+func startCluster(ctx context.Context, cfg *config, logger *slog.Logger) (*manager.Cluster, error) {
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		c, err := manager.StartCluster(cfg.clusterConfig(logger))
+		if err == nil || !addrInUse(err) || time.Now().After(deadline) {
+			return c, err
+		}
+		logger.Warn("a port is still in use; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func addrInUse(err error) bool {
+	return errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use")
 }
 
 // status is the body of GET /cluster/status.
