@@ -12,8 +12,9 @@ import (
 
 // Errors returned by managers.
 var (
-	ErrNotFound = errors.New("manager: session not found")
-	ErrClosed   = errors.New("manager: closed")
+	ErrNotFound        = errors.New("manager: session not found")
+	ErrClosed          = errors.New("manager: closed")
+	ErrTooManySessions = errors.New("manager: too many sessions (Config.MaxSessions)")
 )
 
 // Manager is what every manager kind offers the web layer. All methods are
@@ -78,6 +79,10 @@ type Config struct {
 	// File is where the Standard manager saves its sessions on Close and
 	// loads them from on start. Empty means no persistence.
 	File string
+	// MaxSessions bounds the sessions a node holds, as Tomcat's
+	// maxActiveSessions: Create fails with ErrTooManySessions, counted as
+	// rejected, when it is reached. Zero means no limit.
+	MaxSessions int
 	// LargeSession is the size of a committed change, in bytes, above
 	// which a warning is logged: large sessions slow replication and state
 	// transfers. Zero means 256 KiB; negative turns the warning off.

@@ -444,3 +444,30 @@ func TestDeltaPartitionHealsToOneRevision(t *testing.T) {
 		t.Error("the change discarded on b was not counted")
 	}
 }
+
+// TestMaxSessionsRejects refuses sessions beyond Config.MaxSessions and
+// counts them, as Tomcat's maxActiveSessions and rejectedSessions.
+func TestMaxSessionsRejects(t *testing.T) {
+	leaktest.Check(t)
+	net := newMemNet()
+	cfg := DefaultDeltaConfig()
+	cfg.Route, cfg.MaxSessions = "a", 2
+	cfg.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	m, err := NewDelta(cfg, net.transport("a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = m.Close(bg); net.close() }()
+	_ = m.Sync(bg)
+	for range 2 {
+		if _, err := m.Create(bg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := m.Create(bg); !errors.Is(err, ErrTooManySessions) {
+		t.Errorf("third Create = %v, want ErrTooManySessions", err)
+	}
+	if st := m.Stats(); st.Rejected != 1 || st.MaxActive != 2 {
+		t.Errorf("rejected %d, max active %d; want 1, 2", st.Rejected, st.MaxActive)
+	}
+}

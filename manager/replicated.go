@@ -95,7 +95,7 @@ type deltaCounters struct {
 	replicated, received, conflicts, resyncs, fullsSent atomic.Int64
 	sendErrors, malformed, transfers, transferFailures  atomic.Int64
 	transferNanos, created, expired, invalidated        atomic.Int64
-	maxActive, aliveMax, aliveSum, aliveCount           atomic.Int64
+	maxActive, aliveMax, aliveSum, aliveCount, rejected atomic.Int64
 	sweepNanos                                          atomic.Int64
 	sent, recv                                          [numKinds]atomic.Int64 // messages by kind
 }
@@ -148,6 +148,7 @@ type Stats struct {
 	Expired          int64
 	Invalidated      int64
 	MaxActive        int64            // most sessions held at once
+	Rejected         int64            // sessions refused by Config.MaxSessions
 	AliveMax         time.Duration    // longest life of a destroyed session
 	AliveAvg         time.Duration    // average life of destroyed sessions
 	SweepTime        time.Duration    // time spent sweeping expired sessions, in all
@@ -208,7 +209,7 @@ func (m *replicated) Stats() Stats {
 		SendErrors: c.sendErrors.Load(), Malformed: c.malformed.Load(), Transfers: c.transfers.Load(),
 		TransferFailures: c.transferFailures.Load(), LastTransfer: time.Duration(c.transferNanos.Load()),
 		Created: c.created.Load(), Expired: c.expired.Load(), Invalidated: c.invalidated.Load(),
-		MaxActive: c.maxActive.Load(), AliveMax: time.Duration(c.aliveMax.Load()), SweepTime: time.Duration(c.sweepNanos.Load()),
+		MaxActive: c.maxActive.Load(), Rejected: c.rejected.Load(), AliveMax: time.Duration(c.aliveMax.Load()), SweepTime: time.Duration(c.sweepNanos.Load()),
 		Sent: make(map[string]int64), ReceivedByKind: make(map[string]int64),
 	}
 	if n := c.aliveCount.Load(); n > 0 {
@@ -308,6 +309,10 @@ func (m *replicated) setReady() {
 func (m *replicated) Create(ctx context.Context) (*Session, error) {
 	if m.closed.Load() {
 		return nil, ErrClosed
+	}
+	if m.cfg.MaxSessions > 0 && m.st.count() >= m.cfg.MaxSessions {
+		m.stats.rejected.Add(1)
+		return nil, ErrTooManySessions
 	}
 	s := m.st.newSession(m.cfg.Route, m.cfg.MaxInactive)
 	s.setOwner(m.cfg.Route)

@@ -88,6 +88,9 @@ func (m *Standard) Create(ctx context.Context) (*Session, error) {
 	if m.closed.Load() {
 		return nil, ErrClosed
 	}
+	if m.cfg.MaxSessions > 0 && m.st.count() >= m.cfg.MaxSessions {
+		return nil, ErrTooManySessions
+	}
 	s := m.st.newSession(m.cfg.Route, m.cfg.MaxInactive)
 	m.h.fire(func(l Listener) {
 		if l.Created != nil {

@@ -34,6 +34,7 @@ type config struct {
 	SessionTimeout time.Duration
 	DrainTime      time.Duration
 	LargeSession   int // bytes; a committed change larger than this is logged
+	MaxSessions    int
 	Cookie         string
 	Domain         string
 	Key            membership.Key
@@ -81,6 +82,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 		timeout   = fs.String("session-timeout", "30m", "session max inactive interval")
 		drain     = fs.String("drain-time", "0s", "on SIGTERM, how long to report not ready while still serving, before closing HTTP")
 		large     = fs.String("large-session", "256KiB", "log a warning for session changes larger than this (bytes, KiB or MiB), or off")
+		maxSess   = fs.String("max-sessions", "0", "most sessions a node holds; creating more fails (0: no limit)")
 		cookie    = fs.String("cookie", "JSESSIONID", "session cookie name")
 		domain    = fs.String("domain", "cohort", "cluster name; nodes of other domains are ignored")
 		key       = fs.String("key", "", "cluster key, base64 of 16, 24 or 32 bytes; empty means no encryption")
@@ -185,6 +187,9 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	if c.DrainTime, err = time.ParseDuration(*drain); err != nil || c.DrainTime < 0 {
 		return nil, bad("drain-time", *drain, "a duration of 0 or more, such as 3s")
 	}
+	if c.MaxSessions, err = strconv.Atoi(*maxSess); err != nil || c.MaxSessions < 0 {
+		return nil, bad("max-sessions", *maxSess, "a whole number of at least 0, such as 100000")
+	}
 	if c.LargeSession, err = parseSize(*large); err != nil {
 		return nil, bad("large-session", *large, "a size such as 65536, 256KiB or 1MiB, or off")
 	}
@@ -282,6 +287,7 @@ func (c *config) clusterConfig(logger *slog.Logger) manager.ClusterConfig {
 	m.Logger = logger
 	m.Backups = c.Backups
 	m.LargeSession = c.LargeSession
+	m.MaxSessions = c.MaxSessions
 	_ = m.Mode.UnmarshalText([]byte(c.SendMode)) // validated by parseFlags
 	return cc
 }
