@@ -46,6 +46,10 @@ func startHAProxy(tb testing.TB, nodes []nodeSpec) string {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 		log.Close()
+		if dir := os.Getenv("COHORT_DEBUG_FAILOVER"); dir != "" {
+			b, _ := os.ReadFile(filepath.Join(filepath.Dir(conf), "haproxy.log"))
+			_ = os.WriteFile(filepath.Join(dir, "haproxy.log"), b, 0o644)
+		}
 	})
 	base := "http://127.0.0.1:" + strconv.Itoa(port)
 	deadline := time.Now().Add(15 * time.Second)
@@ -178,6 +182,10 @@ func failoverKills(b *testing.B, lb string, kills int) {
 		for _, r := range []string{"node1", "node2", "node3"} {
 			waitState(b, r, "alive", procs["node1"], procs["node2"], procs["node3"])
 		}
+		// One failure at a time: the balancer sees the node back (HAProxy
+		// checks every 500 ms; httpd retries a member in error after 1 s)
+		// before the next kill.
+		time.Sleep(1200 * time.Millisecond)
 	}
 	close(stop)
 	<-done
