@@ -17,6 +17,12 @@
 //     backups placed by rendezvous hashing; a node asked for a session it
 //     lacks fetches it from its holders and becomes its primary.
 //
+// [StartCluster] runs a node: membership, the replication channel and the
+// manager, wired together (peers follow the live members, a joining node
+// fetches its sessions before it is ready, new members are caught up,
+// partitioned nodes exchange sessions when they meet again, and Close
+// drains, flushes, hands off and leaves). It is what cmd/node runs.
+//
 // Delta and Backup send through a [Transport] (the replication channel)
 // and receive through their Receive method.
 //

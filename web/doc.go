@@ -1,5 +1,6 @@
 // Package web is Cohort's HTTP side: the session middleware with its route
-// binder, a gorilla/sessions Store, and the cluster WebSocket hub.
+// binder, a gorilla/sessions Store, the cluster WebSocket hub, and a node's
+// Prometheus metrics and live dashboard.
 //
 // # Overview
 //
@@ -15,7 +16,12 @@
 // the middleware.
 //
 // [Store] implements gorilla/sessions' Store over the same managers, for
-// applications written against gorilla/sessions.
+// applications written against gorilla/sessions. It hands handlers copies
+// of the values, so a value changed in place is seen as changed by Save.
+//
+// [Metrics] exports a node's figures in the Prometheus format, read from
+// the counters at scrape time; [Dashboard] serves the live page at
+// /cluster/. Both are listed in docs/operations.md.
 //
 // # Semantics
 //
