@@ -37,7 +37,11 @@ func (t channelTransport) Peers() []string { return t.ch.Peers() }
 const streamWindow = 4
 
 func (t channelTransport) openStream(peer string) (chunkStream, error) {
-	return t.ch.OpenStream(peer, MsgType, streamWindow)
+	s, err := t.ch.OpenStream(peer, MsgType, streamWindow)
+	if err != nil {
+		return nil, err // not a nil *Stream in a non-nil interface
+	}
+	return s, nil
 }
 
 // streamOpener is implemented by transports that can stream messages to

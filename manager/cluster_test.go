@@ -11,6 +11,7 @@ import (
 
 	"github.com/cohort-cluster/cohort/internal/leaktest"
 	"github.com/cohort-cluster/cohort/membership"
+	"github.com/cohort-cluster/cohort/replication"
 )
 
 // realCluster runs Clusters on 127.0.0.1 with real membership and real
@@ -256,5 +257,24 @@ func TestClusterGracefulCloseIsALeave(t *testing.T) {
 	}
 	if _, err := StartCluster(ClusterConfig{Kind: "nosuch", Membership: membership.DefaultLocalConfig()}); !errors.As(err, new(*ConfigError)) {
 		t.Errorf("unknown kind: %v", err)
+	}
+}
+
+// TestStreamToAnUnknownPeer opens a stream to a peer the channel does not
+// know (it left meanwhile): the error comes back and no nil stream hides in
+// a non-nil interface.
+func TestStreamToAnUnknownPeer(t *testing.T) {
+	leaktest.Check(t)
+	rc := replication.DefaultConfig()
+	rc.Route, rc.Addr = "n1", "127.0.0.1:0"
+	ch, err := replication.New(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	for _, tr := range []streamOpener{channelTransport{ch}, countingTransport{Transport: channelTransport{ch}, c: &deltaCounters{}}} {
+		if s, err := tr.openStream("gone"); err == nil || s != nil {
+			t.Errorf("openStream to an unknown peer = %v, %v; want nil and an error", s, err)
+		}
 	}
 }

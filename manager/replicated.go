@@ -1014,7 +1014,9 @@ func (m *replicated) streamTo(peer string, k kind, filter func(*Session) bool) (
 			// transport has them, with a window of chunks in flight.
 			if err = m.sendPatiently(peer, msg); err == nil {
 				if o, ok := m.t.(streamOpener); ok {
-					stream, _ = o.openStream(peer)
+					if s, err := o.openStream(peer); err == nil {
+						stream = s
+					}
 				}
 			}
 		}
