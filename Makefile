@@ -16,11 +16,11 @@ build: ## build bin/cohort-node
 run: build ## start a 3-node cluster on 127.0.0.1:8081-8083; Ctrl-C stops all three
 	examples/local/run.sh bin/cohort-node
 
-test: ## go vet, then every test with the race detector (unit, cluster, fuzz seeds, e2e)
+test: ## go vet, then every test with the race detector (unit, cluster, fuzz seeds, e2e), never cached: e2e builds the node itself
 	@if [ "$$($(GO) env CGO_ENABLED)" != 1 ] || ! command -v "$$($(GO) env CC)" >/dev/null; then \
 		echo '*** make test: -race needs cgo and a C compiler (gcc); install gcc and set CGO_ENABLED=1' >&2; exit 1; fi
 	$(GO) vet $(PKGS)
-	$(GO) test -race -timeout 20m $(PKGS)
+	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 
 bench: ## side-by-side benchmarks; results go in docs/benchmarks.md
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -timeout 60m $(PKGS)
