@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cohort-cluster/cohort/internal/testcluster"
 	"github.com/cohort-cluster/cohort/manager"
-	"github.com/cohort-cluster/cohort/membership"
 	"github.com/cohort-cluster/cohort/web"
 	"go.uber.org/goleak"
 )
@@ -142,53 +142,12 @@ func benchStandard(b *testing.B, cleanup func(func()), log *slog.Logger) *manage
 	return m
 }
 
-// benchDeltaCluster starts a Delta cluster in ack mode on 127.0.0.1, with
-// real membership and replication channels, and waits until every node is
-// ready and sees the others as channel peers.
+// benchDeltaCluster starts a Delta cluster in ack mode (testcluster.Start).
 func benchDeltaCluster(b *testing.B, cleanup func(func()), log *slog.Logger, routes ...string) []*manager.Cluster {
 	b.Helper()
-	var nodes []*manager.Cluster
-	cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		for _, c := range nodes {
-			_ = c.Close(ctx)
-		}
-	})
-	for _, r := range routes {
-		cfg := manager.DefaultClusterConfig()
-		cfg.Kind = manager.KindDelta
-		cfg.Manager.Mode = manager.Ack
-		cfg.Membership = membership.DefaultLocalConfig()
-		cfg.Membership.Route = r
-		cfg.Membership.Logger = log
-		for _, c := range nodes {
-			cfg.Membership.Join = append(cfg.Membership.Join, c.Membership().Addr().String())
-		}
-		cfg.Replication.Addr = "127.0.0.1:0"
-		cfg.JoinWait = 300 * time.Millisecond
-		c, err := manager.StartCluster(cfg)
-		if err != nil {
-			b.Fatal(err)
-		}
-		nodes = append(nodes, c)
-	}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		ok := true
-		for _, c := range nodes {
-			if !c.Ready() || len(c.Channel().Peers()) != len(nodes)-1 {
-				ok = false
-			}
-		}
-		if ok {
-			return nodes
-		}
-		if time.Now().After(deadline) {
-			b.Fatalf("cluster %v not ready with %d peers each after 20s", routes, len(nodes)-1)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	return testcluster.Start(b, cleanup, log, func(c *manager.ClusterConfig) {
+		c.Kind, c.Manager.Mode = manager.KindDelta, manager.Ack
+	}, routes...)
 }
 
 // benchServer is an httptest.Server and a client tuned to keep one

@@ -13,40 +13,15 @@ import (
 	"time"
 
 	"github.com/cohort-cluster/cohort/internal/leaktest"
+	"github.com/cohort-cluster/cohort/internal/testcluster"
 	"github.com/cohort-cluster/cohort/manager"
-	"github.com/cohort-cluster/cohort/membership"
 	"github.com/cohort-cluster/cohort/web"
 )
 
-// twoNodes starts a 2-node Delta cluster on 127.0.0.1 and waits until
-// both are ready and connected.
+// twoNodes starts a 2-node Delta cluster (testcluster.Start).
 func twoNodes(t *testing.T, quiet *slog.Logger) []*manager.Cluster {
 	t.Helper()
-	var nodes []*manager.Cluster
-	for _, route := range []string{"n1", "n2"} {
-		cfg := manager.DefaultClusterConfig()
-		cfg.Membership = membership.DefaultLocalConfig()
-		cfg.Membership.Route, cfg.Membership.Logger = route, quiet
-		for _, n := range nodes {
-			cfg.Membership.Join = append(cfg.Membership.Join, n.Membership().Addr().String())
-		}
-		cfg.Replication.Addr = "127.0.0.1:0"
-		cfg.JoinWait = 300 * time.Millisecond
-		c, err := manager.StartCluster(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = c.Close(context.Background()) })
-		nodes = append(nodes, c)
-	}
-	deadline := time.Now().Add(20 * time.Second)
-	for !nodes[0].Ready() || !nodes[1].Ready() || len(nodes[0].Channel().Peers()) != 1 || len(nodes[1].Channel().Peers()) != 1 {
-		if time.Now().After(deadline) {
-			t.Fatal("cluster did not form")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return nodes
+	return testcluster.Start(t, nil, quiet, nil, "n1", "n2")
 }
 
 // TestMetricsReportTheCluster scrapes a node of a 2-node Delta cluster
