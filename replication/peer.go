@@ -5,6 +5,7 @@ import (
 	"crypto/hmac"
 	"fmt"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -284,6 +285,12 @@ func (p *peer) writeLoop(conn net.Conn, seal *sealer, readerDone chan error) err
 		_ = conn.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout))
 		if err := write(f); err != nil {
 			return err
+		}
+		if len(p.queue) == 0 {
+			// A send wakes this goroutine next, ahead of the other
+			// requests already runnable: let them queue their frames
+			// first, so that one write carries them all.
+			runtime.Gosched()
 		}
 	drain:
 		for bw.Buffered() < 256<<10 {
