@@ -174,8 +174,9 @@ func (h *host) fromFull(f Full) *Session {
 
 // apply applies a delta received from a peer. It returns ErrVersionGap,
 // changing nothing, unless the delta was made from this session's exact
-// revision. Listeners fire when notify is true.
+// revision. Attribute listeners fire when notify is true.
 func (s *Session) apply(d Change, notify bool) error {
+	notify = notify && s.host.attrListeners.Load()
 	s.mu.Lock()
 	if d.Base != s.rev || d.Rev.N != d.Base.N+1 {
 		have := s.rev
@@ -205,6 +206,9 @@ func (s *Session) apply(d Change, notify bool) error {
 			old, had = s.attrs.del(op.Name)
 		} else {
 			old, had = s.attrs.set(op.Name, attr{raw: op.Value})
+		}
+		if !notify {
+			continue
 		}
 		c := change{name: op.Name}
 		if had {

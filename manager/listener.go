@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"regexp"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -48,6 +49,9 @@ type host struct {
 	local     *regexp.Regexp // attribute names that are never replicated; nil: none
 	mu        sync.RWMutex   // guards listeners
 	listeners []Listener
+	// attrListeners says whether a listener has an attribute callback:
+	// without one, a replica need not decode the values a change carries.
+	attrListeners atomic.Bool
 	// notifyReplicated says whether listeners hear about changes received
 	// from peers (Config.NotifyOnReplication).
 	notifyReplicated bool
@@ -77,4 +81,7 @@ func (h *host) addListener(l Listener) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.listeners = append(h.listeners[:len(h.listeners):len(h.listeners)], l)
+	if l.AttributeAdded != nil || l.AttributeReplaced != nil || l.AttributeRemoved != nil {
+		h.attrListeners.Store(true)
+	}
 }
