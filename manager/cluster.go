@@ -30,6 +30,10 @@ func (t channelTransport) Send(ctx context.Context, to []string, msg []byte, mod
 	return t.ch.Send(ctx, to, MsgType, msg, mode)
 }
 
+func (t channelTransport) sendWithin(ctx context.Context, timeout time.Duration, to []string, msg []byte, mode SendMode) error {
+	return t.ch.SendWithin(ctx, timeout, to, MsgType, msg, mode)
+}
+
 func (t channelTransport) Peers() []string { return t.ch.Peers() }
 
 // streamWindow is how many state transfer chunks may await their

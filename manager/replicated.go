@@ -64,7 +64,7 @@ type replicated struct {
 	cfg DeltaConfig
 	h   *host
 	st  *store
-	t   Transport
+	t   countingTransport
 
 	stop   chan struct{}
 	wg     sync.WaitGroup
@@ -120,6 +120,25 @@ func (t countingTransport) Send(ctx context.Context, to []string, msg []byte, mo
 	if len(msg) > 0 {
 		t.c.sent[kindIndex(msg[0])].Add(1)
 	}
+	return t.Transport.Send(ctx, to, msg, mode)
+}
+
+// withinSender is a Transport that bounds a send's wait without a
+// context of its own, which costs each request a timer, a lock and
+// allocations.
+type withinSender interface {
+	sendWithin(ctx context.Context, timeout time.Duration, to []string, msg []byte, mode SendMode) error
+}
+
+func (t countingTransport) sendWithin(ctx context.Context, timeout time.Duration, to []string, msg []byte, mode SendMode) error {
+	if len(msg) > 0 {
+		t.c.sent[kindIndex(msg[0])].Add(1)
+	}
+	if w, ok := t.Transport.(withinSender); ok {
+		return w.sendWithin(ctx, timeout, to, msg, mode)
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
 	return t.Transport.Send(ctx, to, msg, mode)
 }
 
@@ -400,12 +419,13 @@ func (m *replicated) warnLarge(s *Session, size int) {
 
 // send sends with the send timeout and counts failures.
 func (m *replicated) send(ctx context.Context, to []string, msg []byte, mode SendMode) error {
-	if mode != Async {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, m.cfg.SendTimeout)
-		defer cancel()
+	var err error
+	if mode == Async {
+		err = m.t.Send(ctx, to, msg, mode)
+	} else {
+		err = m.t.sendWithin(ctx, m.cfg.SendTimeout, to, msg, mode)
 	}
-	if err := m.t.Send(ctx, to, msg, mode); err != nil {
+	if err != nil {
 		m.stats.sendErrors.Add(1)
 		return err
 	}
@@ -1013,10 +1033,8 @@ func (m *replicated) streamTo(peer string, k kind, filter func(*Session) bool) (
 			// reachable; the rest go through a stream, when the
 			// transport has them, with a window of chunks in flight.
 			if err = m.sendPatiently(peer, msg); err == nil {
-				if o, ok := m.t.(streamOpener); ok {
-					if s, err := o.openStream(peer); err == nil {
-						stream = s
-					}
+				if s, err := m.t.openStream(peer); err == nil {
+					stream = s
 				}
 			}
 		}

@@ -214,6 +214,32 @@ func (c *Channel) Peers() []string {
 // peer. body must not be modified until Send returns in Ack and Sync modes,
 // or ever in Async mode.
 func (c *Channel) Send(ctx context.Context, to []string, t MsgType, body []byte, mode SendMode) error {
+	var timeout time.Duration
+	if _, ok := ctx.Deadline(); !ok {
+		timeout = c.cfg.SendTimeout
+	}
+	return c.send(ctx, timeout, to, t, body, mode)
+}
+
+// SendWithin is Send whose waits end at ctx's deadline or after timeout,
+// whichever comes first. It costs a request path less than a context with
+// a timeout of its own.
+func (c *Channel) SendWithin(ctx context.Context, timeout time.Duration, to []string, t MsgType, body []byte, mode SendMode) error {
+	if timeout <= 0 {
+		return c.Send(ctx, to, t, body, mode)
+	}
+	return c.send(ctx, timeout, to, t, body, mode)
+}
+
+// closedTime is a closed channel: a timeout that has passed.
+var closedTime = func() <-chan time.Time {
+	c := make(chan time.Time)
+	close(c)
+	return c
+}()
+
+// send waits until ctx is done, or timeout has passed unless it is 0.
+func (c *Channel) send(ctx context.Context, timeout time.Duration, to []string, t MsgType, body []byte, mode SendMode) error {
 	if c.closed.Load() {
 		return ErrClosed
 	}
@@ -252,10 +278,11 @@ func (c *Channel) Send(ctx context.Context, to []string, t MsgType, body []byte,
 	if len(frames) == 0 {
 		return errors.Join(errs...)
 	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.cfg.SendTimeout)
-		defer cancel()
+	var expired <-chan time.Time // nil: no timeout of its own
+	if timeout > 0 {
+		t := time.NewTimer(timeout)
+		defer t.Stop()
+		expired = t.C
 	}
 	op := "ack"
 	if mode == Sync {
@@ -270,6 +297,10 @@ func (c *Channel) Send(ctx context.Context, to []string, t MsgType, body []byte,
 		case <-ctx.Done():
 			f.peer.forget(f)
 			errs = append(errs, &PeerError{Peer: f.peer.route, Op: op, Err: ctx.Err()})
+		case <-expired:
+			expired = closedTime // the frames after this one are late too
+			f.peer.forget(f)
+			errs = append(errs, &PeerError{Peer: f.peer.route, Op: op, Err: context.DeadlineExceeded})
 		case <-c.stop:
 			errs = append(errs, &PeerError{Peer: f.peer.route, Op: op, Err: ErrClosed})
 		}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -517,4 +518,48 @@ func TestReplayIsRejected(t *testing.T) {
 	_ = a.Close()
 	ln.Close()
 	<-proxyDone
+}
+
+// TestSendTimeouts: a peer whose handler does not return fails a Sync
+// send after SendWithin's timeout, after Config.SendTimeout for a context
+// without a deadline, and at the context's own deadline when it is the
+// earlier one; a peer that answers in time is no error.
+func TestSendTimeouts(t *testing.T) {
+	leaktest.Check(t)
+	release := make(chan struct{})
+	defer close(release)
+	cb := testConfig(t, "b")
+	b := newChannel(t, cb)
+	b.Handle(testType, func(from string, body []byte) error {
+		if string(body) == "stall" {
+			<-release
+		}
+		return nil
+	})
+	cc := testConfig(t, "c")
+	c := newChannel(t, cc)
+	c.Handle(testType, func(string, []byte) error { return nil })
+	ca := testConfig(t, "a")
+	ca.SendTimeout = 200 * time.Millisecond
+	a := newChannel(t, ca)
+	a.AddPeer("b", b.Addr().String())
+	a.AddPeer("c", c.Addr().String())
+	if err := a.SendWithin(context.Background(), 5*time.Second, nil, testType, []byte("ok"), Sync); err != nil {
+		t.Fatalf("SendWithin to answering peers: %v", err)
+	}
+	late := func(what string, err error) {
+		t.Helper()
+		var pe *PeerError
+		if !errors.As(err, &pe) || pe.Peer != "b" || !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("%s: err = %v, want b's DeadlineExceeded", what, err)
+		}
+		if strings.Contains(err.Error(), " c: ") {
+			t.Fatalf("%s: c answered but is in the error: %v", what, err)
+		}
+	}
+	late("SendWithin 100ms", a.SendWithin(context.Background(), 100*time.Millisecond, nil, testType, []byte("stall"), Sync))
+	late("Send, no deadline", a.Send(context.Background(), nil, testType, []byte("stall"), Sync))
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	late("SendWithin 1h, context 100ms", a.SendWithin(ctx, time.Hour, nil, testType, []byte("stall"), Sync))
 }
