@@ -2,16 +2,13 @@ package web_test
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
-	"runtime"
-	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/cohort-cluster/cohort/internal/httpload"
 	"github.com/cohort-cluster/cohort/internal/testcluster"
 	"github.com/cohort-cluster/cohort/manager"
 	"github.com/cohort-cluster/cohort/web"
@@ -28,22 +25,22 @@ const benchClients = 96
 // benchBody is the small fixed body every benchmark handler writes.
 var benchBody = []byte("ok\n")
 
-// noSessionRPS is the req/s of the no-session case, measured first in the
-// same run (its last, longest round); the other cases report their ratio
-// to it, and none when it did not run.
-var noSessionRPS float64
+// baselineTime is how long the no-session handler is measured before and
+// after each case's round, for the case's ratio.
+const baselineTime = 500 * time.Millisecond
 
 // BenchmarkMiddleware measures requests/s over real loopback HTTP through
 // the session middleware, side by side: the bare handler, the Standard
 // manager, and node 1 of a 3-node Delta cluster in ack mode whose peers
 // are real nodes over real replication channels. "read" handlers read the
 // session attribute count, "write" handlers increment it. Each client
-// goroutine holds its own session. x-no-session is a case's req/s over the
-// no-session req/s of the same run. Goal: delta-3-ack/write ≥ 0.8x.
+// goroutine holds its own session. x-no-session is a case's req/s over
+// the no-session handler's, measured for half a second just before and
+// just after the case's round (their mean), so that the machine's drift
+// over a run does not enter the ratio. Goal: delta-3-ack/write ≥ 0.8x.
 //
-//	go test -run '^$' -bench Middleware -benchtime 2s ./web/
+//	go test -run '^$' -bench Middleware -benchtime 2s -count 3 ./web/
 func BenchmarkMiddleware(b *testing.B) {
-	noSessionRPS = 0
 	leaks := goleak.IgnoreCurrent()
 	b.Cleanup(func() { goleak.VerifyNone(b, leaks) })
 	quiet := slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -52,56 +49,46 @@ func BenchmarkMiddleware(b *testing.B) {
 	// sub-benchmark's own cleanups run after each of its b.N rounds. They
 	// are started on first use, so a -bench filter skips their cost; a
 	// sub-benchmark fails its own b, and registers cleanups on the parent.
-	var standardSrv, deltaSrv *benchServer
-	standardServer := func(sb *testing.B) *benchServer {
+	bare := httpload.Start(b.Cleanup, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write(benchBody)
+	}), benchClients, "JSESSIONID")
+	var standardSrv, deltaSrv *httpload.Server
+	standardServer := func(sb *testing.B) *httpload.Server {
 		if standardSrv == nil {
 			m := benchStandard(sb, b.Cleanup, quiet)
-			standardSrv = newBenchServer(b.Cleanup, sessionsHandler(sb, m, "node1", quiet))
+			standardSrv = httpload.Start(b.Cleanup, sessionsHandler(sb, m, "node1", quiet), benchClients, "JSESSIONID")
 		}
 		return standardSrv
 	}
-	deltaServer := func(sb *testing.B) *benchServer {
+	deltaServer := func(sb *testing.B) *httpload.Server {
 		if deltaSrv == nil {
 			nodes := benchDeltaCluster(sb, b.Cleanup, quiet, "n1", "n2", "n3")
-			deltaSrv = newBenchServer(b.Cleanup, sessionsHandler(sb, nodes[0].Manager(), "n1", quiet))
+			deltaSrv = httpload.Start(b.Cleanup, sessionsHandler(sb, nodes[0].Manager(), "n1", quiet), benchClients, "JSESSIONID")
 		}
 		return deltaSrv
 	}
 
 	b.Run("no-session", func(b *testing.B) {
-		srv := newBenchServer(b.Cleanup, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			_, _ = w.Write(benchBody)
-		}))
-		rps := drive(b, srv, "/", "/")
-		// A -bench filter that names only deeper levels still runs this
-		// case once with b.N = 1, unreported: such a round is no baseline.
-		if b.N > 1 {
-			noSessionRPS = rps
-		}
+		bare.Drive(b, "/", "/")
 		b.ReportMetric(1, "x-no-session")
 	})
 	for _, c := range []struct {
 		name   string
-		server func(*testing.B) *benchServer
+		server func(*testing.B) *httpload.Server
 	}{
 		{"standard", standardServer},
 		{"delta-3-ack", deltaServer},
 	} {
-		b.Run(c.name+"/read", func(b *testing.B) {
-			// The first request writes, so the session read holds count.
-			reportRatio(b, drive(b, c.server(b), "/write", "/read"))
-		})
-		b.Run(c.name+"/write", func(b *testing.B) {
-			reportRatio(b, drive(b, c.server(b), "/write", "/write"))
-		})
-	}
-}
-
-// reportRatio reports rps over the no-session req/s of this run, when
-// that case ran.
-func reportRatio(b *testing.B, rps float64) {
-	if noSessionRPS > 0 {
-		b.ReportMetric(rps/noSessionRPS, "x-no-session")
+		for _, op := range []string{"read", "write"} {
+			b.Run(c.name+"/"+op, func(b *testing.B) {
+				// The first request writes, so the session read holds count.
+				srv := c.server(b)
+				_, x := bare.Bracket(b, "/", "/", baselineTime, func() float64 { return srv.Drive(b, "/write", "/"+op) })
+				if x > 0 {
+					b.ReportMetric(x, "x-no-session")
+				}
+			})
+		}
 	}
 }
 
@@ -152,84 +139,4 @@ func benchDeltaCluster(b *testing.B, cleanup func(func()), log *slog.Logger, rou
 	return testcluster.Start(b, cleanup, log, func(c *manager.ClusterConfig) {
 		c.Kind, c.Manager.Mode = manager.KindDelta, manager.Ack
 	}, routes...)
-}
-
-// benchServer is an httptest.Server and a client tuned to keep one
-// loopback connection per client goroutine alive.
-type benchServer struct {
-	srv    *httptest.Server
-	client *http.Client
-}
-
-func newBenchServer(cleanup func(func()), h http.Handler) *benchServer {
-	srv := httptest.NewServer(h)
-	tr := &http.Transport{
-		MaxIdleConns:        4 * benchClients,
-		MaxIdleConnsPerHost: 4 * benchClients,
-		IdleConnTimeout:     time.Minute,
-		DisableCompression:  true,
-	}
-	cleanup(func() {
-		tr.CloseIdleConnections()
-		srv.Close()
-	})
-	return &benchServer{srv: srv, client: &http.Client{Transport: tr}}
-}
-
-// drive runs b.N requests from about benchClients goroutines and reports
-// and returns req/s. Each goroutine sends its first request to first,
-// without a cookie, keeps the session cookie it gets, and sends the rest
-// to path.
-func drive(b *testing.B, srv *benchServer, first, path string) float64 {
-	b.Helper()
-	var failures atomic.Int64
-	var failure atomic.Pointer[error]
-	fail := func(err error) {
-		failures.Add(1)
-		failure.CompareAndSwap(nil, &err)
-	}
-	procs := runtime.GOMAXPROCS(0)
-	b.SetParallelism(max(1, (benchClients+procs-1)/procs))
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		cookie := ""
-		url := srv.srv.URL + first
-		for pb.Next() {
-			req, err := http.NewRequest(http.MethodGet, url, nil)
-			if err != nil {
-				fail(err)
-				return
-			}
-			if cookie != "" {
-				req.Header.Set("Cookie", cookie)
-			}
-			resp, err := srv.client.Do(req)
-			if err != nil {
-				fail(err)
-				continue
-			}
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				fail(fmt.Errorf("%s: status %s", url, resp.Status))
-				continue
-			}
-			if len(resp.Header["Set-Cookie"]) > 0 {
-				for _, c := range resp.Cookies() {
-					if c.Name == "JSESSIONID" {
-						cookie = "JSESSIONID=" + c.Value
-					}
-				}
-			}
-			url = srv.srv.URL + path
-		}
-	})
-	elapsed := b.Elapsed()
-	b.StopTimer()
-	if n := failures.Load(); n > 0 {
-		b.Fatalf("%d of %d requests failed; first: %v", n, b.N, *failure.Load())
-	}
-	rps := float64(b.N) / elapsed.Seconds()
-	b.ReportMetric(rps, "req/s")
-	return rps
 }

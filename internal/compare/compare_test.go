@@ -73,9 +73,9 @@ func TestApp(t *testing.T) {
 // out.
 func TestWritePlot(t *testing.T) {
 	var f figures
-	for _, r := range []figure{{"redis", 10000, 8000}, {"delta-3-ack", 30000, 20000}, {"cookie", 40000, 35000}} {
-		f.set(r.store, "read", r.read)
-		f.set(r.store, "write", r.write)
+	for _, r := range []figure{{"redis", 10000, 8000, 1, 1}, {"delta-3-ack", 30000, 20000, 2.9, 2.4}, {"cookie", 40000, 35000, 0, 0}} {
+		f.set(r.store, "read", r.read, r.readX)
+		f.set(r.store, "write", r.write, r.writeX)
 	}
 	path := filepath.Join(t.TempDir(), "compare.png")
 	if err := writePlot(path, f, "redis"); err != nil {

@@ -12,10 +12,12 @@ import (
 	"gonum.org/v1/plot/vg"
 )
 
-// figure is one store's req/s; zero means the case did not run.
+// figure is one store's req/s and their ratios to the baseline store's
+// measured next to them; zero means the case, or its ratio, did not run.
 type figure struct {
-	store       string
-	read, write float64
+	store         string
+	read, write   float64
+	readX, writeX float64
 }
 
 // figures are the req/s of a run, in the order the stores first ran.
@@ -31,35 +33,31 @@ func (f *figures) row(store string) *figure {
 	return &f.rows[len(f.rows)-1]
 }
 
-func (f *figures) set(store, op string, rps float64) {
+// set records the req/s of store and op, and its ratio x to the baseline.
+func (f *figures) set(store, op string, rps, x float64) {
 	r := f.row(store)
 	if op == "read" {
-		r.read = rps
+		r.read, r.readX = rps, x
 	} else {
-		r.write = rps
+		r.write, r.writeX = rps, x
 	}
 }
 
-// get returns the req/s of store and op, or 0 if it did not run.
-func (f *figures) get(store, op string) float64 {
-	for _, r := range f.rows {
-		if r.store == store {
-			if op == "read" {
-				return r.read
-			}
-			return r.write
-		}
+// get returns the req/s of a figure's op and its ratio to the baseline.
+func (r figure) get(op string) (rps, x float64) {
+	if op == "read" {
+		return r.read, r.readX
 	}
-	return 0
+	return r.write, r.writeX
 }
 
 // writePlot draws f as a bar chart, read and write side by side for each
 // store, each bar labelled with its req/s and its ratio to the baseline
-// store's, and saves it as a PNG at path.
+// store's measured next to it, and saves it as a PNG at path.
 func writePlot(path string, f figures, baseline string) error {
 	p := plot.New()
-	p.Title.Text = "Session requests/s by store: one gorilla/sessions app, loopback HTTP, 24 clients\n" +
-		"(bar labels: req/s and, below it, the ratio to " + baseline + " for the same operation in the same run)"
+	p.Title.Text = "Session requests/s by store: one gorilla/sessions app, loopback HTTP, 96 clients\n" +
+		"(bar labels: req/s and, below it, the ratio to " + baseline + " for the same operation, measured just before and after)"
 	p.Title.TextStyle.Font.Size = vg.Points(12)
 	p.X.Label.Text = "session store (Cohort clusters: 3 in-process nodes, ack mode)"
 	p.Y.Label.Text = "requests/s (higher is better)"
@@ -78,9 +76,10 @@ func writePlot(path string, f figures, baseline string) error {
 		vals := make(plotter.Values, len(f.rows))
 		var lab plotter.XYLabels
 		for j, r := range f.rows {
-			vals[j] = f.get(r.store, op)
-			lab.XYs = append(lab.XYs, plotter.XY{X: float64(j), Y: vals[j]})
-			lab.Labels = append(lab.Labels, barLabel(vals[j], f.get(baseline, op), r.store == baseline))
+			rps, x := r.get(op)
+			vals[j] = rps
+			lab.XYs = append(lab.XYs, plotter.XY{X: float64(j), Y: rps})
+			lab.Labels = append(lab.Labels, barLabel(rps, x, r.store == baseline))
 		}
 		bars, err := plotter.NewBarChart(vals, barWidth)
 		if err != nil {
@@ -140,13 +139,13 @@ func kiloTicks(lo, hi float64) []plot.Tick {
 
 // barLabel is "41.2k" with "2.31x <baseline>" below it when the baseline
 // ran, for every store but the baseline.
-func barLabel(rps, base float64, isBase bool) string {
+func barLabel(rps, x float64, isBase bool) string {
 	if rps == 0 {
 		return "not run"
 	}
 	s := fmt.Sprintf("%.1fk", rps/1000)
-	if base > 0 && !isBase {
-		s += fmt.Sprintf("\n%.2fx", rps/base)
+	if x > 0 && !isBase {
+		s += fmt.Sprintf("\n%.2fx", x)
 	}
 	return s
 }
