@@ -288,12 +288,23 @@ func (c *Channel) send(ctx context.Context, timeout time.Duration, to []string, 
 	if mode == Sync {
 		op = "apply"
 	}
+	answered := func(f *outFrame, err error) {
+		if err != nil {
+			errs = append(errs, &PeerError{Peer: f.peer.route, Op: op, Err: err})
+		}
+	}
 	for _, f := range frames {
+		// An answer already in counts, even past a deadline met while
+		// waiting for an earlier peer.
 		select {
 		case err := <-f.done:
-			if err != nil {
-				errs = append(errs, &PeerError{Peer: f.peer.route, Op: op, Err: err})
-			}
+			answered(f, err)
+			continue
+		default:
+		}
+		select {
+		case err := <-f.done:
+			answered(f, err)
 		case <-ctx.Done():
 			f.peer.forget(f)
 			errs = append(errs, &PeerError{Peer: f.peer.route, Op: op, Err: ctx.Err()})
