@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cohort-cluster/cohort/internal/mpguard"
 	"github.com/vmihailenco/msgpack/v5"
 )
 
@@ -127,8 +128,18 @@ func (t *Types) encode(v any) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// decode reads a value written by encode as the registered type.
-func (t *Types) decode(b []byte) (any, error) {
+// decode reads a value written by encode as the registered type. The
+// bytes come from peers: mpguard checks them first, and a panic of the
+// decoder on malformed input is an error.
+func (t *Types) decode(b []byte) (v any, err error) {
+	if err := mpguard.Check(b); err != nil {
+		return nil, fmt.Errorf("manager: malformed attribute value: %w", err)
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			v, err = nil, fmt.Errorf("manager: malformed attribute value: decoder panicked: %v", r)
+		}
+	}()
 	dec := msgpack.GetDecoder()
 	defer msgpack.PutDecoder(dec)
 	dec.Reset(bytes.NewReader(b))

@@ -60,3 +60,31 @@ func FuzzReceive(f *testing.F) {
 		}
 	})
 }
+
+// TestReceiveRefusesHugeClaims: a peer message whose array header claims
+// billions of elements (msgpack v5.4.1 would allocate them all, and the
+// node would die out of memory) is refused as malformed, for every kind.
+func TestReceiveRefusesHugeClaims(t *testing.T) {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	net := newMemNet()
+	defer net.close()
+	dc := DefaultDeltaConfig()
+	dc.Route, dc.Logger = "n1", quiet
+	d, err := NewDelta(dc, net.transport("n1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close(bg)
+	for k := kind(1); k < numKinds; k++ {
+		if k == kindSyncRequest {
+			continue // no body
+		}
+		msg := []byte{byte(k), 0xdd, 0xff, 0xff, 0xff, 0xff}
+		if err := d.Receive("n2", msg); !errors.Is(err, ErrMalformed) {
+			t.Errorf("kind %d: Receive = %v, want ErrMalformed", k, err)
+		}
+	}
+	if _, err := d.h.types.decode([]byte{0x92, 0xa1, 'x', 0xdd, 0xff, 0xff, 0xff, 0xff}); err == nil {
+		t.Error("attribute value claiming 4G elements decoded")
+	}
+}

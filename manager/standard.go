@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cohort-cluster/cohort/internal/mpguard"
 	"github.com/vmihailenco/msgpack/v5"
 )
 
@@ -282,6 +283,9 @@ func decodeFile(b []byte) ([]Full, error) {
 	body, sum := rest[:len(rest)-4], binary.BigEndian.Uint32(rest[len(rest)-4:])
 	if crc32.ChecksumIEEE(body) != sum {
 		return nil, errors.New("checksum mismatch")
+	}
+	if err := mpguard.Check(body); err != nil {
+		return nil, err
 	}
 	dec := msgpack.NewDecoder(bytes.NewReader(body))
 	n, err := dec.DecodeArrayLen()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/cohort-cluster/cohort/internal/mpguard"
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/cohort-cluster/cohort/replication"
@@ -125,7 +126,7 @@ func encodeMsg(k kind, body any) ([]byte, error) {
 var ErrMalformed = errors.New("manager: malformed message")
 
 func decodeBody(b []byte, v any) error {
-	if err := msgpack.Unmarshal(b, v); err != nil {
+	if err := mpguard.Unmarshal(b, v); err != nil {
 		return fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	return nil

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cohort-cluster/cohort/internal/mpguard"
 	"github.com/vmihailenco/msgpack/v5"
 	"golang.org/x/net/ipv4"
 )
@@ -139,7 +140,7 @@ func DecodeBeacon(p []byte, macKey []byte) (Beacon, error) {
 		}
 	}
 	var w wireBeacon
-	if err := msgpack.Unmarshal(signed[beaconHeaderLen:], &w); err != nil {
+	if err := mpguard.Unmarshal(signed[beaconHeaderLen:], &w); err != nil {
 		return Beacon{}, fmt.Errorf("%w: %v", ErrBeaconMalformed, err)
 	}
 	if w.Domain == "" || w.Route == "" {

@@ -154,6 +154,7 @@ func FuzzDecodeBeacon(f *testing.F) {
 	f.Add(mustEncode(f, testBeacon(), testMACKey), true)
 	f.Add([]byte("COHB\x01\x00\x00\x00"), false)
 	f.Add([]byte("COHB\x01\x01\xff\xff"), true)
+	f.Add([]byte("COHB\x01\x00\x00\x00\x81\xa1d\xdd\xff\xff\xff\xff"), false) // claims 4G elements
 	f.Fuzz(func(t *testing.T, p []byte, keyed bool) {
 		var key []byte
 		if keyed {

@@ -120,6 +120,7 @@ func FuzzDecodeMeta(f *testing.F) {
 	f.Add(seed)
 	f.Add([]byte{0x80})
 	f.Add([]byte{0xc1})
+	f.Add([]byte{0x81, 0xa1, 'x', 0xdd, 0xff, 0xff, 0xff, 0xff}) // claims 4G elements
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := DecodeMeta(b)
 		if err != nil {

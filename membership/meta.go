@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/cohort-cluster/cohort/internal/mpguard"
 	"github.com/hashicorp/memberlist"
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -79,7 +80,7 @@ func DecodeMeta(b []byte) (Meta, error) {
 		return Meta{}, errors.New("membership: empty metadata")
 	}
 	var w wireMeta
-	if err := msgpack.Unmarshal(b, &w); err != nil {
+	if err := mpguard.Unmarshal(b, &w); err != nil {
 		return Meta{}, fmt.Errorf("membership: decode metadata: %w", err)
 	}
 	return Meta{

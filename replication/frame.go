@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/cohort-cluster/cohort/internal/mpguard"
 	"github.com/vmihailenco/msgpack/v5"
 )
 
@@ -198,7 +199,7 @@ func encodeHello(h *hello) ([]byte, error) { return msgpack.Marshal(h) }
 // decodeHello decodes a handshake message.
 func decodeHello(b []byte) (hello, error) {
 	var h hello
-	if err := msgpack.Unmarshal(b, &h); err != nil {
+	if err := mpguard.Unmarshal(b, &h); err != nil {
 		return hello{}, fmt.Errorf("%w: hello: %v", ErrMalformed, err)
 	}
 	if h.Version != ProtocolVersion {

@@ -84,6 +84,7 @@ func FuzzDecodeHello(f *testing.F) {
 	b, _ := encodeHello(&hello{Version: ProtocolVersion, Domain: "cohort", Route: "node1", Nonce: make([]byte, nonceSize), MAC: make([]byte, 32)})
 	f.Add(b)
 	f.Add([]byte{0x95, 0x01})
+	f.Add([]byte{0x95, 0x01, 0xdd, 0xff, 0xff, 0xff, 0xff}) // claims 4G elements
 	f.Fuzz(func(t *testing.T, in []byte) {
 		h, err := decodeHello(in)
 		if err != nil {
