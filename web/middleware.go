@@ -157,8 +157,8 @@ func (ss *Sessions) requestID(r *http.Request) (*http.Request, string) {
 	if c, err := r.Cookie(ss.cfg.CookieName); err == nil && c.Value != "" {
 		id = c.Value
 	}
-	param := ";" + strings.ToLower(ss.cfg.CookieName) + "="
-	if i := strings.Index(strings.ToLower(r.URL.Path), param); i >= 0 {
+	param := ";" + ss.cfg.CookieName + "="
+	if i := indexFoldASCII(r.URL.Path, param); i >= 0 {
 		rest := r.URL.Path[i+len(param):]
 		end := strings.IndexAny(rest, ";/")
 		if end < 0 {
@@ -173,6 +173,35 @@ func (ss *Sessions) requestID(r *http.Request) (*http.Request, string) {
 		r = r2
 	}
 	return r, id
+}
+
+// indexFoldASCII is the index of the first instance of sub in s, ASCII
+// letters matched regardless of case, or -1. Unlike searching
+// strings.ToLower(s), its index is a byte offset into s even when s is not
+// valid UTF-8 (ToLower turns each invalid byte into three).
+func indexFoldASCII(s, sub string) int {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if equalFoldASCII(s[i:i+len(sub)], sub) {
+			return i
+		}
+	}
+	return -1
+}
+
+func equalFoldASCII(a, b string) bool {
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
 }
 
 // find looks a session up and, unless route binding is off, rebinds an id
