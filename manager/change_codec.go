@@ -275,3 +275,75 @@ func readOps(d *msgpack.Decoder) ([]Op, error) {
 	}
 	return ops, nil
 }
+
+var _ msgpack.CustomDecoder = (*Full)(nil)
+
+// fullFields are the field names of Full, by index.
+var fullFields = []string{"i", "r", "c", "a", "m", "p", "t"}
+
+// DecodeMsgpack reads f as reflection would from the map its struct tags
+// describe (Full is written by reflection), but refuses an extension
+// where the attribute map belongs: msgpack's own map decoding skips an
+// extension header and reads the bytes after it as a map header, which
+// lets a few bytes claim a million entries that mpguard.Check, reading
+// them as the extension they are, cannot see.
+func (f *Full) DecodeMsgpack(d *msgpack.Decoder) error {
+	*f = Full{}
+	err := readStruct(d, fullFields, func(i int) (err error) {
+		switch i {
+		case 0:
+			f.ID, err = d.DecodeString()
+		case 1:
+			err = readRev(d, &f.Rev)
+		case 2:
+			f.Created, err = d.DecodeInt64()
+		case 3:
+			f.Access, err = d.DecodeInt64()
+		case 4:
+			f.MaxInactive, err = d.DecodeInt64()
+		case 5:
+			f.Principal, err = d.DecodeString()
+		case 6:
+			f.Attrs, err = readAttrs(d)
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("decode session: %w", err)
+	}
+	return nil
+}
+
+// maxAttrsPrealloc bounds the room made for a session's attributes before
+// they are read.
+const maxAttrsPrealloc = 64
+
+// readAttrs reads a map of attribute names to wire values; nil reads as
+// nil.
+func readAttrs(d *msgpack.Decoder) (map[string][]byte, error) {
+	c, err := d.PeekCode()
+	if err != nil {
+		return nil, err
+	}
+	if c == msgpcode.Nil {
+		return nil, d.DecodeNil()
+	}
+	if !msgpcode.IsFixedMap(c) && c != msgpcode.Map16 && c != msgpcode.Map32 {
+		return nil, fmt.Errorf("msgpack: attributes are not a map (code 0x%x)", c)
+	}
+	n, err := d.DecodeMapLen()
+	if err != nil {
+		return nil, err
+	}
+	attrs := make(map[string][]byte, min(n, maxAttrsPrealloc))
+	for range n {
+		name, err := d.DecodeString()
+		if err != nil {
+			return nil, err
+		}
+		if attrs[name], err = d.DecodeBytes(); err != nil {
+			return nil, err
+		}
+	}
+	return attrs, nil
+}

@@ -3,8 +3,10 @@ package manager
 import (
 	"bytes"
 	"reflect"
+	"runtime"
 	"testing"
 
+	"github.com/cohort-cluster/cohort/internal/mpguard"
 	"github.com/vmihailenco/msgpack/v5"
 )
 
@@ -93,9 +95,10 @@ func TestChangeCodecRefusesArrayForm(t *testing.T) {
 	}
 }
 
-// FuzzChangeCodec checks the codec against reflection on any input: what
-// the codec reads, reflection reads the same; what it reads, it writes
-// back as reflection would.
+// FuzzChangeCodec checks the codec against reflection on any input that
+// passes mpguard.Check, as everything from the wire must: what the codec
+// reads, reflection reads the same; what it reads, it writes back as
+// reflection would.
 func FuzzChangeCodec(f *testing.F) {
 	for _, c := range codecSamples()[:4] {
 		b, _ := msgpack.Marshal(&c)
@@ -103,6 +106,9 @@ func FuzzChangeCodec(f *testing.F) {
 	}
 	f.Add([]byte{0x81, 0xa1, 0x6f, 0xdd, 0xff, 0xff, 0xff, 0xff}) // ops claiming 4G entries
 	f.Fuzz(func(t *testing.T, b []byte) {
+		if mpguard.Check(b) != nil {
+			return // refused before any decoder sees it, as on the wire
+		}
 		var got Change
 		if err := msgpack.Unmarshal(b, &got); err != nil {
 			return
@@ -161,5 +167,63 @@ func BenchmarkChangeCodec(b *testing.B) {
 				b.ReportMetric(ns/refNs, "x-reflection")
 			}
 		})
+	}
+}
+
+// reflectedFull is Full without its decoder.
+type reflectedFull Full
+
+// FuzzFullDecoder checks Full's decoder against reflection: what it reads,
+// reflection reads the same. Seeds include the extension-wrapped map that
+// made msgpack's own map decoding allocate a million entries.
+func FuzzFullDecoder(f *testing.F) {
+	for _, s := range []Full{
+		{},
+		{ID: "abc.n1", Rev: Rev{N: 3, At: 5, Node: "n1"}, Created: 1, Access: 2, MaxInactive: 1800000, Principal: "bob",
+			Attrs: map[string][]byte{"cart": {0x92, 0xa1, 'x', 0x01}, "gone": nil}},
+	} {
+		b, err := msgpack.Marshal(reflectedFull(s))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte{0x81, 0xa1, 't', 0xd4, 0x30, 0xdf, 0x30, 0x30, 0x30, 0x30})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if mpguard.Check(b) != nil {
+			return // refused before any decoder sees it, as on the wire
+		}
+		var got Full
+		if err := msgpack.Unmarshal(b, &got); err != nil {
+			return
+		}
+		var ref reflectedFull
+		if err := msgpack.Unmarshal(b, &ref); err != nil {
+			t.Fatalf("decoder read %+v from %x, reflection refused it: %v", got, b, err)
+		}
+		if len(got.Attrs) == 0 && len(ref.Attrs) == 0 {
+			got.Attrs, ref.Attrs = nil, nil
+		}
+		if !reflect.DeepEqual(got, Full(ref)) {
+			t.Fatalf("from %x: decoder read %+v, reflection read %+v", b, got, ref)
+		}
+	})
+}
+
+// TestFullDecoderRefusesWrappedMap: attributes sent as an extension
+// followed by a map header claiming 808 million entries are refused
+// without allocating for them.
+func TestFullDecoderRefusesWrappedMap(t *testing.T) {
+	b := []byte{0x81, 0xa1, 't', 0xd4, 0x30, 0xdf, 0x30, 0x30, 0x30, 0x30}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	var f Full
+	err := msgpack.Unmarshal(b, &f)
+	runtime.ReadMemStats(&after)
+	if err == nil {
+		t.Fatalf("decoded %+v", f)
+	}
+	if got := after.TotalAlloc - before.TotalAlloc; got > 64<<10 {
+		t.Errorf("refusing it allocated %d bytes", got)
 	}
 }

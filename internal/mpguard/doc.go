@@ -13,4 +13,14 @@
 // takes at least one byte), a length that runs past the end, and nesting
 // deeper than MaxDepth. A value that passes decodes into at most one
 // element per input byte. Unmarshal is Check, then msgpack.Unmarshal.
+//
+// One case escapes Check: where msgpack expects a typed map (a Go map, not
+// an interface), it skips an extension's header and reads the bytes after
+// it as the map's header, so an extension that Check walked as opaque data
+// can claim entries. msgpack caps such a map at a million entries (about
+// 100 MB for a map of strings to bytes) and fails at the first entry
+// missing. Cohort's own messages carry one typed map, a session's
+// attributes, and their decoder refuses an extension there; an
+// application's attribute type with a map field decodes through msgpack
+// and keeps this bounded exposure to its peers.
 package mpguard
