@@ -103,9 +103,9 @@ func (s *Session) commit() (Change, bool) {
 		pr := s.principal
 		d.Principal = &pr
 	}
-	for name, raw := range p.ops {
-		d.Ops = append(d.Ops, Op{Name: name, Value: raw})
-		if a, ok := s.attrs.get(name); ok && a.val != nil {
+	d.Ops = p.ops
+	for _, op := range d.Ops {
+		if a, ok := s.attrs.get(op.Name); ok && a.val != nil {
 			a.raw = nil // the value stays; full copies re-encode it
 		}
 	}

@@ -389,7 +389,7 @@ func (m *replicated) Commit(ctx context.Context, s *Session) error {
 	if m.backup == nil {
 		s.setOwner(m.cfg.Route) // Delta: the primary is the node that last changed it
 	}
-	msg, err := encodeMsg(kindChange, &c)
+	msg, err := encodeChange(&c)
 	if err != nil {
 		return err
 	}

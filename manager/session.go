@@ -129,7 +129,8 @@ func (a *attr) wire(t *Types) ([]byte, error) {
 // pending is what changed since the last Commit: the last operation per
 // attribute, and the session-level fields.
 type pending struct {
-	ops         map[string][]byte // the new wire form; nil: removed
+	ops         []Op           // the last operation per attribute: its new wire form, nil when removed
+	index       map[string]int // position in ops by name, once ops is long
 	principal   bool
 	maxInactive bool
 	touched     bool
@@ -529,9 +530,32 @@ func (s *Session) Remove(name string) error {
 	return nil
 }
 
+// indexAt is how many operations a request keeps before it indexes
+// them by name: a request changes one or a few attributes, and a short
+// slice costs less than a map.
+const indexAt = 16
+
 func (p *pending) op(name string, raw []byte) {
-	if p.ops == nil {
-		p.ops = make(map[string][]byte)
+	if p.index != nil {
+		if i, ok := p.index[name]; ok {
+			p.ops[i].Value = raw
+			return
+		}
+	} else {
+		for i := range p.ops {
+			if p.ops[i].Name == name {
+				p.ops[i].Value = raw
+				return
+			}
+		}
 	}
-	p.ops[name] = raw
+	p.ops = append(p.ops, Op{Name: name, Value: raw})
+	if len(p.ops) == indexAt {
+		p.index = make(map[string]int, 2*indexAt)
+		for i, o := range p.ops {
+			p.index[o.Name] = i
+		}
+	} else if p.index != nil {
+		p.index[name] = len(p.ops) - 1
+	}
 }

@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"fmt"
 	"errors"
 	"log/slog"
 	"reflect"
@@ -170,6 +171,43 @@ func TestDeltaCarriesLastOperationPerAttribute(t *testing.T) {
 	v, _ := testHost(t).types.decode(d.Ops[0].Value)
 	if got := v.(*cart).Items["plum"]; got != 2 {
 		t.Errorf("replicated cart has plum=%d, want 2", got)
+	}
+}
+
+// TestDeltaOfManyAttributes: past the length at which a request's
+// operations are indexed by name, each attribute still carries only its
+// last operation, and the delta applies to a replica.
+func TestDeltaOfManyAttributes(t *testing.T) {
+	h := testHost(t)
+	s := newStore(h, 0).newSession("node1", time.Hour)
+	d0, _ := s.commit()
+	replica := h.fromFull(Full{ID: s.ID(), Rev: d0.Rev})
+	const n = 3 * indexAt
+	for round := range 3 {
+		for i := range n {
+			_ = s.Set(fmt.Sprintf("k%02d", i), round*100+i)
+		}
+	}
+	for i := 0; i < n; i += 2 {
+		_ = s.Remove(fmt.Sprintf("k%02d", i))
+	}
+	d, ok := s.commit()
+	if !ok || len(d.Ops) != n {
+		t.Fatalf("delta has %d ops, want %d", len(d.Ops), n)
+	}
+	for i, op := range d.Ops {
+		if want := fmt.Sprintf("k%02d", i); op.Name != want || (op.Value == nil) != (i%2 == 0) {
+			t.Fatalf("op %d = %s (removed %v), want %s removed %v", i, op.Name, op.Value == nil, want, i%2 == 0)
+		}
+	}
+	if err := replica.apply(d, false); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		v, ok := replica.Get(fmt.Sprintf("k%02d", i))
+		if i%2 == 0 && ok || i%2 == 1 && (!ok || fmt.Sprint(v) != fmt.Sprint(200+i)) {
+			t.Fatalf("replica k%02d = %v, %v", i, v, ok)
+		}
 	}
 }
 
