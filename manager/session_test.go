@@ -1,8 +1,8 @@
 package manager
 
 import (
-	"fmt"
 	"errors"
+	"fmt"
 	"log/slog"
 	"reflect"
 	"regexp"
