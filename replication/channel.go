@@ -243,7 +243,8 @@ func (c *Channel) send(ctx context.Context, timeout time.Duration, to []string, 
 	if c.closed.Load() {
 		return ErrClosed
 	}
-	var targets []*peer
+	var small [8]*peer // a cluster's peers, most often: no allocation
+	targets := small[:0]
 	var errs []error
 	c.mu.Lock()
 	if to == nil {
@@ -262,8 +263,11 @@ func (c *Channel) send(ctx context.Context, timeout time.Duration, to []string, 
 	c.mu.Unlock()
 
 	frames := make([]*outFrame, 0, len(targets))
-	for _, p := range targets {
-		f := &outFrame{typ: t, mode: mode, body: body, queued: time.Now()}
+	all := make([]outFrame, len(targets)) // one allocation for every peer's frame
+	now := time.Now()
+	for i, p := range targets {
+		f := &all[i]
+		*f = outFrame{typ: t, mode: mode, body: body, queued: now}
 		if mode != Async {
 			f.done = make(chan error, 1)
 		}
