@@ -278,3 +278,34 @@ func TestStreamToAnUnknownPeer(t *testing.T) {
 		}
 	}
 }
+
+// TestClusterSurvivesHugeClaims: a peer's messages whose array headers
+// claim billions of elements (which msgpack alone would allocate, killing
+// the node out of memory) arrive over a real channel, are refused and
+// counted as malformed, and the node goes on replicating from that peer.
+func TestClusterSurvivesHugeClaims(t *testing.T) {
+	leaktest.Check(t)
+	rc := newRealCluster(t, KindDelta, "n1", "n2")
+	ctx := context.Background()
+	n1, n2 := rc.nodes["n1"], rc.nodes["n2"]
+	for _, k := range []kind{kindTouch, kindSyncChunk, kindHandoff, kindFull, kindChange} {
+		msg := []byte{byte(k), 0xdd, 0xff, 0xff, 0xff, 0xff}
+		err := n2.Channel().Send(ctx, []string{"n1"}, MsgType, msg, replication.Sync)
+		var re *replication.RemoteError
+		if !errors.As(err, &re) || !strings.Contains(re.Msg, "malformed") {
+			t.Fatalf("kind %d: Send = %v, want n1's malformed-message error", k, err)
+		}
+	}
+	if got := n1.Stats().Malformed; got != 5 {
+		t.Errorf("n1 counted %d malformed messages, want 5", got)
+	}
+	s, err := n2.Manager().Create(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = s.Set("count", int64(7))
+	if err := n2.Manager().Commit(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "n1 to hold n2's session", func() bool { return holding(rc, s.ID(), 7) == 2 })
+}
