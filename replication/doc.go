@@ -18,7 +18,9 @@
 // [Channel.Send] has three modes ([SendMode]): Async returns once the frame
 // is queued; Ack once the peer's receiver has read it; Sync once the peer's
 // handler has returned, its error included. Every wait is bounded by the
-// context or Config.SendTimeout. Frames from one sender to one receiver are
+// context or Config.SendTimeout; [Channel.SendWithin] takes the bound as an
+// argument, which costs a request path less than a context with a timeout
+// of its own. Frames from one sender to one receiver are
 // handled in send order, whatever their modes. [Stream] sends long
 // sequences with a window of unacknowledged frames.
 //
@@ -33,8 +35,10 @@
 // # Concurrency
 //
 // A Channel is safe for concurrent use. Each peer has one writer goroutine
-// draining a bounded queue (frames queued together go out in one write)
-// and one goroutine reading its answers; each inbound connection has one
+// draining a bounded queue (frames queued together go out in one write;
+// woken by a send, the writer first yields once, so that the other
+// requests already runnable queue theirs) and one goroutine reading its
+// answers; each inbound connection has one
 // goroutine that reads frames, calls handlers and writes acks and replies.
 // Handlers of one sender run one at a time; a slow handler delays only that
 // sender's frames.
