@@ -49,6 +49,12 @@
 // in place. Committing a request that only read the session replicates
 // nothing; its access time travels in a batch with the next sweep.
 //
+// Every peer message is checked before it is decoded (internal/mpguard:
+// no container claiming more elements than bytes remain, no nesting deeper
+// than 64); a Change, sent on every write, and a Full, which carries a
+// session's attribute map, have decoders of their own; a malformed message
+// is counted, logged and refused, and the node keeps serving.
+//
 // Expiry: every node sweeps its sessions every SweepInterval, after
 // sending its batched access times, so a session expires on every node
 // within one sweep interval of the others. An expiry is replicated with the
