@@ -1,123 +1,60 @@
 package main
 
 import (
-	"bytes"
-	_ "embed"
-	"fmt"
-	"html/template"
 	"net/http"
-	"slices"
 
+	"github.com/cohort-cluster/cohort/examples/internal/shop"
 	"github.com/gorilla/sessions"
 )
 
-// Product is one item of the catalogue.
-type Product struct {
-	ID    string
-	Name  string
-	Price int // in cents
-}
+// Cart is the cart kept in the session (examples/internal/shop, shared
+// with the stdlib example).
+type Cart = shop.Cart
 
-// products returns the catalogue, in display order.
-func products() []Product {
-	return []Product{
-		{ID: "beans", Name: "Espresso beans, 1 kg", Price: 2450},
-		{ID: "grinder", Name: "Burr grinder", Price: 8900},
-		{ID: "kettle", Name: "Gooseneck kettle", Price: 4500},
-		{ID: "filters", Name: "Paper filters, 100", Price: 650},
-	}
-}
-
-// Cart is a shopper's cart: the products picked and how many of each, in
-// the order they were first added. The session holds it as a value under
-// "cart"; main.go registers the type with the cluster, so it reads back as
-// a Cart on every node.
-type Cart struct {
-	Lines []Line
-}
-
-// Line is one product in a Cart.
-type Line struct {
-	Product string // Product.ID
-	Qty     int
-}
-
-// With returns the cart with one more of product, leaving c unchanged.
-// Values taken from a session are treated as read-only: the value in
-// session.Values is the one this node's session holds, and Save replicates
-// only values that differ from it, so a Cart changed in place would be
-// saved on this node alone.
-func (c Cart) With(product string) Cart {
-	lines := slices.Clone(c.Lines)
-	for i := range lines {
-		if lines[i].Product == product {
-			lines[i].Qty++
-			return Cart{Lines: lines}
-		}
-	}
-	return Cart{Lines: append(lines, Line{Product: product, Qty: 1})}
-}
-
-// Items returns how many items the cart holds.
-func (c Cart) Items() int {
-	n := 0
-	for _, l := range c.Lines {
-		n += l.Qty
-	}
-	return n
-}
-
-//go:embed shop.html
-var shopHTML string
-
-// shop serves the pages. It keeps nothing between requests: the cart is in
-// the session, so any node can serve any request.
-type shop struct {
-	store    sessions.Store
-	route    string
-	products []Product
-	page     *template.Template
+// cartShop serves the pages. It keeps nothing between requests: the cart
+// is in the session, so any node can serve any request. Save replicates
+// only the values that differ from what the session holds, which is why
+// the handlers store a new Cart (Cart.With) rather than change one in
+// place.
+type cartShop struct {
+	store sessions.Store
+	route string
 }
 
 // newShop returns the shop's handler. The handlers use store as any
 // gorilla/sessions application does, so it may be web.NewStore's store
 // (sessions replicated in a cluster) or sessions.NewCookieStore's.
 func newShop(store sessions.Store, route string) http.Handler {
-	s := &shop{store: store, route: route, products: products(),
-		page: template.Must(template.New("shop").Funcs(template.FuncMap{"money": money}).Parse(shopHTML))}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /{$}", s.list)
-	mux.HandleFunc("GET /cart", s.view)
-	mux.HandleFunc("POST /cart", s.add)
-	mux.HandleFunc("POST /checkout", s.checkout)
-	return http.NewCrossOriginProtection().Handler(mux)
+	s := &cartShop{store: store, route: route}
+	return shop.Routes(s.list, s.view, s.add, s.checkout)
+}
+
+// session returns the request's session, or answers 500 and nil.
+func (s *cartShop) session(w http.ResponseWriter, r *http.Request) *sessions.Session {
+	session, err := s.store.Get(r, "cart")
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return nil
+	}
+	return session
 }
 
 // list shows the catalogue.
-func (s *shop) list(w http.ResponseWriter, r *http.Request) {
-	session, err := s.store.Get(r, "cart")
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-		return
+func (s *cartShop) list(w http.ResponseWriter, r *http.Request) {
+	if session := s.session(w, r); session != nil {
+		cart, _ := session.Values["cart"].(Cart)
+		shop.ProductsPage(s.route, cart).Render(w)
 	}
-	cart, _ := session.Values["cart"].(Cart)
-	s.render(w, pageData{Page: "products", Route: s.route, Items: cart.Items(), Products: s.products})
 }
 
 // add puts one of the form's product in the cart.
-func (s *shop) add(w http.ResponseWriter, r *http.Request) {
-	id := r.FormValue("product")
-	if !slices.ContainsFunc(s.products, func(p Product) bool { return p.ID == id }) {
-		http.Error(w, "no such product", http.StatusBadRequest)
-		return
-	}
-	session, err := s.store.Get(r, "cart")
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
+func (s *cartShop) add(w http.ResponseWriter, r *http.Request) {
+	session := s.session(w, r)
+	if session == nil {
 		return
 	}
 	cart, _ := session.Values["cart"].(Cart)
-	session.Values["cart"] = cart.With(id)
+	session.Values["cart"] = cart.With(r.FormValue("product"))
 	if err := session.Save(r, w); err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
@@ -126,30 +63,18 @@ func (s *shop) add(w http.ResponseWriter, r *http.Request) {
 }
 
 // view shows the cart.
-func (s *shop) view(w http.ResponseWriter, r *http.Request) {
-	session, err := s.store.Get(r, "cart")
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-		return
+func (s *cartShop) view(w http.ResponseWriter, r *http.Request) {
+	if session := s.session(w, r); session != nil {
+		cart, _ := session.Values["cart"].(Cart)
+		orders, _ := session.Values["orders"].(int)
+		shop.CartPage(s.route, cart, int64(orders)).Render(w)
 	}
-	cart, _ := session.Values["cart"].(Cart)
-	orders, _ := session.Values["orders"].(int)
-	d := pageData{Page: "cart", Route: s.route, Items: cart.Items(), Orders: orders}
-	for _, l := range cart.Lines {
-		if i := slices.IndexFunc(s.products, func(p Product) bool { return p.ID == l.Product }); i >= 0 {
-			p := s.products[i]
-			d.Lines = append(d.Lines, cartLine{Product: p, Qty: l.Qty, Subtotal: l.Qty * p.Price})
-			d.Total += l.Qty * p.Price
-		}
-	}
-	s.render(w, d)
 }
 
 // checkout places the order: the cart is emptied and the order counted.
-func (s *shop) checkout(w http.ResponseWriter, r *http.Request) {
-	session, err := s.store.Get(r, "cart")
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
+func (s *cartShop) checkout(w http.ResponseWriter, r *http.Request) {
+	session := s.session(w, r)
+	if session == nil {
 		return
 	}
 	if cart, _ := session.Values["cart"].(Cart); len(cart.Lines) > 0 {
@@ -163,33 +88,3 @@ func (s *shop) checkout(w http.ResponseWriter, r *http.Request) {
 	}
 	http.Redirect(w, r, "/cart", http.StatusSeeOther)
 }
-
-// pageData is what shop.html shows.
-type pageData struct {
-	Page     string // "products" or "cart"
-	Route    string // the node that served the page
-	Items    int    // items in the cart
-	Products []Product
-	Lines    []cartLine
-	Total    int
-	Orders   int
-}
-
-type cartLine struct {
-	Product
-	Qty      int
-	Subtotal int
-}
-
-func (s *shop) render(w http.ResponseWriter, d pageData) {
-	var buf bytes.Buffer
-	if err := s.page.Execute(&buf, d); err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-		return
-	}
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	_, _ = buf.WriteTo(w)
-}
-
-// money formats cents as euros.
-func money(cents int) string { return fmt.Sprintf("€%d.%02d", cents/100, cents%100) }
