@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	mathrand "math/rand/v2"
 	"net"
 	"slices"
@@ -183,24 +184,14 @@ func (c *Channel) RemovePeer(route string) {
 func (c *Channel) Senders() []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	out := make([]string, 0, len(c.bySender))
-	for r := range c.bySender {
-		out = append(out, r)
-	}
-	slices.Sort(out)
-	return out
+	return slices.Sorted(maps.Keys(c.bySender))
 }
 
 // Peers returns the routes of the peers, sorted.
 func (c *Channel) Peers() []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	out := make([]string, 0, len(c.peers))
-	for r := range c.peers {
-		out = append(out, r)
-	}
-	slices.Sort(out)
-	return out
+	return slices.Sorted(maps.Keys(c.peers))
 }
 
 // Send sends body as a message of type t to the peers named in to, or to

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -820,10 +821,7 @@ func (h *Hub) Online(user string) bool {
 // OnlineUsers returns the users with a socket on any node, sorted.
 func (h *Hub) OnlineUsers() []string {
 	h.pmu.Lock()
-	out := make([]string, 0, len(h.presence))
-	for u := range h.presence {
-		out = append(out, u)
-	}
+	out := slices.Collect(maps.Keys(h.presence))
 	h.pmu.Unlock()
 	slices.Sort(out)
 	return out
