@@ -2,7 +2,6 @@ package web_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,8 +18,8 @@ import (
 	"time"
 
 	"github.com/cohort-cluster/cohort/internal/leaktest"
+	"github.com/cohort-cluster/cohort/internal/testcluster"
 	"github.com/cohort-cluster/cohort/manager"
-	"github.com/cohort-cluster/cohort/membership"
 	"github.com/cohort-cluster/cohort/replication"
 	"github.com/cohort-cluster/cohort/web"
 	"github.com/gorilla/websocket"
@@ -70,38 +69,16 @@ func (n *hubNode) conn(user string) *web.Conn {
 	return n.connects[user]
 }
 
-// startHubCluster starts a Delta cluster of routes with a hub and an HTTP
-// server on each node, and waits until every node is ready and sees the
-// others as replication peers. Everything is closed by t.Cleanup.
+// startHubCluster starts a Delta cluster of routes (testcluster.Start:
+// every node ready and seeing the others as replication peers) with a hub
+// and an HTTP server on each node. Everything is closed by t.Cleanup.
 func startHubCluster(t testing.TB, edit func(route string, c *web.HubConfig), routes ...string) map[string]*hubNode {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
 	nodes := map[string]*hubNode{}
-	var clusters []*manager.Cluster
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		for _, c := range clusters {
-			_ = c.Close(ctx)
-		}
-	})
-	for _, r := range routes {
-		cfg := manager.DefaultClusterConfig()
-		cfg.Kind = manager.KindDelta
-		cfg.Membership = membership.DefaultLocalConfig()
-		cfg.Membership.Route = r
-		cfg.Membership.Logger = log.With("node", r)
-		for _, c := range clusters {
-			cfg.Membership.Join = append(cfg.Membership.Join, c.Membership().Addr().String())
-		}
-		cfg.Replication.Addr = "127.0.0.1:0"
-		cfg.JoinWait = 300 * time.Millisecond
-		c, err := manager.StartCluster(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		clusters = append(clusters, c)
-		nodes[r] = &hubNode{route: r, cluster: c, connects: map[string]*web.Conn{}}
+	clusters := testcluster.Start(t, nil, log, func(c *manager.ClusterConfig) { c.Kind = manager.KindDelta }, routes...)
+	for i, r := range routes {
+		nodes[r] = &hubNode{route: r, cluster: clusters[i], connects: map[string]*web.Conn{}}
 	}
 	for _, r := range routes {
 		n := nodes[r]
@@ -145,23 +122,7 @@ func startHubCluster(t testing.TB, edit func(route string, c *web.HubConfig), ro
 			n.srv.Close()
 		})
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		var waiting []string
-		for _, r := range routes {
-			n := nodes[r]
-			if peers := n.cluster.Channel().Peers(); !n.cluster.Ready() || len(peers) != len(routes)-1 {
-				waiting = append(waiting, fmt.Sprintf("%s (ready %v, peers %v)", r, n.cluster.Ready(), peers))
-			}
-		}
-		if len(waiting) == 0 {
-			return nodes
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("cluster not formed after 20s: %s", strings.Join(waiting, ", "))
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	return nodes
 }
 
 func waitFor(t testing.TB, what string, cond func() bool) {

@@ -35,7 +35,7 @@ func Start(tb testing.TB, cleanup func(func()), log *slog.Logger, edit func(*man
 		cfg := manager.DefaultClusterConfig()
 		cfg.Membership = membership.DefaultLocalConfig()
 		cfg.Membership.Route = r
-		cfg.Membership.Logger = log
+		cfg.Membership.Logger = log.With("node", r)
 		for _, c := range nodes {
 			cfg.Membership.Join = append(cfg.Membership.Join, c.Membership().Addr().String())
 		}
