@@ -96,7 +96,7 @@ func BenchmarkCompare(b *testing.B) {
 				default:
 					rps = round()
 				}
-				if sb.N < 1000 {
+				if sb.N < httpload.MinRound {
 					return // a probe round, sizing b.N
 				}
 				figs.set(c.name, op, rps, x) // each round overwrites; the last is the longest

@@ -155,17 +155,17 @@ func (s *Server) Baseline(first, path string, d time.Duration) (float64, error) 
 	return float64(n) / time.Since(start).Seconds(), nil
 }
 
-// minRound is the smallest round worth a ratio: testing.B's first rounds
+// MinRound is the smallest round worth a ratio: testing.B's first rounds
 // only size b.N.
-const minRound = 1000
+const MinRound = 1000
 
 // Bracket runs round, a Drive of some case, and returns its req/s and, for
-// a round of at least minRound requests, that req/s over the mean req/s
+// a round of at least MinRound requests, that req/s over the mean req/s
 // of base measured for d just before and just after it (0 for a shorter
 // round).
 func (base *Server) Bracket(b *testing.B, first, path string, d time.Duration, round func() float64) (rps, ratio float64) {
 	b.Helper()
-	if b.N < minRound {
+	if b.N < MinRound {
 		return round(), 0
 	}
 	before, err := base.Baseline(first, path, d)
