@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -96,14 +97,19 @@ func (f *failures) err(total int) error {
 	return nil
 }
 
-// Drive runs b.N requests and reports and returns req/s. Each client
-// goroutine sends its first request to first, without a cookie, and the
-// rest to path.
+// Drive runs b.N requests and reports and returns req/s. It also reports
+// the process's CPU time per request (cpu-us/op: client, server and any
+// in-process peers together) and the share of the cores it kept busy
+// (cpu-busy): a case near 1 is bound by CPU, one well below it by waiting.
+// A process outside this one, such as a redis-server, is not counted.
+// Each client goroutine sends its first request to first, without a
+// cookie, and the rest to path.
 func (s *Server) Drive(b *testing.B, first, path string) float64 {
 	b.Helper()
 	var fails failures
 	procs := runtime.GOMAXPROCS(0)
 	b.SetParallelism(max(1, (s.clients+procs-1)/procs))
+	cpu0 := cpuTime()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		c := &session{s: s, url: s.URL + first, path: path}
@@ -115,11 +121,14 @@ func (s *Server) Drive(b *testing.B, first, path string) float64 {
 	})
 	elapsed := b.Elapsed()
 	b.StopTimer()
+	cpu := cpuTime() - cpu0
 	if err := fails.err(b.N); err != nil {
 		b.Fatal(err)
 	}
 	rps := float64(b.N) / elapsed.Seconds()
 	b.ReportMetric(rps, "req/s")
+	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-us/op")
+	b.ReportMetric(cpu.Seconds()/elapsed.Seconds()/float64(procs), "cpu-busy")
 	return rps
 }
 
@@ -178,4 +187,14 @@ func (base *Server) Bracket(b *testing.B, first, path string, d time.Duration, r
 		b.Fatal(err)
 	}
 	return rps, rps / ((before + after) / 2)
+}
+
+// cpuTime is the user and system CPU time the process has used, or 0 if
+// the system cannot say.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
