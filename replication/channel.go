@@ -253,7 +253,8 @@ func (c *Channel) send(ctx context.Context, timeout time.Duration, to []string, 
 	}
 	c.mu.Unlock()
 
-	frames := make([]*outFrame, 0, len(targets))
+	var smallFrames [8]*outFrame
+	frames := smallFrames[:0]
 	all := make([]outFrame, len(targets)) // one allocation for every peer's frame
 	now := time.Now()
 	for i, p := range targets {
