@@ -253,7 +253,7 @@ func (c *Channel) send(ctx context.Context, timeout time.Duration, to []string, 
 	}
 	c.mu.Unlock()
 
-	var smallFrames [8]*outFrame
+	var smallFrames [8]*outFrame // the frames awaiting an answer: no allocation, most often
 	frames := smallFrames[:0]
 	all := make([]outFrame, len(targets)) // one allocation for every peer's frame
 	now := time.Now()

@@ -109,7 +109,7 @@ func (s *Server) Drive(b *testing.B, first, path string) float64 {
 	var fails failures
 	procs := runtime.GOMAXPROCS(0)
 	b.SetParallelism(max(1, (s.clients+procs-1)/procs))
-	cpu0 := cpuTime()
+	cpu0, cpuOK := cpuTime()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		c := &session{s: s, url: s.URL + first, path: path}
@@ -121,14 +121,16 @@ func (s *Server) Drive(b *testing.B, first, path string) float64 {
 	})
 	elapsed := b.Elapsed()
 	b.StopTimer()
-	cpu := cpuTime() - cpu0
+	cpu1, cpuOK1 := cpuTime()
 	if err := fails.err(b.N); err != nil {
 		b.Fatal(err)
 	}
 	rps := float64(b.N) / elapsed.Seconds()
 	b.ReportMetric(rps, "req/s")
-	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-us/op")
-	b.ReportMetric(cpu.Seconds()/elapsed.Seconds()/float64(procs), "cpu-busy")
+	if cpu := (cpu1 - cpu0).Seconds(); cpuOK && cpuOK1 {
+		b.ReportMetric(cpu*1e6/float64(b.N), "cpu-us/op")
+		b.ReportMetric(cpu/elapsed.Seconds()/float64(procs), "cpu-busy")
+	}
 	return rps
 }
 
@@ -189,12 +191,12 @@ func (base *Server) Bracket(b *testing.B, first, path string, d time.Duration, r
 	return rps, rps / ((before + after) / 2)
 }
 
-// cpuTime is the user and system CPU time the process has used, or 0 if
-// the system cannot say.
-func cpuTime() time.Duration {
+// cpuTime is the user and system CPU time the process has used; ok is
+// false if the system cannot say.
+func cpuTime() (d time.Duration, ok bool) {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
+		return 0, false
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), true
 }
