@@ -7,7 +7,6 @@ import (
 	"time"
 	"unique"
 
-	"github.com/cohort-cluster/cohort/internal/mpguard"
 	"github.com/vmihailenco/msgpack/v5"
 )
 
@@ -303,7 +302,7 @@ func EncodeChange(d Change) ([]byte, error) { return msgpack.Marshal(&d) }
 // DecodeChange decodes a delta received from a peer.
 func DecodeChange(b []byte) (Change, error) {
 	var d Change
-	if err := mpguard.Unmarshal(b, &d); err != nil {
+	if _, err := d.decode(b); err != nil {
 		return Change{}, fmt.Errorf("manager: decode delta: %w", err)
 	}
 	if d.ID == "" {
@@ -318,7 +317,7 @@ func EncodeFull(f Full) ([]byte, error) { return msgpack.Marshal(&f) }
 // DecodeFull decodes a whole session.
 func DecodeFull(b []byte) (Full, error) {
 	var f Full
-	if err := mpguard.Unmarshal(b, &f); err != nil {
+	if _, err := f.decode(b); err != nil {
 		return Full{}, fmt.Errorf("manager: decode session: %w", err)
 	}
 	if f.ID == "" {

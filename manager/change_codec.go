@@ -3,7 +3,8 @@ package manager
 import (
 	"errors"
 	"fmt"
-	"slices"
+
+	"github.com/cohort-cluster/cohort/internal/mpguard"
 
 	"github.com/vmihailenco/msgpack/v5"
 	"github.com/vmihailenco/msgpack/v5/msgpcode"
@@ -142,79 +143,365 @@ func (w *encoder) rev(r *Rev) {
 	w.str(r.Node)
 }
 
-// Field names of Change, Rev and Op, by index: readStruct calls back with
-// the index.
+// Field names of Change, Rev, Op and Full, by index: readStruct calls back
+// with the index.
 var (
 	changeFields = []string{"i", "b", "r", "c", "a", "m", "p", "o", "x"}
 	revFields    = []string{"n", "t", "o"}
 	opFields     = []string{"n", "v"}
+	fullFields   = []string{"i", "r", "c", "a", "m", "p", "t"}
 )
 
 // DecodeMsgpack reads c from a map in any key order, skipping keys it does
 // not know (a newer node's fields); nil reads as the zero Change.
 func (c *Change) DecodeMsgpack(d *msgpack.Decoder) error {
+	raw, err := d.DecodeRaw()
+	if err != nil {
+		return err
+	}
+	_, err = c.decode(raw)
+	return err
+}
+
+// decode reads c from the start of b as DecodeMsgpack does, straight from
+// the bytes (the path every replica takes for every change), and returns
+// how many bytes it read.
+func (c *Change) decode(b []byte) (int, error) {
 	*c = Change{}
-	err := readStruct(d, changeFields, func(f int) (err error) {
+	r := wire{b: b}
+	err := r.readStruct(changeFields, func(f int) (err error) {
 		switch f {
 		case 0:
-			c.ID, err = d.DecodeString()
+			c.ID, err = r.str()
 		case 1:
-			err = readRev(d, &c.Base)
+			err = r.readRev(&c.Base)
 		case 2:
-			err = readRev(d, &c.Rev)
+			err = r.readRev(&c.Rev)
 		case 3:
-			c.Created, err = d.DecodeInt64()
+			c.Created, err = r.int()
 		case 4:
-			c.Access, err = d.DecodeInt64()
+			c.Access, err = r.int()
 		case 5:
 			c.MaxInactive = nil
-			if ok, err := notNil(d); !ok || err != nil {
-				return err
+			if r.null() {
+				return nil
 			}
 			v := new(int64)
-			*v, err = d.DecodeInt64()
+			*v, err = r.int()
 			c.MaxInactive = v
 		case 6:
 			c.Principal = nil
-			if ok, err := notNil(d); !ok || err != nil {
-				return err
+			if r.null() {
+				return nil
 			}
 			v := new(string)
-			*v, err = d.DecodeString()
+			*v, err = r.str()
 			c.Principal = v
 		case 7:
-			c.Ops, err = readOps(d)
+			c.Ops, err = r.readOps()
 		case 8:
-			c.Invalidate, err = d.DecodeBool()
+			c.Invalidate, err = r.bool()
 		}
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("decode change: %w", err)
+		return 0, fmt.Errorf("decode change: %w", err)
 	}
-	return nil
+	return r.i, nil
+}
+
+var _ msgpack.CustomDecoder = (*Full)(nil)
+
+// DecodeMsgpack reads f as reflection would from the map its struct tags
+// describe (Full is written by reflection), but refuses an extension
+// where the attribute map belongs: msgpack's own map decoding skips an
+// extension header and reads the bytes after it as a map header, which
+// lets a few bytes claim a million entries that mpguard.Check, reading
+// them as the extension they are, cannot see.
+func (f *Full) DecodeMsgpack(d *msgpack.Decoder) error {
+	raw, err := d.DecodeRaw()
+	if err != nil {
+		return err
+	}
+	_, err = f.decode(raw)
+	return err
+}
+
+// decode reads f from the start of b as DecodeMsgpack does and returns
+// how many bytes it read.
+func (f *Full) decode(b []byte) (int, error) {
+	*f = Full{}
+	r := wire{b: b}
+	err := r.readStruct(fullFields, func(i int) (err error) {
+		switch i {
+		case 0:
+			f.ID, err = r.str()
+		case 1:
+			err = r.readRev(&f.Rev)
+		case 2:
+			f.Created, err = r.int()
+		case 3:
+			f.Access, err = r.int()
+		case 4:
+			f.MaxInactive, err = r.int()
+		case 5:
+			f.Principal, err = r.str()
+		case 6:
+			f.Attrs, err = r.readAttrs()
+		}
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("decode session: %w", err)
+	}
+	return r.i, nil
+}
+
+// decodeFulls reads an array of sessions (nil reads as none).
+func decodeFulls(b []byte) ([]Full, error) {
+	r := wire{b: b}
+	n, err := r.arrayLen()
+	if err != nil || n < 0 {
+		return nil, err
+	}
+	out := make([]Full, 0, min(n, maxPrealloc))
+	for range n {
+		var f Full
+		k, err := f.decode(r.b[r.i:])
+		if err != nil {
+			return nil, err
+		}
+		r.i += k
+		out = append(out, f)
+	}
+	return out, nil
+}
+
+// maxPrealloc bounds the room made for a container's elements before they
+// are read: a header may claim more than the input holds.
+const maxPrealloc = 64
+
+// wire reads msgpack values from a byte slice, each as msgpack's Decoder
+// reads it into the same Go type: integers of any width and sign into an
+// int64 or a uint64, strings and binaries alike into a string or a
+// []byte, nil into the zero value. Strings and bytes are copied out of b.
+type wire struct {
+	b     []byte
+	i     int
+	route string // the last node route read: a change names one twice
+}
+
+// errEnd is a value that runs past the end of the input.
+var errEnd = errors.New("msgpack: unexpected end of input")
+
+// code reads one byte.
+func (r *wire) code() (byte, error) {
+	if r.i >= len(r.b) {
+		return 0, errEnd
+	}
+	c := r.b[r.i]
+	r.i++
+	return c, nil
+}
+
+// next reads n bytes, without copying them.
+func (r *wire) next(n int) ([]byte, error) {
+	if n < 0 || n > len(r.b)-r.i {
+		return nil, errEnd
+	}
+	s := r.b[r.i : r.i+n]
+	r.i += n
+	return s, nil
+}
+
+// be reads a big-endian unsigned integer of size bytes (1, 2, 4 or 8).
+func (r *wire) be(size int) (uint64, error) {
+	s, err := r.next(size)
+	if err != nil {
+		return 0, err
+	}
+	var n uint64
+	for _, c := range s {
+		n = n<<8 | uint64(c)
+	}
+	return n, nil
+}
+
+// null reads a nil and reports whether there was one.
+func (r *wire) null() bool {
+	if r.i < len(r.b) && r.b[r.i] == msgpcode.Nil {
+		r.i++
+		return true
+	}
+	return false
+}
+
+// skip steps over one value of any type.
+func (r *wire) skip() error {
+	n, err := mpguard.Len(r.b[r.i:])
+	r.i += n
+	return err
+}
+
+// length reads the header of a container whose codes are fix (with its
+// mask), c16 and c32; nil reads as -1.
+func (r *wire) length(what string, low, high, c16, c32 byte) (int, error) {
+	c, err := r.code()
+	if err != nil {
+		return 0, err
+	}
+	switch {
+	case c == msgpcode.Nil:
+		return -1, nil
+	case c >= low && c <= high:
+		return int(c - low), nil
+	case c == c16:
+		n, err := r.be(2)
+		return int(n), err
+	case c == c32:
+		n, err := r.be(4)
+		return int(n), err
+	}
+	return 0, fmt.Errorf("msgpack: invalid code=%x decoding %s length", c, what)
+}
+
+func (r *wire) arrayLen() (int, error) {
+	return r.length("array", msgpcode.FixedArrayLow, msgpcode.FixedArrayHigh, msgpcode.Array16, msgpcode.Array32)
+}
+
+// mapLen reads a map header. Unlike msgpack's DecodeMapLen, it refuses an
+// extension header before it.
+func (r *wire) mapLen() (int, error) {
+	return r.length("map", msgpcode.FixedMapLow, msgpcode.FixedMapHigh, msgpcode.Map16, msgpcode.Map32)
+}
+
+// raw reads a string or binary without copying it; nil reads as nil.
+func (r *wire) raw() ([]byte, error) {
+	c, err := r.code()
+	if err != nil {
+		return nil, err
+	}
+	var n uint64
+	switch {
+	case c == msgpcode.Nil:
+		return nil, nil
+	case msgpcode.IsFixedString(c):
+		n = uint64(c & msgpcode.FixedStrMask)
+	case c == msgpcode.Str8 || c == msgpcode.Bin8:
+		n, err = r.be(1)
+	case c == msgpcode.Str16 || c == msgpcode.Bin16:
+		n, err = r.be(2)
+	case c == msgpcode.Str32 || c == msgpcode.Bin32:
+		n, err = r.be(4)
+	default:
+		return nil, fmt.Errorf("msgpack: invalid code=%x decoding string/bytes length", c)
+	}
+	if err != nil {
+		return nil, err
+	}
+	s, err := r.next(int(n))
+	if s == nil && err == nil {
+		s = []byte{} // present, and empty
+	}
+	return s, err
+}
+
+func (r *wire) str() (string, error) {
+	s, err := r.raw()
+	return string(s), err
+}
+
+// bytes reads a copy of a binary or string: nil for nil, empty (not nil)
+// for an empty one.
+func (r *wire) bytes() ([]byte, error) {
+	s, err := r.raw()
+	if s == nil || err != nil {
+		return nil, err
+	}
+	return append(make([]byte, 0, len(s)), s...), nil
+}
+
+func (r *wire) bool() (bool, error) {
+	c, err := r.code()
+	if err != nil {
+		return false, err
+	}
+	switch c {
+	case msgpcode.Nil, msgpcode.False:
+		return false, nil
+	case msgpcode.True:
+		return true, nil
+	}
+	return false, fmt.Errorf("msgpack: invalid code=%x decoding bool", c)
+}
+
+// uint reads any integer as msgpack's DecodeUint64 does: a negative one
+// wraps.
+func (r *wire) uint() (uint64, error) {
+	c, err := r.code()
+	if err != nil {
+		return 0, err
+	}
+	if msgpcode.IsFixedNum(c) {
+		return uint64(int8(c)), nil
+	}
+	var n uint64
+	switch c {
+	case msgpcode.Nil:
+		return 0, nil
+	case msgpcode.Uint8:
+		n, err = r.be(1)
+	case msgpcode.Int8:
+		n, err = r.be(1)
+		n = uint64(int8(n))
+	case msgpcode.Uint16:
+		n, err = r.be(2)
+	case msgpcode.Int16:
+		n, err = r.be(2)
+		n = uint64(int16(n))
+	case msgpcode.Uint32:
+		n, err = r.be(4)
+	case msgpcode.Int32:
+		n, err = r.be(4)
+		n = uint64(int32(n))
+	case msgpcode.Uint64, msgpcode.Int64:
+		n, err = r.be(8)
+	default:
+		return 0, fmt.Errorf("msgpack: invalid code=%x decoding integer", c)
+	}
+	return n, err
+}
+
+func (r *wire) int() (int64, error) {
+	n, err := r.uint()
+	return int64(n), err
 }
 
 // readStruct reads a struct encoded as a map (nil for none) whose field
 // names are names, calling field with the index of each name it meets;
 // it skips names it does not know and refuses one met twice.
-func readStruct(d *msgpack.Decoder, names []string, field func(int) error) error {
-	c, err := d.PeekCode()
-	if err != nil {
-		return err
+func (r *wire) readStruct(names []string, field func(int) error) error {
+	if r.i < len(r.b) {
+		if c := r.b[r.i]; !msgpcode.IsFixedMap(c) && c != msgpcode.Map16 && c != msgpcode.Map32 && c != msgpcode.Nil {
+			return errStructForm
+		}
 	}
-	if !msgpcode.IsFixedMap(c) && c != msgpcode.Map16 && c != msgpcode.Map32 && c != msgpcode.Nil {
-		return errStructForm
-	}
-	n, err := d.DecodeMapLen()
+	n, err := r.mapLen()
 	var seen fieldSet
 	for i := 0; i < n && err == nil; i++ {
-		var key string
-		if key, err = d.DecodeString(); err != nil {
+		var key []byte
+		if key, err = r.raw(); err != nil {
 			break
 		}
-		if f := slices.Index(names, key); f < 0 {
-			err = d.Skip()
+		f := -1
+		for j, name := range names {
+			if string(key) == name {
+				f = j
+				break
+			}
+		}
+		if f < 0 {
+			err = r.skip()
 		} else if err = seen.see(f); err == nil {
 			err = field(f)
 		}
@@ -222,49 +509,37 @@ func readStruct(d *msgpack.Decoder, names []string, field func(int) error) error
 	return err
 }
 
-// notNil reports whether the next value is not nil, and reads it if it is.
-func notNil(d *msgpack.Decoder) (bool, error) {
-	c, err := d.PeekCode()
-	if err != nil {
-		return false, err
-	}
-	if c == msgpcode.Nil {
-		return false, d.DecodeNil()
-	}
-	return true, nil
-}
-
-func readRev(d *msgpack.Decoder, r *Rev) error {
-	return readStruct(d, revFields, func(f int) (err error) {
+func (r *wire) readRev(rev *Rev) error {
+	return r.readStruct(revFields, func(f int) (err error) {
 		switch f {
 		case 0:
-			r.N, err = d.DecodeUint64()
+			rev.N, err = r.uint()
 		case 1:
-			r.At, err = d.DecodeInt64()
+			rev.At, err = r.int()
 		case 2:
-			r.Node, err = d.DecodeString()
+			var s []byte
+			if s, err = r.raw(); string(s) != r.route {
+				r.route = string(s)
+			}
+			rev.Node = r.route
 		}
 		return err
 	})
 }
 
-// maxOpsPrealloc bounds the room made for a change's operations before
-// they are read: a header may claim more than the frame holds.
-const maxOpsPrealloc = 64
-
-func readOps(d *msgpack.Decoder) ([]Op, error) {
-	n, err := d.DecodeArrayLen()
+func (r *wire) readOps() ([]Op, error) {
+	n, err := r.arrayLen()
 	if err != nil || n < 0 {
 		return nil, err
 	}
-	ops := make([]Op, 0, min(n, maxOpsPrealloc))
+	ops := make([]Op, 0, min(n, maxPrealloc))
 	for range n {
 		var op Op
-		err := readStruct(d, opFields, func(f int) (err error) {
+		err := r.readStruct(opFields, func(f int) (err error) {
 			if f == 0 {
-				op.Name, err = d.DecodeString()
+				op.Name, err = r.str()
 			} else {
-				op.Value, err = d.DecodeBytes()
+				op.Value, err = r.bytes()
 			}
 			return err
 		})
@@ -276,72 +551,20 @@ func readOps(d *msgpack.Decoder) ([]Op, error) {
 	return ops, nil
 }
 
-var _ msgpack.CustomDecoder = (*Full)(nil)
-
-// fullFields are the field names of Full, by index.
-var fullFields = []string{"i", "r", "c", "a", "m", "p", "t"}
-
-// DecodeMsgpack reads f as reflection would from the map its struct tags
-// describe (Full is written by reflection), but refuses an extension
-// where the attribute map belongs: msgpack's own map decoding skips an
-// extension header and reads the bytes after it as a map header, which
-// lets a few bytes claim a million entries that mpguard.Check, reading
-// them as the extension they are, cannot see.
-func (f *Full) DecodeMsgpack(d *msgpack.Decoder) error {
-	*f = Full{}
-	err := readStruct(d, fullFields, func(i int) (err error) {
-		switch i {
-		case 0:
-			f.ID, err = d.DecodeString()
-		case 1:
-			err = readRev(d, &f.Rev)
-		case 2:
-			f.Created, err = d.DecodeInt64()
-		case 3:
-			f.Access, err = d.DecodeInt64()
-		case 4:
-			f.MaxInactive, err = d.DecodeInt64()
-		case 5:
-			f.Principal, err = d.DecodeString()
-		case 6:
-			f.Attrs, err = readAttrs(d)
-		}
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("decode session: %w", err)
-	}
-	return nil
-}
-
-// maxAttrsPrealloc bounds the room made for a session's attributes before
-// they are read.
-const maxAttrsPrealloc = 64
-
 // readAttrs reads a map of attribute names to wire values; nil reads as
 // nil.
-func readAttrs(d *msgpack.Decoder) (map[string][]byte, error) {
-	c, err := d.PeekCode()
-	if err != nil {
+func (r *wire) readAttrs() (map[string][]byte, error) {
+	n, err := r.mapLen()
+	if err != nil || n < 0 {
 		return nil, err
 	}
-	if c == msgpcode.Nil {
-		return nil, d.DecodeNil()
-	}
-	if !msgpcode.IsFixedMap(c) && c != msgpcode.Map16 && c != msgpcode.Map32 {
-		return nil, fmt.Errorf("msgpack: attributes are not a map (code 0x%x)", c)
-	}
-	n, err := d.DecodeMapLen()
-	if err != nil {
-		return nil, err
-	}
-	attrs := make(map[string][]byte, min(n, maxAttrsPrealloc))
+	attrs := make(map[string][]byte, min(n, maxPrealloc))
 	for range n {
-		name, err := d.DecodeString()
+		name, err := r.str()
 		if err != nil {
 			return nil, err
 		}
-		if attrs[name], err = d.DecodeBytes(); err != nil {
+		if attrs[name], err = r.bytes(); err != nil {
 			return nil, err
 		}
 	}

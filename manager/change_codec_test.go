@@ -95,10 +95,11 @@ func TestChangeCodecRefusesArrayForm(t *testing.T) {
 	}
 }
 
-// FuzzChangeCodec checks the codec against reflection on any input that
-// passes mpguard.Check, as everything from the wire must: what the codec
-// reads, reflection reads the same; what it reads, it writes back as
-// reflection would.
+// FuzzChangeCodec reads any input as the wire does, straight from the
+// bytes, and checks the result against reflection where reflection is
+// safe (input that passes mpguard.Check): what the codec reads,
+// reflection reads the same; what it reads, it writes back as reflection
+// would.
 func FuzzChangeCodec(f *testing.F) {
 	for _, c := range codecSamples()[:4] {
 		b, _ := msgpack.Marshal(&c)
@@ -106,12 +107,17 @@ func FuzzChangeCodec(f *testing.F) {
 	}
 	f.Add([]byte{0x81, 0xa1, 0x6f, 0xdd, 0xff, 0xff, 0xff, 0xff}) // ops claiming 4G entries
 	f.Fuzz(func(t *testing.T, b []byte) {
-		if mpguard.Check(b) != nil {
-			return // refused before any decoder sees it, as on the wire
-		}
 		var got Change
-		if err := msgpack.Unmarshal(b, &got); err != nil {
-			return
+		_, err := got.decode(b) // as the wire reads it: unchecked
+		if err != nil || mpguard.Check(b) != nil {
+			return // reflection is only safe on checked input
+		}
+		var viaDecoder Change
+		if err := msgpack.Unmarshal(b, &viaDecoder); err != nil {
+			t.Fatalf("read %+v from %x, through msgpack's decoder: %v", got, b, err)
+		}
+		if !reflect.DeepEqual(got, viaDecoder) {
+			t.Fatalf("from %x: read %+v, through msgpack's decoder %+v", b, got, viaDecoder)
 		}
 		var ref reflected
 		if err := msgpack.Unmarshal(b, &ref); err != nil {
@@ -132,7 +138,8 @@ func FuzzChangeCodec(f *testing.F) {
 }
 
 // BenchmarkChangeCodec encodes and decodes a one-attribute change with the
-// codec and by reflection; x-reflection is the codec's ns/op over
+// codec (decoding straight from the bytes, as a replica does) and by
+// reflection (checked by mpguard first, as the wire needs); x-reflection is the codec's ns/op over
 // reflection's, from the same run.
 //
 //	go test -run '^$' -bench ChangeCodec ./manager/
@@ -142,12 +149,12 @@ func BenchmarkChangeCodec(b *testing.B) {
 	r := reflected(c)
 	var refNs float64
 	for _, bc := range []struct {
-		name string
-		v    any
-		into func() any
+		name   string
+		v      any
+		decode func([]byte) error
 	}{
-		{"reflection", &r, func() any { return new(reflected) }},
-		{"codec", &c, func() any { return new(Change) }},
+		{"reflection", &r, func(b []byte) error { return mpguard.Unmarshal(b, new(reflected)) }},
+		{"codec", &c, func(b []byte) error { _, err := new(Change).decode(b); return err }},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			b.ReportAllocs()
@@ -156,7 +163,7 @@ func BenchmarkChangeCodec(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				if err := msgpack.Unmarshal(buf, bc.into()); err != nil {
+				if err := bc.decode(buf); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -190,12 +197,12 @@ func FuzzFullDecoder(f *testing.F) {
 	}
 	f.Add([]byte{0x81, 0xa1, 't', 0xd4, 0x30, 0xdf, 0x30, 0x30, 0x30, 0x30})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		if mpguard.Check(b) != nil {
-			return // refused before any decoder sees it, as on the wire
+		if fs, err := decodeFulls(b); err == nil && len(fs) > len(b) {
+			t.Fatalf("%d sessions from %d bytes", len(fs), len(b))
 		}
 		var got Full
-		if err := msgpack.Unmarshal(b, &got); err != nil {
-			return
+		if _, err := got.decode(b); err != nil || mpguard.Check(b) != nil {
+			return // reflection is only safe on checked input
 		}
 		var ref reflectedFull
 		if err := msgpack.Unmarshal(b, &ref); err != nil {

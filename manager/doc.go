@@ -49,11 +49,13 @@
 // in place. Committing a request that only read the session replicates
 // nothing; its access time travels in a batch with the next sweep.
 //
-// Every peer message is checked before it is decoded (internal/mpguard:
+// Every peer message is checked before msgpack decodes it (internal/mpguard:
 // no container claiming more elements than bytes remain, no nesting deeper
-// than 64); a Change, sent on every write, and a Full, which carries a
-// session's attribute map, have decoders of their own; a malformed message
-// is counted, logged and refused, and the node keeps serving.
+// than 64). A Change, sent on every write, and a Full, which carries a
+// session's attribute map, are read straight from the bytes by decoders of
+// their own, which bound what they allocate by the input's length and skip
+// unknown fields through the same check. A malformed message is counted,
+// logged and refused, and the node keeps serving.
 //
 // Expiry: every node sweeps its sessions every SweepInterval, after
 // sending its batched access times, so a session expires on every node

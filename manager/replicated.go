@@ -660,7 +660,9 @@ func (m *replicated) Receive(from string, msg []byte) error {
 	switch k {
 	case kindChange:
 		var c Change
-		if err = decodeBody(body, &c); err == nil && c.ID != "" {
+		if _, err = c.decode(body); err != nil {
+			err = malformed(err)
+		} else if c.ID != "" {
 			m.onChange(from, c)
 		}
 	case kindTouch:
@@ -700,7 +702,9 @@ func (m *replicated) Receive(from string, msg []byte) error {
 		}
 	case kindFull:
 		var f Full
-		if err = decodeBody(body, &f); err == nil && f.ID != "" {
+		if _, err = f.decode(body); err != nil {
+			err = malformed(err)
+		} else if f.ID != "" {
 			m.onFull(from, f)
 		}
 	case kindSyncRequest:
@@ -711,7 +715,8 @@ func (m *replicated) Receive(from string, msg []byte) error {
 		}()
 	case kindHandoff:
 		var fs []Full
-		if err = decodeBody(body, &fs); err == nil && m.backup != nil {
+		fs, err = decodeFulls(body)
+		if err = malformed(err); err == nil && m.backup != nil {
 			for _, f := range fs {
 				if f.ID != "" {
 					m.onHandoff(from, f)
@@ -720,7 +725,8 @@ func (m *replicated) Receive(from string, msg []byte) error {
 		}
 	case kindSyncChunk:
 		var fs []Full
-		if err = decodeBody(body, &fs); err == nil {
+		fs, err = decodeFulls(body)
+		if err = malformed(err); err == nil {
 			for _, f := range fs {
 				if f.ID != "" {
 					m.onFull(from, f)

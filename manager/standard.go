@@ -15,7 +15,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/cohort-cluster/cohort/internal/mpguard"
 	"github.com/vmihailenco/msgpack/v5"
 )
 
@@ -284,24 +283,5 @@ func decodeFile(b []byte) ([]Full, error) {
 	if crc32.ChecksumIEEE(body) != sum {
 		return nil, errors.New("checksum mismatch")
 	}
-	if err := mpguard.Check(body); err != nil {
-		return nil, err
-	}
-	dec := msgpack.NewDecoder(bytes.NewReader(body))
-	n, err := dec.DecodeArrayLen()
-	if err != nil {
-		return nil, err
-	}
-	if n < 0 || n > len(body) {
-		return nil, fmt.Errorf("bad session count %d", n)
-	}
-	out := make([]Full, 0, n)
-	for range n {
-		var f Full
-		if err := dec.Decode(&f); err != nil {
-			return nil, err
-		}
-		out = append(out, f)
-	}
-	return out, nil
+	return decodeFulls(body)
 }

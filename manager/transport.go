@@ -142,7 +142,12 @@ func frameMsg(k kind, encode func(*msgpack.Encoder) error) ([]byte, error) {
 var ErrMalformed = errors.New("manager: malformed message")
 
 func decodeBody(b []byte, v any) error {
-	if err := mpguard.Unmarshal(b, v); err != nil {
+	return malformed(mpguard.Unmarshal(b, v))
+}
+
+// malformed wraps a decoding error, if any, in ErrMalformed.
+func malformed(err error) error {
+	if err != nil {
 		return fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	return nil

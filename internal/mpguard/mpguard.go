@@ -39,6 +39,10 @@ func Check(b []byte) error {
 	return err
 }
 
+// Len is Check, returning the length of the value: a decoder skips a
+// value it does not know with it.
+func Len(b []byte) (int, error) { return walk(b) }
+
 // walk is Check, returning the length of the value.
 func walk(b []byte) (int, error) {
 	// left[i] is how many values the container open at depth i still
