@@ -222,12 +222,22 @@ func (c *Channel) SendWithin(ctx context.Context, timeout time.Duration, to []st
 	return c.send(ctx, timeout, to, t, body, mode)
 }
 
-// closedTime is a closed channel: a timeout that has passed.
-var closedTime = func() <-chan time.Time {
-	c := make(chan time.Time)
-	close(c)
-	return c
-}()
+// timers holds stopped timers for senders' timeouts: a send with a timeout
+// is every ack-mode write, and a timer is two allocations.
+var timers sync.Pool
+
+func getTimer(d time.Duration) *time.Timer {
+	if t, ok := timers.Get().(*time.Timer); ok {
+		t.Reset(d) // since Go 1.23, a stopped timer's channel holds no stale tick
+		return t
+	}
+	return time.NewTimer(d)
+}
+
+func putTimer(t *time.Timer) {
+	t.Stop()
+	timers.Put(t)
+}
 
 // send waits until ctx is done, or timeout has passed unless it is 0.
 func (c *Channel) send(ctx context.Context, timeout time.Duration, to []string, t MsgType, body []byte, mode SendMode) error {
@@ -253,63 +263,80 @@ func (c *Channel) send(ctx context.Context, timeout time.Duration, to []string, 
 	}
 	c.mu.Unlock()
 
-	var smallFrames [8]*outFrame // the frames awaiting an answer: no allocation, most often
-	frames := smallFrames[:0]
 	all := make([]outFrame, len(targets)) // one allocation for every peer's frame
+	var done chan *outFrame               // and one for their answers
+	if mode != Async {
+		done = make(chan *outFrame, len(targets))
+	}
+	waiting := 0
 	now := time.Now()
 	for i, p := range targets {
 		f := &all[i]
-		*f = outFrame{typ: t, mode: mode, body: body, queued: now}
-		if mode != Async {
-			f.done = make(chan error, 1)
-		}
+		*f = outFrame{typ: t, mode: mode, body: body, queued: now, done: done}
 		if err := p.enqueue(f); err != nil {
+			f.over = true
 			errs = append(errs, &PeerError{Peer: p.route, Op: "queue", Err: err})
 			continue
 		}
-		if f.done != nil {
-			frames = append(frames, f)
+		if done != nil {
+			waiting++
 		}
 	}
-	if len(frames) == 0 {
+	if waiting == 0 {
 		return errors.Join(errs...)
-	}
-	var expired <-chan time.Time // nil: no timeout of its own
-	if timeout > 0 {
-		t := time.NewTimer(timeout)
-		defer t.Stop()
-		expired = t.C
 	}
 	op := "ack"
 	if mode == Sync {
 		op = "apply"
 	}
-	answered := func(f *outFrame, err error) {
-		if err != nil {
-			errs = append(errs, &PeerError{Peer: f.peer.route, Op: op, Err: err})
+	answered := func(f *outFrame) {
+		f.over = true
+		waiting--
+		if f.err != nil {
+			errs = append(errs, &PeerError{Peer: f.peer.route, Op: op, Err: f.err})
 		}
 	}
-	for _, f := range frames {
-		// An answer already in counts, even past a deadline met while
-		// waiting for an earlier peer.
-		select {
-		case err := <-f.done:
-			answered(f, err)
-			continue
-		default:
+	// giveUp fails the frames still unanswered with err, after counting
+	// the answers already in, and makes their peers forget them.
+	giveUp := func(err error, forget bool) {
+		for {
+			select {
+			case f := <-done:
+				answered(f)
+				continue
+			default:
+			}
+			break
 		}
+		for i := range all {
+			if f := &all[i]; !f.over {
+				f.over = true
+				if forget {
+					f.peer.forget(f)
+				}
+				errs = append(errs, &PeerError{Peer: f.peer.route, Op: op, Err: err})
+			}
+		}
+	}
+	var expired <-chan time.Time // nil: no timeout of its own
+	if timeout > 0 {
+		t := getTimer(timeout)
+		defer putTimer(t)
+		expired = t.C
+	}
+	for waiting > 0 {
 		select {
-		case err := <-f.done:
-			answered(f, err)
+		case f := <-done:
+			answered(f)
 		case <-ctx.Done():
-			f.peer.forget(f)
-			errs = append(errs, &PeerError{Peer: f.peer.route, Op: op, Err: ctx.Err()})
+			giveUp(ctx.Err(), true)
+			waiting = 0
 		case <-expired:
-			expired = closedTime // the frames after this one are late too
-			f.peer.forget(f)
-			errs = append(errs, &PeerError{Peer: f.peer.route, Op: op, Err: context.DeadlineExceeded})
+			giveUp(context.DeadlineExceeded, true)
+			waiting = 0
 		case <-c.stop:
-			errs = append(errs, &PeerError{Peer: f.peer.route, Op: op, Err: ErrClosed})
+			giveUp(ErrClosed, false)
+			waiting = 0
 		}
 	}
 	return errors.Join(errs...)

@@ -18,8 +18,17 @@ type outFrame struct {
 	mode   SendMode
 	body   []byte
 	seq    uint64
-	done   chan error // nil in Async mode; receives the outcome once
+	done   chan *outFrame // nil in Async mode; receives the frame once, with err set
+	err    error          // the outcome, set by finish
 	queued time.Time
+	over   bool // the sender has its outcome or gave up on it
+}
+
+// finish hands the outcome of f to its sender. A sender's frames to
+// several peers share one done channel, with room for all of them.
+func (f *outFrame) finish(err error) {
+	f.err = err
+	f.done <- f
 }
 
 // peer is the outbound side of one peer: its bounded queue and the
@@ -248,7 +257,7 @@ func (p *peer) writeLoop(conn net.Conn, seal *sealer, readerDone chan error) err
 		}
 		if len(b) > c.cfg.MaxFrameSize {
 			if f.done != nil {
-				f.done <- fmt.Errorf("%w: %d bytes", ErrFrameTooLarge, len(b))
+				f.finish(fmt.Errorf("%w: %d bytes", ErrFrameTooLarge, len(b)))
 			}
 			return nil // refused locally; the connection is fine
 		}
@@ -351,7 +360,7 @@ func (p *peer) readAnswers(conn net.Conn, open *sealer) error {
 		p.wmu.Unlock()
 		if f != nil {
 			p.c.histogram.observe(time.Since(f.queued))
-			f.done <- result
+			f.finish(result)
 		}
 	}
 }
@@ -369,7 +378,7 @@ func (p *peer) failWaiting(err error) int {
 	p.waiters = make(map[uint64]*outFrame)
 	p.wmu.Unlock()
 	for _, f := range ws {
-		f.done <- err
+		f.finish(err)
 	}
 	return len(ws)
 }
@@ -387,7 +396,7 @@ func (p *peer) failQueued(err error) int {
 		select {
 		case f := <-p.queue:
 			if f.done != nil {
-				f.done <- err
+				f.finish(err)
 			}
 		default:
 			return n

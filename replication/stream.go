@@ -46,7 +46,7 @@ func (s *Stream) Write(ctx context.Context, body []byte) error {
 			return err
 		}
 	}
-	f := &outFrame{typ: s.typ, mode: Ack, body: body, done: make(chan error, 1), queued: time.Now()}
+	f := &outFrame{typ: s.typ, mode: Ack, body: body, done: make(chan *outFrame, 1), queued: time.Now()}
 	if err := s.p.enqueue(f); err != nil {
 		s.err = &PeerError{Peer: s.p.route, Op: "stream", Err: err}
 		return s.err
@@ -58,10 +58,10 @@ func (s *Stream) Write(ctx context.Context, body []byte) error {
 func (s *Stream) waitOldest(ctx context.Context) error {
 	f := s.inflight[0]
 	select {
-	case err := <-f.done:
+	case <-f.done:
 		s.inflight = s.inflight[1:]
-		if err != nil {
-			s.err = &PeerError{Peer: s.p.route, Op: "stream", Err: err}
+		if f.err != nil {
+			s.err = &PeerError{Peer: s.p.route, Op: "stream", Err: f.err}
 		}
 	case <-ctx.Done():
 		s.err = &PeerError{Peer: s.p.route, Op: "stream", Err: ctx.Err()}
