@@ -264,79 +264,61 @@ func (c *Channel) send(ctx context.Context, timeout time.Duration, to []string, 
 	c.mu.Unlock()
 
 	all := make([]outFrame, len(targets)) // one allocation for every peer's frame
-	var done chan *outFrame               // and one for their answers
+	var group *answers                    // and one for their outcomes
 	if mode != Async {
-		done = make(chan *outFrame, len(targets))
+		// One more than the frames, settled once they are all queued: a
+		// frame answered meanwhile cannot signal the group early.
+		group = newAnswers(len(targets) + 1)
 	}
-	waiting := 0
+	failed := 0
 	now := time.Now()
 	for i, p := range targets {
 		f := &all[i]
-		*f = outFrame{typ: t, mode: mode, body: body, queued: now, done: done}
+		*f = outFrame{typ: t, mode: mode, body: body, queued: now, group: group}
 		if err := p.enqueue(f); err != nil {
-			f.over = true
+			f.group = nil // never queued: nobody answers it
+			failed++
 			errs = append(errs, &PeerError{Peer: p.route, Op: "queue", Err: err})
-			continue
-		}
-		if done != nil {
-			waiting++
 		}
 	}
-	if waiting == 0 {
+	if group == nil || failed == len(targets) {
 		return errors.Join(errs...)
 	}
-	op := "ack"
-	if mode == Sync {
-		op = "apply"
-	}
-	answered := func(f *outFrame) {
-		f.over = true
-		waiting--
-		if f.err != nil {
-			errs = append(errs, &PeerError{Peer: f.peer.route, Op: op, Err: f.err})
-		}
-	}
-	// giveUp fails the frames still unanswered with err, after counting
-	// the answers already in, and makes their peers forget them.
-	giveUp := func(err error, forget bool) {
-		for {
-			select {
-			case f := <-done:
-				answered(f)
-				continue
-			default:
-			}
-			break
-		}
-		for i := range all {
-			if f := &all[i]; !f.over {
-				f.over = true
-				if forget {
-					f.peer.forget(f)
-				}
-				errs = append(errs, &PeerError{Peer: f.peer.route, Op: op, Err: err})
-			}
-		}
-	}
+	group.settle(failed + 1)
 	var expired <-chan time.Time // nil: no timeout of its own
 	if timeout > 0 {
 		t := getTimer(timeout)
 		defer putTimer(t)
 		expired = t.C
 	}
-	for waiting > 0 {
-		select {
-		case f := <-done:
-			answered(f)
-		case <-ctx.Done():
-			giveUp(ctx.Err(), true)
-			waiting = 0
-		case <-expired:
-			giveUp(context.DeadlineExceeded, true)
-			waiting = 0
-		case <-c.stop:
-			giveUp(ErrClosed, false)
-			waiting = 0
+	var gaveUp error // why the frames still unanswered failed
+	forget := true   // and whether their peers must forget them
+	select {
+	case <-group.all:
+	case <-ctx.Done():
+		gaveUp = ctx.Err()
+	case <-expired:
+		gaveUp = context.DeadlineExceeded
+	case <-c.stop:
+		gaveUp, forget = ErrClosed, false
+	}
+	op := "ack"
+	if mode == Sync {
+		op = "apply"
+	}
+	for i := range all {
+		f := &all[i]
+		switch {
+		case f.group == nil:
+		case f.done.Load(): // an answer in counts, even past a deadline
+			if f.err != nil {
+				errs = append(errs, &PeerError{Peer: f.peer.route, Op: op, Err: f.err})
+			}
+		default:
+			if forget {
+				f.peer.forget(f)
+			}
+			errs = append(errs, &PeerError{Peer: f.peer.route, Op: op, Err: gaveUp})
 		}
 	}
 	return errors.Join(errs...)

@@ -18,17 +18,38 @@ type outFrame struct {
 	mode   SendMode
 	body   []byte
 	seq    uint64
-	done   chan *outFrame // nil in Async mode; receives the frame once, with err set
-	err    error          // the outcome, set by finish
+	group  *answers // nil in Async mode
+	err    error    // the outcome, set once before done is
+	done   atomic.Bool
 	queued time.Time
-	over   bool // the sender has its outcome or gave up on it
 }
 
-// finish hands the outcome of f to its sender. A sender's frames to
-// several peers share one done channel, with room for all of them.
+// answers gathers the outcomes of one send's frames to all its peers, so
+// that the sender wakes once, when the last is in (or when it gives up).
+type answers struct {
+	left atomic.Int32
+	all  chan struct{} // capacity 1: signalled by the last outcome
+}
+
+func newAnswers(n int) *answers {
+	a := &answers{all: make(chan struct{}, 1)}
+	a.left.Store(int32(n))
+	return a
+}
+
+// settle removes n outcomes from those awaited and signals when none is
+// left.
+func (a *answers) settle(n int) {
+	if a.left.Add(int32(-n)) == 0 {
+		a.all <- struct{}{}
+	}
+}
+
+// finish records the outcome of f for its sender.
 func (f *outFrame) finish(err error) {
 	f.err = err
-	f.done <- f
+	f.done.Store(true)
+	f.group.settle(1)
 }
 
 // peer is the outbound side of one peer: its bounded queue and the
@@ -256,7 +277,7 @@ func (p *peer) writeLoop(conn net.Conn, seal *sealer, readerDone chan error) err
 			plain = nil // do not keep a huge buffer for one large frame
 		}
 		if len(b) > c.cfg.MaxFrameSize {
-			if f.done != nil {
+			if f.group != nil {
 				f.finish(fmt.Errorf("%w: %d bytes", ErrFrameTooLarge, len(b)))
 			}
 			return nil // refused locally; the connection is fine
@@ -265,7 +286,7 @@ func (p *peer) writeLoop(conn net.Conn, seal *sealer, readerDone chan error) err
 			sealed = seal.seal(sealed[:0], b)
 			b = sealed
 		}
-		if f.done != nil {
+		if f.group != nil {
 			p.wmu.Lock()
 			p.waiters[f.seq] = f
 			p.wmu.Unlock()
@@ -395,7 +416,7 @@ func (p *peer) failQueued(err error) int {
 	for n := 0; ; n++ {
 		select {
 		case f := <-p.queue:
-			if f.done != nil {
+			if f.group != nil {
 				f.finish(err)
 			}
 		default:

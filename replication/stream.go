@@ -46,7 +46,7 @@ func (s *Stream) Write(ctx context.Context, body []byte) error {
 			return err
 		}
 	}
-	f := &outFrame{typ: s.typ, mode: Ack, body: body, done: make(chan *outFrame, 1), queued: time.Now()}
+	f := &outFrame{typ: s.typ, mode: Ack, body: body, group: newAnswers(1), queued: time.Now()}
 	if err := s.p.enqueue(f); err != nil {
 		s.err = &PeerError{Peer: s.p.route, Op: "stream", Err: err}
 		return s.err
@@ -58,7 +58,7 @@ func (s *Stream) Write(ctx context.Context, body []byte) error {
 func (s *Stream) waitOldest(ctx context.Context) error {
 	f := s.inflight[0]
 	select {
-	case <-f.done:
+	case <-f.group.all:
 		s.inflight = s.inflight[1:]
 		if f.err != nil {
 			s.err = &PeerError{Peer: s.p.route, Op: "stream", Err: f.err}
