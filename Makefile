@@ -22,8 +22,11 @@ test: ## go vet, then every test with the race detector (unit, cluster, fuzz see
 	$(GO) vet $(PKGS)
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 
-bench: ## side-by-side benchmarks; results go in docs/benchmarks.md
+bench: ## side-by-side benchmarks; results go in docs/benchmarks.md. The HTTP ones run twice: Go client, then wrk
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -timeout 60m $(PKGS)
+	@if command -v wrk >/dev/null; then \
+		COHORT_LOADGEN=wrk $(GO) test -run '^$$' -bench 'Middleware|Compare' -benchtime $(BENCHTIME) -timeout 30m ./web/ ./internal/compare/; \
+	else echo '*** make bench: wrk not installed (Debian package wrk): the wrk rounds of the HTTP benchmarks are left out' >&2; fi
 
 fuzz: ## run each fuzz target for $(FUZZTIME)
 	@for pkg in $$($(GO) list $(PKGS)); do \

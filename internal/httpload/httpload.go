@@ -21,6 +21,7 @@ type Server struct {
 	client  *http.Client
 	clients int
 	cookie  string
+	wrk     wrkState
 }
 
 // Start serves h on 127.0.0.1 for about clients client goroutines that
@@ -106,6 +107,9 @@ func (f *failures) err(total int) error {
 // cookie, and the rest to path.
 func (s *Server) Drive(b *testing.B, first, path string) float64 {
 	b.Helper()
+	if useWrk() {
+		return s.driveWrk(b, first, path)
+	}
 	var fails failures
 	procs := runtime.GOMAXPROCS(0)
 	b.SetParallelism(max(1, (s.clients+procs-1)/procs))
@@ -137,6 +141,9 @@ func (s *Server) Drive(b *testing.B, first, path string) float64 {
 // Baseline returns the req/s of s over d, with the same client goroutines
 // as Drive, for a ratio measured next to the case it divides.
 func (s *Server) Baseline(first, path string, d time.Duration) (float64, error) {
+	if useWrk() {
+		return s.baselineWrk(first, path, d)
+	}
 	var fails failures
 	var total atomic.Int64
 	deadline := time.Now().Add(d)
