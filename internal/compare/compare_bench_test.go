@@ -50,7 +50,8 @@ type opener func(sb, p *testing.B, log *slog.Logger) sessions.Store
 // before and just after the case's round (their mean), so that the
 // machine's drift over a run does not enter the ratio. Goal: delta-3-ack
 // ≥ 3x redis on reads and on writes. With COHORT_PLOT_DIR set (an
-// absolute path), the figures are drawn in $COHORT_PLOT_DIR/compare.png.
+// absolute path), the figures are drawn in $COHORT_PLOT_DIR/compare.png
+// (compare-wrk.png with COHORT_LOADGEN=wrk, httpload).
 //
 //	go test -run '^$' -bench Compare -benchtime 2s -count 3 ./internal/compare/
 func BenchmarkCompare(b *testing.B) {
@@ -112,8 +113,12 @@ func BenchmarkCompare(b *testing.B) {
 		fmt.Printf("BenchmarkCompare: redis cases skipped, no x-redis: %v\n", err)
 	}
 	if dir := os.Getenv("COHORT_PLOT_DIR"); dir != "" && len(figs.rows) > 0 {
-		path := filepath.Join(dir, "compare.png")
-		if err := writePlot(path, figs, "redis"); err != nil {
+		name, load := "compare.png", fmt.Sprintf("%d Go client goroutines in process", clients)
+		if httpload.Loadgen() == "wrk" {
+			name, load = "compare-wrk.png", fmt.Sprintf("wrk, %d connections", clients)
+		}
+		path := filepath.Join(dir, name)
+		if err := writePlot(path, figs, "redis", load); err != nil {
 			b.Fatalf("plot: %v", err)
 		}
 		fmt.Printf("BenchmarkCompare: wrote %s\n", path)

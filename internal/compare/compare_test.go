@@ -78,7 +78,7 @@ func TestWritePlot(t *testing.T) {
 		f.set(r.store, "write", r.write, r.writeX)
 	}
 	path := filepath.Join(t.TempDir(), "compare.png")
-	if err := writePlot(path, f, "redis"); err != nil {
+	if err := writePlot(path, f, "redis", "wrk, 96 connections"); err != nil {
 		t.Fatal(err)
 	}
 	b, err := os.ReadFile(path)

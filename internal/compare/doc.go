@@ -23,9 +23,12 @@
 //
 //	go test -run '^$' -bench Compare -benchtime 2s ./internal/compare/
 //	COHORT_PLOT_DIR=/tmp go test -run '^$' -bench Compare -benchtime 2s ./internal/compare/
+//	COHORT_LOADGEN=wrk COHORT_PLOT_DIR=/tmp go test -run '^$' -bench Compare -benchtime 2s ./internal/compare/
 //
 // The second form also writes a bar chart of the figures to
-// $COHORT_PLOT_DIR/compare.png. The redis case needs redis-server on the
+// $COHORT_PLOT_DIR/compare.png; the third drives the app with wrk
+// instead of the in-process Go client (internal/httpload) and draws
+// compare-wrk.png. The redis case needs redis-server on the
 // PATH (Debian: apt-get install redis-server); without it that case is
 // skipped with the reason, or fails when CI=true.
 package compare

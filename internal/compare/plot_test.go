@@ -53,10 +53,11 @@ func (r figure) get(op string) (rps, x float64) {
 
 // writePlot draws f as a bar chart, read and write side by side for each
 // store, each bar labelled with its req/s and its ratio to the baseline
-// store's measured next to it, and saves it as a PNG at path.
-func writePlot(path string, f figures, baseline string) error {
+// store's measured next to it, and saves it as a PNG at path; load says
+// where the requests came from.
+func writePlot(path string, f figures, baseline, load string) error {
 	p := plot.New()
-	p.Title.Text = "Session requests/s by store: one gorilla/sessions app, loopback HTTP, 96 clients\n" +
+	p.Title.Text = "Session requests/s by store: one gorilla/sessions app, loopback HTTP, load from " + load + "\n" +
 		"(bar labels: req/s and, below it, the ratio to " + baseline + " for the same operation, measured just before and after)"
 	p.Title.TextStyle.Font.Size = vg.Points(12)
 	p.X.Label.Text = "session store (Cohort clusters: 3 in-process nodes, ack mode)"

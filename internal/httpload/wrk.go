@@ -23,20 +23,22 @@ import (
 // per request, is not counted.
 const LoadgenEnv = "COHORT_LOADGEN"
 
-// useWrk reports whether LoadgenEnv asks for wrk, and says so once on
-// stdout, beside the results.
-func useWrk() bool {
+// Loadgen is the load generator LoadgenEnv picks: "go" or "wrk". It
+// says which on stdout, once, beside the results.
+func Loadgen() string {
 	switch v := os.Getenv(LoadgenEnv); v {
 	case "", "go":
 		sayLoadgen.Do(func() { fmt.Println("httpload: load generator: Go client, in process") })
-		return false
+		return "go"
 	case "wrk":
 		sayLoadgen.Do(func() { fmt.Println("httpload: load generator: wrk, 2 threads, child process") })
-		return true
+		return "wrk"
 	default:
 		panic(fmt.Sprintf("httpload: %s=%q: want go or wrk", LoadgenEnv, v))
 	}
 }
+
+func useWrk() bool { return Loadgen() == "wrk" }
 
 var sayLoadgen sync.Once
 
