@@ -111,21 +111,16 @@ func (t *Types) encode(v any) ([]byte, error) {
 	if !ok {
 		return nil, fmt.Errorf("type %v is not registered; register it with Types.Register on every node", typ)
 	}
-	var buf bytes.Buffer
-	enc := msgpack.GetEncoder()
-	defer msgpack.PutEncoder(enc)
-	enc.Reset(&buf)
-	enc.SetSortMapKeys(true) // equal values encode equally, so replicas compare
-	if err := enc.EncodeArrayLen(2); err != nil {
-		return nil, err
-	}
-	if err := enc.EncodeString(name); err != nil {
-		return nil, err
-	}
-	if err := enc.Encode(v); err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
+	// Keys sorted: equal values encode equally, so replicas compare.
+	return encodeExact(0, false, true, func(enc *msgpack.Encoder) error {
+		if err := enc.EncodeArrayLen(2); err != nil {
+			return err
+		}
+		if err := enc.EncodeString(name); err != nil {
+			return err
+		}
+		return enc.Encode(v)
+	})
 }
 
 // decode reads a value written by encode as the registered type. The

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/cohort-cluster/cohort/internal/mpguard"
 	"github.com/vmihailenco/msgpack/v5"
@@ -127,15 +128,44 @@ func encodeChange(c *Change) ([]byte, error) {
 }
 
 func frameMsg(k kind, encode func(*msgpack.Encoder) error) ([]byte, error) {
-	buf := bytes.NewBuffer(make([]byte, 1, 256))
-	buf.Bytes()[0] = byte(k)
+	b, err := encodeExact(byte(k), true, false, encode)
+	if err != nil {
+		return nil, fmt.Errorf("manager: encode message %d: %w", k, err)
+	}
+	return b, nil
+}
+
+// scratch holds the buffers values are encoded into before encodeExact
+// copies them out.
+var scratch = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// maxScratch is the largest buffer kept for the next encoding.
+const maxScratch = 64 << 10
+
+// encodeExact encodes with encode, after the byte prefix if hasPrefix,
+// into a pooled buffer, and returns a copy of exactly the bytes written:
+// one allocation, whatever the size, and no room left over in what a
+// session keeps. sortKeys sorts map keys, so that equal values encode
+// equally.
+func encodeExact(prefix byte, hasPrefix, sortKeys bool, encode func(*msgpack.Encoder) error) ([]byte, error) {
+	buf := scratch.Get().(*bytes.Buffer)
+	defer func() {
+		if buf.Cap() <= maxScratch {
+			scratch.Put(buf)
+		}
+	}()
+	buf.Reset()
+	if hasPrefix {
+		buf.WriteByte(prefix)
+	}
 	enc := msgpack.GetEncoder()
 	defer msgpack.PutEncoder(enc)
 	enc.Reset(buf)
+	enc.SetSortMapKeys(sortKeys)
 	if err := encode(enc); err != nil {
-		return nil, fmt.Errorf("manager: encode message %d: %w", k, err)
+		return nil, err
 	}
-	return buf.Bytes(), nil
+	return bytes.Clone(buf.Bytes()), nil
 }
 
 // ErrMalformed wraps errors decoding a peer's message.
