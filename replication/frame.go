@@ -61,14 +61,20 @@ const frameHeader = 4
 // needed, and returns the payload. The length is checked against max
 // before anything is allocated.
 func readFrame(r io.Reader, buf []byte, max int) ([]byte, error) {
-	var h [frameHeader]byte
-	if _, err := io.ReadFull(r, h[:]); err != nil {
+	// The header is read into buf, when it has room: a local array
+	// would escape to the heap through r, once per frame.
+	h := buf[:0]
+	if cap(h) < frameHeader {
+		h = make([]byte, 0, frameHeader)
+	}
+	h = h[:frameHeader]
+	if _, err := io.ReadFull(r, h); err != nil {
 		if err == io.ErrUnexpectedEOF {
 			err = fmt.Errorf("%w: truncated frame header", ErrMalformed)
 		}
 		return nil, err
 	}
-	n := int(binary.BigEndian.Uint32(h[:]))
+	n := int(binary.BigEndian.Uint32(h))
 	if n > max {
 		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, n, max)
 	}
