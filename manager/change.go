@@ -302,7 +302,7 @@ func EncodeChange(d Change) ([]byte, error) { return msgpack.Marshal(&d) }
 // DecodeChange decodes a delta received from a peer.
 func DecodeChange(b []byte) (Change, error) {
 	var d Change
-	if _, err := d.decode(b); err != nil {
+	if err := d.decode(b); err != nil {
 		return Change{}, fmt.Errorf("manager: decode delta: %w", err)
 	}
 	if d.ID == "" {

@@ -154,19 +154,20 @@ var (
 
 // DecodeMsgpack reads c from a map in any key order, skipping keys it does
 // not know (a newer node's fields); nil reads as the zero Change.
-func (c *Change) DecodeMsgpack(d *msgpack.Decoder) error {
+func (c *Change) DecodeMsgpack(d *msgpack.Decoder) error { return fromRaw(d, c.decode) }
+
+// fromRaw reads the next value of d whole and decodes it with decode.
+func fromRaw(d *msgpack.Decoder, decode func([]byte) error) error {
 	raw, err := d.DecodeRaw()
 	if err != nil {
 		return err
 	}
-	_, err = c.decode(raw)
-	return err
+	return decode(raw)
 }
 
 // decode reads c from the start of b as DecodeMsgpack does, straight from
-// the bytes (the path every replica takes for every change), and returns
-// how many bytes it read.
-func (c *Change) decode(b []byte) (int, error) {
+// the bytes: the path every replica takes for every change.
+func (c *Change) decode(b []byte) error {
 	*c = Change{}
 	r := wire{b: b}
 	err := r.readStruct(changeFields, func(f int) (err error) {
@@ -205,9 +206,9 @@ func (c *Change) decode(b []byte) (int, error) {
 		return err
 	})
 	if err != nil {
-		return 0, fmt.Errorf("decode change: %w", err)
+		return fmt.Errorf("decode change: %w", err)
 	}
-	return r.i, nil
+	return nil
 }
 
 var _ msgpack.CustomDecoder = (*Full)(nil)
@@ -219,12 +220,10 @@ var _ msgpack.CustomDecoder = (*Full)(nil)
 // lets a few bytes claim a million entries that mpguard.Check, reading
 // them as the extension they are, cannot see.
 func (f *Full) DecodeMsgpack(d *msgpack.Decoder) error {
-	raw, err := d.DecodeRaw()
-	if err != nil {
+	return fromRaw(d, func(b []byte) error {
+		_, err := f.decode(b)
 		return err
-	}
-	_, err = f.decode(raw)
-	return err
+	})
 }
 
 // decode reads f from the start of b as DecodeMsgpack does and returns
@@ -399,11 +398,7 @@ func (r *wire) raw() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := r.next(int(n))
-	if s == nil && err == nil {
-		s = []byte{} // present, and empty
-	}
-	return s, err
+	return r.next(int(n)) // empty, not nil, for an empty one
 }
 
 func (r *wire) str() (string, error) {

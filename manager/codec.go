@@ -112,7 +112,7 @@ func (t *Types) encode(v any) ([]byte, error) {
 		return nil, fmt.Errorf("type %v is not registered; register it with Types.Register on every node", typ)
 	}
 	// Keys sorted: equal values encode equally, so replicas compare.
-	return encodeExact(0, false, true, func(enc *msgpack.Encoder) error {
+	return encodeExact(true, func(enc *msgpack.Encoder) error {
 		if err := enc.EncodeArrayLen(2); err != nil {
 			return err
 		}

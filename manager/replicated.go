@@ -660,7 +660,7 @@ func (m *replicated) Receive(from string, msg []byte) error {
 	switch k {
 	case kindChange:
 		var c Change
-		if _, err = c.decode(body); err != nil {
+		if err = c.decode(body); err != nil {
 			err = malformed(err)
 		} else if c.ID != "" {
 			m.onChange(from, c)
@@ -715,8 +715,9 @@ func (m *replicated) Receive(from string, msg []byte) error {
 		}()
 	case kindHandoff:
 		var fs []Full
-		fs, err = decodeFulls(body)
-		if err = malformed(err); err == nil && m.backup != nil {
+		if fs, err = decodeFulls(body); err != nil {
+			err = malformed(err)
+		} else if m.backup != nil {
 			for _, f := range fs {
 				if f.ID != "" {
 					m.onHandoff(from, f)
@@ -725,8 +726,9 @@ func (m *replicated) Receive(from string, msg []byte) error {
 		}
 	case kindSyncChunk:
 		var fs []Full
-		fs, err = decodeFulls(body)
-		if err = malformed(err); err == nil {
+		if fs, err = decodeFulls(body); err != nil {
+			err = malformed(err)
+		} else {
 			for _, f := range fs {
 				if f.ID != "" {
 					m.onFull(from, f)

@@ -128,7 +128,7 @@ func encodeChange(c *Change) ([]byte, error) {
 }
 
 func frameMsg(k kind, encode func(*msgpack.Encoder) error) ([]byte, error) {
-	b, err := encodeExact(byte(k), true, false, encode)
+	b, err := encodeExact(false, encode, byte(k))
 	if err != nil {
 		return nil, fmt.Errorf("manager: encode message %d: %w", k, err)
 	}
@@ -142,12 +142,12 @@ var scratch = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 // maxScratch is the largest buffer kept for the next encoding.
 const maxScratch = 64 << 10
 
-// encodeExact encodes with encode, after the byte prefix if hasPrefix,
-// into a pooled buffer, and returns a copy of exactly the bytes written:
+// encodeExact encodes with encode, after the bytes of prefix, into a
+// pooled buffer, and returns a copy of exactly the bytes written:
 // one allocation, whatever the size, and no room left over in what a
 // session keeps. sortKeys sorts map keys, so that equal values encode
 // equally.
-func encodeExact(prefix byte, hasPrefix, sortKeys bool, encode func(*msgpack.Encoder) error) ([]byte, error) {
+func encodeExact(sortKeys bool, encode func(*msgpack.Encoder) error, prefix ...byte) ([]byte, error) {
 	buf := scratch.Get().(*bytes.Buffer)
 	defer func() {
 		if buf.Cap() <= maxScratch {
@@ -155,9 +155,7 @@ func encodeExact(prefix byte, hasPrefix, sortKeys bool, encode func(*msgpack.Enc
 		}
 	}()
 	buf.Reset()
-	if hasPrefix {
-		buf.WriteByte(prefix)
-	}
+	buf.Write(prefix)
 	enc := msgpack.GetEncoder()
 	defer msgpack.PutEncoder(enc)
 	enc.Reset(buf)
