@@ -285,9 +285,8 @@ const maxPrealloc = 64
 // int64 or a uint64, strings and binaries alike into a string or a
 // []byte, nil into the zero value. Strings and bytes are copied out of b.
 type wire struct {
-	b     []byte
-	i     int
-	route string // the last node route read: a change names one twice
+	b []byte
+	i int
 }
 
 // errEnd is a value that runs past the end of the input.
@@ -513,10 +512,8 @@ func (r *wire) readRev(rev *Rev) error {
 			rev.At, err = r.int()
 		case 2:
 			var s []byte
-			if s, err = r.raw(); string(s) != r.route {
-				r.route = string(s)
-			}
-			rev.Node = r.route
+			s, err = r.raw()
+			rev.Node = wireNames.get(s)
 		}
 		return err
 	})
@@ -532,7 +529,9 @@ func (r *wire) readOps() ([]Op, error) {
 		var op Op
 		err := r.readStruct(opFields, func(f int) (err error) {
 			if f == 0 {
-				op.Name, err = r.str()
+				var s []byte
+				s, err = r.raw()
+				op.Name = wireNames.get(s)
 			} else {
 				op.Value, err = r.bytes()
 			}

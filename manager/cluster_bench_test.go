@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -273,13 +275,7 @@ func BenchmarkCommit(b *testing.B) {
 	benchNoLeaks(b)
 	var unreplicated float64
 	b.Run("unreplicated", func(b *testing.B) {
-		cfg := DefaultConfig()
-		cfg.Route, cfg.Logger, cfg.SweepInterval = "n1", benchQuiet(), time.Hour
-		m, err := NewStandard(cfg)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer m.Close(context.Background())
+		m := benchStandard(b)
 		s, err := benchCreate(context.Background(), m)
 		if err != nil {
 			b.Fatal(err)
@@ -301,6 +297,71 @@ func BenchmarkCommit(b *testing.B) {
 			b.ReportMetric(ns/unreplicated, "x-unreplicated")
 		}
 	})
+	// The same commits from 96 goroutines at once, each with its own
+	// session, as a loaded server makes them: cpu-us/op is the CPU the
+	// process spends per commit, both peers' receiving included, which
+	// is what replication adds to a write request on a busy node.
+	b.Run("unreplicated-parallel", func(b *testing.B) {
+		benchCommitParallel(b, benchStandard(b))
+	})
+	b.Run("delta-2-peers-ack-parallel", func(b *testing.B) {
+		bn := benchStartNodes(b, KindDelta, 3, func(c *ClusterConfig) { c.Manager.Mode = Ack })
+		defer bn.close()
+		benchCommitParallel(b, bn.nodes[0].Manager())
+	})
+}
+
+// benchStandard starts a Standard manager that lives as long as b.
+func benchStandard(b *testing.B) *Standard {
+	b.Helper()
+	cfg := DefaultConfig()
+	cfg.Route, cfg.Logger, cfg.SweepInterval = "n1", benchQuiet(), time.Hour
+	m, err := NewStandard(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = m.Close(context.Background()) })
+	return m
+}
+
+// benchCommitParallel commits one changed attribute of a 1 KB session per
+// iteration from 96 goroutines, each with its own session, and reports the
+// process's CPU time per commit.
+func benchCommitParallel(b *testing.B, m Manager) {
+	b.Helper()
+	ctx := context.Background()
+	vals := [2]any{strings.Repeat("y", 120), strings.Repeat("z", 120)}
+	b.SetParallelism((96 + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
+	b.ReportAllocs()
+	b.ResetTimer()
+	before := benchCPU(b)
+	b.RunParallel(func(pb *testing.PB) {
+		s, err := benchCreate(ctx, m)
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		for i := 0; pb.Next(); i++ {
+			if err := s.Set("attra", vals[i&1]); err != nil {
+				b.Error(err)
+				return
+			}
+			if err := m.Commit(ctx, s); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64((benchCPU(b)-before).Microseconds())/float64(b.N), "cpu-us/op")
+}
+
+// benchCPU is the user and system CPU time the process has used.
+func benchCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // BenchmarkStateTransferReal measures a Delta state transfer of 100k
