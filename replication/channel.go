@@ -222,21 +222,44 @@ func (c *Channel) SendWithin(ctx context.Context, timeout time.Duration, to []st
 	return c.send(ctx, timeout, to, t, body, mode)
 }
 
-// timers holds stopped timers for senders' timeouts: a send with a timeout
-// is every ack-mode write, and a timer is two allocations.
-var timers sync.Pool
+// alarms holds stopped alarms for senders' timeouts: a send with a
+// timeout is every ack-mode write, and an alarm is three allocations.
+var alarms sync.Pool
 
-func getTimer(d time.Duration) *time.Timer {
-	if t, ok := timers.Get().(*time.Timer); ok {
-		t.Reset(d) // since Go 1.23, a stopped timer's channel holds no stale tick
-		return t
-	}
-	return time.NewTimer(d)
+// alarm wakes a sender that waits on its answers once its timeout passes:
+// the sender then waits on one channel, not on a select of several.
+type alarm struct {
+	t     *time.Timer
+	group atomic.Pointer[answers]
 }
 
-func putTimer(t *time.Timer) {
-	t.Stop()
-	timers.Put(t)
+func getAlarm(g *answers, d time.Duration) *alarm {
+	if a, ok := alarms.Get().(*alarm); ok {
+		a.group.Store(g)
+		a.t.Reset(d)
+		return a
+	}
+	a := &alarm{}
+	a.group.Store(g)
+	a.t = time.AfterFunc(d, a.ring)
+	return a
+}
+
+func (a *alarm) ring() {
+	if g := a.group.Load(); g != nil {
+		g.signal()
+	}
+}
+
+// stop reports whether the alarm rang. One that did not is reused; one
+// that did may still be ringing, so it is left to the collector.
+func (a *alarm) stop() (rang bool) {
+	if !a.t.Stop() {
+		return true
+	}
+	a.group.Store(nil)
+	alarms.Put(a)
+	return false
 }
 
 // send waits until ctx is done, or timeout has passed unless it is 0.
@@ -284,23 +307,26 @@ func (c *Channel) send(ctx context.Context, timeout time.Duration, to []string, 
 	if group == nil || failed == len(targets) {
 		return errors.Join(errs...)
 	}
-	group.settle(failed + 1)
-	var expired <-chan time.Time // nil: no timeout of its own
+	var ring *alarm // signals the group when the timeout passes
 	if timeout > 0 {
-		t := getTimer(timeout)
-		defer putTimer(t)
-		expired = t.C
+		ring = getAlarm(group, timeout)
 	}
+	group.settle(failed + 1)
+	// Every queued frame is answered or failed, even when the channel
+	// closes (see enqueue): without a context that can end, waiting on
+	// the group alone is enough.
 	var gaveUp error // why the frames still unanswered failed
-	forget := true   // and whether their peers must forget them
-	select {
-	case <-group.all:
-	case <-ctx.Done():
-		gaveUp = ctx.Err()
-	case <-expired:
+	if done := ctx.Done(); done == nil {
+		<-group.all
+	} else {
+		select {
+		case <-group.all:
+		case <-done:
+			gaveUp = ctx.Err()
+		}
+	}
+	if ring != nil && ring.stop() && gaveUp == nil {
 		gaveUp = context.DeadlineExceeded
-	case <-c.stop:
-		gaveUp, forget = ErrClosed, false
 	}
 	op := "ack"
 	if mode == Sync {
@@ -315,9 +341,7 @@ func (c *Channel) send(ctx context.Context, timeout time.Duration, to []string, 
 				errs = append(errs, &PeerError{Peer: f.peer.route, Op: op, Err: f.err})
 			}
 		default:
-			if forget {
-				f.peer.forget(f)
-			}
+			f.peer.forget(f)
 			errs = append(errs, &PeerError{Peer: f.peer.route, Op: op, Err: gaveUp})
 		}
 	}

@@ -563,3 +563,52 @@ func TestSendTimeouts(t *testing.T) {
 	defer cancel()
 	late("SendWithin 1h, context 100ms", a.SendWithin(ctx, time.Hour, nil, testType, []byte("stall"), Sync))
 }
+
+// TestCloseAndRemoveEndWaitingSends checks that a send waiting on a peer,
+// with no deadline that would end it, returns as soon as the peer is
+// removed or the channel closes, including sends queued while it closes.
+func TestCloseAndRemoveEndWaitingSends(t *testing.T) {
+	leaktest.Check(t)
+	release := make(chan struct{})
+	defer close(release)
+	b := newChannel(t, testConfig(t, "b"))
+	b.Handle(testType, func(string, []byte) error {
+		<-release
+		return nil
+	})
+	ca := testConfig(t, "a")
+	ca.SendTimeout = time.Hour
+	a := newChannel(t, ca)
+
+	a.AddPeer("b", b.Addr().String())
+	sent := make(chan error, 1)
+	go func() { sent <- a.Send(context.Background(), nil, testType, []byte("x"), Sync) }()
+	waitFor(t, "the frame to reach b", func() bool { return b.recvCounters("a").frames.Load() > 0 })
+	a.RemovePeer("b")
+	var pe *PeerError
+	if err := <-sent; !errors.As(err, &pe) || pe.Peer != "b" {
+		t.Fatalf("send to a removed peer: err = %v, want b's PeerError", err)
+	}
+
+	// b still holds the first frame: the rest go to another stalled peer.
+	c := newChannel(t, testConfig(t, "c"))
+	c.Handle(testType, func(string, []byte) error {
+		<-release
+		return nil
+	})
+	a.AddPeer("c", c.Addr().String())
+	const senders = 50
+	errs := make(chan error, senders)
+	for range senders {
+		go func() { errs <- a.Send(context.Background(), nil, testType, []byte("y"), Sync) }()
+	}
+	waitFor(t, "a frame to reach c", func() bool { return c.recvCounters("a").frames.Load() > 0 })
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for range senders {
+		if err := <-errs; err == nil {
+			t.Fatal("a send waiting on a stalled peer succeeded after Close")
+		}
+	}
+}

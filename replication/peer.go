@@ -41,7 +41,16 @@ func newAnswers(n int) *answers {
 // left.
 func (a *answers) settle(n int) {
 	if a.left.Add(int32(-n)) == 0 {
-		a.all <- struct{}{}
+		a.signal()
+	}
+}
+
+// signal wakes the sender, if it is not woken already: by the last
+// outcome, or by its alarm.
+func (a *answers) signal() {
+	select {
+	case a.all <- struct{}{}:
+	default:
 	}
 }
 
@@ -95,6 +104,14 @@ func (p *peer) enqueue(f *outFrame) error {
 	}
 	select {
 	case p.queue <- f:
+		select {
+		case <-p.stop:
+			// The peer stopped meanwhile and may have failed its queue
+			// before f was in it: fail what is left, f included, so
+			// that its sender is not left waiting.
+			p.failQueued(ErrClosed)
+		default:
+		}
 		return nil
 	default:
 		p.queueFull.Add(1)

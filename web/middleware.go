@@ -319,7 +319,10 @@ func (st *state) commit(h http.Header) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if st.s != nil {
-		if err := st.ss.m.Commit(st.ctx, st.s); err != nil {
+		// A client that hangs up does not cut the commit short: the
+		// changes are this node's already, and its peers must have them
+		// too. The manager's send timeout bounds the wait.
+		if err := st.ss.m.Commit(context.WithoutCancel(st.ctx), st.s); err != nil {
 			st.ss.commitErrors.Add(1)
 			st.ss.log.Warn("session commit failed", "session", manager.RedactID(st.s.ID()), "err", err)
 		}
