@@ -1,6 +1,7 @@
 package web
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"reflect"
@@ -121,7 +122,7 @@ func (st *Store) Save(r *http.Request, w http.ResponseWriter, gs *sessions.Sessi
 			}
 		}
 	}
-	if err := m.Commit(ctx, s); err != nil {
+	if err := m.Commit(context.WithoutCancel(ctx), s); err != nil { // as the middleware's commit
 		// Committed here; some peer did not confirm (it just died, or
 		// timed out). As with the middleware, the request goes on.
 		st.ss.commitErrors.Add(1)

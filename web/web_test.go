@@ -12,8 +12,10 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/cohort-cluster/cohort/internal/leaktest"
+	"github.com/cohort-cluster/cohort/internal/testcluster"
 	"github.com/cohort-cluster/cohort/manager"
 	"github.com/cohort-cluster/cohort/web"
 	"github.com/gorilla/sessions"
@@ -382,4 +384,83 @@ func TestLookupFailureIsUnavailable(t *testing.T) {
 	if ran || len(resp.Cookies()) != 0 {
 		t.Errorf("handler ran: %v; cookies set: %v", ran, resp.Cookies())
 	}
+}
+
+// TestClientHangUpDoesNotCutCommitShort: a request whose client is gone
+// before its handler returns still commits in ack mode, through the
+// middleware and through the gorilla Store, and the peer has the change.
+func TestClientHangUpDoesNotCutCommitShort(t *testing.T) {
+	leaktest.Check(t)
+	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	nodes := testcluster.Start(t, nil, log, func(c *manager.ClusterConfig) {
+		c.Kind, c.Manager.Mode = manager.KindDelta, manager.Ack
+	}, "n1", "n2")
+	var warnings syncBuffer
+	quietOn := func(c *web.Config) { c.Logger = slog.New(slog.NewTextHandler(&warnings, nil)) }
+	ss := middleware(t, nodes[0].Manager(), "n1", quietOn)
+	cfg := web.DefaultConfig()
+	cfg.Route = "n1"
+	quietOn(&cfg)
+	store, err := web.NewStore(nodes[0].Manager(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name    string
+		handler http.Handler
+	}{
+		{"middleware", ss.Middleware(counter("n1"))},
+		{"store", gorillaCounter(store)},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ctx, hangUp := context.WithCancel(context.Background())
+			hangUp() // the client is gone before the handler runs
+			rec := httptest.NewRecorder()
+			c.handler.ServeHTTP(rec, httptest.NewRequestWithContext(ctx, http.MethodGet, "/counter", nil))
+			if rec.Code != http.StatusOK {
+				t.Fatalf("status %d: %s", rec.Code, rec.Body)
+			}
+			if w := warnings.String(); w != "" {
+				t.Errorf("warnings for a client that hung up:\n%s", w)
+			}
+			cookies := rec.Result().Cookies()
+			if len(cookies) != 1 {
+				t.Fatalf("cookies %v, want one", cookies)
+			}
+			// Ack mode: the peer has read the change; it applies it next.
+			deadline := time.Now().Add(5 * time.Second)
+			for {
+				s, err := nodes[1].Manager().Find(context.Background(), cookies[0].Value)
+				var n int64
+				if err == nil {
+					n, _ = s.GetInt("count")
+				}
+				if n == 1 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("peer's session %s: count %d, err %v; want count 1", cookies[0].Value, n, err)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		})
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent use.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
