@@ -183,13 +183,7 @@ func (s *Session) apply(d Change, notify bool) error {
 		s.mu.Unlock()
 		return fmt.Errorf("%w: delta %d->%d, replica at %d", ErrVersionGap, d.Base.N, d.Rev.N, have.N)
 	}
-	node := s.rev.Node
-	s.rev = d.Rev
-	if d.Rev.Node == node {
-		s.rev.Node = node // already interned
-	} else {
-		s.rev.Node = internName(d.Rev.Node) // a route: the same few everywhere
-	}
+	s.rev = d.Rev // its route is the decoder's shared copy (wireNames)
 	if t := d.Access * 1e6; t > s.lastAccess {
 		s.lastAccess = t
 	}

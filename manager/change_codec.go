@@ -405,6 +405,13 @@ func (r *wire) str() (string, error) {
 	return string(s), err
 }
 
+// name reads a string that recurs from message to message (a route, an
+// attribute name) as its shared copy in wireNames.
+func (r *wire) name() (string, error) {
+	s, err := r.raw()
+	return wireNames.get(s), err
+}
+
 // bytes reads a copy of a binary or string: nil for nil, empty (not nil)
 // for an empty one.
 func (r *wire) bytes() ([]byte, error) {
@@ -511,9 +518,7 @@ func (r *wire) readRev(rev *Rev) error {
 		case 1:
 			rev.At, err = r.int()
 		case 2:
-			var s []byte
-			s, err = r.raw()
-			rev.Node = wireNames.get(s)
+			rev.Node, err = r.name()
 		}
 		return err
 	})
@@ -529,9 +534,7 @@ func (r *wire) readOps() ([]Op, error) {
 		var op Op
 		err := r.readStruct(opFields, func(f int) (err error) {
 			if f == 0 {
-				var s []byte
-				s, err = r.raw()
-				op.Name = wireNames.get(s)
+				op.Name, err = r.name()
 			} else {
 				op.Value, err = r.bytes()
 			}

@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"maps"
 	"sync"
 	"sync/atomic"
 )
@@ -40,29 +41,17 @@ func (t *nameTable) get(b []byte) string {
 func (t *nameTable) add(s string) string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	old := t.m.Load()
-	if old != nil {
+	next := map[string]string{}
+	if old := t.m.Load(); old != nil {
 		if have, ok := (*old)[s]; ok {
 			return have
 		}
 		if len(*old) >= maxWireNames {
 			return s
 		}
-	}
-	next := make(map[string]string, 1+lenOf(old))
-	if old != nil {
-		for k, v := range *old {
-			next[k] = v
-		}
+		next = maps.Clone(*old)
 	}
 	next[s] = s
 	t.m.Store(&next)
 	return s
-}
-
-func lenOf(m *map[string]string) int {
-	if m == nil {
-		return 0
-	}
-	return len(*m)
 }
