@@ -187,6 +187,10 @@ func (n *Node) memberlistConfig() *memberlist.Config {
 	mc.Alive = (*aliveDelegate)(n)
 	mc.Logger = log.New(&logBridge{log: n.log, closed: &n.isClosed}, "", 0)
 	mc.DNSConfigPath = "" // seeds are resolved by Node, not memberlist
+	// Gossip packets are a few hundred bytes, which LZW does not shrink,
+	// and compressing one allocates a fresh 64 KiB table. Receivers read
+	// compressed and plain messages alike, so nodes of either setting mix.
+	mc.EnableCompression = false
 	return mc
 }
 
