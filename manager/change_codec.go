@@ -1,8 +1,11 @@
 package manager
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
+	"strings"
 
 	"github.com/cohort-cluster/cohort/internal/mpguard"
 
@@ -43,6 +46,26 @@ func (f *fieldSet) see(i int) error {
 // EncodeMsgpack writes c as the map its struct tags describe, leaving out
 // the omitempty fields that are empty.
 func (c Change) EncodeMsgpack(e *msgpack.Encoder) error {
+	_, err := e.Writer().Write(appendChange(make([]byte, 0, c.sizeHint()), &c))
+	return err
+}
+
+// sizeHint is at least the length of c's encoding.
+func (c *Change) sizeHint() int {
+	n := 112 + len(c.ID) + len(c.Base.Node) + len(c.Rev.Node)
+	if c.Principal != nil {
+		n += 5 + len(*c.Principal)
+	}
+	for i := range c.Ops {
+		n += 16 + len(c.Ops[i].Name) + len(c.Ops[i].Value)
+	}
+	return n
+}
+
+// appendChange appends c's encoding to b. Every write sends one, so it is
+// written straight into the message's bytes rather than through an
+// Encoder, which costs a call through an interface per byte group.
+func appendChange(b []byte, c *Change) []byte {
 	n := 4 // i, b, r, a
 	if c.Created != 0 {
 		n++
@@ -59,97 +82,111 @@ func (c Change) EncodeMsgpack(e *msgpack.Encoder) error {
 	if c.Invalidate {
 		n++
 	}
-	w := encoder{e: e}
-	w.mapLen(n)
-	w.str("i")
-	w.str(c.ID)
-	w.str("b")
-	w.rev(&c.Base)
-	w.str("r")
-	w.rev(&c.Rev)
+	b = appendLen(b, msgpcode.FixedMapLow, msgpcode.Map16, msgpcode.Map32, n)
+	b = appendStr(b, "i")
+	b = appendStr(b, c.ID)
+	b = appendStr(b, "b")
+	b = appendRev(b, &c.Base)
+	b = appendStr(b, "r")
+	b = appendRev(b, &c.Rev)
 	if c.Created != 0 {
-		w.str("c")
-		w.int(c.Created)
+		b = appendStr(b, "c")
+		b = append8(b, msgpcode.Int64, uint64(c.Created))
 	}
-	w.str("a")
-	w.int(c.Access)
+	b = appendStr(b, "a")
+	b = append8(b, msgpcode.Int64, uint64(c.Access))
 	if c.MaxInactive != nil {
-		w.str("m")
-		w.int(*c.MaxInactive)
+		b = appendStr(b, "m")
+		b = append8(b, msgpcode.Int64, uint64(*c.MaxInactive))
 	}
 	if c.Principal != nil {
-		w.str("p")
-		w.str(*c.Principal)
+		b = appendStr(b, "p")
+		b = appendStr(b, *c.Principal)
 	}
 	if len(c.Ops) > 0 {
-		w.str("o")
-		if w.err == nil {
-			w.err = e.EncodeArrayLen(len(c.Ops))
-		}
+		b = appendStr(b, "o")
+		b = appendLen(b, msgpcode.FixedArrayLow, msgpcode.Array16, msgpcode.Array32, len(c.Ops))
 		for i := range c.Ops {
-			w.mapLen(2)
-			w.str("n")
-			w.str(c.Ops[i].Name)
-			w.str("v")
-			if w.err == nil {
-				w.err = e.EncodeBytes(c.Ops[i].Value)
-			}
+			b = append(b, msgpcode.FixedMapLow|2)
+			b = appendStr(b, "n")
+			b = appendStr(b, c.Ops[i].Name)
+			b = appendStr(b, "v")
+			b = appendBin(b, c.Ops[i].Value)
 		}
 	}
 	if c.Invalidate {
-		w.str("x")
-		if w.err == nil {
-			w.err = e.EncodeBool(true)
-		}
+		b = appendStr(b, "x")
+		b = append(b, msgpcode.True)
 	}
-	return w.err
+	return b
 }
 
-// encoder keeps the first error of a sequence of writes.
-type encoder struct {
-	e   *msgpack.Encoder
-	err error
+// The append functions write what msgpack's Encoder writes for the same
+// call: EncodeUint64 and EncodeInt64 always take 9 bytes, lengths the
+// fewest.
+
+func appendRev(b []byte, r *Rev) []byte {
+	b = append(b, msgpcode.FixedMapLow|3)
+	b = appendStr(b, "n")
+	b = append8(b, msgpcode.Uint64, r.N)
+	b = appendStr(b, "t")
+	b = append8(b, msgpcode.Int64, uint64(r.At))
+	b = appendStr(b, "o")
+	return appendStr(b, r.Node)
 }
 
-func (w *encoder) mapLen(n int) {
-	if w.err == nil {
-		w.err = w.e.EncodeMapLen(n)
+func append8(b []byte, code byte, n uint64) []byte {
+	return binary.BigEndian.AppendUint64(append(b, code), n)
+}
+
+// appendLen writes a map or array header of n, with its fix, 16-bit and
+// 32-bit codes.
+func appendLen(b []byte, fix, c16, c32 byte, n int) []byte {
+	switch {
+	case n < 16:
+		return append(b, fix|byte(n))
+	case n <= math.MaxUint16:
+		return binary.BigEndian.AppendUint16(append(b, c16), uint16(n))
 	}
+	return binary.BigEndian.AppendUint32(append(b, c32), uint32(n))
 }
 
-func (w *encoder) str(s string) {
-	if w.err == nil {
-		w.err = w.e.EncodeString(s)
+func appendStr(b []byte, s string) []byte {
+	if len(s) < 32 {
+		b = append(b, msgpcode.FixedStrLow|byte(len(s)))
+	} else {
+		b = appendSize(b, len(s), msgpcode.Str8, msgpcode.Str16, msgpcode.Str32)
 	}
+	return append(b, s...)
 }
 
-// int writes n as msgpack's reflection writes an int64 field: always 9
-// bytes.
-func (w *encoder) int(n int64) {
-	if w.err == nil {
-		w.err = w.e.EncodeInt64(n)
+// appendBin writes v as EncodeBytes does: nil as nil.
+func appendBin(b []byte, v []byte) []byte {
+	if v == nil {
+		return append(b, msgpcode.Nil)
 	}
+	return append(appendSize(b, len(v), msgpcode.Bin8, msgpcode.Bin16, msgpcode.Bin32), v...)
 }
 
-func (w *encoder) rev(r *Rev) {
-	w.mapLen(3)
-	w.str("n")
-	if w.err == nil {
-		w.err = w.e.EncodeUint64(r.N)
+// appendSize writes the header of a string or binary of n bytes, with its
+// 8, 16 and 32-bit codes.
+func appendSize(b []byte, n int, c8, c16, c32 byte) []byte {
+	switch {
+	case n <= math.MaxUint8:
+		return append(b, c8, byte(n))
+	case n <= math.MaxUint16:
+		return binary.BigEndian.AppendUint16(append(b, c16), uint16(n))
 	}
-	w.str("t")
-	w.int(r.At)
-	w.str("o")
-	w.str(r.Node)
+	return binary.BigEndian.AppendUint32(append(b, c32), uint32(n))
 }
 
-// Field names of Change, Rev, Op and Full, by index: readStruct calls back
-// with the index.
-var (
-	changeFields = []string{"i", "b", "r", "c", "a", "m", "p", "o", "x"}
-	revFields    = []string{"n", "t", "o"}
-	opFields     = []string{"n", "v"}
-	fullFields   = []string{"i", "r", "c", "a", "m", "p", "t"}
+// Field names of Change, Rev, Op and Full, one byte each, by index:
+// readStruct calls back with the index.
+const (
+	changeFields = "ibrcampox"
+	revFields    = "nto"
+	opFields     = "nv"
+	fullFields   = "ircampt"
 )
 
 // DecodeMsgpack reads c from a map in any key order, skipping keys it does
@@ -479,9 +516,9 @@ func (r *wire) int() (int64, error) {
 }
 
 // readStruct reads a struct encoded as a map (nil for none) whose field
-// names are names, calling field with the index of each name it meets;
-// it skips names it does not know and refuses one met twice.
-func (r *wire) readStruct(names []string, field func(int) error) error {
+// names are the bytes of names, calling field with the index of each name
+// it meets; it skips names it does not know and refuses one met twice.
+func (r *wire) readStruct(names string, field func(int) error) error {
 	if r.i < len(r.b) {
 		if c := r.b[r.i]; !msgpcode.IsFixedMap(c) && c != msgpcode.Map16 && c != msgpcode.Map32 && c != msgpcode.Nil {
 			return errStructForm
@@ -495,11 +532,8 @@ func (r *wire) readStruct(names []string, field func(int) error) error {
 			break
 		}
 		f := -1
-		for j, name := range names {
-			if string(key) == name {
-				f = j
-				break
-			}
+		if len(key) == 1 {
+			f = strings.IndexByte(names, key[0])
 		}
 		if f < 0 {
 			err = r.skip()

@@ -389,10 +389,7 @@ func (m *replicated) Commit(ctx context.Context, s *Session) error {
 	if m.backup == nil {
 		s.setOwner(m.cfg.Route) // Delta: the primary is the node that last changed it
 	}
-	msg, err := encodeChange(&c)
-	if err != nil {
-		return err
-	}
+	msg := encodeChange(&c)
 	m.warnLarge(s, len(msg))
 	m.stats.replicated.Add(1)
 	return m.send(ctx, m.targets(s), msg, m.cfg.Mode)

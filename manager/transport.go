@@ -121,10 +121,10 @@ func encodeMsg(k kind, body any) ([]byte, error) {
 	return frameMsg(k, func(enc *msgpack.Encoder) error { return enc.Encode(body) })
 }
 
-// encodeChange is encodeMsg of a change, which every write sends: calling
-// its codec directly spares the change a trip to the heap as an any.
-func encodeChange(c *Change) ([]byte, error) {
-	return frameMsg(kindChange, c.EncodeMsgpack)
+// encodeChange is encodeMsg of a change, which every write sends, written
+// in one allocation by appendChange.
+func encodeChange(c *Change) []byte {
+	return appendChange(append(make([]byte, 0, 1+c.sizeHint()), byte(kindChange)), c)
 }
 
 func frameMsg(k kind, encode func(*msgpack.Encoder) error) ([]byte, error) {
