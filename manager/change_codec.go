@@ -151,6 +151,43 @@ func appendLen(b []byte, fix, c16, c32 byte, n int) []byte {
 	return binary.BigEndian.AppendUint32(append(b, c32), uint32(n))
 }
 
+// strHeader is the length of the header appendStr writes for a string of
+// n bytes.
+func strHeader(n int) int {
+	switch {
+	case n < 32:
+		return 1
+	case n <= math.MaxUint8:
+		return 2
+	case n <= math.MaxUint16:
+		return 3
+	}
+	return 5
+}
+
+// appendInt writes n as EncodeInt does: in the fewest bytes.
+func appendInt(b []byte, n int64) []byte {
+	switch {
+	case n >= 0 && n <= math.MaxInt8, n < 0 && n >= -32:
+		return append(b, byte(n)) // a positive or negative fixnum
+	case n > 0 && n <= math.MaxUint8:
+		return append(b, msgpcode.Uint8, byte(n))
+	case n > 0 && n <= math.MaxUint16:
+		return binary.BigEndian.AppendUint16(append(b, msgpcode.Uint16), uint16(n))
+	case n > 0 && n <= math.MaxUint32:
+		return binary.BigEndian.AppendUint32(append(b, msgpcode.Uint32), uint32(n))
+	case n > 0:
+		return append8(b, msgpcode.Uint64, uint64(n))
+	case n >= math.MinInt8:
+		return append(b, msgpcode.Int8, byte(n))
+	case n >= math.MinInt16:
+		return binary.BigEndian.AppendUint16(append(b, msgpcode.Int16), uint16(n))
+	case n >= math.MinInt32:
+		return binary.BigEndian.AppendUint32(append(b, msgpcode.Int32), uint32(n))
+	}
+	return append8(b, msgpcode.Int64, uint64(n))
+}
+
 func appendStr(b []byte, s string) []byte {
 	if len(s) < 32 {
 		b = append(b, msgpcode.FixedStrLow|byte(len(s)))

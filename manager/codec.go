@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"reflect"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cohort-cluster/cohort/internal/mpguard"
 	"github.com/vmihailenco/msgpack/v5"
+	"github.com/vmihailenco/msgpack/v5/msgpcode"
 )
 
 // Types maps attribute value types to the names they travel under, so that
@@ -30,9 +33,24 @@ import (
 //
 // A Types is safe for concurrent use.
 type Types struct {
-	mu     sync.RWMutex
+	mu  sync.Mutex // serializes Register
+	reg atomic.Pointer[registry]
+}
+
+// registry is one version of a Types' names. Every attribute set or read
+// looks a name up and Register is rare, so a registration replaces the
+// registry instead of locking readers out.
+type registry struct {
 	byType map[reflect.Type]string
 	byName map[string]reflect.Type
+}
+
+// current returns the registry, empty if nothing was registered.
+func (t *Types) current() *registry {
+	if r := t.reg.Load(); r != nil {
+		return r
+	}
+	return &registry{}
 }
 
 // NewTypes returns a registry holding the built-in types: string, bool,
@@ -41,7 +59,7 @@ type Types struct {
 // map[string]string, map[string]int, map[string]int64, map[string]bool,
 // map[string]float64 and map[string]any.
 func NewTypes() *Types {
-	t := &Types{byType: make(map[reflect.Type]string), byName: make(map[string]reflect.Type)}
+	r := &registry{byType: make(map[reflect.Type]string), byName: make(map[string]reflect.Type)}
 	for name, v := range map[string]any{
 		"string": "", "bool": false,
 		"int": int(0), "int8": int8(0), "int16": int16(0), "int32": int32(0), "int64": int64(0),
@@ -57,14 +75,12 @@ func NewTypes() *Types {
 		"map[string]float64": map[string]float64(nil),
 		"map[string]any":     map[string]any(nil),
 	} {
-		t.add(name, reflect.TypeOf(v))
+		r.byType[reflect.TypeOf(v)] = name
+		r.byName[name] = reflect.TypeOf(v)
 	}
+	t := new(Types)
+	t.reg.Store(r)
 	return t
-}
-
-func (t *Types) add(name string, typ reflect.Type) {
-	t.byType[typ] = name
-	t.byName[name] = typ
 }
 
 // Register makes the type of sample storable in sessions under name. Use a
@@ -81,13 +97,19 @@ func (t *Types) Register(name string, sample any) error {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if old, ok := t.byName[name]; ok && old != typ {
+	r := t.current()
+	if old, ok := r.byName[name]; ok && old != typ {
 		return fmt.Errorf("manager: type name %q already registered for %v", name, old)
 	}
-	if old, ok := t.byType[typ]; ok && old != name {
+	if old, ok := r.byType[typ]; ok && old != name {
 		return fmt.Errorf("manager: type %v already registered as %q", typ, old)
 	}
-	t.add(name, typ)
+	next := &registry{byType: maps.Clone(r.byType), byName: maps.Clone(r.byName)}
+	if next.byType == nil {
+		next.byType, next.byName = make(map[reflect.Type]string), make(map[string]reflect.Type)
+	}
+	next.byType[typ], next.byName[name] = name, typ
+	t.reg.Store(next)
 	return nil
 }
 
@@ -105,12 +127,18 @@ func (t *Types) encode(v any) ([]byte, error) {
 		return nil, errors.New("nil value; use Remove")
 	}
 	typ := reflect.TypeOf(v)
-	t.mu.RLock()
-	name, ok := t.byType[typ]
-	t.mu.RUnlock()
+	name, ok := t.current().byType[typ]
 	if !ok {
 		return nil, fmt.Errorf("type %v is not registered; register it with Types.Register on every node", typ)
 	}
+	if b, ok := encodeScalar(name, v); ok {
+		return b, nil
+	}
+	return encodeTagged(name, v)
+}
+
+// encodeTagged writes the array of name and v with msgpack's Encoder.
+func encodeTagged(name string, v any) ([]byte, error) {
 	// Keys sorted: equal values encode equally, so replicas compare.
 	return encodeExact(true, func(enc *msgpack.Encoder) error {
 		if err := enc.EncodeArrayLen(2); err != nil {
@@ -121,6 +149,33 @@ func (t *Types) encode(v any) ([]byte, error) {
 		}
 		return enc.Encode(v)
 	})
+}
+
+// encodeScalar writes the values sessions hold most, counters, names and
+// flags (int, int64, string, bool), as encode's msgpack Encoder writes
+// them, without one; ok is false for any other value.
+func encodeScalar(name string, v any) (b []byte, ok bool) {
+	head := 1 + strHeader(len(name)) + len(name) // array of 2, the name
+	switch v := v.(type) {
+	case int:
+		var tmp [64]byte // its size depends on its value: written here, then copied
+		b = bytes.Clone(appendInt(appendStr(append(tmp[:0], msgpcode.FixedArrayLow|2), name), int64(v)))
+	case int64:
+		b = make([]byte, 0, head+9)
+		b = append8(appendStr(append(b, msgpcode.FixedArrayLow|2), name), msgpcode.Int64, uint64(v))
+	case string:
+		b = make([]byte, 0, head+strHeader(len(v))+len(v))
+		b = appendStr(appendStr(append(b, msgpcode.FixedArrayLow|2), name), v)
+	case bool:
+		c := msgpcode.False
+		if v {
+			c = msgpcode.True
+		}
+		b = append(appendStr(append(make([]byte, 0, head+1), msgpcode.FixedArrayLow|2), name), c)
+	default:
+		return nil, false
+	}
+	return b, true
 }
 
 // decode reads a value written by encode as the registered type. The
@@ -147,9 +202,7 @@ func (t *Types) decode(b []byte) (v any, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("manager: malformed attribute type: %w", err)
 	}
-	t.mu.RLock()
-	typ, ok := t.byName[name]
-	t.mu.RUnlock()
+	typ, ok := t.current().byName[name]
 	if !ok {
 		return nil, fmt.Errorf("manager: attribute type %q is not registered on this node", name)
 	}

@@ -51,8 +51,19 @@ type attrEntry struct {
 // overhead over the attributes' encoded size.
 type attrList []attrEntry
 
+// index returns where name is, or would be inserted, and whether it is
+// there. Most sessions hold a handful of attributes, which a scan finds
+// sooner than a binary search through a comparison function.
 func (l attrList) index(name string) (int, bool) {
-	return slices.BinarySearchFunc(l, name, func(e attrEntry, n string) int { return strings.Compare(e.name.Value(), n) })
+	if len(l) > 8 {
+		return slices.BinarySearchFunc(l, name, func(e attrEntry, n string) int { return strings.Compare(e.name.Value(), n) })
+	}
+	for i := range l {
+		if v := l[i].name.Value(); v >= name {
+			return i, v == name
+		}
+	}
+	return len(l), false
 }
 
 // get returns the attribute of name, a pointer valid until the list

@@ -309,3 +309,21 @@ func normChange(d Change) Change {
 	}
 	return d
 }
+
+// TestAttrListIndex: index finds every name and the insertion point of
+// every missing one, by scan in short lists and by binary search in long
+// ones.
+func TestAttrListIndex(t *testing.T) {
+	for n := range 12 {
+		var l attrList
+		for i := n - 1; i >= 0; i-- {
+			l.set(fmt.Sprintf("a%02d", i*2), attr{})
+		}
+		for i := range 2*n + 1 {
+			name := fmt.Sprintf("a%02d", i)
+			if j, ok := l.index(name); ok != (i%2 == 0 && i < 2*n) || j != (i+1)/2 {
+				t.Errorf("%d attributes: index(%s) = %d, %v", n, name, j, ok)
+			}
+		}
+	}
+}

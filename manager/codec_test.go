@@ -1,0 +1,61 @@
+package manager
+
+import (
+	"bytes"
+	"math"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// TestEncodeScalarMatchesEncoder: the values encodeScalar writes by hand
+// come out as msgpack's Encoder writes them, in no more room, at every
+// boundary between two encodings.
+func TestEncodeScalarMatchesEncoder(t *testing.T) {
+	values := []any{true, false, int64(0), int64(-1), int64(math.MaxInt64), int64(math.MinInt64)}
+	for _, n := range []int64{0, 1, 127, 128, 255, 256, 65535, 65536, math.MaxUint32, math.MaxUint32 + 1, math.MaxInt64,
+		-1, -32, -33, -128, -129, -32768, -32769, math.MinInt32, math.MinInt32 - 1, math.MinInt64} {
+		values = append(values, int(n))
+	}
+	for _, n := range []int{0, 1, 31, 32, 255, 256, 65535, 65536} {
+		values = append(values, strings.Repeat("é", n/2)+strings.Repeat("x", n%2))
+	}
+	for _, v := range values {
+		checkScalar(t, v)
+	}
+}
+
+// FuzzEncodeScalar compares encodeScalar with msgpack's Encoder for any
+// int, int64 and string.
+func FuzzEncodeScalar(f *testing.F) {
+	f.Add(int64(0), "")
+	f.Add(int64(-33), "count")
+	f.Add(int64(math.MinInt64), strings.Repeat("x", 300))
+	f.Fuzz(func(t *testing.T, n int64, s string) {
+		checkScalar(t, int(n))
+		checkScalar(t, n)
+		checkScalar(t, s)
+	})
+}
+
+func checkScalar(t *testing.T, v any) {
+	t.Helper()
+	name, ok := NewTypes().current().byType[reflect.TypeOf(v)]
+	if !ok {
+		t.Fatalf("%T is not a built-in type", v)
+	}
+	got, ok := encodeScalar(name, v)
+	if !ok {
+		t.Fatalf("%T %v: not written by hand", v, v)
+	}
+	want, err := encodeTagged(name, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("%T %v: wrote %x, msgpack writes %x", v, v, got, want)
+	}
+	if cap(got) > cap(want) {
+		t.Errorf("%T %v: %d bytes in a buffer of %d, msgpack's in %d", v, v, len(got), cap(got), cap(want))
+	}
+}
