@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -89,6 +90,49 @@ func BenchmarkMiddleware(b *testing.B) {
 				}
 			})
 		}
+	}
+}
+
+// discard is a ResponseWriter that keeps nothing but its header.
+type discard struct{ h http.Header }
+
+func (w *discard) Header() http.Header         { return w.h }
+func (w *discard) Write(b []byte) (int, error) { return len(b), nil }
+func (w *discard) WriteHeader(int)             {}
+
+// BenchmarkMiddlewareDirect is the session middleware's own cost, with no
+// HTTP around it: the write handler called directly with the session's
+// cookie, through the Standard manager, and without the middleware.
+// x-no-session is ns/op over the bare handler's, from the same run.
+//
+//	go test -run '^$' -bench MiddlewareDirect -benchmem ./web/
+func BenchmarkMiddlewareDirect(b *testing.B) {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	withSessions := sessionsHandler(b, benchStandard(b, b.Cleanup, quiet), "node1", quiet)
+	first := &discard{h: http.Header{}}
+	withSessions.ServeHTTP(first, httptest.NewRequest(http.MethodGet, "/write", nil))
+	req := httptest.NewRequest(http.MethodGet, "/write", nil)
+	req.AddCookie((&http.Response{Header: first.h}).Cookies()[0])
+	var bareNs float64
+	for _, c := range []struct {
+		name string
+		h    http.Handler
+	}{
+		{"no-session", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write(benchBody) })},
+		{"standard/write", withSessions},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				c.h.ServeHTTP(&discard{h: http.Header{}}, req)
+			}
+			ns := float64(b.Elapsed().Nanoseconds()) / float64(b.N)
+			if c.name == "no-session" {
+				bareNs = ns
+			} else if bareNs > 0 {
+				b.ReportMetric(ns/bareNs, "x-no-session")
+			}
+		})
 	}
 }
 

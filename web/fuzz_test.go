@@ -42,3 +42,46 @@ func FuzzRequestID(f *testing.F) {
 		}
 	})
 }
+
+// FuzzCookieValue: the session cookie read in place is the one net/http's
+// r.Cookie reads, whatever else the Cookie header lines hold.
+func FuzzCookieValue(f *testing.F) {
+	f.Add("JSESSIONID=abc.node1", "", "JSESSIONID")
+	f.Add(" a=1; JSESSIONID = x.y ;b=2", "", "JSESSIONID")
+	f.Add(`JSESSIONID="quoted"; JSESSIONID=second`, "", "JSESSIONID")
+	f.Add("JSESSIONID=; JSESSIONID=later", "JSESSIONID=other", "JSESSIONID")
+	f.Add("jsessionid=lower;JSESSIONID=a b", "", "JSESSIONID")
+	f.Add("sid=\x7f; sid=ok", "", "sid")
+	f.Fuzz(func(t *testing.T, line1, line2, name string) {
+		if !ValidCookieName(name) {
+			return // New refuses it
+		}
+		r := &http.Request{Header: http.Header{}}
+		for _, l := range []string{line1, line2} {
+			if l != "" {
+				r.Header.Add("Cookie", l)
+			}
+		}
+		want := ""
+		if c, err := r.Cookie(name); err == nil {
+			want = c.Value
+		}
+		if got := cookieValue(r, name); got != want {
+			t.Fatalf("cookie %q of %q: read %q, net/http reads %q", name, r.Header["Cookie"], got, want)
+		}
+	})
+}
+
+// FuzzSkip: the default filter's shortcut for paths without an extension
+// agrees with its regexp.
+func FuzzSkip(f *testing.F) {
+	for _, p := range []string{"/", "/counter", "/app.js", "/a.b/c", "/x.PNG", "/v1.2/api", "/.css", "/a/b.woff2", "/a.js/"} {
+		f.Add(p)
+	}
+	ss := &Sessions{cfg: Config{Skip: DefaultSkip}}
+	f.Fuzz(func(t *testing.T, path string) {
+		if got, want := ss.skip(path), DefaultSkip.MatchString(path); got != want {
+			t.Fatalf("skip(%q) = %v, the regexp says %v", path, got, want)
+		}
+	})
+}

@@ -3,8 +3,10 @@ package web
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
+	"net/textproto"
 	"regexp"
 	"strings"
 	"sync"
@@ -79,6 +81,9 @@ func New(m manager.Manager, cfg Config) (*Sessions, error) {
 	if cfg.CookieName == "" {
 		cfg.CookieName = "JSESSIONID"
 	}
+	if !ValidCookieName(cfg.CookieName) {
+		return nil, fmt.Errorf("web: Config.CookieName %q is not a cookie name: use letters, digits and !#$%%&'*+-.^_`|~", cfg.CookieName)
+	}
 	if cfg.CookiePath == "" {
 		cfg.CookiePath = "/"
 	}
@@ -118,7 +123,7 @@ type state struct {
 // matches Config.Skip pass straight through.
 func (ss *Sessions) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if ss.cfg.Skip.MatchString(r.URL.Path) {
+		if ss.skip(r.URL.Path) {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -150,13 +155,23 @@ func (ss *Sessions) Middleware(next http.Handler) http.Handler {
 	})
 }
 
+// defaultSkip is DefaultSkip as the package made it, which matches only a
+// path whose last segment has an extension.
+var defaultSkip = DefaultSkip
+
+// skip reports whether path matches Config.Skip; a path without an
+// extension is known not to match the default, and skips the regexp.
+func (ss *Sessions) skip(path string) bool {
+	if ss.cfg.Skip == defaultSkip && !strings.Contains(path[strings.LastIndexByte(path, '/')+1:], ".") {
+		return false
+	}
+	return ss.cfg.Skip.MatchString(path)
+}
+
 // requestID returns the session id of the request and the request with
 // any ;jsessionid= path parameter removed from its path.
 func (ss *Sessions) requestID(r *http.Request) (*http.Request, string) {
-	var id string
-	if c, err := r.Cookie(ss.cfg.CookieName); err == nil && c.Value != "" {
-		id = c.Value
-	}
+	id := cookieValue(r, ss.cfg.CookieName)
 	param := ";" + ss.cfg.CookieName + "="
 	if i := indexFoldASCII(r.URL.Path, param); i >= 0 {
 		rest := r.URL.Path[i+len(param):]
@@ -173,6 +188,64 @@ func (ss *Sessions) requestID(r *http.Request) (*http.Request, string) {
 		r = r2
 	}
 	return r, id
+}
+
+// cookieValue returns the value of the request's first cookie named name,
+// as r.Cookie reads it, or "". The usual Cookie header, one line of a few
+// cookies where name's value is plain, is read in place, without making a
+// Cookie of every cookie the browser sent; anything else (a quoted or
+// unusual value, several lines, a great many cookies) is left to r.Cookie.
+func cookieValue(r *http.Request, name string) string {
+	lines := r.Header["Cookie"]
+	if len(lines) != 1 || strings.Count(lines[0], ";") >= 64 {
+		return parsedCookieValue(r, name)
+	}
+	for line := lines[0]; line != ""; {
+		var part string
+		part, line, _ = strings.Cut(line, ";")
+		k, v, _ := strings.Cut(textproto.TrimString(part), "=")
+		if textproto.TrimString(k) != name {
+			continue
+		}
+		if plainCookieValue(v) {
+			return v
+		}
+		return parsedCookieValue(r, name)
+	}
+	return ""
+}
+
+func parsedCookieValue(r *http.Request, name string) string {
+	if c, err := r.Cookie(name); err == nil {
+		return c.Value
+	}
+	return ""
+}
+
+// validCookieName reports whether name is a token (RFC 7230), the only
+// cookie name net/http sends and reads.
+func ValidCookieName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
+			return false
+		}
+	}
+	return true
+}
+
+// plainCookieValue reports whether v holds only letters, digits and
+// "-._~", which net/http reads as they are: a session id is one.
+func plainCookieValue(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_' || c == '~') {
+			return false
+		}
+	}
+	return true
 }
 
 // indexFoldASCII is the index of the first instance of sub in s, ASCII

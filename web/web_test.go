@@ -464,3 +464,22 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.b.String()
 }
+
+// TestNewRefusesBadCookieName: a cookie name net/http would neither send
+// nor read is refused when the middleware is made, not silently dropped
+// from every response.
+func TestNewRefusesBadCookieName(t *testing.T) {
+	m := standard(t, "node1", "")
+	for _, name := range []string{"my session", "sid;x", "sé", "a=b"} {
+		c := web.DefaultConfig()
+		c.Route, c.CookieName = "node1", name
+		if _, err := web.New(m, c); err == nil || !strings.Contains(err.Error(), "CookieName") {
+			t.Errorf("CookieName %q: err = %v, want one naming CookieName", name, err)
+		}
+	}
+	c := web.DefaultConfig()
+	c.Route, c.CookieName = "node1", "SESSION_id-2"
+	if _, err := web.New(m, c); err != nil {
+		t.Errorf("CookieName SESSION_id-2: %v", err)
+	}
+}

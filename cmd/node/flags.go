@@ -193,8 +193,8 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	if c.LargeSession, err = parseSize(*large); err != nil {
 		return nil, bad("large-session", *large, "a size such as 65536, 256KiB or 1MiB, or off")
 	}
-	if c.Cookie == "" || strings.ContainsAny(c.Cookie, " =;,\t") {
-		return nil, bad("cookie", c.Cookie, "a cookie name such as JSESSIONID")
+	if !web.ValidCookieName(c.Cookie) {
+		return nil, bad("cookie", c.Cookie, "a cookie name such as JSESSIONID: letters, digits and !#$%&'*+-.^_`|~")
 	}
 	if c.Domain == "" || len(c.Domain) > 255 {
 		return nil, bad("domain", c.Domain, "a non-empty name of at most 255 bytes")

@@ -72,6 +72,7 @@ func TestParseFlagsErrors(t *testing.T) {
 		{[]string{"-send-mode", "fire"}, nil, "-send-mode"},
 		{[]string{"-session-timeout", "1"}, nil, "-session-timeout"},
 		{[]string{"-cookie", "a b"}, nil, "-cookie"},
+		{[]string{"-cookie", "sé"}, nil, "-cookie"},
 		{[]string{"-key", "c2hvcnQ="}, nil, "-key"},
 		{[]string{"-log-level", "loud"}, nil, "-log-level"},
 		{[]string{"-log-format", "xml"}, nil, "-log-format"},
