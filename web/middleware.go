@@ -107,6 +107,7 @@ type state struct {
 	ss         *Sessions
 	ctx        context.Context
 	mu         sync.Mutex
+	detached   context.Context // ctx without its cancellation, for commits
 	s          *manager.Session
 	originalID string // the id the request arrived with
 	cookieID   string // the id the client holds; a cookie is sent when s's differs
@@ -395,7 +396,10 @@ func (st *state) commit(h http.Header) {
 		// A client that hangs up does not cut the commit short: the
 		// changes are this node's already, and its peers must have them
 		// too. The manager's send timeout bounds the wait.
-		if err := st.ss.m.Commit(context.WithoutCancel(st.ctx), st.s); err != nil {
+		if st.detached == nil {
+			st.detached = context.WithoutCancel(st.ctx)
+		}
+		if err := st.ss.m.Commit(st.detached, st.s); err != nil {
 			st.ss.commitErrors.Add(1)
 			st.ss.log.Warn("session commit failed", "session", manager.RedactID(st.s.ID()), "err", err)
 		}
