@@ -129,7 +129,12 @@ func (ss *Sessions) Middleware(next http.Handler) http.Handler {
 			return
 		}
 		r, id := ss.requestID(r)
-		st := &state{ss: ss, originalID: id, cookieID: id}
+		// The request's state and its response writer, in one allocation.
+		both := &struct {
+			st state
+			sw responseWriter
+		}{st: state{ss: ss, originalID: id, cookieID: id}}
+		st := &both.st
 		ctx := context.WithValue(r.Context(), ctxKey{}, st)
 		st.ctx = ctx
 		if id != "" {
@@ -150,7 +155,8 @@ func (ss *Sessions) Middleware(next http.Handler) http.Handler {
 				return
 			}
 		}
-		sw := &responseWriter{ResponseWriter: w, st: st}
+		sw := &both.sw
+		sw.ResponseWriter, sw.st = w, st
 		next.ServeHTTP(sw, r.WithContext(ctx))
 		st.finish(sw)
 	})
