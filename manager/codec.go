@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"reflect"
 	"sync"
 	"sync/atomic"
@@ -178,10 +179,18 @@ func encodeScalar(name string, v any) (b []byte, ok bool) {
 	return b, true
 }
 
-// decode reads a value written by encode as the registered type. The
-// bytes come from peers: mpguard checks them first, and a panic of the
-// decoder on malformed input is an error.
+// decode reads a value written by encode as the registered type.
 func (t *Types) decode(b []byte) (v any, err error) {
+	if v, ok := t.decodeScalar(b); ok {
+		return v, nil
+	}
+	return t.decodeTagged(b)
+}
+
+// decodeTagged reads a value written by encode with msgpack's Decoder.
+// The bytes come from peers: mpguard checks them first, and a panic of
+// the decoder on malformed input is an error.
+func (t *Types) decodeTagged(b []byte) (v any, err error) {
 	if err := mpguard.Check(b); err != nil {
 		return nil, fmt.Errorf("manager: malformed attribute value: %w", err)
 	}
@@ -212,6 +221,60 @@ func (t *Types) decode(b []byte) (v any, err error) {
 	}
 	return p.Elem().Interface(), nil
 }
+
+// decodeScalar reads an int, int64, string or bool in the form
+// encodeScalar writes it, straight from the bytes: the gorilla Store
+// decodes a fresh copy of every value it hands out, on every request. ok
+// is false for any other value or form, which decode reads with msgpack.
+func (t *Types) decodeScalar(b []byte) (v any, ok bool) {
+	r := wire{b: b}
+	if n, err := r.arrayLen(); err != nil || n != 2 || r.i >= len(b) || !msgpcode.IsString(b[r.i]) {
+		return nil, false
+	}
+	name, err := r.raw()
+	if err != nil || r.i >= len(b) {
+		return nil, false
+	}
+	c := b[r.i]
+	switch typ := t.current().byName[string(name)]; typ {
+	case intType, int64Type:
+		if !msgpcode.IsFixedNum(c) && (c < msgpcode.Uint8 || c > msgpcode.Int64) {
+			return nil, false
+		}
+		n, err := r.uint()
+		if err != nil || c == msgpcode.Uint64 && n > math.MaxInt64 {
+			return nil, false
+		}
+		if v = int64(n); typ == intType {
+			v = int(n)
+		}
+	case stringType:
+		if !msgpcode.IsString(c) {
+			return nil, false
+		}
+		s, err := r.raw()
+		if err != nil {
+			return nil, false
+		}
+		v = string(s)
+	case boolType:
+		if c != msgpcode.True && c != msgpcode.False {
+			return nil, false
+		}
+		r.i++
+		v = c == msgpcode.True
+	default:
+		return nil, false
+	}
+	return v, r.i == len(b)
+}
+
+var (
+	intType    = reflect.TypeFor[int]()
+	int64Type  = reflect.TypeFor[int64]()
+	stringType = reflect.TypeFor[string]()
+	boolType   = reflect.TypeFor[bool]()
+)
 
 // NotDistributableError reports a value that cannot be stored in a
 // replicated session: its type is not registered, or msgpack cannot encode

@@ -59,3 +59,47 @@ func checkScalar(t *testing.T, v any) {
 		t.Errorf("%T %v: %d bytes in a buffer of %d, msgpack's in %d", v, v, len(got), cap(got), cap(want))
 	}
 }
+
+// FuzzDecodeScalar: what decodeScalar reads straight from the bytes,
+// msgpack's Decoder reads the same, type included.
+func FuzzDecodeScalar(f *testing.F) {
+	types := NewTypes()
+	for _, v := range []any{0, -33, 1 << 40, int64(7), "", "count", strings.Repeat("x", 40), true, false} {
+		b, err := types.encode(v)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte{0x92, 0xa3, 'i', 'n', 't', 0xcb, 0, 0, 0, 0, 0, 0, 0, 0})                         // a float where an int belongs
+	f.Add([]byte{0x92, 0xa3, 'i', 'n', 't', 0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}) // past MaxInt64
+	f.Add([]byte{0x92, 0xa4, 'b', 'o', 'o', 'l', 0xc0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		got, ok := types.decodeScalar(b)
+		if !ok {
+			return
+		}
+		want, err := types.decodeTagged(b)
+		if err != nil {
+			t.Fatalf("read %T %v from %x, msgpack refused it: %v", got, got, b, err)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("from %x: read %T %v, msgpack read %T %v", b, got, got, want, want)
+		}
+	})
+}
+
+// TestDecodeScalarReadsEncodeScalar: every value encodeScalar writes reads
+// back by hand as itself.
+func TestDecodeScalarReadsEncodeScalar(t *testing.T) {
+	types := NewTypes()
+	for _, v := range []any{0, 127, -32, -129, math.MaxInt64, math.MinInt64, int64(-1), "", "é", true, false} {
+		b, err := types.encode(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, ok := types.decodeScalar(b); !ok || got != v {
+			t.Errorf("%T %v: read %T %v, %v", v, v, got, got, ok)
+		}
+	}
+}

@@ -167,9 +167,12 @@ func TestRouteBinding(t *testing.T) {
 	seenOriginal := map[string]bool{}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /counter", func(w http.ResponseWriter, r *http.Request) {
+		// Both requests rebind at once; their increments, a read then a
+		// write of one session, are serialized here, as an application
+		// must for its own concurrent requests on one session.
 		mu.Lock()
+		defer mu.Unlock()
 		seenOriginal[web.OriginalID(r)] = true
-		mu.Unlock()
 		counter("node2")(w, r)
 	})
 	srv := httptest.NewServer(ss.Middleware(mux))
