@@ -151,20 +151,6 @@ func appendLen(b []byte, fix, c16, c32 byte, n int) []byte {
 	return binary.BigEndian.AppendUint32(append(b, c32), uint32(n))
 }
 
-// strHeader is the length of the header appendStr writes for a string of
-// n bytes.
-func strHeader(n int) int {
-	switch {
-	case n < 32:
-		return 1
-	case n <= math.MaxUint8:
-		return 2
-	case n <= math.MaxUint16:
-		return 3
-	}
-	return 5
-}
-
 // appendInt writes n as EncodeInt does: in the fewest bytes.
 func appendInt(b []byte, n int64) []byte {
 	switch {

@@ -169,12 +169,7 @@ func BenchmarkChangeCodec(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
-			ns := float64(b.Elapsed().Nanoseconds()) / float64(b.N)
-			if bc.name == "reflection" {
-				refNs = ns
-			} else if refNs > 0 {
-				b.ReportMetric(ns/refNs, "x-reflection")
-			}
+			relate(b, bc.name == "reflection", &refNs, "x-reflection")
 		})
 	}
 }

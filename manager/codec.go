@@ -155,28 +155,26 @@ func encodeTagged(name string, v any) ([]byte, error) {
 // encodeScalar writes the values sessions hold most, counters, names and
 // flags (int, int64, string, bool), as encode's msgpack Encoder writes
 // them, without one; ok is false for any other value.
-func encodeScalar(name string, v any) (b []byte, ok bool) {
-	head := 1 + strHeader(len(name)) + len(name) // array of 2, the name
+func encodeScalar(name string, v any) ([]byte, bool) {
+	var tmp [64]byte // written here, then copied out at its size
+	w := appendStr(append(tmp[:0], msgpcode.FixedArrayLow|2), name)
 	switch v := v.(type) {
 	case int:
-		var tmp [64]byte // its size depends on its value: written here, then copied
-		b = bytes.Clone(appendInt(appendStr(append(tmp[:0], msgpcode.FixedArrayLow|2), name), int64(v)))
+		w = appendInt(w, int64(v))
 	case int64:
-		b = make([]byte, 0, head+9)
-		b = append8(appendStr(append(b, msgpcode.FixedArrayLow|2), name), msgpcode.Int64, uint64(v))
+		w = append8(w, msgpcode.Int64, uint64(v))
 	case string:
-		b = make([]byte, 0, head+strHeader(len(v))+len(v))
-		b = appendStr(appendStr(append(b, msgpcode.FixedArrayLow|2), name), v)
+		w = appendStr(w, v)
 	case bool:
 		c := msgpcode.False
 		if v {
 			c = msgpcode.True
 		}
-		b = append(appendStr(append(make([]byte, 0, head+1), msgpcode.FixedArrayLow|2), name), c)
+		w = append(w, c)
 	default:
 		return nil, false
 	}
-	return b, true
+	return bytes.Clone(w), true
 }
 
 // decode reads a value written by encode as the registered type.

@@ -132,12 +132,18 @@ func BenchmarkValueCodec(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
-			ns := float64(b.Elapsed().Nanoseconds()) / float64(b.N)
-			if c.name == "msgpack" {
-				msgpackNs = ns
-			} else if msgpackNs > 0 {
-				b.ReportMetric(ns/msgpackNs, "x-msgpack")
-			}
+			relate(b, c.name == "msgpack", &msgpackNs, "x-msgpack")
 		})
+	}
+}
+
+// relate keeps b's ns/op in *base when b is the baseline case, and reports
+// it over *base as unit otherwise.
+func relate(b *testing.B, isBase bool, base *float64, unit string) {
+	ns := float64(b.Elapsed().Nanoseconds()) / float64(b.N)
+	if isBase {
+		*base = ns
+	} else if *base > 0 {
+		b.ReportMetric(ns / *base, unit)
 	}
 }

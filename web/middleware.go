@@ -229,26 +229,22 @@ func parsedCookieValue(r *http.Request, name string) string {
 	return ""
 }
 
-// validCookieName reports whether name is a token (RFC 7230), the only
-// cookie name net/http sends and reads.
+// ValidCookieName reports whether name can name the session cookie: a
+// token (RFC 7230), the only cookie name net/http sends and reads. New
+// refuses any other.
 func ValidCookieName(name string) bool {
-	if name == "" {
-		return false
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
-			return false
-		}
-	}
-	return true
+	return name != "" && alnumOr(name, "!#$%&'*+-.^_`|~")
 }
 
 // plainCookieValue reports whether v holds only letters, digits and
 // "-._~", which net/http reads as they are: a session id is one.
-func plainCookieValue(v string) bool {
-	for i := 0; i < len(v); i++ {
-		if c := v[i]; !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_' || c == '~') {
+func plainCookieValue(v string) bool { return alnumOr(v, "-._~") }
+
+// alnumOr reports whether every byte of s is an ASCII letter or digit or
+// one of extra.
+func alnumOr(s, extra string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte(extra, c) >= 0) {
 			return false
 		}
 	}
