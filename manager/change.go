@@ -175,6 +175,11 @@ func (h *host) fromFull(f Full) *Session {
 // apply applies a delta received from a peer. It returns ErrVersionGap,
 // changing nothing, unless the delta was made from this session's exact
 // revision. Attribute listeners fire when notify is true.
+//
+// A request on this node may be changing the session meanwhile: its
+// changes commit next, on top of the delta's revision, so they win over
+// the delta's for the attributes and fields they touch, here as on every
+// replica that applies the two in turn.
 func (s *Session) apply(d Change, notify bool) error {
 	notify = notify && s.host.attrListeners.Load()
 	s.mu.Lock()
@@ -187,10 +192,10 @@ func (s *Session) apply(d Change, notify bool) error {
 	if t := d.Access * 1e6; t > s.lastAccess {
 		s.lastAccess = t
 	}
-	if d.MaxInactive != nil {
+	if d.MaxInactive != nil && !s.pending.maxInactive {
 		s.maxInactive = time.Duration(*d.MaxInactive) * time.Millisecond
 	}
-	if d.Principal != nil {
+	if d.Principal != nil && !s.pending.principal {
 		s.principal = *d.Principal
 	}
 	type change struct {
@@ -199,6 +204,9 @@ func (s *Session) apply(d Change, notify bool) error {
 	}
 	var changes []change
 	for _, op := range d.Ops {
+		if len(s.pending.ops) > 0 && s.pending.has(op.Name) {
+			continue
+		}
 		var old attr
 		var had bool
 		if op.Value == nil {
@@ -254,7 +262,8 @@ func (s *Session) apply(d Change, notify bool) error {
 
 // replace installs a full copy if its revision is greater than the
 // session's. It fires no listeners: a replaced copy is a repair, not a
-// user's change.
+// user's change. As in apply, what a request on this node changed and has
+// not committed yet stays: it commits next, on top of the copy.
 func (s *Session) replace(f Full) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -267,17 +276,23 @@ func (s *Session) replace(f Full) bool {
 	if t := f.Access * 1e6; t > s.lastAccess {
 		s.lastAccess = t
 	}
-	s.maxInactive = time.Duration(f.MaxInactive) * time.Millisecond
-	s.principal = f.Principal
+	if !s.pending.maxInactive {
+		s.maxInactive = time.Duration(f.MaxInactive) * time.Millisecond
+	}
+	if !s.pending.principal {
+		s.principal = f.Principal
+	}
 	attrs := make(attrList, 0, len(f.Attrs))
 	for _, e := range s.attrs {
-		if s.host.localOnly(e.name.Value()) { // never replicated: kept
+		// Never replicated, or changed by a request not committed yet:
+		// kept.
+		if name := e.name.Value(); s.host.localOnly(name) || s.pending.has(name) {
 			attrs = append(attrs, e)
 		}
 	}
-	locals := attrs
+	kept := attrs
 	for name, raw := range f.Attrs {
-		if _, local := locals.index(name); !local {
+		if _, ok := kept.index(name); !ok && !s.pending.has(name) {
 			attrs = append(attrs, attrEntry{name: unique.Make(name), attr: attr{raw: raw}})
 		}
 	}

@@ -190,6 +190,47 @@ func TestDeltaConcurrentWritersConverge(t *testing.T) {
 	t.Logf("conflicts resolved: %d", conflicts)
 }
 
+// A peer's change that arrives while a request on this node is changing
+// the same attributes: the request's commit goes on top of the peer's
+// revision, and both nodes end with the request's values, not each with
+// its own at one revision.
+func TestDeltaPeerChangeDuringRequest(t *testing.T) {
+	leaktest.Check(t)
+	c := newDeltaCluster(t, "a", "b")
+	a, b := c.nodes["a"], c.nodes["b"]
+	s, _ := a.Create(bg)
+	_ = s.Set("last", "init")
+	_ = s.Set("other", "init")
+	_ = a.Commit(bg, s)
+	c.settle()
+	id := s.ID()
+
+	sa, _ := a.Find(bg, id)
+	_ = sa.Set("last", "from-a") // a request on a, not committed yet
+	_ = sa.SetPrincipal("alice")
+	sb, _ := b.Find(bg, id)
+	_ = sb.Set("last", "from-b")
+	_ = sb.Set("other", "from-b")
+	_ = sb.SetPrincipal("bob")
+	if err := b.Commit(bg, sb); err != nil { // ack: a has applied it
+		t.Fatal(err)
+	}
+	if v, _ := sa.GetString("last"); v != "from-a" {
+		t.Errorf("the request on a reads last=%q after b's change, want its own from-a", v)
+	}
+	if err := a.Commit(bg, sa); err != nil {
+		t.Fatal(err)
+	}
+	c.settle()
+	c.same(id)
+	got := b.st.get(id)
+	last, _ := got.GetString("last")
+	other, _ := got.GetString("other")
+	if last != "from-a" || other != "from-b" || got.Principal() != "alice" {
+		t.Errorf("b holds last=%q other=%q principal=%q, want from-a, from-b, alice", last, other, got.Principal())
+	}
+}
+
 func TestDeltaGapTriggersResync(t *testing.T) {
 	leaktest.Check(t)
 	c := newDeltaCluster(t, "a", "b")

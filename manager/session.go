@@ -546,6 +546,20 @@ func (s *Session) Remove(name string) error {
 // slice costs less than a map.
 const indexAt = 16
 
+// has reports whether the attribute of name has an operation pending.
+func (p *pending) has(name string) bool {
+	if p.index != nil {
+		_, ok := p.index[name]
+		return ok
+	}
+	for i := range p.ops {
+		if p.ops[i].Name == name {
+			return true
+		}
+	}
+	return false
+}
+
 func (p *pending) op(name string, raw []byte) {
 	if p.index != nil {
 		if i, ok := p.index[name]; ok {

@@ -236,6 +236,44 @@ func TestApplyNeedsTheBaseVersion(t *testing.T) {
 	}
 }
 
+// A full copy installed while a request has changes pending keeps them:
+// they commit next, on top of the copy.
+func TestReplaceKeepsPendingChanges(t *testing.T) {
+	h := testHost(t)
+	s := newStore(h, 0).newSession("node1", time.Hour)
+	_ = s.Set("a", 1)
+	_ = s.Set("b", 1)
+	_ = s.Set("gone", 1)
+	_, _ = s.commit()
+	_ = s.Set("a", 2)
+	_ = s.Remove("gone")
+	_ = s.SetMaxInactive(time.Minute)
+	newer := s.full()
+	newer.Rev = Rev{N: 5, Node: "node2"}
+	newer.Attrs = map[string][]byte{}
+	for name, v := range map[string]int{"a": 9, "b": 9, "gone": 9} {
+		raw, err := h.types.encode(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		newer.Attrs[name] = raw
+	}
+	newer.MaxInactive = time.Hour.Milliseconds()
+	if !s.replace(newer) {
+		t.Fatal("a greater revision was not installed")
+	}
+	a, _ := s.GetInt("a")
+	b, _ := s.GetInt("b")
+	_, gone := s.Get("gone")
+	if a != 2 || b != 9 || gone || s.MaxInactive() != time.Minute {
+		t.Errorf("after replace a=%d b=%d gone present=%v max inactive %v, want 2, 9, false, 1m", a, b, gone, s.MaxInactive())
+	}
+	d, _ := s.commit()
+	if d.Base != newer.Rev || len(d.Ops) != 2 {
+		t.Errorf("the pending change commits on %+v with %d ops, want on %+v with 2", d.Base, len(d.Ops), newer.Rev)
+	}
+}
+
 func TestListeners(t *testing.T) {
 	h := testHost(t)
 	var mu sync.Mutex
