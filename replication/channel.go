@@ -471,26 +471,19 @@ func (c *Channel) serve(conn net.Conn) {
 	}
 	_ = conn.SetDeadline(time.Time{})
 	from = h.Route
-	// One sender's frames are handled one at a time, in order: a
-	// reconnecting sender's new connection takes over only once the old
-	// one, possibly half-open, is closed and done.
 	me := &inConn{conn: conn, done: make(chan struct{})}
 	defer close(me.done)
-	c.mu.Lock()
-	old := c.bySender[from]
-	c.bySender[from] = me
-	c.mu.Unlock()
+	registered := false
 	defer func() {
+		if !registered {
+			return
+		}
 		c.mu.Lock()
 		if c.bySender[from] == me {
 			delete(c.bySender, from)
 		}
 		c.mu.Unlock()
 	}()
-	if old != nil {
-		_ = old.conn.Close()
-		<-old.done
-	}
 	rc := c.recvCounters(from)
 	var buf, out []byte
 	overhead := 64
@@ -520,6 +513,16 @@ func (c *Channel) serve(conn net.Conn) {
 		if err != nil {
 			c.refuse(conn, from, err)
 			return
+		}
+		if !registered {
+			// One sender's frames are handled one at a time, in order: a
+			// reconnecting sender's new connection takes over once the
+			// old one, possibly half-open, is closed and done. It does so
+			// at its first good frame, which with a key proves that it
+			// holds it, not at its hello, which anyone can send: a
+			// stranger naming a peer's route must not cut that peer off.
+			c.takeOver(from, me)
+			registered = true
 		}
 		rc.frames.Add(1)
 		rc.bytes.Add(int64(frameLen + frameHeader))
@@ -553,6 +556,19 @@ func (c *Channel) serve(conn net.Conn) {
 				return
 			}
 		}
+	}
+}
+
+// takeOver makes me the connection of sender from, closing and waiting
+// for the one it replaces.
+func (c *Channel) takeOver(from string, me *inConn) {
+	c.mu.Lock()
+	old := c.bySender[from]
+	c.bySender[from] = me
+	c.mu.Unlock()
+	if old != nil {
+		_ = old.conn.Close()
+		<-old.done
 	}
 }
 

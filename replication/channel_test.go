@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -611,4 +612,90 @@ func TestCloseAndRemoveEndWaitingSends(t *testing.T) {
 			t.Fatal("a send waiting on a stalled peer succeeded after Close")
 		}
 	}
+}
+
+// A stranger without the cluster key that says hello under a peer's route
+// does not cut that peer's connection: a connection takes over a sender's
+// older one only at its first frame, which proves the key.
+func TestStrangerHelloDoesNotCutPeerOff(t *testing.T) {
+	leaktest.Check(t)
+	key := bytes.Repeat([]byte{7}, 32)
+	ca, cb := testConfig(t, "a"), testConfig(t, "b")
+	ca.Key, cb.Key = key, key
+	a, b := newChannel(t, ca), newChannel(t, cb)
+	b.Handle(testType, func(string, []byte) error { return nil })
+	mesh(a, b)
+	if err := a.Send(context.Background(), nil, testType, []byte("warm"), Sync); err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		conn, err := net.Dial("tcp", b.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, _ := encodeHello(&hello{Version: ProtocolVersion, Domain: "cohort", Route: "a", Nonce: randomNonce()})
+		_, _ = conn.Write(appendFrame(nil, h))
+		if _, err := readFrame(conn, nil, 4096); err != nil { // b's hello: the handshake is done
+			t.Fatal(err)
+		}
+		// The stranger holds its connection open while a sends.
+		for range 20 {
+			if err := a.Send(context.Background(), nil, testType, []byte("x"), Sync); err != nil {
+				t.Fatalf("a's send failed while a stranger said hello as a: %v", err)
+			}
+		}
+		_, _ = conn.Write([]byte{0, 0, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8}) // not sealed with the key
+		_ = conn.Close()
+	}
+	if st := a.Stats().Peers[0]; st.Errors != 0 || a.NeedsResync("b") {
+		t.Errorf("a's connection to b: %d errors, needs resync %v; want none", st.Errors, a.NeedsResync("b"))
+	}
+}
+
+// A sender that claims a frame of nearly MaxFrameSize and then sends
+// nothing costs the receiver no more than the bytes it sent: the buffer
+// grows as the frame arrives.
+func TestClaimedLengthCostsOnlyWhatArrives(t *testing.T) {
+	leaktest.Check(t)
+	cfg := testConfig(t, "b")
+	cfg.Key = bytes.Repeat([]byte{7}, 32)
+	b := newChannel(t, cfg)
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	const conns = 32
+	for i := range conns {
+		conn, err := net.Dial("tcp", b.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		h, _ := encodeHello(&hello{Version: ProtocolVersion, Domain: "cohort", Route: fmt.Sprint("stranger", i), Nonce: randomNonce()})
+		_, _ = conn.Write(appendFrame(nil, h))
+		if _, err := readFrame(conn, nil, 4096); err != nil {
+			t.Fatal(err)
+		}
+		_, _ = conn.Write(binary.BigEndian.AppendUint32(nil, uint32(cfg.MaxFrameSize)))
+		_, _ = conn.Write(make([]byte, 1000))
+	}
+	// Wait until every connection is past its handshake and reading the
+	// claimed frame.
+	deadline := time.Now().Add(10 * time.Second)
+	for b.inboundCount() < conns && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond)
+	runtime.GC()
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	if grown := int64(after.HeapInuse) - int64(before.HeapInuse); grown > 32<<20 {
+		t.Errorf("%d connections claiming %d-byte frames and sending 1000 bytes hold %d MiB", conns, cfg.MaxFrameSize, grown>>20)
+	}
+}
+
+// inboundCount is how many inbound connections c is serving.
+func (c *Channel) inboundCount() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.inbound)
 }

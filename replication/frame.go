@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	"github.com/cohort-cluster/cohort/internal/mpguard"
 	"github.com/vmihailenco/msgpack/v5"
@@ -58,9 +59,11 @@ var (
 const frameHeader = 4
 
 // readFrame reads one length-prefixed frame into buf, growing it if
-// needed, and returns the payload. The length is checked against max
-// before anything is allocated.
-func readFrame(r io.Reader, buf []byte, max int) ([]byte, error) {
+// needed, and returns the payload. The length is checked against limit
+// before anything is allocated, and a buffer too small for it grows as
+// the bytes arrive: a length claimed by a sender that then sends nothing
+// costs no more memory than what it did send.
+func readFrame(r io.Reader, buf []byte, limit int) ([]byte, error) {
 	// The header is read into buf, when it has room: a local array
 	// would escape to the heap through r, once per frame.
 	h := buf[:0]
@@ -75,23 +78,41 @@ func readFrame(r io.Reader, buf []byte, max int) ([]byte, error) {
 		return nil, err
 	}
 	n := int(binary.BigEndian.Uint32(h))
-	if n > max {
-		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, n, max)
+	if n > limit {
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, n, limit)
 	}
 	if n == 0 {
 		return nil, fmt.Errorf("%w: empty frame", ErrMalformed)
 	}
-	if cap(buf) < n {
-		buf = make([]byte, n)
-	}
-	buf = buf[:n]
-	if _, err := io.ReadFull(r, buf); err != nil {
-		if errors.Is(err, io.EOF) {
-			err = io.ErrUnexpectedEOF
+	if cap(buf) >= n {
+		buf = buf[:n]
+		if _, err := io.ReadFull(r, buf); err != nil {
+			return nil, truncated(err)
 		}
-		return nil, fmt.Errorf("%w: truncated frame: %w", ErrMalformed, err)
+		return buf, nil
+	}
+	buf = buf[:0]
+	for len(buf) < n {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, min(n, max(2*cap(buf), growFrom))-len(buf))
+		}
+		m, err := io.ReadAtLeast(r, buf[len(buf):min(n, cap(buf))], 1)
+		buf = buf[:len(buf)+m]
+		if err != nil {
+			return nil, truncated(err)
+		}
 	}
 	return buf, nil
+}
+
+// growFrom is the first size of a buffer that grows as a frame arrives.
+const growFrom = 64 << 10
+
+func truncated(err error) error {
+	if errors.Is(err, io.EOF) {
+		err = io.ErrUnexpectedEOF
+	}
+	return fmt.Errorf("%w: truncated frame: %w", ErrMalformed, err)
 }
 
 // appendFrame appends the length prefix and payload to dst.
