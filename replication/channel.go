@@ -125,9 +125,10 @@ func (c *Channel) Handle(t MsgType, h Handler) {
 
 // OnResync registers f to be called when a peer that may have missed
 // frames (its queue overflowed, it was unreachable, or its connection broke
-// with frames in flight) is connected again. The higher layer then sends
-// that peer a full state and calls ClearResync. f runs on the peer's
-// writer goroutine and must not block.
+// with frames in flight) is connected again, or, when its queue overflowed
+// while it stayed connected, once the queue has drained. The higher layer
+// then sends that peer a full state and calls ClearResync. f runs on the
+// peer's writer goroutine and must not block.
 func (c *Channel) OnResync(f func(route string)) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -699,3 +699,44 @@ func (c *Channel) inboundCount() int {
 	defer c.mu.Unlock()
 	return len(c.inbound)
 }
+
+// A peer whose queue overflows while it stays connected is resynchronised
+// once the queue has drained: no reconnection comes to do it.
+func TestQueueOverflowWhileConnectedResyncs(t *testing.T) {
+	leaktest.Check(t)
+	ca := testConfig(t, "a")
+	ca.QueueSize = 1
+	a := newChannel(t, ca)
+	resynced := make(chan string, 16)
+	a.OnResync(func(route string) {
+		a.ClearResync(route)
+		resynced <- route
+	})
+	b := newChannel(t, testConfig(t, "b"))
+	b.Handle(testType, func(string, []byte) error { return nil })
+	a.AddPeer("b", b.Addr().String())
+	if err := a.Send(context.Background(), nil, testType, []byte("warm"), Sync); err != nil {
+		t.Fatal(err)
+	}
+	full := 0
+	body := make([]byte, 1024)
+	for i := 0; full == 0; i++ {
+		if i == 1_000_000 {
+			t.Fatal("a queue of 1 never overflowed")
+		}
+		if err := a.Send(context.Background(), nil, testType, body, Async); errors.Is(err, ErrQueueFull) {
+			full++
+		}
+	}
+	select {
+	case r := <-resynced:
+		if r != "b" {
+			t.Errorf("resync of %q, want b", r)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("b missed frames (queue full) and was not resynchronised; connected %v", a.Stats().Peers[0].Connected)
+	}
+	if a.NeedsResync("b") {
+		t.Error("b still needs a resync after it was resynchronised")
+	}
+}

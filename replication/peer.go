@@ -70,6 +70,7 @@ type peer struct {
 	queue chan *outFrame
 	stop  chan struct{}
 	kick  chan struct{} // capacity 1: try to connect now, not after the backoff
+	wake  chan struct{} // capacity 1: the writer has a resync to look at
 	once  sync.Once
 	seq   atomic.Uint64
 
@@ -79,12 +80,13 @@ type peer struct {
 	connected                              atomic.Bool
 	down                                   atomic.Bool // the last dial failed
 	resync                                 atomic.Bool
+	overflowed                             atomic.Bool // the queue overflowed while connected: resync once drained
 	framesSent, bytesSent, errs, queueFull atomic.Int64
 }
 
 func newPeer(c *Channel, route, addr string) *peer {
 	return &peer{c: c, route: route, addr: addr, queue: make(chan *outFrame, c.cfg.QueueSize),
-		stop: make(chan struct{}), kick: make(chan struct{}, 1), waiters: make(map[uint64]*outFrame)}
+		stop: make(chan struct{}), kick: make(chan struct{}, 1), wake: make(chan struct{}, 1), waiters: make(map[uint64]*outFrame)}
 }
 
 // enqueue queues f without blocking.
@@ -116,6 +118,11 @@ func (p *peer) enqueue(f *outFrame) error {
 	default:
 		p.queueFull.Add(1)
 		p.markResync("queue full")
+		p.overflowed.Store(true)
+		select { // the writer may be idle already, with nothing to drain
+		case p.wake <- struct{}{}:
+		default:
+		}
 		return ErrQueueFull
 	}
 }
@@ -183,6 +190,7 @@ func (p *peer) run() {
 		sent := p.framesSent.Load()
 		p.down.Store(false)
 		p.connected.Store(true)
+		p.overflowed.Store(false) // the resync below covers it
 		p.connectedAgain()
 		readerDone := make(chan error, 1)
 		p.c.wg.Add(1)
@@ -323,6 +331,9 @@ func (p *peer) writeLoop(conn net.Conn, seal *sealer, readerDone chan error) err
 		var f *outFrame
 		select {
 		case f = <-p.queue:
+		case <-p.wake:
+			p.resyncIfDrained()
+			continue
 		case <-p.stop:
 			return nil
 		case err := <-readerDone:
@@ -353,6 +364,16 @@ func (p *peer) writeLoop(conn net.Conn, seal *sealer, readerDone chan error) err
 		if err := bw.Flush(); err != nil {
 			return err
 		}
+		p.resyncIfDrained()
+	}
+}
+
+// resyncIfDrained resynchronises a peer that stayed connected through a
+// burst that overflowed its queue, once the queue is empty: no
+// reconnection will come to do it.
+func (p *peer) resyncIfDrained() {
+	if p.overflowed.Load() && len(p.queue) == 0 && p.overflowed.CompareAndSwap(true, false) {
+		p.connectedAgain()
 	}
 }
 
