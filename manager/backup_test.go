@@ -337,3 +337,53 @@ func TestBackupGracefulCloseHandsOff(t *testing.T) {
 	}
 	c.readAll("n3", want)
 }
+
+// The backup's sweep comes before the primary's batch of access times: the
+// backup expires its copy, and the primary, which saw a later access,
+// sends it a full copy back, so the session survives the primary's kill -9.
+func TestBackupExpiryBeforeThePrimarysAccess(t *testing.T) {
+	c := newBackupCluster(t, 1, "a", "b", "c")
+	clock := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	for _, m := range c.nodes {
+		m.h.clock = clock.now
+	}
+	a := c.nodes["a"]
+	s, _ := a.Create(bg)
+	_ = s.SetMaxInactive(10 * time.Minute)
+	_ = s.Set("cart", 1)
+	if err := a.Commit(bg, s); err != nil {
+		t.Fatal(err)
+	}
+	id := s.ID()
+	c.waitReplicated([]string{id})
+	backup := a.targets(s)[0]
+
+	clock.advance(10*time.Minute - 2*time.Second)
+	if _, err := a.Find(bg, id); err != nil { // read on the primary
+		t.Fatal(err)
+	}
+	_ = a.Commit(bg, s)
+	clock.advance(3 * time.Second)
+	c.nodes[backup].sweep() // the backup sweeps first
+	time.Sleep(50 * time.Millisecond)
+	a.sweep() // then the primary, whose touch now finds no copy
+	time.Sleep(50 * time.Millisecond)
+	if n := c.copies(id); n != 2 {
+		t.Errorf("%d copies of a session accessed 1s ago, want 2 (primary+backup)", n)
+	}
+	// kill -9 of a: gone from the network, no hand-off.
+	c.net.drop = func(from, to string, msg []byte) bool { return from == "a" || to == "a" }
+	c.net.remove("a")
+	dead := c.nodes["a"]
+	delete(c.nodes, "a")
+	t.Cleanup(func() { _ = dead.Close(bg) })
+	for _, m := range c.nodes {
+		m.PeersChanged()
+	}
+	time.Sleep(50 * time.Millisecond)
+	for r, m := range c.nodes {
+		if _, err := m.Find(bg, id); err != nil {
+			t.Errorf("%s: session lost after primary failure: %v", r, err)
+		}
+	}
+}

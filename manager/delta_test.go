@@ -512,3 +512,43 @@ func TestMaxSessionsRejects(t *testing.T) {
 		t.Errorf("rejected %d, max active %d; want 1, 2", st.Rejected, st.MaxActive)
 	}
 }
+
+// A read on b shortly before the deadline, whose access time waits for b's
+// next sweep, when a sweeps first: a expires the session, b, which saw the
+// later access, keeps it and sends a full copy back, so that every node
+// still holds it.
+func TestDeltaExpiryWhileAccessedElsewhere(t *testing.T) {
+	c := newDeltaCluster(t, "a", "b", "c")
+	a, b := c.nodes["a"], c.nodes["b"]
+	s, _ := a.Create(bg)
+	_ = s.SetMaxInactive(10 * time.Minute)
+	_ = s.Set("cart", 1)
+	_ = a.Commit(bg, s)
+	id := s.ID()
+
+	c.clock.advance(10*time.Minute - 2*time.Second)
+	sb, err := b.Find(bg, id) // the user reads on b: access now
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = b.Commit(bg, sb) // read only: the access waits for b's next sweep
+	c.clock.advance(3 * time.Second)
+	a.sweep() // a's sweep comes first (sweeps are not aligned)
+	c.settle()
+	b.sweep() // b's sweep a few seconds later
+	c.settle()
+	c.sweepAll()
+
+	for _, r := range []string{"a", "b", "c"} {
+		if _, err := c.nodes[r].Find(bg, id); err != nil {
+			t.Errorf("%s: Find = %v, 1s after the user's last access (timeout 10m)", r, err)
+		}
+	}
+}
+
+func (c *deltaCluster) sweepAll() {
+	for _, m := range c.nodes {
+		m.sweep()
+	}
+	c.settle()
+}

@@ -674,7 +674,7 @@ func (m *replicated) Receive(from string, msg []byte) error {
 	case kindExpire:
 		var e idMsg
 		if err = decodeBody(body, &e); err == nil {
-			m.onExpire(e)
+			m.onExpire(from, e)
 		}
 	case kindInvalidate:
 		var e idMsg
@@ -898,15 +898,23 @@ func (m *replicated) onFull(from string, f Full) {
 	}
 }
 
-func (m *replicated) onExpire(e idMsg) {
+// onExpire removes a session that peer from expired, unless this node saw
+// a later access: then it keeps the session and sends a full copy back to
+// the nodes that should hold it, since from, and any node that removed its
+// copy on from's word, no longer has one. (A node that kept its copy
+// ignores the full copy, and takes the access from the next batch.)
+func (m *replicated) onExpire(from string, e idMsg) {
 	s := m.st.get(e.ID)
 	if s == nil {
 		return
 	}
 	if s.LastAccess().UnixMilli() > e.Access {
-		// This node saw a later access: keep the session and make sure the
-		// peers hear of it.
 		m.queueTouch(s)
+		to := m.targets(s) // Delta: every peer; Backup: this primary's backups
+		if m.backup != nil && s.ownerRoute() != m.cfg.Route {
+			to = []string{from} // a backup: from is the primary, or another backup
+		}
+		m.sendAsync(to, kindFull, s.full())
 		return
 	}
 	if r := m.st.remove(s.ID()); r != nil {
