@@ -552,3 +552,53 @@ func (c *deltaCluster) sweepAll() {
 	}
 	c.settle()
 }
+
+
+// b invalidates a session (logout) while a commits a change to it (the
+// user's other tab). c hears of the invalidation first, then of a's change,
+// for a session it no longer holds, and a, which has not read b's
+// invalidation yet, would answer c's request for a full copy: the
+// invalidated session must not come back on c, nor on any node.
+func TestDeltaInvalidateRacingChange(t *testing.T) {
+	leaktest.Check(t)
+	c := newDeltaCluster(t, "a", "b", "c")
+	a, b := c.nodes["a"], c.nodes["b"]
+	s, _ := a.Create(bg)
+	_ = s.SetPrincipal("alice")
+	_ = a.Commit(bg, s)
+	c.settle()
+	id := s.ID()
+
+	// b's messages are slow to reach a (its connection is busy); they are
+	// delivered later, in order.
+	var mu sync.Mutex
+	var held [][]byte
+	c.net.drop = func(from, to string, msg []byte) bool {
+		if from == "b" && to == "a" { // all of b->a, in order
+			mu.Lock()
+			held = append(held, msg)
+			mu.Unlock()
+			return true
+		}
+		return false
+	}
+	sa, _ := a.Find(bg, id) // a request on a, in flight
+	if err := b.Invalidate(bg, id); err != nil {
+		t.Fatal(err)
+	}
+	_ = sa.Set("x", 1) // the request on a ends and commits
+	_ = a.Commit(bg, sa)
+	c.settle()
+	c.net.drop = nil
+	mu.Lock()
+	for _, m := range held { // b's invalidation finally reaches a
+		_ = a.Receive("b", m)
+	}
+	mu.Unlock()
+	c.settle()
+	for r, m := range c.nodes {
+		if got := m.st.get(id); got != nil {
+			t.Errorf("%s still holds the invalidated session (rev %+v)", r, got.Rev())
+		}
+	}
+}

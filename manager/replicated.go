@@ -541,7 +541,7 @@ func (m *replicated) Invalidate(ctx context.Context, id string) error {
 	}
 	id = s.ID()
 	to := m.recipients(s)
-	if r := m.st.remove(id); r != nil {
+	if r := m.st.bury(id); r != nil {
 		m.stats.invalidated.Add(1)
 		m.destroyed(r, Invalidated, true)
 	}
@@ -679,7 +679,7 @@ func (m *replicated) Receive(from string, msg []byte) error {
 	case kindInvalidate:
 		var e idMsg
 		if err = decodeBody(body, &e); err == nil {
-			if r := m.st.remove(e.ID); r != nil {
+			if r := m.st.bury(e.ID); r != nil {
 				m.stats.invalidated.Add(1)
 				m.destroyed(r, Invalidated, false)
 			}
@@ -799,6 +799,9 @@ func (m *replicated) Receive(from string, msg []byte) error {
 func (m *replicated) onChange(from string, c Change) {
 	s := m.st.get(c.ID)
 	if s == nil {
+		if m.st.buried(c.ID) {
+			return // a change made before the session's invalidation reached its maker
+		}
 		if c.Base == (Rev{}) && c.Created != 0 {
 			s = m.h.fromFull(Full{ID: c.ID, Created: c.Created, Access: c.Access})
 			m.st.put(s)
@@ -825,7 +828,7 @@ func (m *replicated) onChange(from string, c Change) {
 	if err == nil {
 		s.setOwner(from)
 		if c.Invalidate {
-			if r := m.st.remove(c.ID); r != nil {
+			if r := m.st.bury(c.ID); r != nil {
 				m.destroyed(r, Invalidated, false)
 			}
 		}
@@ -871,6 +874,9 @@ func (m *replicated) requestFull(from, id string) {
 func (m *replicated) onFull(from string, f Full) {
 	s := m.st.get(f.ID) // by base: possibly rebound elsewhere meanwhile
 	if s == nil {
+		if m.st.buried(f.ID) {
+			return // a copy sent before the session's invalidation reached its sender
+		}
 		s = m.h.fromFull(f)
 		s.owner = from
 		m.st.put(s)

@@ -20,9 +20,14 @@ type store struct {
 	h      *host
 	mu     sync.RWMutex
 	byBase map[string]*Session
-	alias  map[string]alias // old base -> new base, until expiry
+	alias  map[string]alias     // old base -> new base, until expiry
+	graves map[string]time.Time // bases of sessions invalidated lately, until when
 	grace  time.Duration
 }
+
+// graveTime is how long the base of an invalidated session is remembered:
+// far longer than a peer's change or full copy of it can be in flight.
+const graveTime = time.Minute
 
 type alias struct {
 	to    string
@@ -30,7 +35,7 @@ type alias struct {
 }
 
 func newStore(h *host, grace time.Duration) *store {
-	return &store{h: h, byBase: make(map[string]*Session), alias: make(map[string]alias), grace: grace}
+	return &store{h: h, byBase: make(map[string]*Session), alias: make(map[string]alias), graves: make(map[string]time.Time), grace: grace}
 }
 
 // newSession makes and stores a session with a fresh id.
@@ -92,6 +97,24 @@ func (st *store) remove(id string) *Session {
 	s.valid = false
 	s.mu.Unlock()
 	return s
+}
+
+// bury removes the session of id, as remove does, and remembers its base
+// for graveTime: a peer's change or copy of it that was already on its way
+// does not bring an invalidated (logged out) session back.
+func (st *store) bury(id string) *Session {
+	st.mu.Lock()
+	st.graves[baseOf(id)] = st.h.now().Add(graveTime)
+	st.mu.Unlock()
+	return st.remove(id)
+}
+
+// buried reports whether the session of id was invalidated lately.
+func (st *store) buried(id string) bool {
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	until, ok := st.graves[baseOf(id)]
+	return ok && st.h.now().Before(until)
 }
 
 // rename gives s the id newID. When the base changes, the old base stays
@@ -158,6 +181,11 @@ func (st *store) expired(now time.Time) []*Session {
 	for id, a := range st.alias {
 		if !now.Before(a.until) {
 			delete(st.alias, id)
+		}
+	}
+	for base, until := range st.graves {
+		if !now.Before(until) {
+			delete(st.graves, base)
 		}
 	}
 	st.mu.Unlock()
