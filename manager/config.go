@@ -62,9 +62,15 @@ type Config struct {
 	// SweepInterval is how often expired sessions are removed. A session
 	// expires within one SweepInterval of its deadline. Default 10s.
 	SweepInterval time.Duration
-	// IDGracePeriod is how long an id replaced by ChangeID keeps finding the
-	// session, so parallel requests still carrying the old cookie are not
-	// lost. Default 1m.
+	// IDGracePeriod is how long the old id of a session renewed by ChangeID
+	// with a new base (RenewID after a login) keeps finding the session.
+	// Default 0: the old id stops working at once, as with Tomcat's
+	// changeSessionId, so an id planted on a user before their login
+	// (session fixation) never reaches the logged-in session. A longer
+	// period lets parallel requests that still carry the old cookie find
+	// the session, at the price of leaving the old id usable that long;
+	// the web middleware and Store never hand such a request the new id.
+	// Route rebinding keeps the base, so it needs no grace period.
 	IDGracePeriod time.Duration
 	// Types registers the attribute types sessions may hold. Nil means
 	// NewTypes(): the built-in types only.
@@ -93,13 +99,12 @@ type Config struct {
 	Clock func() time.Time
 }
 
-// DefaultConfig returns the defaults: 30m sessions swept every 10s, a 1m
-// id grace period, listeners notified of replicated changes.
+// DefaultConfig returns the defaults: 30m sessions swept every 10s, no id
+// grace period, listeners notified of replicated changes.
 func DefaultConfig() Config {
 	return Config{
 		MaxInactive:         30 * time.Minute,
 		SweepInterval:       10 * time.Second,
-		IDGracePeriod:       time.Minute,
 		NotifyOnReplication: true,
 	}
 }

@@ -553,7 +553,6 @@ func (c *deltaCluster) sweepAll() {
 	c.settle()
 }
 
-
 // b invalidates a session (logout) while a commits a change to it (the
 // user's other tab). c hears of the invalidation first, then of a's change,
 // for a session it no longer holds, and a, which has not read b's

@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
@@ -440,6 +441,14 @@ func Attr[T any](s *Session, name string) (v T, ok bool) {
 	return v, ok
 }
 
+// Changed reports whether the session has changes that no Commit has
+// taken yet.
+func (s *Session) Changed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return !s.pending.empty() || s.isNew
+}
+
 // Names returns the attribute names, sorted.
 func (s *Session) Names() []string {
 	s.mu.Lock()
@@ -472,6 +481,46 @@ func (s *Session) Set(name string, v any) error {
 		s.pending.op(name, raw)
 	}
 	s.mu.Unlock()
+	s.fireSet(name, old, had, v)
+	return nil
+}
+
+// SetCopy stores a copy of v: its encoded form, not v itself, unless the
+// attribute already holds an equal value (the same encoded form). It
+// reports whether the attribute changed. Unlike after Set, changes the
+// caller goes on making to v in place never reach the session, and are
+// seen as changes by the next SetCopy; the session never holds an object
+// its caller may be changing. The gorilla/sessions Store saves values so.
+// A local-only attribute is stored as by Set.
+func (s *Session) SetCopy(name string, v any) (changed bool, err error) {
+	if s.host.localOnly(name) {
+		return true, s.Set(name, v)
+	}
+	raw, err := s.host.types.encode(v)
+	if err != nil {
+		return false, &NotDistributableError{Key: name, Type: fmt.Sprintf("%T", v), Err: err}
+	}
+	s.mu.Lock()
+	if !s.valid {
+		s.mu.Unlock()
+		return false, ErrInvalidated
+	}
+	if a, ok := s.attrs.get(name); ok {
+		if cur, err := a.wire(s.host.types); err == nil && bytes.Equal(cur, raw) {
+			s.mu.Unlock()
+			return false, nil
+		}
+	}
+	old, had := s.attrs.set(name, attr{raw: raw})
+	s.pending.op(name, raw)
+	s.mu.Unlock()
+	s.fireSet(name, old, had, v)
+	return true, nil
+}
+
+// fireSet tells the listeners that name was set to v, replacing old when
+// it had a value.
+func (s *Session) fireSet(name string, old attr, had bool, v any) {
 	if had {
 		oldVal := old.val
 		if !old.known() {
@@ -489,7 +538,6 @@ func (s *Session) Set(name string, v any) error {
 			}
 		})
 	}
-	return nil
 }
 
 // MarkDirty re-encodes an attribute whose value was changed in place (a

@@ -53,7 +53,9 @@ func TestStandardLifecycle(t *testing.T) {
 	leaktest.Check(t)
 	ctx := context.Background()
 	clock := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	m := newStandard(t, standardConfig(t, clock))
+	cfg := standardConfig(t, clock)
+	cfg.IDGracePeriod = time.Minute
+	m := newStandard(t, cfg)
 	var mu sync.Mutex
 	events := map[string]int{}
 	m.AddListener(Listener{
@@ -87,7 +89,7 @@ func TestStandardLifecycle(t *testing.T) {
 		t.Errorf("FindByPrincipal(alice) = %v", ss)
 	}
 
-	// ChangeID: the old id keeps working for the grace period.
+	// ChangeID: the old id keeps working for the grace period configured.
 	old := s.ID()
 	newID, err := m.ChangeID(ctx, s, "")
 	if err != nil || newID == old || !strings.HasSuffix(newID, ".node1") || s.ID() != newID {
@@ -224,5 +226,26 @@ func TestConfigValidation(t *testing.T) {
 		if !errors.As(err, &ce) || ce.Field != tc.field {
 			t.Errorf("NewStandard = %v, want a ConfigError for %s", err, tc.field)
 		}
+	}
+}
+
+// By default a renewed session's old id stops working at once: an id
+// planted before a login never reaches the logged-in session.
+func TestRenewedIDStopsAtOnceByDefault(t *testing.T) {
+	leaktest.Check(t)
+	ctx := context.Background()
+	m := newStandard(t, standardConfig(t, &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}))
+	s, _ := m.Create(ctx)
+	_ = m.Commit(ctx, s)
+	old := s.ID()
+	newID, err := m.ChangeID(ctx, s, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := m.Find(ctx, old); !errors.Is(err, ErrNotFound) {
+		t.Errorf("old id after RenewID: %v, %v; want ErrNotFound", got, err)
+	}
+	if got, err := m.Find(ctx, newID); err != nil || got != s {
+		t.Errorf("new id: %v, %v", got, err)
 	}
 }

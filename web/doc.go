@@ -30,9 +30,11 @@
 // renames the session <base>.<this route> and the response sets the new
 // cookie (Tomcat's JvmRouteBinderValve); [OriginalID] gives the id the
 // request arrived with. Two parallel requests rebinding one session end
-// with the same id, and the old id keeps resolving for the manager's grace
-// period. [RenewID] gives a session a fresh id after a login, against
-// session fixation. New cookies are HttpOnly, SameSite=Lax, Path=/, and
+// with the same id: the base is kept, so either id finds the session.
+// [RenewID] gives a session a fresh id after a login, against session
+// fixation: the old id stops working at once (unless the manager's
+// IDGracePeriod says otherwise), and a request that arrives with it is
+// never handed the new one. New cookies are HttpOnly, SameSite=Lax, Path=/, and
 // Secure when Config.Secure is set.
 //
 // # WebSocket hub

@@ -368,7 +368,7 @@ func sameOrigin(r *http.Request) bool {
 }
 
 // hijacker lets the upgrader hijack through wrapping response writers
-// (the session middleware's) that expose Unwrap but not Hijack.
+// that expose Unwrap but not Hijack.
 type hijacker struct{ http.ResponseWriter }
 
 func (w hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
@@ -414,9 +414,7 @@ func (h *Hub) Handler(userOf func(r *http.Request) string) http.Handler {
 		}
 		// Commit now: the handshake response is the only one this
 		// request gets, so it carries the session cookie.
-		hdr := http.Header{}
-		st.commit(hdr)
-		ws, err := h.upgrader.Upgrade(hijacker{w}, r, hdr)
+		ws, err := h.upgrader.Upgrade(hijacker{w}, r, Commit(r))
 		if err != nil {
 			return // the upgrader answered
 		}

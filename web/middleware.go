@@ -1,10 +1,12 @@
 package web
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/textproto"
 	"regexp"
@@ -111,6 +113,7 @@ type state struct {
 	s          *manager.Session
 	originalID string // the id the request arrived with
 	cookieID   string // the id the client holds; a cookie is sent when s's differs
+	hidden     string // the session's id, found through its old id (renewed elsewhere): never sent
 	cleared    bool   // the session was invalidated: the cookie is deleted
 	committed  bool   // the response has started and the session was committed
 }
@@ -142,6 +145,12 @@ func (ss *Sessions) Middleware(next http.Handler) http.Handler {
 			switch {
 			case err == nil:
 				st.s = s
+				if !sameBase(s.ID(), id) {
+					// Found by an id renewed after a login, within the
+					// manager's grace period: whoever holds the old id
+					// must not learn the new one.
+					st.hidden = s.ID()
+				}
 			case errors.Is(err, manager.ErrNotFound):
 			default:
 				// The session may exist (this node is still fetching its
@@ -157,9 +166,27 @@ func (ss *Sessions) Middleware(next http.Handler) http.Handler {
 		}
 		sw := &both.sw
 		sw.ResponseWriter, sw.st = w, st
+		// A handler that panics has changed the session here already:
+		// its peers get the changes too (Tomcat's ReplicationValve
+		// commits in a finally), and the panic goes on as it was.
+		finished := false
+		defer func() {
+			if !finished {
+				st.commit(nil)
+			}
+		}()
 		next.ServeHTTP(sw, r.WithContext(ctx))
 		st.finish(sw)
+		finished = true
 	})
+}
+
+// sameBase reports whether two session ids share their base: one session,
+// whatever node each names.
+func sameBase(a, b string) bool {
+	ba, _ := manager.SplitID(a)
+	bb, _ := manager.SplitID(b)
+	return ba == bb
 }
 
 // defaultSkip is DefaultSkip as the package made it, which matches only a
@@ -363,6 +390,18 @@ func RenewID(r *http.Request) (string, error) {
 	return st.ss.m.ChangeID(st.ctx, st.s, "")
 }
 
+// Commit commits the request's session now, as the middleware does before
+// the response's first byte, and returns a header holding the session's
+// cookie when the client needs one. It is for a response the middleware
+// does not write: the handshake of a WebSocket that the application's own
+// gorilla/websocket Upgrader answers takes the header as Upgrade's
+// responseHeader.
+func Commit(r *http.Request) http.Header {
+	h := http.Header{}
+	mustState(r).commit(h)
+	return h
+}
+
 // Invalidate destroys the request's session on every node and deletes its
 // cookie.
 func Invalidate(r *http.Request) error {
@@ -401,17 +440,26 @@ func (st *state) commit(h http.Header) {
 		if st.detached == nil {
 			st.detached = context.WithoutCancel(st.ctx)
 		}
-		if err := st.ss.m.Commit(st.detached, st.s); err != nil {
-			st.ss.commitErrors.Add(1)
-			st.ss.log.Warn("session commit failed", "session", manager.RedactID(st.s.ID()), "err", err)
-		}
-		if id := st.s.ID(); id != st.cookieID && h != nil {
+		st.ss.commit(st.detached, st.s)
+		if id := st.s.ID(); id != st.cookieID && id != st.hidden && h != nil {
 			h.Add("Set-Cookie", st.ss.cookie(id, 0).String())
 			st.cookieID = id
 		}
 	} else if st.cleared && st.cookieID != "" && h != nil {
 		h.Add("Set-Cookie", st.ss.cookie("", -1).String())
 		st.cookieID = ""
+	}
+}
+
+// commit commits s. An error means the changes are this node's but some
+// peer did not confirm them (it just died, or timed out): it is counted
+// and logged, and the request goes on. ctx must not be the request's own:
+// a client that hangs up must not cut the commit short (the manager's
+// send timeout bounds the wait), so callers pass it WithoutCancel.
+func (ss *Sessions) commit(ctx context.Context, s *manager.Session) {
+	if err := ss.m.Commit(ctx, s); err != nil {
+		ss.commitErrors.Add(1)
+		ss.log.Warn("session commit failed", "session", manager.RedactID(s.ID()), "err", err)
 	}
 }
 
@@ -447,13 +495,26 @@ func (w *responseWriter) start() {
 }
 
 func (w *responseWriter) WriteHeader(code int) {
-	w.start()
+	if code < 100 || code >= 200 || code == http.StatusSwitchingProtocols {
+		w.start() // an informational response (103 Early Hints) is not the response
+	}
 	w.ResponseWriter.WriteHeader(code)
 }
 
 func (w *responseWriter) Write(b []byte) (int, error) {
 	w.start()
 	return w.ResponseWriter.Write(b)
+}
+
+// Hijack commits the session, then hands over the connection, for an
+// application's own WebSocket endpoint behind the middleware (gorilla's
+// Upgrader asks for an http.Hijacker). After a hijack the upgrader writes
+// its own response, so a session created by the upgrading request itself
+// gets no cookie: pass Upgrade the header Commit returns, or let Hub do
+// it.
+func (w *responseWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	w.start()
+	return http.NewResponseController(w.ResponseWriter).Hijack()
 }
 
 // Unwrap lets http.ResponseController reach the underlying writer.

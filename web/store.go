@@ -2,9 +2,9 @@ package web
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
-	"reflect"
 
 	"github.com/cohort-cluster/cohort/manager"
 	"github.com/gorilla/sessions"
@@ -29,15 +29,16 @@ type Store struct {
 
 var _ sessions.Store = (*Store)(nil)
 
-// NewStore returns a Store for the sessions of m. cfg.CookieName is unused:
-// gorilla names cookies after sessions.
+// NewStore returns a Store for the sessions of m. The cookies' defaults
+// come from cfg's CookiePath, CookieDomain and Secure; cfg.CookieName is
+// unused: gorilla names cookies after sessions.
 func NewStore(m manager.Manager, cfg Config) (*Store, error) {
 	ss, err := New(m, cfg)
 	if err != nil {
 		return nil, err
 	}
 	return &Store{ss: ss, Options: &sessions.Options{
-		Path: "/", HttpOnly: true, Secure: cfg.Secure, SameSite: http.SameSiteLaxMode,
+		Path: ss.cfg.CookiePath, Domain: cfg.CookieDomain, HttpOnly: true, Secure: cfg.Secure, SameSite: http.SameSiteLaxMode,
 	}}, nil
 }
 
@@ -49,7 +50,15 @@ func (st *Store) Get(r *http.Request, name string) (*sessions.Session, error) {
 
 // New returns the session of name for r without caching it: the Cohort
 // session its cookie names, rebound to this node's route if it came from
-// another node, or a new, empty session. It never returns a nil session.
+// another node, or a new, empty session when there is none. It never
+// returns a nil session. When the session may exist but could not be
+// looked up (this node is still receiving the cluster's state, or the
+// session's holders did not answer in time), it returns a new session and
+// the error: saving that session would replace the user's, so answer such
+// a request with an error (503) instead, as the middleware does.
+//
+// A request that only reads its session counts as an access on every
+// node, as through the middleware, without a Save.
 func (st *Store) New(r *http.Request, name string) (*sessions.Session, error) {
 	gs := sessions.NewSession(st, name)
 	opts := *st.Options
@@ -60,10 +69,22 @@ func (st *Store) New(r *http.Request, name string) (*sessions.Session, error) {
 		return gs, nil
 	}
 	s, err := st.ss.find(r.Context(), c.Value)
-	if err != nil {
+	if errors.Is(err, manager.ErrNotFound) {
 		return gs, nil // unknown or expired: a new session
 	}
+	if err != nil {
+		st.ss.unavailable.Add(1)
+		return gs, fmt.Errorf("web: session %s: %w", manager.RedactID(c.Value), err)
+	}
+	// A read-only commit only queues the access for the peers; changes
+	// wait for Save.
+	if !s.Changed() {
+		st.ss.commit(context.WithoutCancel(r.Context()), s)
+	}
 	gs.ID, gs.IsNew = s.ID(), false
+	if !sameBase(s.ID(), c.Value) {
+		gs.ID = c.Value // renewed after a login: the old id's holder must not learn the new one
+	}
 	// Copies: a handler that changes a value in place (a map, a slice, a
 	// struct through a pointer) changes only its copy, so Save sees the
 	// difference and replicates it.
@@ -102,31 +123,34 @@ func (st *Store) Save(r *http.Request, w http.ResponseWriter, gs *sessions.Sessi
 			return err
 		}
 	}
-	for k, v := range gs.Values {
-		name, ok := k.(string)
-		if !ok {
+	for k := range gs.Values {
+		if _, ok := k.(string); !ok {
 			return &manager.NotDistributableError{Key: fmt.Sprint(k), Type: fmt.Sprintf("%T key", k),
-				Err: fmt.Errorf("session keys must be strings")}
+				Err: errors.New("session keys must be strings")}
 		}
-		if old, ok := s.Get(name); ok && reflect.DeepEqual(old, v) {
-			continue // unchanged: nothing to replicate
+	}
+	for k, v := range gs.Values {
+		name := k.(string)
+		if v == nil {
+			continue // stored as no value: removed below, read back as absent
 		}
-		if err := s.Set(name, v); err != nil {
+		// A copy, compared by its encoded form: a value the handler
+		// changes in place after this Save is a change at the next one,
+		// and the session never holds the handler's own object.
+		if _, err := s.SetCopy(name, v); err != nil {
 			return err
 		}
 	}
 	for _, name := range s.Names() {
-		if _, ok := gs.Values[name]; !ok {
+		if v, ok := gs.Values[name]; !ok || v == nil {
 			if err := s.Remove(name); err != nil {
 				return err
 			}
 		}
 	}
-	if err := m.Commit(context.WithoutCancel(ctx), s); err != nil { // as the middleware's commit
-		// Committed here; some peer did not confirm (it just died, or
-		// timed out). As with the middleware, the request goes on.
-		st.ss.commitErrors.Add(1)
-		st.ss.log.Warn("session commit not confirmed by every peer", "session", manager.RedactID(s.ID()), "err", err)
+	st.ss.commit(context.WithoutCancel(ctx), s)
+	if gs.ID != "" && !sameBase(s.ID(), gs.ID) {
+		return nil // reached through an id renewed after a login: the cookie stays as it is
 	}
 	gs.ID, gs.IsNew = s.ID(), false
 	http.SetCookie(w, sessions.NewCookie(gs.Name(), gs.ID, gs.Options))

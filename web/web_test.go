@@ -231,19 +231,24 @@ func TestRouteBinding(t *testing.T) {
 	}
 }
 
+// login logs the session in as alice and renews its id.
+func login(t *testing.T) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		s, _ := web.Get(r)
+		_ = s.SetPrincipal("alice")
+		if _, err := web.RenewID(r); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
 func TestRenewIDAndInvalidate(t *testing.T) {
 	leaktest.Check(t)
 	m := standard(t, "node1", "")
 	ss := middleware(t, m, "node1", nil)
 	mux := http.NewServeMux()
 	mux.Handle("GET /counter", counter("node1"))
-	mux.HandleFunc("GET /login", func(w http.ResponseWriter, r *http.Request) {
-		s, _ := web.Get(r)
-		_ = s.SetPrincipal("alice")
-		if _, err := web.RenewID(r); err != nil {
-			t.Error(err)
-		}
-	})
+	mux.Handle("GET /login", login(t))
 	mux.HandleFunc("GET /logout", func(w http.ResponseWriter, r *http.Request) {
 		if err := web.Invalidate(r); err != nil {
 			t.Error(err)

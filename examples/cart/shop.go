@@ -13,9 +13,10 @@ type Cart = shop.Cart
 
 // cartShop serves the pages. It keeps nothing between requests: the cart
 // is in the session, so any node can serve any request. Save replicates
-// only the values that differ from what the session holds, which is why
-// the handlers store a new Cart (Cart.With) rather than change one in
-// place.
+// only the values that differ from what the session holds; the handlers
+// store a new Cart (Cart.With) rather than change one in place, which the
+// Store would see too, because values that do not change under a handler
+// are easier to follow.
 type cartShop struct {
 	store sessions.Store
 	route string

@@ -1,0 +1,150 @@
+package web_test
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/cohort-cluster/cohort/internal/leaktest"
+	"github.com/cohort-cluster/cohort/manager"
+	"github.com/cohort-cluster/cohort/web"
+	"github.com/gorilla/websocket"
+)
+
+// After RenewID at login, the id planted before it (session fixation)
+// reaches nothing, and a request carrying it is not handed the new id;
+// with a grace period configured, the old id finds the session for a
+// while, but still never learns the new id.
+func TestRenewIDDefeatsFixation(t *testing.T) {
+	for _, grace := range []bool{false, true} {
+		c := manager.DefaultConfig()
+		c.Route, c.Logger = "node1", quiet()
+		if grace {
+			c.IDGracePeriod = 1 << 62
+		}
+		m, err := manager.NewStandard(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = m.Close(context.Background()) })
+		mux := http.NewServeMux()
+		mux.HandleFunc("GET /start", func(w http.ResponseWriter, r *http.Request) { _, _ = web.Get(r) })
+		mux.Handle("GET /login", login(t))
+		mux.HandleFunc("GET /whoami", func(w http.ResponseWriter, r *http.Request) {
+			s, _ := web.Get(r)
+			_, _ = io.WriteString(w, "principal="+s.Principal())
+		})
+		h := middleware(t, m, "node1", nil).Middleware(mux)
+		do := func(path, id string) *http.Response {
+			rec, req := httptest.NewRecorder(), httptest.NewRequest("GET", path, nil)
+			if id != "" {
+				req.AddCookie(&http.Cookie{Name: "JSESSIONID", Value: id})
+			}
+			h.ServeHTTP(rec, req)
+			return rec.Result()
+		}
+		fixed := do("/start", "").Cookies()[0].Value
+		renewed := do("/login", fixed).Cookies()[0].Value
+		resp := do("/whoami", fixed)
+		body, _ := io.ReadAll(resp.Body)
+		if want := map[bool]string{false: "principal=", true: "principal=alice"}[grace]; string(body) != want {
+			t.Errorf("grace %v: the planted id reads %q, want %q", grace, body, want)
+		}
+		for _, c := range resp.Cookies() {
+			if c.Value == renewed {
+				t.Errorf("grace %v: a request with the planted id was handed the renewed id", grace)
+			}
+		}
+	}
+}
+
+// An informational response (103 Early Hints) is not the response: a
+// session made after it still gets its cookie on the final one.
+func TestEarlyHintsKeepTheCookie(t *testing.T) {
+	ss := middleware(t, standard(t, "node1", ""), "node1", nil)
+	srv := httptest.NewServer(ss.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Link", "</app.css>; rel=preload; as=style")
+		w.WriteHeader(http.StatusEarlyHints)
+		s, _ := web.Get(r)
+		_ = s.Set("count", 1)
+		_, _ = io.WriteString(w, "ok")
+	})))
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/page")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if len(resp.Cookies()) != 1 {
+		t.Errorf("final response cookies %v; want the session's", resp.Cookies())
+	}
+}
+
+// A handler that panics after changing the session: the change, already
+// visible on this node, reaches the peers too.
+func TestPanickingHandlerStillCommits(t *testing.T) {
+	leaktest.Check(t)
+	nodes := deltaPair(t, nil)
+	ss := middleware(t, nodes[0].Manager(), "n1", func(c *web.Config) { c.Logger = quiet() })
+	h := ss.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s, _ := web.Get(r)
+		n, _ := s.GetInt("count")
+		_ = s.Set("count", n+1)
+		if r.URL.Query().Has("panic") {
+			panic(http.ErrAbortHandler)
+		}
+	}))
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
+	id := rec.Result().Cookies()[0].Value
+	req := httptest.NewRequest("GET", "/?panic", nil)
+	req.AddCookie(&http.Cookie{Name: "JSESSIONID", Value: id})
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Error("the handler's panic did not go on")
+			}
+		}()
+		h.ServeHTTP(httptest.NewRecorder(), req)
+	}()
+	count := func(m manager.Manager) int64 {
+		s, err := m.Find(context.Background(), id)
+		if err != nil {
+			return -1
+		}
+		n, _ := s.GetInt("count")
+		return n
+	}
+	if !eventually(func() bool { return count(nodes[1].Manager()) == 2 }) {
+		t.Errorf("after a panicking request n1 has count %d, n2 %d; want 2 on both", count(nodes[0].Manager()), count(nodes[1].Manager()))
+	}
+}
+
+// An application's own gorilla/websocket endpoint runs behind the
+// middleware, and Commit gives the handshake the new session's cookie.
+func TestOwnWebSocketBehindMiddleware(t *testing.T) {
+	ss := middleware(t, standard(t, "node1", ""), "node1", nil)
+	var up websocket.Upgrader
+	srv := httptest.NewServer(ss.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s, _ := web.Get(r)
+		_ = s.Set("ws", true)
+		c, err := up.Upgrade(w, r, web.Commit(r))
+		if err != nil {
+			t.Errorf("Upgrade: %v", err)
+			return
+		}
+		_ = c.Close()
+	})))
+	defer srv.Close()
+	c, resp, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/ws", nil)
+	if err != nil {
+		t.Fatalf("dial through the middleware: %v", err)
+	}
+	_ = c.Close()
+	if cs := resp.Cookies(); len(cs) != 1 || !strings.HasSuffix(cs[0].Value, ".node1") {
+		t.Errorf("handshake cookies %v; want the new session's", cs)
+	}
+}

@@ -1,0 +1,181 @@
+package web_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cohort-cluster/cohort/internal/leaktest"
+	"github.com/cohort-cluster/cohort/internal/testcluster"
+	"github.com/cohort-cluster/cohort/manager"
+	"github.com/cohort-cluster/cohort/web"
+)
+
+// store returns a gorilla Store for m on route.
+func store(t *testing.T, m manager.Manager, route string, edit func(*web.Config)) *web.Store {
+	t.Helper()
+	c := web.DefaultConfig()
+	c.Route = route
+	if edit != nil {
+		edit(&c)
+	}
+	st, err := web.NewStore(m, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// deltaPair starts a 2-node Delta cluster in ack mode.
+func deltaPair(t *testing.T, edit func(*manager.ClusterConfig)) []*manager.Cluster {
+	t.Helper()
+	return testcluster.Start(t, nil, quiet(), func(c *manager.ClusterConfig) {
+		c.Kind, c.Manager.Mode = manager.KindDelta, manager.Ack
+		if edit != nil {
+			edit(c)
+		}
+	}, "n1", "n2")
+}
+
+// eventually polls cond for up to 10 s.
+func eventually(cond func() bool) bool {
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if cond() {
+			return true
+		}
+	}
+	return cond()
+}
+
+// A value the handler changes in place after Save is a change at the next
+// Save, and reaches the peers: the session keeps a copy, not the
+// handler's object.
+func TestStoreSaveAfterChangeInPlace(t *testing.T) {
+	leaktest.Check(t)
+	nodes := deltaPair(t, nil)
+	st := store(t, nodes[0].Manager(), "n1", nil)
+	req, rec := httptest.NewRequest("GET", "/", nil), httptest.NewRecorder()
+	gs, _ := st.Get(req, "shop")
+	prefs := map[string]string{"theme": "light"}
+	gs.Values["prefs"] = prefs
+	if err := gs.Save(req, rec); err != nil {
+		t.Fatal(err)
+	}
+	prefs["theme"] = "dark"
+	if err := gs.Save(req, rec); err != nil {
+		t.Fatal(err)
+	}
+	theme := func(m manager.Manager) string {
+		s, err := m.Find(context.Background(), gs.ID)
+		if err != nil {
+			return err.Error()
+		}
+		v, _ := s.Get("prefs")
+		p, _ := v.(map[string]string)
+		return p["theme"]
+	}
+	if !eventually(func() bool { return theme(nodes[1].Manager()) == "dark" }) || theme(nodes[0].Manager()) != "dark" {
+		t.Errorf("after the second Save n1 holds theme %q, n2 %q; want dark on both", theme(nodes[0].Manager()), theme(nodes[1].Manager()))
+	}
+}
+
+// Another request of the same user reading the session while a handler
+// goes on changing the value it saved does not race with it (run with
+// -race).
+func TestStoreSavedValueIsNotShared(t *testing.T) {
+	st := store(t, standard(t, "node1", ""), "node1", nil)
+	req, rec := httptest.NewRequest("GET", "/", nil), httptest.NewRecorder()
+	gs, _ := st.Get(req, "s")
+	prefs := map[string]int{"n": 0}
+	gs.Values["prefs"] = prefs
+	if err := gs.Save(req, rec); err != nil {
+		t.Fatal(err)
+	}
+	cookie := rec.Result().Cookies()[0]
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for range 200 {
+			r := httptest.NewRequest("GET", "/", nil)
+			r.AddCookie(cookie)
+			if _, err := st.New(r, "s"); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	})
+	for i := range 200 {
+		prefs["n"] = i
+	}
+	wg.Wait()
+}
+
+// A request that only reads its session, with no Save, counts as an
+// access on the peers too, as through the middleware.
+func TestStoreReadIsAnAccessEverywhere(t *testing.T) {
+	leaktest.Check(t)
+	nodes := deltaPair(t, func(c *manager.ClusterConfig) { c.Manager.SweepInterval = 50 * time.Millisecond })
+	st := store(t, nodes[0].Manager(), "n1", nil)
+	req, rec := httptest.NewRequest("GET", "/", nil), httptest.NewRecorder()
+	gs, _ := st.Get(req, "cart")
+	gs.Values["cart"] = "beans"
+	if err := gs.Save(req, rec); err != nil {
+		t.Fatal(err)
+	}
+	var peer *manager.Session
+	if !eventually(func() bool {
+		s, err := nodes[1].Manager().Find(context.Background(), gs.ID)
+		peer = s
+		return err == nil
+	}) {
+		t.Fatal("n2 never got the session")
+	}
+	before := peer.LastAccess()
+	time.Sleep(5 * time.Millisecond) // access times are kept to the millisecond
+	r := httptest.NewRequest("GET", "/cart", nil)
+	r.AddCookie(rec.Result().Cookies()[0])
+	if g, err := st.Get(r, "cart"); err != nil || g.IsNew {
+		t.Fatalf("read: new %v, %v", g.IsNew, err)
+	}
+	if !eventually(func() bool { return peer.LastAccess().After(before) }) {
+		t.Errorf("n2's copy was last accessed %v, before the read: a read through the Store is not an access on the peers", peer.LastAccess())
+	}
+}
+
+// A session that may exist but cannot be looked up is not replaced by a
+// new one without a word: Get returns the error with the new session.
+func TestStoreLookupFailureIsAnError(t *testing.T) {
+	st := store(t, notReady{standard(t, "node1", "")}, "node1", nil)
+	req := httptest.NewRequest("GET", "/", nil)
+	req.AddCookie(&http.Cookie{Name: "cart", Value: "existingsessionbase.node2"})
+	gs, err := st.Get(req, "cart")
+	if !errors.Is(err, manager.ErrNotReady) || gs == nil {
+		t.Errorf("Get = %v, %v; want a session and an error wrapping ErrNotReady", gs, err)
+	}
+}
+
+// NewStore takes the cookie's path and domain from the config; a nil
+// value is saved as no value.
+func TestStoreCookieOptionsAndNilValues(t *testing.T) {
+	st := store(t, standard(t, "node1", ""), "node1", func(c *web.Config) {
+		c.CookiePath, c.CookieDomain, c.Secure = "/app", "example.com", true
+	})
+	if o := st.Options; o.Path != "/app" || o.Domain != "example.com" || !o.Secure || !o.HttpOnly {
+		t.Errorf("Options = %+v; want Path /app, Domain example.com, Secure, HttpOnly", o)
+	}
+	req, rec := httptest.NewRequest("GET", "/app", nil), httptest.NewRecorder()
+	gs, _ := st.Get(req, "s")
+	gs.Values["kept"], gs.Values["none"] = "x", nil
+	if err := gs.Save(req, rec); err != nil {
+		t.Fatalf("Save with a nil value: %v", err)
+	}
+	r := httptest.NewRequest("GET", "/app", nil)
+	r.AddCookie(rec.Result().Cookies()[0])
+	back, _ := st.New(r, "s")
+	if _, ok := back.Values["none"]; ok || back.Values["kept"] != "x" {
+		t.Errorf("read back %v; want kept=x and no none", back.Values)
+	}
+}
