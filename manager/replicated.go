@@ -668,6 +668,8 @@ func (m *replicated) Receive(from string, msg []byte) error {
 			for _, t := range ts {
 				if s := m.st.get(t.ID); s != nil {
 					s.touchAt(time.UnixMilli(t.Access))
+				} else if m.backup == nil {
+					m.onUnknownTouch(from, t.ID)
 				}
 			}
 		}
@@ -901,6 +903,20 @@ func (m *replicated) onFull(from string, f Full) {
 				}
 			})
 		}
+	}
+}
+
+// onUnknownTouch handles an access, reported by a Delta peer, of a session
+// this node does not hold: it removed its copy on another peer's word that
+// the session had expired, before hearing of this later access. It asks
+// the peer for a full copy, unless the session was invalidated or this
+// node is still receiving its state transfer (which brings the session).
+func (m *replicated) onUnknownTouch(from, id string) {
+	m.syncMu.Lock()
+	syncing := m.syncing
+	m.syncMu.Unlock()
+	if !syncing && !m.st.buried(id) {
+		m.requestFull(from, id)
 	}
 }
 
