@@ -96,6 +96,11 @@ type backupState struct {
 	peersMu sync.Mutex
 	peers   []string // the peers at the last repair
 
+	// ownMu orders a repair's sending of copies of a session it claimed
+	// against giving that claim up (onTakeover): a copy sent after the
+	// drops that go with giving it up would stay an orphan.
+	ownMu sync.Mutex
+
 	underReplicated atomic.Int64
 	repairing       atomic.Bool // a repair is computing or sending
 }
@@ -282,10 +287,17 @@ func (m *replicated) fetch(ctx context.Context, id string) (*Session, error) {
 		return nil, err
 	}
 	if s := m.st.get(id); s != nil {
+		// A concurrent fetch installed it, or a copy arrived meanwhile
+		// (the repair of a failed primary's sessions): this node serves
+		// the session, so it is its primary either way.
 		if full != nil {
 			s.replace(*full)
 		}
-		return s, nil // a concurrent fetch installed it
+		if s.ownerRoute() != m.cfg.Route {
+			s.setOwner(m.cfg.Route)
+			m.takeover(s)
+		}
+		return s, nil
 	}
 	if full == nil {
 		return nil, ErrNotFound
@@ -429,13 +441,13 @@ func (m *replicated) onFetchReply(r fetchReply) {
 	}
 }
 
-// takeover makes this node the primary of s: the other holders hear of it
-// (and keep or drop their copy by the new placement) and the new backups
-// get a copy.
+// takeover makes this node, which serves requests of s, the primary of s:
+// the other holders hear of it (and keep or drop their copy by the new
+// placement) and the new backups get a copy.
 func (m *replicated) takeover(s *Session) {
 	id := s.ID()
 	m.h.log.Info("took over session", "session", RedactID(id))
-	m.sendAsync(m.holders(id, ""), kindTakeover, idMsg{ID: id})
+	m.sendAsync(m.holders(id, ""), kindTakeover, idMsg{ID: id, Serve: true})
 	m.sendAsync(m.targets(s), kindFull, s.full())
 }
 
@@ -484,13 +496,40 @@ func (m *replicated) onHandoff(from string, f Full) {
 }
 
 // onTakeover updates this node's role for a session whose primary moved.
+//
+// Two nodes may claim one session at once after its primary fails: the
+// surviving backup that the repair picks, and a node the balancer sent
+// the user to, which fetched the session. The node serving the user wins:
+// a repair's claim (not e.Serve) counts only while the primary this node
+// knows of is gone, so it never takes the session from a live primary, the
+// serving one included. A primary that loses its claim tells the backups
+// it gave copies to, and that the winner does not use, to drop them.
 func (m *replicated) onTakeover(from string, e idMsg) {
 	s := m.st.get(e.ID)
 	if s == nil {
 		return
 	}
+	m.backup.ownMu.Lock()
+	defer m.backup.ownMu.Unlock()
+	members := m.members()
+	owner := s.ownerRoute()
+	if !e.Serve && owner != from && slices.Contains(members, owner) {
+		return
+	}
 	base, _ := SplitID(e.ID)
-	if slices.Contains(placement(base, from, m.members(), m.backup.k), m.cfg.Route) {
+	after := placement(base, from, members, m.backup.k)
+	if owner == m.cfg.Route {
+		var drop []string
+		for _, r := range placement(base, m.cfg.Route, members, m.backup.k) {
+			if r != from && !slices.Contains(after, r) {
+				drop = append(drop, r)
+			}
+		}
+		if len(drop) > 0 {
+			m.sendAsync(drop, kindDrop, idMsg{ID: s.ID()})
+		}
+	}
+	if slices.Contains(after, m.cfg.Route) {
 		s.setOwner(from)
 		return
 	}
@@ -595,12 +634,16 @@ func (m *replicated) repair() {
 			}
 		}
 		next = next.Add(interval)
-		if len(j.to) > 0 {
-			m.sendAsync(j.to, kindFull, j.s.full())
+		b.ownMu.Lock()
+		if j.s.ownerRoute() == m.cfg.Route { // else another node took it over meanwhile
+			if len(j.to) > 0 {
+				m.sendAsync(j.to, kindFull, j.s.full())
+			}
+			if len(j.drop) > 0 {
+				m.sendAsync(j.drop, kindDrop, idMsg{ID: j.s.ID()})
+			}
 		}
-		if len(j.drop) > 0 {
-			m.sendAsync(j.drop, kindDrop, idMsg{ID: j.s.ID()})
-		}
+		b.ownMu.Unlock()
 		b.underReplicated.Store(int64(len(jobs) - i - 1))
 	}
 	m.h.log.Info("replicas rebalanced", "sessions", len(jobs), "duration", time.Since(start))

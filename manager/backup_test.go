@@ -387,3 +387,57 @@ func TestBackupExpiryBeforeThePrimarysAccess(t *testing.T) {
 		}
 	}
 }
+
+// kill -9 of a primary, then a user writes each of its sessions through a
+// node that may be neither of their backups, while the survivors' repair
+// runs: the serving node stays the primary, and every write ends on 1+k
+// nodes.
+func TestBackupKillThenServeElsewhere(t *testing.T) {
+	c := newBackupCluster(t, 1, "n1", "n2", "n3", "n4", "n5")
+	n1 := c.nodes["n1"]
+	var ids []string
+	for i := range 30 {
+		s, _ := n1.Create(bg)
+		_ = s.Set("n", i)
+		if err := n1.Commit(bg, s); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, s.ID())
+	}
+	c.waitReplicated(ids)
+	c.net.drop = func(from, to string, msg []byte) bool { return from == "n1" || to == "n1" }
+	c.net.remove("n1")
+	delete(c.nodes, "n1")
+	t.Cleanup(func() { _ = n1.Close(bg) })
+	for _, m := range c.nodes {
+		m.PeersChanged()
+	}
+	n2 := c.nodes["n2"]
+	for i, id := range ids {
+		s, err := n2.Find(bg, id)
+		if err != nil {
+			t.Fatalf("Find on n2: %v", err)
+		}
+		_ = s.Set("n", 100+i)
+		_ = n2.Commit(bg, s)
+	}
+	c.waitReplicated(ids)
+	for i, id := range ids {
+		latest := 0
+		for r, m := range c.nodes {
+			if s := m.st.get(id); s != nil {
+				if v, _ := s.GetInt("n"); v == int64(100+i) {
+					latest++
+				} else {
+					t.Errorf("%s holds n=%d, want %d", r, v, 100+i)
+				}
+			}
+		}
+		if latest != 2 {
+			t.Errorf("the write of n=%d is on %d nodes, want 2", 100+i, latest)
+		}
+		if s := n2.st.get(id); s == nil || s.ownerRoute() != "n2" {
+			t.Errorf("n2 served and wrote the session but is not its primary")
+		}
+	}
+}

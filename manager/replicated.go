@@ -364,8 +364,11 @@ func (m *replicated) Find(ctx context.Context, id string) (*Session, error) {
 		}
 	} else if m.backup != nil && s.ownerRoute() != m.cfg.Route {
 		// A backup serves the session: the balancer failed the user over.
-		m.refresh(ctx, s)
+		// It claims the session first, so that a repair's claim arriving
+		// meanwhile (a surviving backup's, after the primary failed) does
+		// not take it away, then brings its copy up to date.
 		s.setOwner(m.cfg.Route)
+		m.refresh(ctx, s)
 		m.takeover(s)
 	}
 	now := m.h.now()

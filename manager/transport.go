@@ -104,6 +104,7 @@ type touch struct {
 type idMsg struct {
 	ID     string `msgpack:"i"`
 	Access int64  `msgpack:"a,omitempty"`
+	Serve  bool   `msgpack:"s,omitempty"` // takeover: the sender serves the session's requests
 }
 
 type rename struct {
