@@ -117,6 +117,9 @@ func (st *Store) Save(r *http.Request, w http.ResponseWriter, gs *sessions.Sessi
 	if gs.ID != "" {
 		s, _ = m.Find(ctx, gs.ID)
 	}
+	// Reached through an id renewed after a login: whoever holds that id
+	// must not learn the new one, so the cookie stays as it is.
+	renewed := s != nil && !sameBase(s.ID(), gs.ID)
 	if s == nil {
 		var err error
 		if s, err = m.Create(ctx); err != nil {
@@ -149,8 +152,8 @@ func (st *Store) Save(r *http.Request, w http.ResponseWriter, gs *sessions.Sessi
 		}
 	}
 	st.ss.commit(context.WithoutCancel(ctx), s)
-	if gs.ID != "" && !sameBase(s.ID(), gs.ID) {
-		return nil // reached through an id renewed after a login: the cookie stays as it is
+	if renewed {
+		return nil
 	}
 	gs.ID, gs.IsNew = s.ID(), false
 	http.SetCookie(w, sessions.NewCookie(gs.Name(), gs.ID, gs.Options))

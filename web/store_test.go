@@ -179,3 +179,27 @@ func TestStoreCookieOptionsAndNilValues(t *testing.T) {
 		t.Errorf("read back %v; want kept=x and no none", back.Values)
 	}
 }
+
+// A session gone between Get and Save (invalidated by another request of
+// the user) is replaced by a new one, whose cookie Save sets.
+func TestStoreSaveOfAVanishedSessionSetsTheNewCookie(t *testing.T) {
+	m := standard(t, "node1", "")
+	st := store(t, m, "node1", nil)
+	req, rec := httptest.NewRequest("GET", "/", nil), httptest.NewRecorder()
+	gs, _ := st.Get(req, "s")
+	gs.Values["a"] = "x"
+	if err := gs.Save(req, rec); err != nil {
+		t.Fatal(err)
+	}
+	old := gs.ID
+	if err := m.Invalidate(context.Background(), old); err != nil {
+		t.Fatal(err)
+	}
+	rec = httptest.NewRecorder()
+	if err := gs.Save(req, rec); err != nil {
+		t.Fatal(err)
+	}
+	if cs := rec.Result().Cookies(); len(cs) != 1 || cs[0].Value == old || cs[0].Value != gs.ID {
+		t.Errorf("Save after the session vanished set cookies %v (session %q, old %q); want the new session's", cs, gs.ID, old)
+	}
+}
