@@ -286,26 +286,28 @@ func (m *replicated) fetch(ctx context.Context, id string) (*Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	if s := m.st.get(id); s != nil {
-		// A concurrent fetch installed it, or a copy arrived meanwhile
-		// (the repair of a failed primary's sessions): this node serves
-		// the session, so it is its primary either way.
-		if full != nil {
-			s.replace(*full)
+	s := m.st.get(id)
+	if s == nil {
+		if full == nil {
+			return nil, ErrNotFound
 		}
-		if s.ownerRoute() != m.cfg.Route {
-			s.setOwner(m.cfg.Route)
+		n := m.h.fromFull(*full)
+		n.owner = m.cfg.Route
+		if s = m.st.add(n); s == n {
 			m.takeover(s)
+			return s, nil
 		}
-		return s, nil
 	}
-	if full == nil {
-		return nil, ErrNotFound
+	// A concurrent fetch installed it, or a copy arrived meanwhile (the
+	// repair of a failed primary's sessions): this node serves the
+	// session, so it is its primary either way.
+	if full != nil {
+		s.replace(*full)
 	}
-	s := m.h.fromFull(*full)
-	s.owner = m.cfg.Route
-	m.st.put(s)
-	m.takeover(s)
+	if s.ownerRoute() != m.cfg.Route {
+		s.setOwner(m.cfg.Route)
+		m.takeover(s)
+	}
 	return s, nil
 }
 

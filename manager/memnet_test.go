@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"sync"
+	"sync/atomic"
 )
 
 // memNet connects Delta managers in memory: one ordered queue and one
@@ -16,6 +17,9 @@ type memNet struct {
 	pairs map[[2]string]*pipe
 	drop  func(from, to string, msg []byte) bool // optional: lose a message
 	wg    sync.WaitGroup
+	// busy counts the messages queued or being handled: a message taken
+	// off its queue is not handled yet.
+	busy atomic.Int64
 }
 
 type receiver interface {
@@ -23,6 +27,7 @@ type receiver interface {
 }
 
 type pipe struct {
+	busy   *atomic.Int64 // the net's
 	mu     sync.Mutex
 	cond   *sync.Cond
 	queue  []delivery
@@ -76,6 +81,7 @@ func (p *pipe) close() {
 		if d.done != nil {
 			close(d.done)
 		}
+		p.busy.Add(-1)
 	}
 	p.queue = nil
 	p.mu.Unlock()
@@ -89,7 +95,7 @@ func (n *memNet) pipe(from, to string) *pipe {
 	if p, ok := n.pairs[k]; ok {
 		return p
 	}
-	p := &pipe{}
+	p := &pipe{busy: &n.busy}
 	p.cond = sync.NewCond(&p.mu)
 	n.pairs[k] = p
 	n.wg.Add(1)
@@ -116,6 +122,7 @@ func (n *memNet) pipe(from, to string) *pipe {
 			if d.done != nil {
 				close(d.done)
 			}
+			n.busy.Add(-1)
 		}
 	}()
 	return p
@@ -156,6 +163,7 @@ func (t *memTransport) Send(ctx context.Context, to []string, msg []byte, mode S
 		p := t.n.pipe(t.self, peer)
 		p.mu.Lock()
 		if !p.closed {
+			t.n.busy.Add(1)
 			p.queue = append(p.queue, d)
 		} else if d.done != nil {
 			close(d.done)
@@ -173,17 +181,5 @@ func (t *memTransport) Send(ctx context.Context, to []string, msg []byte, mode S
 	return nil
 }
 
-// idleNow reports whether no message is queued.
-func (n *memNet) idleNow() bool {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	for _, p := range n.pairs {
-		p.mu.Lock()
-		k := len(p.queue)
-		p.mu.Unlock()
-		if k > 0 {
-			return false
-		}
-	}
-	return true
-}
+// idleNow reports whether no message is queued or being handled.
+func (n *memNet) idleNow() bool { return n.busy.Load() == 0 }

@@ -808,9 +808,12 @@ func (m *replicated) onChange(from string, c Change) {
 			return // a change made before the session's invalidation reached its maker
 		}
 		if c.Base == (Rev{}) && c.Created != 0 {
-			s = m.h.fromFull(Full{ID: c.ID, Created: c.Created, Access: c.Access})
-			m.st.put(s)
-			if m.h.notifyReplicated {
+			n := m.h.fromFull(Full{ID: c.ID, Created: c.Created, Access: c.Access})
+			// Owned from the start: a Backup repair that looks at it
+			// before the change is applied must not take an ownerless
+			// copy for a failed primary's.
+			n.owner = from
+			if s = m.st.add(n); s == n && m.h.notifyReplicated {
 				m.h.fire(func(l Listener) {
 					if l.Created != nil {
 						l.Created(s)
@@ -882,11 +885,13 @@ func (m *replicated) onFull(from string, f Full) {
 		if m.st.buried(f.ID) {
 			return // a copy sent before the session's invalidation reached its sender
 		}
-		s = m.h.fromFull(f)
-		s.owner = from
-		m.st.put(s)
-		m.stats.noteActive(m.st.count())
-		return
+		n := m.h.fromFull(f)
+		n.owner = from
+		if s = m.st.add(n); s == n {
+			m.stats.noteActive(m.st.count())
+			return
+		}
+		// Another copy was stored meanwhile: the newer one wins, below.
 	}
 	old := s.Rev()
 	if s.replace(f) {

@@ -80,6 +80,22 @@ func (st *store) put(s *Session) {
 	st.mu.Unlock()
 }
 
+// add stores s unless a session of its base is stored already, and
+// returns the session stored: s, or the one that was there. Two copies of
+// one session arriving at once (a fetch's reply and a repair's copy, or
+// two peers' changes) must end as one session, not as the later one
+// hiding the first from the request that holds it.
+func (st *store) add(s *Session) *Session {
+	base := baseOf(s.ID())
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if got, ok := st.byBase[base]; ok {
+		return got
+	}
+	st.byBase[base] = s
+	return s
+}
+
 // remove deletes the session of id and marks it invalid. It returns the
 // session, or nil when there was none.
 func (st *store) remove(id string) *Session {
