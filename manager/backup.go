@@ -595,7 +595,17 @@ func (m *replicated) repair() {
 			if len(survivors) == 0 || survivors[0] != m.cfg.Route {
 				continue
 			}
-			s.setOwner(m.cfg.Route)
+			// A node the user was sent to may have claimed it since the
+			// scan read its owner: that claim wins (onTakeover).
+			b.ownMu.Lock()
+			claimed := s.ownerRoute() == owner
+			if claimed {
+				s.setOwner(m.cfg.Route)
+			}
+			b.ownMu.Unlock()
+			if !claimed {
+				continue
+			}
 			jobs = append(jobs, job{s: s, to: placement(base, m.cfg.Route, now, b.k)})
 			m.sendAsync(m.holders(id, ""), kindTakeover, idMsg{ID: id})
 			continue
@@ -637,7 +647,11 @@ func (m *replicated) repair() {
 		}
 		next = next.Add(interval)
 		b.ownMu.Lock()
-		if j.s.ownerRoute() == m.cfg.Route { // else another node took it over meanwhile
+		// Another node may have taken the session over meanwhile, and this
+		// node dropped its copy if the winner's placement has no room for
+		// it: a copy sent now would outlive both, owned by nobody who
+		// knows of it.
+		if j.s.ownerRoute() == m.cfg.Route && j.s.Valid() {
 			if len(j.to) > 0 {
 				m.sendAsync(j.to, kindFull, j.s.full())
 			}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -78,6 +79,23 @@ func (c *backupCluster) copies(id string) int {
 	return n
 }
 
+// holdersOf describes each copy of id: holder, the owner it knows, its
+// revision, and where that owner's placement puts the backups, for a
+// failure message.
+func (c *backupCluster) holdersOf(id string) string {
+	var out []string
+	for _, r := range c.routes() {
+		m := c.nodes[r]
+		s := m.st.get(id)
+		if s == nil {
+			continue
+		}
+		owner := s.ownerRoute()
+		out = append(out, fmt.Sprintf("%s: owner %s rev %v, placement %v", r, owner, s.Rev(), placement(baseOf(id), owner, m.members(), c.k)))
+	}
+	return strings.Join(out, "; ")
+}
+
 // waitReplicated waits until every id has exactly 1+k copies.
 func (c *backupCluster) waitReplicated(ids []string) {
 	c.t.Helper()
@@ -86,7 +104,7 @@ func (c *backupCluster) waitReplicated(ids []string) {
 		bad := ""
 		for _, id := range ids {
 			if n := c.copies(id); n != 1+c.k {
-				bad = fmt.Sprintf("%s has %d copies, want %d", RedactID(id).LogValue(), n, 1+c.k)
+				bad = fmt.Sprintf("%s has %d copies, want %d (%s)", RedactID(id).LogValue(), n, 1+c.k, c.holdersOf(id))
 				break
 			}
 		}
