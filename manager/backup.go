@@ -249,13 +249,19 @@ func (m *replicated) members() []string {
 }
 
 // targets returns who receives the changes of s: every peer (nil) for
-// Delta, the session's backups for Backup.
+// Delta, the session's backups for Backup, and its primary too when that
+// is another node (this one lost a claim while a request of it ran).
 func (m *replicated) targets(s *Session) []string {
 	if m.backup == nil {
 		return nil
 	}
 	base, _ := SplitID(s.ID())
-	return placement(base, m.cfg.Route, m.members(), m.backup.k)
+	owner := s.ownerRoute()
+	if owner == "" || owner == m.cfg.Route {
+		return placement(base, m.cfg.Route, m.members(), m.backup.k)
+	}
+	out := slices.DeleteFunc(placement(base, owner, m.members(), m.backup.k), func(r string) bool { return r == m.cfg.Route })
+	return append(out, owner)
 }
 
 // holders returns the peers that may hold a copy of id: for Backup, the
@@ -286,29 +292,52 @@ func (m *replicated) fetch(ctx context.Context, id string) (*Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := m.st.get(id)
-	if s == nil {
-		if full == nil {
-			return nil, ErrNotFound
+	for range 3 {
+		s := m.st.get(id)
+		if s == nil {
+			if full == nil {
+				return nil, ErrNotFound
+			}
+			n := m.h.fromFull(*full)
+			t := n.claim(m.cfg.Route, 0, serveClaim)
+			if s = m.st.add(n); s == n {
+				m.takeover(s, t)
+				return s, nil
+			}
 		}
-		n := m.h.fromFull(*full)
-		n.owner = m.cfg.Route
-		if s = m.st.add(n); s == n {
-			m.takeover(s)
+		// A concurrent fetch installed it, or a copy arrived meanwhile
+		// (the repair of a failed primary's sessions): this node serves
+		// the session, so it is its primary either way.
+		var seen uint64
+		if full != nil {
+			s.replace(*full)
+			seen = full.Term
+		}
+		if s.ownerRoute() == m.cfg.Route {
 			return s, nil
 		}
+		if t, ok := m.claimHeld(s, seen); ok {
+			m.takeover(s, t)
+			return s, nil
+		}
+		// Another node's claim won and this node dropped the copy
+		// meanwhile: install the fetched one again.
 	}
-	// A concurrent fetch installed it, or a copy arrived meanwhile (the
-	// repair of a failed primary's sessions): this node serves the
-	// session, so it is its primary either way.
-	if full != nil {
-		s.replace(*full)
+	return nil, ErrNotFound
+}
+
+// claimHeld makes this node the primary of s with a serving claim over
+// the term seen, and returns the claim's term; false if this node no
+// longer holds s (it lost it to another claim, onTakeover). A claim of a
+// dropped copy would name this node primary of a session it does not
+// hold.
+func (m *replicated) claimHeld(s *Session, seen uint64) (uint64, bool) {
+	m.backup.ownMu.Lock()
+	defer m.backup.ownMu.Unlock()
+	if !s.Valid() {
+		return 0, false
 	}
-	if s.ownerRoute() != m.cfg.Route {
-		s.setOwner(m.cfg.Route)
-		m.takeover(s)
-	}
-	return s, nil
+	return s.claim(m.cfg.Route, seen, serveClaim), true
 }
 
 // refresh brings a backup copy that is about to serve requests up to the
@@ -446,10 +475,13 @@ func (m *replicated) onFetchReply(r fetchReply) {
 // takeover makes this node, which serves requests of s, the primary of s:
 // the other holders hear of it (and keep or drop their copy by the new
 // placement) and the new backups get a copy.
-func (m *replicated) takeover(s *Session) {
+func (m *replicated) takeover(s *Session, term uint64) {
 	id := s.ID()
 	m.h.log.Info("took over session", "session", RedactID(id))
-	m.sendAsync(m.holders(id, ""), kindTakeover, idMsg{ID: id, Serve: true})
+	// Every peer hears of it, not only the holders: another node the user
+	// was sent to may be claiming the session at the same moment, and the
+	// two must learn of each other's claim to agree on one (yieldTo).
+	m.sendAsync(m.t.Peers(), kindTakeover, idMsg{ID: id, Serve: true, Term: term})
 	m.sendAsync(m.targets(s), kindFull, s.full())
 }
 
@@ -492,8 +524,7 @@ func (m *replicated) handOff() {
 func (m *replicated) onHandoff(from string, f Full) {
 	m.onFull(from, f)
 	if s := m.st.get(f.ID); s != nil {
-		s.setOwner(m.cfg.Route)
-		m.takeover(s)
+		m.takeover(s, s.claim(m.cfg.Route, f.Term, serveClaim))
 	}
 }
 
@@ -501,11 +532,15 @@ func (m *replicated) onHandoff(from string, f Full) {
 //
 // Two nodes may claim one session at once after its primary fails: the
 // surviving backup that the repair picks, and a node the balancer sent
-// the user to, which fetched the session. The node serving the user wins:
-// a repair's claim (not e.Serve) counts only while the primary this node
-// knows of is gone, so it never takes the session from a live primary, the
-// serving one included. A primary that loses its claim tells the backups
-// it gave copies to, and that the winner does not use, to drop them.
+// the user to, which fetched the session; or two nodes that each serve
+// one of the user's tabs. The node serving the user wins over a repair: a
+// repair's claim (not e.Serve) counts only while the primary this node
+// knows of is gone, and weighs less (serveClaim). Between claims of equal
+// weight, the claim's term and then the claimant's route decide, the same
+// on every node, whatever order the claims arrive in; a primary that
+// receives a losing claim answers with its own. A primary that loses its
+// claim tells the backups it gave copies to, and that the winner does not
+// use, to drop them.
 func (m *replicated) onTakeover(from string, e idMsg) {
 	s := m.st.get(e.ID)
 	if s == nil {
@@ -514,8 +549,16 @@ func (m *replicated) onTakeover(from string, e idMsg) {
 	m.backup.ownMu.Lock()
 	defer m.backup.ownMu.Unlock()
 	members := m.members()
-	owner := s.ownerRoute()
-	if !e.Serve && owner != from && slices.Contains(members, owner) {
+	owner, term := s.ownerClaim()
+	if owner != from && (!e.Serve && slices.Contains(members, owner) ||
+		e.Term < term || e.Term == term && from < owner) {
+		// The claim loses: a repair's against a live primary, or any
+		// outranked by the claim this node knows (yieldTo's order). The
+		// primary answers with its own claim, so that a claimant which had
+		// no copy yet when that claim went out learns that it lost.
+		if owner == m.cfg.Route {
+			m.sendAsync([]string{from}, kindTakeover, idMsg{ID: s.ID(), Serve: true, Term: term})
+		}
 		return
 	}
 	base, _ := SplitID(e.ID)
@@ -531,11 +574,10 @@ func (m *replicated) onTakeover(from string, e idMsg) {
 			m.sendAsync(drop, kindDrop, idMsg{ID: s.ID()})
 		}
 	}
-	if slices.Contains(after, m.cfg.Route) {
-		s.setOwner(from)
-		return
+	s.yieldTo(from, e.Term) // a request still holding s commits to the winner
+	if !slices.Contains(after, m.cfg.Route) {
+		m.st.remove(s.ID())
 	}
-	m.st.remove(s.ID())
 }
 
 // PeersChanged tells the manager the membership changed. For Backup it
@@ -599,15 +641,16 @@ func (m *replicated) repair() {
 			// scan read its owner: that claim wins (onTakeover).
 			b.ownMu.Lock()
 			claimed := s.ownerRoute() == owner
+			var term uint64
 			if claimed {
-				s.setOwner(m.cfg.Route)
+				term = s.claim(m.cfg.Route, 0, repairClaim)
 			}
 			b.ownMu.Unlock()
 			if !claimed {
 				continue
 			}
 			jobs = append(jobs, job{s: s, to: placement(base, m.cfg.Route, now, b.k)})
-			m.sendAsync(m.holders(id, ""), kindTakeover, idMsg{ID: id})
+			m.sendAsync(m.t.Peers(), kindTakeover, idMsg{ID: id, Term: term})
 			continue
 		}
 		if owner != m.cfg.Route {

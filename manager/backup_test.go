@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -90,10 +91,27 @@ func (c *backupCluster) holdersOf(id string) string {
 		if s == nil {
 			continue
 		}
-		owner := s.ownerRoute()
-		out = append(out, fmt.Sprintf("%s: owner %s rev %v, placement %v", r, owner, s.Rev(), placement(baseOf(id), owner, m.members(), c.k)))
+		owner, term := s.ownerClaim()
+		out = append(out, fmt.Sprintf("%s: owner %s term %d rev %v, placement %v", r, owner, term, s.Rev(), placement(baseOf(id), owner, m.members(), c.k)))
 	}
 	return strings.Join(out, "; ")
+}
+
+// createReplicated creates n sessions on m, session i with attribute
+// n=i, and waits until each has 1+k copies.
+func (c *backupCluster) createReplicated(m *Backup, n int) []string {
+	c.t.Helper()
+	var ids []string
+	for i := range n {
+		s, _ := m.Create(bg)
+		_ = s.Set("n", i)
+		if err := m.Commit(bg, s); err != nil {
+			c.t.Fatal(err)
+		}
+		ids = append(ids, s.ID())
+	}
+	c.waitReplicated(ids)
+	return ids
 }
 
 // waitReplicated waits until every id has exactly 1+k copies.
@@ -413,16 +431,7 @@ func TestBackupExpiryBeforeThePrimarysAccess(t *testing.T) {
 func TestBackupKillThenServeElsewhere(t *testing.T) {
 	c := newBackupCluster(t, 1, "n1", "n2", "n3", "n4", "n5")
 	n1 := c.nodes["n1"]
-	var ids []string
-	for i := range 30 {
-		s, _ := n1.Create(bg)
-		_ = s.Set("n", i)
-		if err := n1.Commit(bg, s); err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, s.ID())
-	}
-	c.waitReplicated(ids)
+	ids := c.createReplicated(n1, 30)
 	c.net.drop = func(from, to string, msg []byte) bool { return from == "n1" || to == "n1" }
 	c.net.remove("n1")
 	delete(c.nodes, "n1")
@@ -456,6 +465,47 @@ func TestBackupKillThenServeElsewhere(t *testing.T) {
 		}
 		if s := n2.st.get(id); s == nil || s.ownerRoute() != "n2" {
 			t.Errorf("n2 served and wrote the session but is not its primary")
+		}
+	}
+}
+
+// TestBackupTwoNodesServeAtOnce: after the primary fails, two nodes serve
+// requests of each of its sessions at the same moment (a user's two tabs
+// failed over to different nodes) and both claim it. Every holder must end
+// agreeing on one primary, which holds the session, with its backups.
+func TestBackupTwoNodesServeAtOnce(t *testing.T) {
+	c := newBackupCluster(t, 1, "n1", "n2", "n3", "n4", "n5")
+	n1 := c.nodes["n1"]
+	ids := c.createReplicated(n1, 30)
+	c.kill("n1")
+	var wg sync.WaitGroup
+	for _, r := range []string{"n2", "n3"} {
+		m := c.nodes[r]
+		wg.Go(func() {
+			for _, id := range ids {
+				if _, err := m.Find(bg, id); err != nil {
+					t.Errorf("Find on %s: %v", r, err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	c.waitReplicated(ids)
+	for _, id := range ids {
+		var primaries []string
+		owners := map[string]bool{}
+		for _, r := range c.routes() {
+			s := c.nodes[r].st.get(id)
+			if s == nil {
+				continue
+			}
+			owners[s.ownerRoute()] = true
+			if s.ownerRoute() == r {
+				primaries = append(primaries, r)
+			}
+		}
+		if len(primaries) != 1 || len(owners) != 1 {
+			t.Errorf("%v: primaries %v, holders name owners %v (%s)", RedactID(id), primaries, owners, c.holdersOf(id))
 		}
 	}
 }

@@ -65,6 +65,10 @@ type Full struct {
 	MaxInactive int64             `msgpack:"m"` // ms
 	Principal   string            `msgpack:"p,omitempty"`
 	Attrs       map[string][]byte `msgpack:"t,omitempty"`
+	// Backup manager: the primary as the sender knows it, and its claim's
+	// term (Session.claim). An empty Owner means the sender.
+	Owner string `msgpack:"o,omitempty"`
+	Term  uint64 `msgpack:"e,omitempty"`
 }
 
 // ErrVersionGap is returned by apply when a delta was made from a version
@@ -127,6 +131,7 @@ func (s *Session) full() Full {
 	f := Full{
 		ID: s.id, Rev: s.rev, Created: s.created / 1e6, Access: s.lastAccess / 1e6,
 		MaxInactive: s.maxInactive.Milliseconds(), Principal: s.principal,
+		Owner: s.owner, Term: s.term,
 	}
 	for _, e := range s.attrs {
 		name, a := e.name.Value(), e.attr
@@ -163,6 +168,7 @@ func (h *host) fromFull(f Full) *Session {
 		host: h, id: f.ID, rev: f.Rev, valid: true,
 		created: f.Created * 1e6, lastAccess: f.Access * 1e6,
 		maxInactive: time.Duration(f.MaxInactive) * time.Millisecond, principal: f.Principal,
+		owner: internName(f.Owner), term: f.Term,
 		attrs: make(attrList, 0, len(f.Attrs)),
 	}
 	for name, raw := range f.Attrs {

@@ -209,7 +209,7 @@ const (
 	changeFields = "ibrcampox"
 	revFields    = "nto"
 	opFields     = "nv"
-	fullFields   = "ircampt"
+	fullFields   = "ircamptoe"
 )
 
 // DecodeMsgpack reads c from a map in any key order, skipping keys it does
@@ -307,6 +307,10 @@ func (f *Full) decode(b []byte) (int, error) {
 			f.Principal, err = r.str()
 		case 6:
 			f.Attrs, err = r.readAttrs()
+		case 7:
+			f.Owner, err = r.str()
+		case 8:
+			f.Term, err = r.uint()
 		}
 		return err
 	})

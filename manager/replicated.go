@@ -367,9 +367,16 @@ func (m *replicated) Find(ctx context.Context, id string) (*Session, error) {
 		// It claims the session first, so that a repair's claim arriving
 		// meanwhile (a surviving backup's, after the primary failed) does
 		// not take it away, then brings its copy up to date.
-		s.setOwner(m.cfg.Route)
-		m.refresh(ctx, s)
-		m.takeover(s)
+		if t, ok := m.claimHeld(s, 0); ok {
+			m.refresh(ctx, s)
+			m.takeover(s, t)
+		} else {
+			// Dropped since the lookup: another node's claim won.
+			var err error
+			if s, err = m.fetch(ctx, id); err != nil {
+				return nil, err
+			}
+		}
 	}
 	now := m.h.now()
 	if s.expiredAt(now) {
@@ -834,7 +841,12 @@ func (m *replicated) onChange(from string, c Change) {
 	}
 	err := s.apply(c, m.h.notifyReplicated)
 	if err == nil {
-		s.setOwner(from)
+		if m.backup == nil {
+			// Delta: the primary is the node that last changed it. A Backup
+			// primary changes with claims alone: a change that a primary
+			// which just lost a claim made meanwhile must not win it back.
+			s.setOwner(from)
+		}
 		if c.Invalidate {
 			if r := m.st.bury(c.ID); r != nil {
 				m.destroyed(r, Invalidated, false)
@@ -886,7 +898,9 @@ func (m *replicated) onFull(from string, f Full) {
 			return // a copy sent before the session's invalidation reached its sender
 		}
 		n := m.h.fromFull(f)
-		n.owner = from
+		if n.owner == "" || m.backup == nil {
+			n.owner = from
+		}
 		if s = m.st.add(n); s == n {
 			m.stats.noteActive(m.st.count())
 			return
@@ -894,8 +908,17 @@ func (m *replicated) onFull(from string, f Full) {
 		// Another copy was stored meanwhile: the newer one wins, below.
 	}
 	old := s.Rev()
+	if m.backup != nil {
+		owner := f.Owner
+		if owner == "" {
+			owner = from
+		}
+		s.yieldTo(owner, f.Term)
+	}
 	if s.replace(f) {
-		s.setOwner(from)
+		if m.backup == nil {
+			s.setOwner(from)
+		}
 		if old.Node == m.cfg.Route && f.Rev.Node != m.cfg.Route {
 			// A change made here is superseded by a concurrent one.
 			m.conflict(f.ID, old, f.Rev)

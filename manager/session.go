@@ -34,6 +34,7 @@ type Session struct {
 	attrs       attrList
 	rev         Rev    // the committed change this state is at
 	owner       string // Backup manager: route of the primary, as this node knows it
+	term        uint64 // Backup manager: the owner's claim (claim, yieldTo)
 	isNew       bool   // created by this request; cleared by Commit
 	valid       bool
 	pending     pending // changes since the last Commit
@@ -209,6 +210,45 @@ func (s *Session) setOwner(route string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.owner = route
+}
+
+// Claim weights: a node the user was sent to outweighs a surviving backup
+// that a repair picks, when both claim a session from the same term.
+const (
+	repairClaim = 1
+	serveClaim  = 2
+)
+
+// claim makes route the primary of s with a claim of the given weight
+// over the newest term it knows (its own, or seen in a copy), and returns
+// the claim's term, which the takeover message carries.
+func (s *Session) claim(route string, seen, weight uint64) uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.owner = route
+	s.term = max(s.term, seen) + weight
+	return s.term
+}
+
+// yieldTo records route's claim of term and reports whether it stands:
+// it does unless the claim known outranks it. Claims are ordered by term,
+// then by route, so that every holder of a session that two nodes claimed
+// at once names the same primary, whatever order the claims reach it in.
+func (s *Session) yieldTo(route string, term uint64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if route != s.owner && (term < s.term || term == s.term && route < s.owner) {
+		return false
+	}
+	s.owner, s.term = route, max(s.term, term)
+	return true
+}
+
+// ownerClaim returns the owner and the term of its claim.
+func (s *Session) ownerClaim() (string, uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.owner, s.term
 }
 
 // Created returns when the session was created.

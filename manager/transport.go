@@ -105,6 +105,7 @@ type idMsg struct {
 	ID     string `msgpack:"i"`
 	Access int64  `msgpack:"a,omitempty"`
 	Serve  bool   `msgpack:"s,omitempty"` // takeover: the sender serves the session's requests
+	Term   uint64 `msgpack:"e,omitempty"` // takeover: the claim's term (Session.claim)
 }
 
 type rename struct {
