@@ -505,6 +505,9 @@ func (c *Cluster) Close(ctx context.Context) error {
 		if d, ok := ctx.Deadline(); ok {
 			leave = min(leave, time.Until(d))
 		}
+		// A leave no peer confirmed (they may all be stopping too) is not
+		// a failed shutdown: Leave logs it as a warning and returns only
+		// a failure to stop the node.
 		if lerr := c.node.Leave(leave); lerr != nil && !errors.Is(lerr, membership.ErrClosed) {
 			err = errors.Join(err, fmt.Errorf("leave: %w", lerr))
 		}

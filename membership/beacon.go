@@ -203,7 +203,8 @@ func (b *beaconer) close() {
 }
 
 // sendLoop beacons every Frequency, with ±10% jitter so that nodes started
-// together do not stay in phase. It exits when the node stops.
+// together do not stay in phase, until Leave starts. It exits when the
+// node stops.
 func (b *beaconer) sendLoop() {
 	freq := b.n.cfg.Frequency
 	t := time.NewTimer(0)
@@ -214,7 +215,9 @@ func (b *beaconer) sendLoop() {
 			return
 		case <-t.C:
 		}
-		b.sendOne()
+		if !b.n.leaving.Load() {
+			b.sendOne()
+		}
 		jitter := time.Duration(rand.Int64N(int64(freq)/5+1)) - freq/10
 		t.Reset(freq + jitter)
 	}
@@ -286,19 +289,38 @@ func (b *beaconer) handle(p []byte, from net.Addr) {
 		n.stats.beaconsForeign.Add(1)
 		return
 	case bc.Route == n.cfg.Route:
+		if bc.Addr != n.addr.String() {
+			n.claimed(bc.Addr) // another node with this node's route
+		}
 		return // our own, looped back
 	}
 	n.stats.beaconsReceived.Add(1)
-	if n.knows(bc.Route, bc.Addr) {
+	if n.leaving.Load() || !n.wantsJoin(bc.Route, bc.Addr) {
 		return
 	}
-	n.joins.request(bc.Addr, true)
+	n.joins.request(bc.Addr, bc.Route)
 }
 
-// knows reports whether route is an alive member at addr.
-func (n *Node) knows(route, addr string) bool {
+// wantsJoin reports whether a beacon of route from addr is worth a join.
+// It is not when route is an alive member (at addr; at another address
+// memberlist ignores the claim until the member fails), when it is leaving
+// or left from addr less than DropTime ago (its last beacons), or when this
+// node refused to pair with it: that peer answers every join and is
+// refused again.
+func (n *Node) wantsJoin(route, addr string) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if _, ok := n.refused[route]; ok {
+		return false
+	}
 	m, ok := n.view[route]
-	return ok && m.Addr == addr && m.State == StateAlive
+	switch {
+	case !ok:
+		return true
+	case m.State == StateAlive:
+		return false
+	case m.State == StateLeft && m.Addr == addr:
+		return time.Since(m.Since) > n.cfg.DropTime
+	}
+	return true
 }

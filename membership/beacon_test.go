@@ -91,17 +91,7 @@ func TestBeaconHandling(t *testing.T) {
 	}
 	n1, n2 := newNode("node1"), newNode("node2")
 
-	recv, err := net.ListenPacket("udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	send, err := net.ListenPacket("udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := newBeaconer(n1, recv, send, recv.LocalAddr())
-	n1.goFunc(b.receiveLoop)
-	t.Cleanup(b.close)
+	_, recv, send := startBeaconer(t, n1)
 
 	mk := beaconKey(key)
 	foreign := Beacon{Domain: "other", Route: "x", Addr: "127.0.0.1:1"}
@@ -149,6 +139,114 @@ func TestBeaconHandling(t *testing.T) {
 	}
 }
 
+// TestBeaconsNotJoined checks the beacons that lead to no join: those of a
+// peer that has just left, of a peer this node refuses to pair with, of a
+// member alive at another address, of another node using this node's
+// route, and any beacon once this node is leaving.
+func TestBeaconsNotJoined(t *testing.T) {
+	rec := NewLogRecorder(slog.NewTextHandler(t.Output(), nil))
+	newNode := func(route, manager string, logger *slog.Logger) *Node {
+		c := DefaultLocalConfig()
+		c.Route = route
+		c.Manager = manager
+		c.Logger = logger
+		if logger == nil {
+			c.Logger = slog.New(slog.NewTextHandler(t.Output(), nil))
+		}
+		n, err := New(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = n.Close() })
+		return n
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	n1 := newNode("node1", "delta", slog.New(rec))
+	b, recv, send := startBeaconer(t, n1)
+	beacon := func(route string, addr net.Addr) []byte {
+		return mustEncode(t, Beacon{Domain: "cohort", Route: route, Addr: addr.String()}, nil)
+	}
+
+	t.Run("left", func(t *testing.T) {
+		n2 := newNode("node2", "delta", nil)
+		if _, err := n1.Join(n2.Addr().String()); err != nil {
+			t.Fatal(err)
+		}
+		if err := n2.Leave(5 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+		waitFor("node1 to see node2 leave", func() bool { return n1.Stats().MemberLeaves == 1 })
+		if n1.wantsJoin("node2", n2.Addr().String()) {
+			t.Error("a beacon of a peer that has just left asks for a join")
+		}
+		if !n1.wantsJoin("node2", "127.0.0.1:1") {
+			t.Error("a beacon of a left peer from a new address, a restart, asks for no join")
+		}
+	})
+
+	t.Run("refused", func(t *testing.T) {
+		n3 := newNode("node3", "backup", nil)
+		if _, err := send.WriteTo(beacon("node3", n3.Addr()), recv.LocalAddr()); err != nil {
+			t.Fatal(err)
+		}
+		waitFor("node1 to refuse node3", func() bool { return n1.Stats().PeersRefused > 0 })
+		waitFor("the join to end", func() bool {
+			n1.joins.mu.Lock()
+			defer n1.joins.mu.Unlock()
+			return len(n1.joins.pending) == 0
+		})
+		if j := n1.Stats().BeaconJoins; j != 0 {
+			t.Errorf("BeaconJoins = %d after joining a refused peer, want 0", j)
+		}
+		if n1.wantsJoin("node3", n3.Addr().String()) {
+			t.Error("a beacon of a refused peer asks for a join")
+		}
+	})
+
+	t.Run("alive elsewhere", func(t *testing.T) {
+		n4 := newNode("node4", "delta", nil)
+		if _, err := n1.Join(n4.Addr().String()); err != nil {
+			t.Fatal(err)
+		}
+		if n1.wantsJoin("node4", "127.0.0.1:1") {
+			t.Error("a beacon claiming an alive member's route from another address asks for a join")
+		}
+	})
+
+	t.Run("own route", func(t *testing.T) {
+		other := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9}
+		for range 3 {
+			b.handle(beacon("node1", other), send.LocalAddr())
+		}
+		got := rec.Records("another node claims this node's route; peers ignore it while this node is alive")
+		if len(got) != 1 || got[0].Level != slog.LevelWarn || got[0].Attrs["addr"] != other.String() {
+			t.Errorf("logged %+v, want one warning naming %s", got, other)
+		}
+	})
+
+	t.Run("leaving", func(t *testing.T) {
+		n5 := newNode("node5", "delta", nil)
+		n1.leaving.Store(true)
+		before := n1.Stats().BeaconsReceived
+		b.handle(beacon("node5", n5.Addr()), send.LocalAddr())
+		n1.joins.mu.Lock()
+		pending := len(n1.joins.pending)
+		n1.joins.mu.Unlock()
+		if pending != 0 || n1.Stats().BeaconsReceived != before+1 {
+			t.Errorf("while leaving: %d joins pending, %d beacons received, want 0 and %d", pending, n1.Stats().BeaconsReceived, before+1)
+		}
+	})
+}
+
 func FuzzDecodeBeacon(f *testing.F) {
 	f.Add(mustEncode(f, testBeacon(), nil), false)
 	f.Add(mustEncode(f, testBeacon(), testMACKey), true)
@@ -177,4 +275,22 @@ func FuzzDecodeBeacon(f *testing.F) {
 			t.Fatalf("round trip: %+v, %v; want %+v", b2, err, b)
 		}
 	})
+}
+
+// startBeaconer starts n's beacon receiver on a loopback socket of its
+// own and returns it with that socket and the one it sends from.
+func startBeaconer(t *testing.T, n *Node) (b *beaconer, recv, send net.PacketConn) {
+	t.Helper()
+	recv, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	send, err = net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = newBeaconer(n, recv, send, recv.LocalAddr())
+	n.goFunc(b.receiveLoop)
+	t.Cleanup(b.close)
+	return b, recv, send
 }

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +20,13 @@ func testConfig(t testing.TB, route string) membership.Config {
 	c.Route = route
 	c.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo}))
 	return c
+}
+
+// record makes c log through a recorder as well as to the test output.
+func record(t testing.TB, c *membership.Config) *membership.LogRecorder {
+	rec := membership.NewLogRecorder(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo}))
+	c.Logger = slog.New(rec)
+	return rec
 }
 
 // start starts a node and stops it when the test ends.
@@ -143,7 +151,12 @@ func TestClusterForms(t *testing.T) {
 
 func TestCrashIsReportedFailed(t *testing.T) {
 	leaktest.Check(t)
-	nodes := startCluster(t, 3, nil)
+	var rec *membership.LogRecorder
+	nodes := startCluster(t, 3, func(i int, c *membership.Config) {
+		if i == 0 {
+			rec = record(t, c)
+		}
+	})
 	subs := []*membership.Subscription{nodes[0].Subscribe(), nodes[1].Subscribe()}
 	for _, s := range subs {
 		defer s.Close()
@@ -166,6 +179,9 @@ func TestCrashIsReportedFailed(t *testing.T) {
 	waitConverged(t, nodes[:2]...)
 	if st := stateOf(nodes[0], "node3"); st != membership.StateDead {
 		t.Errorf("Members() lists node3 as %v, want dead", st)
+	}
+	if got := rec.Records("member failed"); len(got) != 1 || got[0].Level != slog.LevelWarn || got[0].Attrs["peer"] != "node3" {
+		t.Errorf("node1 logged %+v, want one warning about node3", got)
 	}
 }
 
@@ -200,6 +216,130 @@ func TestGracefulLeaveIsReportedLeft(t *testing.T) {
 	if err := nodes[2].Leave(time.Second); !errors.Is(err, membership.ErrClosed) {
 		t.Errorf("Leave after Leave = %v, want ErrClosed", err)
 	}
+}
+
+// leaveWarning is what a node logs when no peer confirmed its leave.
+const leaveWarning = "leave not confirmed by any peer; a peer that missed it reports this node failed"
+
+// TestUnconfirmedLeaveIsNotAnError leaves with too short a timeout for any
+// peer to confirm: Leave logs a warning and succeeds.
+func TestUnconfirmedLeaveIsNotAnError(t *testing.T) {
+	leaktest.Check(t)
+	var rec *membership.LogRecorder
+	nodes := startCluster(t, 2, func(i int, c *membership.Config) {
+		if i == 1 {
+			rec = record(t, c)
+		}
+	})
+	if err := nodes[1].Leave(time.Nanosecond); err != nil {
+		t.Fatalf("Leave(1ns) = %v, want nil", err)
+	}
+	if got := rec.Records(leaveWarning); len(got) != 1 || got[0].Level != slog.LevelWarn || got[0].Attrs["err"] == "" {
+		t.Errorf("logged %+v, want one warning with the error", got)
+	}
+	if err := nodes[1].Leave(time.Second); !errors.Is(err, membership.ErrClosed) {
+		t.Errorf("Leave after Leave = %v, want ErrClosed", err)
+	}
+}
+
+// TestEveryNodeLeavesAtOnce stops a whole cluster at once, as an operator
+// stopping every process does: no one is left to confirm the last leaves,
+// which is no error, and no node logs itself as a member that left or
+// joins the others again on its way out.
+func TestEveryNodeLeavesAtOnce(t *testing.T) {
+	leaktest.Check(t)
+	recs := make([]*membership.LogRecorder, 3)
+	nodes := startCluster(t, 3, func(i int, c *membership.Config) {
+		recs[i] = record(t, c)
+		c.RejoinInterval = 50 * time.Millisecond // rejoin often while leaving, if it did
+	})
+	joined := make([]int, len(nodes))
+	for i, rec := range recs {
+		joined[i] = len(rec.Records("joined the cluster through seeds"))
+	}
+	errs := make([]error, len(nodes))
+	var wg sync.WaitGroup
+	for i, n := range nodes {
+		wg.Go(func() { errs[i] = n.Leave(time.Second) })
+	}
+	wg.Wait()
+	for i, n := range nodes {
+		if errs[i] != nil {
+			t.Errorf("%s: Leave = %v, want nil", n.Route(), errs[i])
+		}
+		rec := recs[i]
+		if got := rec.Records(leaveWarning); len(got) > 1 {
+			t.Errorf("%s warned %d times about its leave, want at most once", n.Route(), len(got))
+		}
+		for _, r := range rec.Records("member left") {
+			if r.Attrs["peer"] == n.Route() {
+				t.Errorf("%s logged itself as a member that left: %+v", n.Route(), r)
+			}
+		}
+		if got := len(rec.Records("joined the cluster through seeds")); got != joined[i] {
+			t.Errorf("%s joined the cluster again while leaving", n.Route())
+		}
+	}
+}
+
+// TestDuplicateRouteFailsToStart starts a second node1 while node1 is
+// alive: it must fail to start, node1 must log the conflict once, and
+// node1 must stay a member in its peers' eyes.
+func TestDuplicateRouteFailsToStart(t *testing.T) {
+	leaktest.Check(t)
+	var rec *membership.LogRecorder
+	nodes := startCluster(t, 2, func(i int, c *membership.Config) {
+		if i == 0 {
+			rec = record(t, c)
+		}
+	})
+	sub := nodes[1].Subscribe()
+	defer sub.Close()
+	if ev := nextEvent(t, sub, "node1", time.Second); ev.Type != membership.EventJoin {
+		t.Fatalf("first event %v, want join", ev.Type)
+	}
+
+	c := testConfig(t, "node1")
+	c.Join = []string{nodes[1].Addr().String()}
+	n, err := membership.New(c)
+	if err == nil {
+		_ = n.Close()
+		t.Fatal("a second node1 started")
+	}
+	var ce *membership.RouteConflictError
+	if !errors.As(err, &ce) || ce.Route != "node1" || ce.Addr != nodes[0].Addr().String() {
+		t.Fatalf("New = %v, want a *RouteConflictError naming %s", err, nodes[0].Addr())
+	}
+	if want := fmt.Sprintf("membership: route \"node1\" is already used by %s", nodes[0].Addr()); err.Error() != want {
+		t.Errorf("error %q, want %q", err, want)
+	}
+
+	const claim = "another node claims this node's route; peers ignore it while this node is alive"
+	waitFor(t, 5*time.Second, func() error {
+		if len(rec.Records(claim)) == 0 {
+			return errors.New("node1 logged no conflict")
+		}
+		return nil
+	})
+	// node1 is neither failed nor left, now or once the impostor's traces
+	// have had time to be gossiped.
+	timeout := time.After(3 * membership.DefaultLocalConfig().DropTime)
+wait:
+	for {
+		select {
+		case ev := <-sub.C:
+			if ev.Member.Name == "node1" && ev.Type != membership.EventUpdate {
+				t.Errorf("node2 got %v about node1, at %s", ev.Type, ev.Member.Addr)
+			}
+		case <-timeout:
+			break wait
+		}
+	}
+	got := rec.Records(claim)
+	if len(got) != 1 || got[0].Level != slog.LevelWarn || got[0].Attrs["addr"] == "" || got[0].Attrs["addr"] == nodes[0].Addr().String() {
+		t.Errorf("node1 logged %+v, want one warning naming the other address", got)
+	}
+	waitConverged(t, nodes...)
 }
 
 func TestRestartWithSameRouteRejoins(t *testing.T) {
@@ -325,17 +465,30 @@ func TestDifferentManagersRefuseToPair(t *testing.T) {
 	leaktest.Check(t)
 	ca := testConfig(t, "a1")
 	ca.Manager = "delta"
+	rec := record(t, &ca)
 	a := start(t, ca)
 	cb := testConfig(t, "b1")
 	cb.Manager = "backup"
 	b := start(t, cb)
-	_, _ = b.Join(a.Addr().String())
+	for range 3 {
+		_, _ = b.Join(a.Addr().String())
+	}
 	waitFor(t, 5*time.Second, func() error {
-		if a.Stats().PeersRefused == 0 || b.Stats().PeersRefused == 0 {
+		if a.Stats().PeersRefused < 3 || b.Stats().PeersRefused == 0 {
 			return fmt.Errorf("refusals: a1 %d, b1 %d", a.Stats().PeersRefused, b.Stats().PeersRefused)
 		}
 		return nil
 	})
+	// One warning says why; memberlist's own line for each refused
+	// message says no more.
+	if got := rec.Records("refusing to pair with node"); len(got) != 1 || got[0].Attrs["peer"] != "b1" {
+		t.Errorf("a1 logged %+v, want one refusal of b1", got)
+	}
+	for _, r := range rec.All() {
+		if r.Attrs["source"] == "memberlist" && r.Level >= slog.LevelWarn {
+			t.Errorf("a1 logged memberlist's %q at %v", r.Msg, r.Level)
+		}
+	}
 	if got := alive(a); !slices.Equal(got, []string{"a1"}) {
 		t.Errorf("a1 sees %v", got)
 	}

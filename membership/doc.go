@@ -21,7 +21,12 @@
 // # Semantics
 //
 // A member's name is its route, so a node that restarts with the same route
-// takes its identity back, even on a new address. Nodes pair only when
+// takes its identity back, even on a new address. A route belongs to one
+// live node: [New] fails with a [RouteConflictError] when a node that
+// answers at another address already uses it, and the node that has it
+// logs the conflict. A claim nobody answers is the restarting node's own
+// previous incarnation, whose route is taken back once its peers declare
+// it dead. Nodes pair only when
 // their domains, protocol versions and manager kinds agree; the domain is
 // also memberlist's packet label, so two clusters on one network never
 // merge. With a cluster key, gossip is encrypted with AES-GCM (memberlist
@@ -29,7 +34,10 @@
 //
 // A node stopped with [Node.Close] looks killed to its peers: they report it
 // failed (EventFail) about DropTime later. [Node.Leave] announces the
-// departure first: peers report EventLeave at once.
+// departure first: peers report EventLeave at once. From the start of Leave
+// the node sends no beacons and joins no one, and peers do not join it
+// again from its last beacons. A leave no peer confirms in time, as when
+// every node stops at once, is logged, not returned.
 //
 // # Concurrency
 //
@@ -42,9 +50,14 @@
 //
 // Malformed, foreign or unauthenticated beacons are counted ([Stats]) and
 // ignored. Members whose metadata is unreadable or whose domain, protocol or
-// manager kind differ are refused, counted and logged once per peer. A
-// beacon that cannot be sent (no multicast route) is logged once and
-// retried; seeds keep working.
+// manager kind differ are refused, counted and logged once per peer; their
+// beacons are not joined. A beacon that cannot be sent (no multicast route)
+// is logged once and retried; seeds keep working. A seed that does not
+// answer or resolve is logged as a warning, named with its error, at its
+// first failure and then at most once a minute while it keeps failing; its
+// recovery is logged once. memberlist's own lines are forwarded to the
+// Logger; one repeated within a minute is dropped, and the next copy
+// logged says how many were.
 //
 // # Usage
 //

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log"
 	"log/slog"
+	"maps"
 	"net"
 	"slices"
 	"strconv"
@@ -18,6 +19,18 @@ import (
 
 // ErrClosed is returned by methods of a Node that has been closed.
 var ErrClosed = errors.New("membership: node closed")
+
+// RouteConflictError is returned by New when another node, alive at
+// another address, already uses the route: two nodes with one route would
+// take each other's sessions and, on leaving, remove each other.
+type RouteConflictError struct {
+	Route string // the route this node was given
+	Addr  string // gossip address of the node that uses it, IP:port
+}
+
+func (e *RouteConflictError) Error() string {
+	return fmt.Sprintf("membership: route %q is already used by %s", e.Route, e.Addr)
+}
 
 // Node is this process's membership in a Cohort cluster. Its methods are
 // safe for concurrent use.
@@ -37,6 +50,8 @@ type Node struct {
 	wg       sync.WaitGroup
 	closeMu  sync.Mutex // serialises Close and Leave
 	isClosed atomic.Bool
+	leaving  atomic.Bool           // Leave has started: no more beacons, joins or rejoins
+	seeds    map[string]*seedState // owned by the goroutine that runs rejoin
 
 	// mu guards the fields below. Lock order: memberlist's node lock, then
 	// mu (memberlist calls the delegates with its lock held).
@@ -44,6 +59,12 @@ type Node struct {
 	view    map[string]*Member
 	subs    map[*Subscription]struct{}
 	refused map[string]string // peer -> last refusal reason logged
+	// While checking, that is until New returns, rivals collects the
+	// addresses of nodes that claim this node's route, for New to verify.
+	// Later claims are logged, rate-limited through conflicts.
+	checking  bool
+	rivals    map[string]bool
+	conflicts map[string]time.Time // "route addr" -> when last logged
 }
 
 // counters are the node's statistics.
@@ -74,8 +95,12 @@ type Stats struct {
 }
 
 // New validates cfg, binds the gossip listeners, starts discovery and
-// returns the running node. Joining seeds and answering beacons happen in the
-// background: watch Members or Subscribe to see the cluster form.
+// returns the running node. It makes the first attempt to join the seeds
+// and, with multicast on, listens for one round of beacons (Frequency plus
+// a fifth) before it returns; a seed that does not answer is retried in the
+// background, as are beacons heard later: watch Members or Subscribe to see
+// the cluster form. New fails with a *RouteConflictError when a node alive
+// at another address already uses cfg.Route.
 func New(cfg Config) (*Node, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -94,6 +119,12 @@ func New(cfg Config) (*Node, error) {
 		view:    make(map[string]*Member),
 		subs:    make(map[*Subscription]struct{}),
 		refused: make(map[string]string),
+		seeds:   make(map[string]*seedState),
+		// Until New returns, a node claiming this route is a reason to
+		// fail rather than something to log.
+		checking:  true,
+		rivals:    make(map[string]bool),
+		conflicts: make(map[string]time.Time),
 	}
 	n.meta, _ = encodeMeta(cfg.meta(n.started)) // checked by validate
 	n.manager = cfg.Manager
@@ -119,7 +150,6 @@ func New(cfg Config) (*Node, error) {
 		n.goFunc(b.receiveLoop)
 		n.goFunc(b.sendLoop)
 	}
-	n.goFunc(n.maintainLoop)
 
 	t := mapTimings(cfg.Frequency, cfg.DropTime)
 	n.log.Info("membership started",
@@ -130,6 +160,19 @@ func New(cfg Config) (*Node, error) {
 	if len(cfg.Join) == 0 && cfg.MulticastAddr == "" {
 		n.log.Info("no seeds and multicast off: running alone until another node joins this one")
 	}
+
+	// The first join happens here rather than in the background, and with
+	// multicast on, New listens for one round of beacons, so that a route
+	// already in use fails the start instead of confusing the cluster.
+	n.rejoin()
+	if n.beacon != nil {
+		time.Sleep(cfg.Frequency + cfg.Frequency/5) // beacons go out every Frequency ±10%
+	}
+	if err := n.checkRivals(); err != nil {
+		_ = n.Close()
+		return nil, err
+	}
+	n.goFunc(n.maintainLoop)
 	return n, nil
 }
 
@@ -185,6 +228,7 @@ func (n *Node) memberlistConfig() *memberlist.Config {
 	mc.Delegate = (*delegate)(n)
 	mc.Events = (*eventDelegate)(n)
 	mc.Alive = (*aliveDelegate)(n)
+	mc.Conflict = (*conflictDelegate)(n)
 	mc.Logger = log.New(&logBridge{log: n.log, closed: &n.isClosed}, "", 0)
 	mc.DNSConfigPath = "" // seeds are resolved by Node, not memberlist
 	// Gossip packets are a few hundred bytes, which LZW does not shrink,
@@ -349,30 +393,47 @@ func (n *Node) Stats() Stats {
 	}
 }
 
-// Leave tells the cluster this node is going, waits at most timeout for the
-// message to go out, then stops the node as Close does. Peers report the
-// node as left, at once, rather than failed after DropTime. A node that
-// has not yet learned of any peer has no one to tell: the cluster then
-// sees a failure.
+// Leave tells the cluster this node is going, waits at most timeout in all
+// for the message to go out, then stops the node as Close does. Peers
+// report the node as left, at once, rather than failed after DropTime.
+// From the start of Leave the node sends no beacons and joins no one.
+//
+// A leave that no peer confirms within timeout is not returned as an
+// error: it is logged, as a warning while some peer is still seen alive
+// (it reports a failure instead, DropTime later), and at Info when every
+// peer has left too, as when a whole cluster stops at once. Leave returns
+// an error only when the node could not be stopped, or ErrClosed.
 func (n *Node) Leave(timeout time.Duration) error {
 	n.closeMu.Lock()
 	if n.isClosed.Load() {
 		n.closeMu.Unlock()
 		return ErrClosed
 	}
+	n.leaving.Store(true)
+	deadline := time.Now().Add(timeout)
 	// Mark the metadata first: memberlist reports a leave and a failure
 	// through the same callback, and peers tell them apart by this flag.
-	err := n.setMeta(func(m *Meta) { m.Leaving = true }, timeout)
-	if err == nil {
-		err = n.ml.Leave(timeout)
+	err := n.setMeta(func(m *Meta) { m.Leaving = true }, until(deadline))
+	if lerr := n.ml.Leave(until(deadline)); err == nil {
+		err = lerr
 	}
 	n.closeMu.Unlock()
-	if err != nil {
-		n.log.Warn("leave message may not have reached the cluster", "err", err)
-	} else {
+	switch {
+	case err == nil:
 		n.log.Info("left the cluster")
+	case n.NumAlive() == 0: // the peers left too, and so has this node
+		n.log.Info("left the cluster; no peer was left to confirm it", "err", err)
+	default:
+		n.log.Warn("leave not confirmed by any peer; a peer that missed it reports this node failed",
+			"timeout", timeout, "err", err)
 	}
-	return errors.Join(err, n.Close())
+	return n.Close()
+}
+
+// until returns the time left before deadline, at least 1ns: memberlist
+// reads a zero timeout as no timeout.
+func until(deadline time.Time) time.Duration {
+	return max(time.Until(deadline), time.Nanosecond)
 }
 
 // Close stops the node without telling the cluster: peers see it fail after
@@ -403,7 +464,7 @@ func (n *Node) member(node *memberlist.Node, st State) Member {
 	meta, _ := DecodeMeta(node.Meta) // refused by aliveDelegate if malformed
 	return Member{
 		Name:  node.Name,
-		Addr:  net.JoinHostPort(node.Addr.String(), strconv.Itoa(int(node.Port))),
+		Addr:  nodeAddr(node),
 		Meta:  meta,
 		State: st,
 		Since: time.Now(),
@@ -429,7 +490,7 @@ func (n *Node) record(ev Event) {
 // maintainLoop rejoins seeds and failed members and forgets members that
 // have been gone for DeadRetention. It exits when the node stops.
 func (n *Node) maintainLoop() {
-	t := time.NewTimer(0) // first join attempt at once
+	t := time.NewTimer(n.cfg.RejoinInterval) // New made the first attempt
 	defer t.Stop()
 	for {
 		select {
@@ -454,13 +515,14 @@ func (n *Node) reap() {
 	}
 }
 
-// delegate, eventDelegate and aliveDelegate are the Node seen by
-// memberlist. They are distinct types so that Node's method set stays the
-// public API.
+// delegate, eventDelegate, aliveDelegate and conflictDelegate are the Node
+// seen by memberlist. They are distinct types so that Node's method set
+// stays the public API.
 type (
-	delegate      Node
-	eventDelegate Node
-	aliveDelegate Node
+	delegate         Node
+	eventDelegate    Node
+	aliveDelegate    Node
+	conflictDelegate Node
 )
 
 func (d *delegate) NodeMeta(limit int) []byte {
@@ -496,6 +558,10 @@ func (e *eventDelegate) NotifyLeave(node *memberlist.Node) {
 	if n.isClosed.Load() {
 		return
 	}
+	if node.Name == n.cfg.Route { // this node, leaving: Leave logs it
+		n.record(Event{Type: EventLeave, Member: n.member(node, StateLeft)})
+		return
+	}
 	if meta, _ := DecodeMeta(node.Meta); meta.Leaving {
 		m := n.member(node, StateLeft)
 		n.stats.memberLeaves.Add(1)
@@ -505,7 +571,7 @@ func (e *eventDelegate) NotifyLeave(node *memberlist.Node) {
 	}
 	m := n.member(node, StateDead)
 	n.stats.memberFailures.Add(1)
-	n.log.Info("member failed", "peer", m.Name, "addr", m.Addr)
+	n.log.Warn("member failed", "peer", m.Name, "addr", m.Addr)
 	n.record(Event{Type: EventFail, Member: m})
 }
 
@@ -539,9 +605,107 @@ func (a *aliveDelegate) NotifyAlive(peer *memberlist.Node) error {
 	n.mu.Unlock()
 	if !logged {
 		n.log.Warn("refusing to pair with node", "peer", peer.Name,
-			"addr", net.JoinHostPort(peer.Addr.String(), strconv.Itoa(int(peer.Port))), "reason", reason)
+			"addr", nodeAddr(peer), "reason", reason)
 	}
 	return errors.New(reason)
+}
+
+// NotifyConflict is called, with memberlist's node lock held, when an alive
+// message gives a member's name with another address than the member's:
+// memberlist ignores it. existing is this node when another node claims
+// its route.
+func (c *conflictDelegate) NotifyConflict(existing, other *memberlist.Node) {
+	n := (*Node)(c)
+	if n.isClosed.Load() {
+		return
+	}
+	addr := nodeAddr(other)
+	if existing.Name == n.cfg.Route {
+		n.claimed(addr)
+		return
+	}
+	if n.noteConflict(existing.Name, addr) {
+		n.log.Info("ignoring a second address for a member until the first fails",
+			"peer", existing.Name, "addr", nodeAddr(existing), "other", addr)
+	}
+}
+
+// claimed handles a node at addr that claims this node's route: New is
+// checking, it verifies the claim; otherwise it is logged.
+func (n *Node) claimed(addr string) {
+	n.mu.Lock()
+	if n.checking {
+		n.rivals[addr] = true
+		n.mu.Unlock()
+		return
+	}
+	n.mu.Unlock()
+	if n.noteConflict(n.cfg.Route, addr) {
+		n.log.Warn("another node claims this node's route; peers ignore it while this node is alive", "addr", addr)
+	}
+}
+
+// conflictLogEvery rate-limits the logs about one conflicting address.
+const conflictLogEvery = time.Minute
+
+// noteConflict reports whether a conflict of route with addr is to be
+// logged: the first time, then at most every conflictLogEvery.
+func (n *Node) noteConflict(route, addr string) bool {
+	key := route + " " + addr
+	now := time.Now()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if last, ok := n.conflicts[key]; ok && now.Sub(last) < conflictLogEvery {
+		return false
+	}
+	if len(n.conflicts) >= 64 {
+		for k, t := range n.conflicts {
+			if now.Sub(t) >= conflictLogEvery {
+				delete(n.conflicts, k)
+			}
+		}
+	}
+	n.conflicts[key] = now
+	return true
+}
+
+// checkRivals ends New's check: it pings every node that claimed this
+// node's route and returns a *RouteConflictError for one that answers to
+// the route. A claim nobody answers is this node's own previous
+// incarnation, which its peers have not yet declared dead.
+func (n *Node) checkRivals() error {
+	n.mu.Lock()
+	rivals := slices.Sorted(maps.Keys(n.rivals))
+	n.mu.Unlock()
+	defer func() {
+		n.mu.Lock()
+		n.checking = false
+		clear(n.rivals)
+		n.mu.Unlock()
+	}()
+	for _, a := range rivals {
+		ua, err := net.ResolveUDPAddr("udp", a)
+		if err != nil {
+			continue
+		}
+		for range 2 { // one lost datagram is no proof of absence
+			if _, err = n.ml.Ping(n.cfg.Route, ua); err == nil {
+				break
+			}
+		}
+		if err != nil {
+			n.log.Debug("route claimed by a node that does not answer; taking it over", "addr", a, "err", err)
+			continue
+		}
+		// Join it, so that it learns of this node and logs the conflict too.
+		_, _ = n.ml.Join([]string{a})
+		return &RouteConflictError{Route: n.cfg.Route, Addr: a}
+	}
+	return nil
+}
+
+func nodeAddr(node *memberlist.Node) string {
+	return net.JoinHostPort(node.Addr.String(), strconv.Itoa(int(node.Port)))
 }
 
 func (n *Node) refusal(peer *memberlist.Node) string {

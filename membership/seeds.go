@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"time"
 )
 
 // joiner performs joins requested by beacons in one goroutine, so that a
@@ -21,24 +22,24 @@ type joiner struct {
 }
 
 type joinRequest struct {
-	addr   string
-	beacon bool // triggered by a beacon, for the counters
+	addr  string
+	route string // the route the beacon announced
 }
 
 func newJoiner(n *Node) *joiner {
 	return &joiner{n: n, reqs: make(chan joinRequest, 64), pending: make(map[string]bool)}
 }
 
-// request queues a join to addr (IP:port) without blocking; it reports
-// whether the request was queued.
-func (j *joiner) request(addr string, beacon bool) bool {
+// request queues a join to addr (IP:port), announced by route's beacon,
+// without blocking; it reports whether the request was queued.
+func (j *joiner) request(addr, route string) bool {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.pending[addr] {
 		return false
 	}
 	select {
-	case j.reqs <- joinRequest{addr, beacon}:
+	case j.reqs <- joinRequest{addr, route}:
 		j.pending[addr] = true
 		return true
 	default:
@@ -52,7 +53,9 @@ func (j *joiner) run() {
 		case <-j.n.stop:
 			return
 		case r := <-j.reqs:
-			j.n.join(r.addr, r.beacon)
+			if !j.n.leaving.Load() {
+				j.n.beaconJoin(r.addr, r.route)
+			}
 			j.mu.Lock()
 			delete(j.pending, r.addr)
 			j.mu.Unlock()
@@ -60,28 +63,95 @@ func (j *joiner) run() {
 	}
 }
 
-// join contacts one address and counts the outcome.
-func (n *Node) join(addr string, beacon bool) bool {
+// join contacts one address and counts a failure.
+func (n *Node) join(addr string) error {
 	if _, err := n.ml.Join([]string{addr}); err != nil {
 		n.stats.joinErrors.Add(1)
-		n.log.Debug("join failed", "addr", addr, "err", err)
-		return false
+		return joinError(err)
 	}
-	if beacon {
-		n.stats.beaconJoins.Add(1)
-		n.log.Info("joined a node found by its beacon", "addr", addr)
-	} else {
-		n.stats.seedJoins.Add(1)
+	return nil
+}
+
+// joinError unwraps the one-element multierror memberlist's Join returns,
+// whose text spans several lines.
+func joinError(err error) error {
+	var multi interface{ WrappedErrors() []error }
+	if errors.As(err, &multi) {
+		if errs := multi.WrappedErrors(); len(errs) > 0 {
+			return errors.Join(errs...)
+		}
 	}
-	return true
+	return err
+}
+
+// beaconJoin joins the sender of a beacon. A sender this node refuses to
+// pair with answers the join but does not become a member: that is not
+// counted or logged as a join.
+func (n *Node) beaconJoin(addr, route string) {
+	if err := n.join(addr); err != nil {
+		n.log.Debug("join failed", "peer", route, "addr", addr, "err", err)
+		return
+	}
+	n.mu.Lock()
+	_, refused := n.refused[route]
+	n.mu.Unlock()
+	if refused {
+		n.log.Debug("joined a node found by its beacon, but refused it as a peer", "peer", route, "addr", addr)
+		return
+	}
+	n.stats.beaconJoins.Add(1)
+	n.log.Info("joined a node found by its beacon", "peer", route, "addr", addr)
+}
+
+// seedWarnEvery rate-limits the warning about a seed that keeps failing.
+const seedWarnEvery = time.Minute
+
+// seedState tracks a seed that does not answer.
+type seedState struct {
+	failures int       // consecutive failed attempts
+	since    time.Time // first failure of the run
+	warned   time.Time // last warning
+}
+
+// seedFailed counts a failed attempt on seed at now: the first is logged,
+// then at most one every seedWarnEvery while the seed keeps failing.
+func (n *Node) seedFailed(seed string, err error, now time.Time) {
+	st := n.seeds[seed]
+	if st == nil {
+		st = &seedState{since: now}
+		n.seeds[seed] = st
+	}
+	st.failures++
+	if st.failures > 1 && now.Sub(st.warned) < seedWarnEvery {
+		return
+	}
+	st.warned = now
+	n.log.Warn("seed did not answer; retrying", "seed", seed, "err", err,
+		"failures", st.failures, "failing_for", now.Sub(st.since).Round(time.Second), "every", n.cfg.RejoinInterval)
+}
+
+// seedAnswered ends, at now, a run of failures of seed, logging the
+// recovery.
+func (n *Node) seedAnswered(seed string, now time.Time) {
+	st := n.seeds[seed]
+	if st == nil {
+		return
+	}
+	delete(n.seeds, seed)
+	n.log.Info("seed answered", "seed", seed, "failures", st.failures,
+		"failing_for", now.Sub(st.since).Round(time.Second))
 }
 
 // rejoin joins every seed address that is not an alive member and every
-// member that failed (not left) within DeadRetention. It runs at start and
-// every RejoinInterval, which is how a node that started before its seeds
-// finds them, and how the two sides of a healed partition, which have each
-// declared the other dead and stopped probing, merge again.
+// member that failed (not left) within DeadRetention. It runs in New and
+// then every RejoinInterval, which is how a node that started before its
+// seeds finds them, and how the two sides of a healed partition, which
+// have each declared the other dead and stopped probing, merge again. It
+// does nothing once Leave has started.
 func (n *Node) rejoin() {
+	if n.leaving.Load() {
+		return
+	}
 	n.mu.Lock()
 	alive := make(map[string]bool)
 	var failed []string
@@ -97,35 +167,77 @@ func (n *Node) rejoin() {
 	n.mu.Unlock()
 	alive[n.addr.String()] = true
 
-	var targets []string
-	if len(n.cfg.Join) > 0 {
-		addrs, err := n.resolveSeeds(n.cfg.Join)
-		if err != nil {
-			n.log.Debug("seed lookup failed", "err", err)
-		}
-		targets = addrs
-	}
-	targets = append(targets, failed...)
-	slices.Sort(targets)
-	targets = slices.Compact(targets)
-	joined := 0
-	for _, a := range targets {
-		if alive[a] {
-			continue
-		}
+	stopped := func() bool {
 		select {
 		case <-n.stop:
-			return
+			return true
 		default:
-		}
-		if n.join(a, false) {
-			joined++
+			return n.leaving.Load()
 		}
 	}
-	if wasAlone && joined > 0 {
-		n.log.Info("joined the cluster through seeds", "members", n.NumAlive())
-	} else if wasAlone && len(n.cfg.Join) > 0 && joined == 0 {
-		n.log.Debug("no seed answered yet; retrying", "seeds", n.cfg.Join, "every", n.cfg.RejoinInterval)
+	seedsContacted, contacted := 0, 0 // addresses that answered
+	tried := make(map[string]bool)
+	for _, seed := range n.cfg.Join {
+		addrs, err := n.resolveSeed(seed)
+		if err != nil {
+			n.seedFailed(seed, err, time.Now())
+			continue
+		}
+		answered := false
+		var errs []error
+		for _, a := range addrs {
+			if alive[a] || tried[a] {
+				answered = answered || alive[a]
+				continue
+			}
+			if stopped() {
+				return
+			}
+			tried[a] = true
+			if err := n.join(a); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			alive[a] = true
+			answered = true
+			seedsContacted++
+			n.stats.seedJoins.Add(1)
+		}
+		switch {
+		case answered:
+			n.seedAnswered(seed, time.Now())
+		case len(errs) > 0:
+			n.seedFailed(seed, errors.Join(errs...), time.Now())
+		}
+	}
+	slices.Sort(failed)
+	for _, a := range slices.Compact(failed) {
+		if alive[a] || tried[a] {
+			continue
+		}
+		if stopped() {
+			return
+		}
+		if err := n.join(a); err != nil {
+			n.log.Debug("failed member still unreachable", "addr", a, "err", err)
+			continue
+		}
+		contacted++
+		n.stats.seedJoins.Add(1)
+	}
+	contacted += seedsContacted
+	if !wasAlone || contacted == 0 {
+		return
+	}
+	// A seed that refuses to pair (another manager kind) answers the join
+	// but adds no member; the refusal is logged on its own.
+	switch members := n.NumAlive(); {
+	case members <= 1:
+		n.log.Debug("nodes answered the join but none was accepted as a peer", "contacted", contacted)
+	case seedsContacted > 0:
+		n.log.Info("joined the cluster through seeds", "contacted", contacted, "members", members)
+	default:
+		n.log.Info("joined the cluster again through failed members", "contacted", contacted, "members", members)
 	}
 }
 
@@ -133,38 +245,47 @@ func (n *Node) rejoin() {
 // addresses) into IP:port strings. Errors of individual seeds are joined;
 // the addresses that did resolve are returned with them.
 func (n *Node) resolveSeeds(seeds []string) ([]string, error) {
+	var out []string
+	var errs []error
+	for _, s := range seeds {
+		addrs, err := n.resolveSeed(s)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		out = append(out, addrs...)
+	}
+	return out, errors.Join(errs...)
+}
+
+// resolveSeed turns one seed into IP:port strings.
+func (n *Node) resolveSeed(seed string) ([]string, error) {
 	_, defPort, _ := net.SplitHostPort(n.cfg.BindAddr)
 	port, _ := strconv.Atoi(defPort)
 	if port == 0 {
 		port = n.addr.Port
 	}
+	host, p, err := seedHostPort(seed, port)
+	if err != nil {
+		return nil, err
+	}
+	if ip := net.ParseIP(host); ip != nil {
+		return []string{net.JoinHostPort(ip.String(), strconv.Itoa(p))}, nil
+	}
 	r := n.cfg.Resolver
 	if r == nil {
 		r = net.DefaultResolver
 	}
-	var out []string
-	var errs []error
-	for _, s := range seeds {
-		host, p, err := seedHostPort(s, port)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if ip := net.ParseIP(host); ip != nil {
-			out = append(out, net.JoinHostPort(ip.String(), strconv.Itoa(p)))
-			continue
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.DropTime)
-		ips, err := r.LookupHost(ctx, host)
-		cancel()
-		if err != nil {
-			n.stats.seedLookupErrors.Add(1)
-			errs = append(errs, fmt.Errorf("resolve seed %s: %w", host, err))
-			continue
-		}
-		for _, ip := range ips {
-			out = append(out, net.JoinHostPort(ip, strconv.Itoa(p)))
-		}
+	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.DropTime)
+	ips, err := r.LookupHost(ctx, host)
+	cancel()
+	if err != nil {
+		n.stats.seedLookupErrors.Add(1)
+		return nil, fmt.Errorf("resolve seed %s: %w", host, err)
 	}
-	return out, errors.Join(errs...)
+	out := make([]string, 0, len(ips))
+	for _, ip := range ips {
+		out = append(out, net.JoinHostPort(ip, strconv.Itoa(p)))
+	}
+	return out, nil
 }

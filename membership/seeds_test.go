@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strconv"
 	"sync"
@@ -78,4 +79,73 @@ func TestDNSSeeds(t *testing.T) {
 	}
 	dns.set("cohort-headless.test", "127.0.0.2", "127.0.0.3")
 	waitConverged(t, p1, p2, p3)
+}
+
+// freeAddr returns a loopback address nothing listens on, for a node to
+// start on later.
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	_ = l.Close()
+	return addr
+}
+
+// TestSilentSeedsAreReported starts a node whose seeds do not answer: an
+// address nothing listens on yet and a name that does not resolve. Each
+// seed is warned about once, named with its error, while the node keeps
+// retrying; the first seed's recovery is logged once.
+func TestSilentSeedsAreReported(t *testing.T) {
+	leaktest.Check(t)
+	const warning = "seed did not answer; retrying"
+	seedAddr := freeAddr(t)
+	c2 := testConfig(t, "node2")
+	rec := record(t, &c2)
+	c2.Join = []string{seedAddr, "cohort-seed.test:7946"}
+	c2.Resolver = &fakeDNS{answers: map[string][]string{}}
+	n2 := start(t, c2)
+
+	// New made the first attempt.
+	warns := rec.Records(warning)
+	if len(warns) != 2 {
+		t.Fatalf("%d warnings after New, want one per seed: %+v", len(warns), warns)
+	}
+	for i, w := range warns {
+		if w.Level != slog.LevelWarn || w.Attrs["seed"] != c2.Join[i] || w.Attrs["err"] == "" {
+			t.Errorf("warning %+v, want seed %s with its error", w, c2.Join[i])
+		}
+	}
+	waitFor(t, 10*time.Second, func() error {
+		if s := n2.Stats(); s.JoinErrors < 3 {
+			return fmt.Errorf("%d join errors, want the seed retried", s.JoinErrors)
+		}
+		return nil
+	})
+	if got := len(rec.Records(warning)); got != 2 {
+		t.Errorf("%d warnings after retries, want still 2: at most one a minute", got)
+	}
+
+	c1 := testConfig(t, "node1")
+	c1.BindAddr = seedAddr
+	n1 := start(t, c1)
+	waitConverged(t, n1, n2)
+	waitFor(t, 5*time.Second, func() error {
+		if len(rec.Records("seed answered")) == 0 {
+			return errors.New("no recovery logged")
+		}
+		return nil
+	})
+	if got := rec.Records("seed answered"); len(got) != 1 || got[0].Level != slog.LevelInfo || got[0].Attrs["seed"] != seedAddr {
+		t.Errorf("recovery logged as %+v, want one Info naming %s", got, seedAddr)
+	}
+	if got := rec.Records("joined the cluster through seeds"); len(got) != 1 ||
+		got[0].Attrs["contacted"] != "1" || got[0].Attrs["members"] != "2" {
+		t.Errorf("join logged as %+v, want one with contacted=1 members=2", got)
+	}
+	if got := len(rec.Records(warning)); got != 2 {
+		t.Errorf("%d warnings in all, want 2", got)
+	}
 }

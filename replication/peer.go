@@ -215,7 +215,11 @@ func (p *peer) run() {
 		if n > 0 || err != nil || p.framesSent.Load() != sent {
 			p.errs.Add(1)
 			p.markResync("connection lost")
-			p.c.log.Warn("replication connection lost; reconnecting", "peer", p.route, "err", err)
+			if err != nil {
+				p.c.log.Warn("replication connection lost; reconnecting", "peer", p.route, "err", err)
+			} else {
+				p.c.log.Warn("replication connection lost; reconnecting", "peer", p.route, "reason", "peer closed the connection")
+			}
 		}
 		// A connection that ends at once (a peer that accepts, then
 		// hangs up) must not turn into a busy redial loop.
