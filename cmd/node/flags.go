@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -40,6 +39,18 @@ type config struct {
 	Key            membership.Key
 	LogLevel       slog.Level
 	LogFormat      string
+
+	// Ignored lists the settings given that the chosen manager does not
+	// use; the node starts anyway and logs a warning for each.
+	Ignored []ignoredSetting
+	// source says where each flag's value came from, for messages:
+	// "flag -bind" or "COHORT_BIND (flag -bind)".
+	source map[string]string
+}
+
+// ignoredSetting is a flag or environment variable that has no effect.
+type ignoredSetting struct {
+	Flag, Source, Reason string
 }
 
 // flagError is a bad flag or environment value: it names the flag, where
@@ -52,63 +63,77 @@ func (e *flagError) Error() string {
 	return fmt.Sprintf("invalid value %q for %s: want %s", e.Value, e.Source, e.Want)
 }
 
+// errVersion is returned by parseFlags for -version.
+var errVersion = errors.New("version requested")
+
 // envName is the environment variable of a flag: COHORT_DROP_TIME for
 // -drop-time.
 func envName(flagName string) string {
 	return "COHORT_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
-// parseFlags builds the configuration from args and getenv. It never exits
-// the process: -h returns flag.ErrHelp after printing usage to stderr.
-func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*config, error) {
-	host, err := os.Hostname()
-	if err != nil || host == "" {
-		host = "node"
-	}
+// hasEnv reports whether a flag can be set from the environment: all but
+// -version, as a COHORT_VERSION set for some other purpose must not turn
+// every start into -version.
+func hasEnv(flagName string) bool { return flagName != "version" }
+
+// parseFlags builds the configuration from args and getenv; host is the
+// host name, the default route up to its first '.'. It never exits the
+// process: -h returns flag.ErrHelp after printing usage to stderr, and
+// -version returns errVersion.
+//
+// When a value is invalid, parseFlags returns the error together with a
+// config that holds only the log settings and the route, if the log
+// settings are valid themselves, so that the error can be logged in the
+// format asked for.
+func parseFlags(args []string, getenv func(string) string, host string, stderr io.Writer) (*config, error) {
 	fs := flag.NewFlagSet("cohort-node", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	// The backquoted word of each usage is the value's form in -help.
 	var (
-		route     = fs.String("route", host, "this node's route name, the session id suffix")
-		httpAddr  = fs.String("http", "127.0.0.1:8080", "app and admin HTTP listener, host:port")
-		bind      = fs.String("bind", "127.0.0.1:7946", "gossip address (UDP and TCP), IP:port")
-		repl      = fs.String("replication", "", "replication channel TCP address, IP:port (default: gossip port + 1000)")
-		join      = fs.String("join", "", "comma-separated seed addresses or DNS names, host:port")
-		multicast = fs.String("multicast", membership.DefaultMulticastAddr, "beacon group addr:port, or off")
-		frequency = fs.String("frequency", "500ms", "heartbeat and beacon interval")
-		dropTime  = fs.String("drop-time", "3s", "silence after which a member is dropped (at least 2x frequency)")
-		manager   = fs.String("manager", "delta", "session manager: delta, backup or standard")
-		backups   = fs.String("backups", "1", "backup copies per session (backup manager)")
-		sendMode  = fs.String("send-mode", "ack", "replication send mode: async, ack or sync")
-		timeout   = fs.String("session-timeout", "30m", "session max inactive interval")
-		drain     = fs.String("drain-time", "0s", "on SIGTERM, how long to report not ready while still serving, before closing HTTP")
-		large     = fs.String("large-session", "256KiB", "log a warning for session changes larger than this (bytes, KiB or MiB), or off")
-		maxSess   = fs.String("max-sessions", "0", "most sessions a node holds; creating more fails (0: no limit)")
-		cookie    = fs.String("cookie", "JSESSIONID", "session cookie name")
-		domain    = fs.String("domain", "cohort", "cluster name; nodes of other domains are ignored")
-		key       = fs.String("key", "", "cluster key, base64 of 16, 24 or 32 bytes; empty means no encryption")
-		logLevel  = fs.String("log-level", "info", "log level: debug, info, warn or error")
-		logFormat = fs.String("log-format", "text", "log format: text or json")
+		route     = fs.String("route", defaultRoute(host), "this node's `name`, the suffix of its session ids: letters, digits, '-' and '_'; by default the host name up to its first '.'")
+		httpAddr  = fs.String("http", "127.0.0.1:8080", "app and admin HTTP listener, `host:port`; with 0.0.0.0 or no host it listens on every interface and peers are told the -bind IP")
+		bind      = fs.String("bind", "127.0.0.1:7946", "gossip address (UDP and TCP), `IP:port`: an address the other nodes can reach, not 0.0.0.0 or ::")
+		repl      = fs.String("replication", "", "replication channel TCP address, `IP:port` (default: the -bind IP with the -bind port + 1000)")
+		join      = fs.String("join", "", "comma-separated seeds, `host:port,...`: IP addresses or DNS names")
+		multicast = fs.String("multicast", membership.DefaultMulticastAddr, "multicast beacon group `addr:port`, or off")
+		frequency = fs.String("frequency", "500ms", "heartbeat and beacon interval, a `duration`")
+		dropTime  = fs.String("drop-time", "3s", "silence after which a member is dropped, a `duration` of at least twice -frequency")
+		manager   = fs.String("manager", "delta", "session manager: `delta|backup|standard`")
+		backups   = fs.String("backups", "1", "backup copies per session, `n` (backup manager only)")
+		sendMode  = fs.String("send-mode", "ack", "how long a request waits for its replicas: `async|ack|sync` (delta and backup managers)")
+		timeout   = fs.String("session-timeout", "30m", "session max inactive interval, a `duration`")
+		drain     = fs.String("drain-time", "0s", "on SIGTERM or SIGINT, how long to answer 503 on /readyz while still serving, before closing HTTP: a `duration`")
+		large     = fs.String("large-session", "256KiB", "log a warning for session changes larger than this `size` (bytes, KiB or MiB), or off (delta and backup managers)")
+		maxSess   = fs.String("max-sessions", "0", "most sessions a node holds, `n`; creating more fails (0: no limit)")
+		cookie    = fs.String("cookie", "JSESSIONID", "session cookie `name`")
+		domain    = fs.String("domain", "cohort", "cluster `name`; nodes of other domains are ignored")
+		key       = fs.String("key", "", "cluster key, `base64` of 16, 24 or 32 bytes; empty means no encryption. Prefer COHORT_KEY: a flag's value shows in ps")
+		logLevel  = fs.String("log-level", "info", "log level: `debug|info|warn|error`")
+		logFormat = fs.String("log-format", "text", "log format: `text|json`")
+		version   = fs.Bool("version", false, "print the version and exit")
 	)
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: cohort-node [flags]\n\nEvery flag can also be set with COHORT_<FLAG> (e.g. COHORT_DROP_TIME=5s); a flag wins over the environment.\n\n")
-		fs.PrintDefaults()
-	}
+	fs.Usage = func() { printUsage(stderr, fs) }
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	if *version {
+		return nil, errVersion
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q: flags take the form -name=value", fs.Arg(0))
 	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	given := map[string]bool{} // on the command line or in the environment
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
 	source := map[string]string{}
 	var envErr error
 	fs.VisitAll(func(f *flag.Flag) {
 		source[f.Name] = "flag -" + f.Name
-		if set[f.Name] {
+		if given[f.Name] || !hasEnv(f.Name) {
 			return
 		}
 		if v := getenv(envName(f.Name)); v != "" {
+			given[f.Name] = true
 			source[f.Name] = envName(f.Name) + " (flag -" + f.Name + ")"
 			envErr = errors.Join(envErr, f.Value.Set(v))
 		}
@@ -116,92 +141,20 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	if envErr != nil {
 		return nil, envErr
 	}
+	if !given["route"] {
+		from := fmt.Sprintf("the host name %q", host)
+		if host == "" {
+			from = "the host name, which is unknown"
+		}
+		source["route"] = "flag -route (defaulted from " + from + "; set -route or COHORT_ROUTE)"
+	}
 	bad := func(name, value, want string) error {
 		return &flagError{Flag: name, Value: value, Source: source[name], Want: want}
 	}
 
-	c := &config{Route: *route, HTTP: *httpAddr, Bind: *bind, Cookie: *cookie, Domain: *domain}
-	if c.Route == "" || strings.ContainsAny(c.Route, ". ;,/") {
-		return nil, bad("route", c.Route, "a non-empty name without '.', ';', ',', '/' or spaces, such as node1")
-	}
-	if _, _, err := net.SplitHostPort(c.HTTP); err != nil {
-		return nil, bad("http", c.HTTP, "host:port, such as 127.0.0.1:8080")
-	}
-	bindIP, bindPort, err := net.SplitHostPort(c.Bind)
-	if err != nil || net.ParseIP(bindIP) == nil || !validPort(bindPort, true) {
-		return nil, bad("bind", c.Bind, "IP:port, such as 127.0.0.1:7946")
-	}
-	c.Replication = *repl
-	if c.Replication == "" {
-		p, _ := strconv.Atoi(bindPort)
-		if p != 0 {
-			p += 1000
-		}
-		if p > 65535 {
-			return nil, bad("bind", c.Bind, "a port of at most 64535, or set -replication")
-		}
-		c.Replication = net.JoinHostPort(bindIP, strconv.Itoa(p))
-	} else if h, p, err := net.SplitHostPort(c.Replication); err != nil || net.ParseIP(h) == nil || !validPort(p, true) {
-		return nil, bad("replication", c.Replication, "IP:port, such as 127.0.0.1:8946")
-	}
-	for _, s := range strings.Split(*join, ",") {
-		if s = strings.TrimSpace(s); s != "" {
-			if h, p, err := net.SplitHostPort(s); err != nil || h == "" || !validPort(p, false) {
-				return nil, bad("join", *join, "comma-separated host:port seeds, such as 10.0.0.1:7946,cohort.default.svc:7946")
-			}
-			c.Join = append(c.Join, s)
-		}
-	}
-	if *multicast != "off" && *multicast != "" {
-		a, err := net.ResolveUDPAddr("udp4", *multicast)
-		if err != nil || !a.IP.IsMulticast() || a.Port == 0 {
-			return nil, bad("multicast", *multicast, "an IPv4 multicast group addr:port such as 228.0.0.4:45564, or off")
-		}
-		c.Multicast = *multicast
-	}
-	if c.Frequency, err = time.ParseDuration(*frequency); err != nil || c.Frequency <= 0 {
-		return nil, bad("frequency", *frequency, "a positive duration such as 500ms")
-	}
-	if c.DropTime, err = time.ParseDuration(*dropTime); err != nil || c.DropTime <= 0 {
-		return nil, bad("drop-time", *dropTime, "a positive duration such as 3s")
-	}
-	if c.DropTime < 2*c.Frequency {
-		return nil, bad("drop-time", *dropTime, "a duration of at least twice -frequency ("+(2*c.Frequency).String()+")")
-	}
-	switch c.Manager = *manager; c.Manager {
-	case "delta", "backup", "standard":
-	default:
-		return nil, bad("manager", *manager, "delta, backup or standard")
-	}
-	if c.Backups, err = strconv.Atoi(*backups); err != nil || c.Backups < 1 {
-		return nil, bad("backups", *backups, "a whole number of at least 1, such as 1")
-	}
-	switch c.SendMode = *sendMode; c.SendMode {
-	case "async", "ack", "sync":
-	default:
-		return nil, bad("send-mode", *sendMode, "async, ack or sync")
-	}
-	if c.SessionTimeout, err = time.ParseDuration(*timeout); err != nil || c.SessionTimeout <= 0 {
-		return nil, bad("session-timeout", *timeout, "a positive duration such as 30m")
-	}
-	if c.DrainTime, err = time.ParseDuration(*drain); err != nil || c.DrainTime < 0 {
-		return nil, bad("drain-time", *drain, "a duration of 0 or more, such as 3s")
-	}
-	if c.MaxSessions, err = strconv.Atoi(*maxSess); err != nil || c.MaxSessions < 0 {
-		return nil, bad("max-sessions", *maxSess, "a whole number of at least 0, such as 100000")
-	}
-	if c.LargeSession, err = parseSize(*large); err != nil {
-		return nil, bad("large-session", *large, "a size such as 65536, 256KiB or 1MiB, or off")
-	}
-	if !web.ValidCookieName(c.Cookie) {
-		return nil, bad("cookie", c.Cookie, "a cookie name such as JSESSIONID: letters, digits and !#$%&'*+-.^_`|~")
-	}
-	if c.Domain == "" || len(c.Domain) > 255 {
-		return nil, bad("domain", c.Domain, "a non-empty name of at most 255 bytes")
-	}
-	if c.Key, err = membership.ParseKey(*key); err != nil {
-		return nil, bad("key", "<redacted>", "base64 of 16, 24 or 32 bytes, such as the output of: openssl rand -base64 32")
-	}
+	// The log settings first: an error below is logged in the format asked
+	// for (fail).
+	c := &config{Route: *route, HTTP: *httpAddr, Bind: *bind, Cookie: *cookie, Domain: *domain, source: source}
 	if err := c.LogLevel.UnmarshalText([]byte(*logLevel)); err != nil {
 		return nil, bad("log-level", *logLevel, "debug, info, warn or error")
 	}
@@ -210,7 +163,209 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	default:
 		return nil, bad("log-format", *logFormat, "text or json")
 	}
+	fail := func(err error) (*config, error) {
+		return &config{Route: c.Route, LogLevel: c.LogLevel, LogFormat: c.LogFormat}, err
+	}
+
+	if !validRoute(c.Route) {
+		return fail(bad("route", c.Route, "a name of 1 to 128 letters, digits, '-' and '_', such as node1"))
+	}
+	if _, p, err := net.SplitHostPort(c.HTTP); err != nil || !validPort(p, false) {
+		return fail(bad("http", c.HTTP, "host:port with a port number from 1 to 65535, such as 127.0.0.1:8080 or 0.0.0.0:8080"))
+	}
+	bindIP, bindPort, err := net.SplitHostPort(c.Bind)
+	if err != nil || net.ParseIP(bindIP) == nil || !validPort(bindPort, true) {
+		return fail(bad("bind", c.Bind, "IP:port with a port number from 0 to 65535, such as 127.0.0.1:7946"))
+	}
+	if net.ParseIP(bindIP).IsUnspecified() {
+		return fail(bad("bind", c.Bind, "the IP address the other nodes reach this one at, such as 10.0.0.1:7946: "+
+			"peers are told this address and the replication address, so 0.0.0.0 and :: do not work"))
+	}
+	c.Replication = *repl
+	derived := c.Replication == ""
+	if derived {
+		p, _ := strconv.Atoi(bindPort)
+		if p != 0 {
+			p += 1000
+		}
+		if p > 65535 {
+			return fail(bad("bind", c.Bind, "a port of at most 64535, or set -replication"))
+		}
+		c.Replication = net.JoinHostPort(bindIP, strconv.Itoa(p))
+	} else if h, p, err := net.SplitHostPort(c.Replication); err != nil || net.ParseIP(h) == nil || !validPort(p, true) {
+		return fail(bad("replication", c.Replication, "IP:port with a port number from 0 to 65535, such as 127.0.0.1:8946"))
+	} else if net.ParseIP(h).IsUnspecified() {
+		return fail(bad("replication", c.Replication, "the IP address the other nodes reach this one at, such as 10.0.0.1:8946: "+
+			"peers are told this address, so 0.0.0.0 and :: do not work"))
+	}
+	for _, s := range strings.Split(*join, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			if h, p, err := net.SplitHostPort(s); err != nil || h == "" || !validPort(p, false) {
+				return fail(bad("join", *join, "comma-separated host:port seeds, such as 10.0.0.1:7946,cohort.default.svc:7946"))
+			}
+			c.Join = append(c.Join, s)
+		}
+	}
+	if *multicast != "off" && *multicast != "" {
+		a, err := net.ResolveUDPAddr("udp4", *multicast)
+		if err != nil || !a.IP.IsMulticast() || a.Port == 0 {
+			return fail(bad("multicast", *multicast, "an IPv4 multicast group addr:port such as 228.0.0.4:45564, or off"))
+		}
+		c.Multicast = *multicast
+	}
+	if c.Frequency, err = time.ParseDuration(*frequency); err != nil || c.Frequency <= 0 {
+		return fail(bad("frequency", *frequency, "a positive duration such as 500ms"))
+	}
+	if c.DropTime, err = time.ParseDuration(*dropTime); err != nil || c.DropTime <= 0 {
+		return fail(bad("drop-time", *dropTime, "a positive duration such as 3s"))
+	}
+	if c.DropTime < 2*c.Frequency {
+		return fail(bad("drop-time", *dropTime, "a duration of at least twice -frequency ("+(2*c.Frequency).String()+")"))
+	}
+	switch c.Manager = *manager; c.Manager {
+	case "delta", "backup", "standard":
+	default:
+		return fail(bad("manager", *manager, "delta, backup or standard"))
+	}
+	if c.Backups, err = strconv.Atoi(*backups); err != nil || c.Backups < 1 {
+		return fail(bad("backups", *backups, "a whole number of at least 1, such as 1"))
+	}
+	switch c.SendMode = *sendMode; c.SendMode {
+	case "async", "ack", "sync":
+	default:
+		return fail(bad("send-mode", *sendMode, "async, ack or sync"))
+	}
+	if c.SessionTimeout, err = time.ParseDuration(*timeout); err != nil || c.SessionTimeout <= 0 {
+		return fail(bad("session-timeout", *timeout, "a positive duration such as 30m"))
+	}
+	if c.DrainTime, err = time.ParseDuration(*drain); err != nil || c.DrainTime < 0 {
+		return fail(bad("drain-time", *drain, "a duration of 0 or more, such as 3s"))
+	}
+	if c.MaxSessions, err = strconv.Atoi(*maxSess); err != nil || c.MaxSessions < 0 {
+		return fail(bad("max-sessions", *maxSess, "a whole number of at least 0, such as 100000"))
+	}
+	if c.LargeSession, err = parseSize(*large); err != nil {
+		return fail(bad("large-session", *large, "a size such as 65536, 256KiB or 1MiB, or off"))
+	}
+	if !web.ValidCookieName(c.Cookie) {
+		return fail(bad("cookie", c.Cookie, "a cookie name such as JSESSIONID: letters, digits and !#$%&'*+-.^_`|~"))
+	}
+	if c.Domain == "" || len(c.Domain) > 255 {
+		return fail(bad("domain", c.Domain, "a non-empty name of at most 255 bytes"))
+	}
+	if c.Key, err = membership.ParseKey(*key); err != nil {
+		return fail(bad("key", "<redacted>", "base64 of 16, 24 or 32 bytes, such as the output of: openssl rand -base64 32"))
+	}
+	if err := c.checkPorts(derived); err != nil {
+		return fail(err)
+	}
+
+	// Settings the chosen manager does not use are accepted, as the
+	// environment of a whole fleet may set them, but reported.
+	ignore := func(name, reason string) {
+		if given[name] {
+			c.Ignored = append(c.Ignored, ignoredSetting{Flag: name, Source: source[name], Reason: reason})
+		}
+	}
+	if c.Manager != "backup" {
+		ignore("backups", "only the backup manager keeps backup copies; -manager is "+c.Manager)
+	}
+	if c.Manager == "standard" {
+		ignore("send-mode", "the standard manager does not replicate sessions")
+		ignore("replication", "the standard manager has no replication channel")
+		ignore("large-session", "the standard manager does not replicate sessions, and only replicated changes are measured")
+	}
 	return c, nil
+}
+
+// checkPorts refuses listeners that would take the same port: -http (TCP),
+// -bind (TCP and UDP) and the replication channel (TCP), which is not
+// opened by the standard manager. derived is whether the replication
+// address was derived from -bind.
+func (c *config) checkPorts(derived bool) error {
+	bad := func(name, value, want string) error {
+		return &flagError{Flag: name, Value: value, Source: c.source[name], Want: want}
+	}
+	replUse := "the replication channel (-replication)"
+	if derived {
+		replUse = "the replication channel (-replication, derived from -bind " + c.Bind + " as its port + 1000)"
+	}
+	repl := c.Manager != "standard"
+	switch {
+	case samePort(c.HTTP, c.Bind):
+		return bad("http", c.HTTP, "a port other than "+port(c.Bind)+", which -bind uses for gossip, such as 127.0.0.1:8080")
+	case repl && samePort(c.HTTP, c.Replication):
+		return bad("http", c.HTTP, "a port other than "+port(c.Replication)+", which "+replUse+" uses, such as 127.0.0.1:8080")
+	case repl && samePort(c.Replication, c.Bind):
+		return bad("replication", c.Replication, "a port other than "+port(c.Bind)+", which -bind uses for gossip, such as the -bind port + 1000")
+	}
+	return nil
+}
+
+// samePort reports whether listeners on a and b (host:port) would take
+// the same port: a host name, an empty host, 0.0.0.0 or :: may be the
+// other's address. Port 0 picks a free port and never collides.
+func samePort(a, b string) bool {
+	ha, pa, errA := net.SplitHostPort(a)
+	hb, pb, errB := net.SplitHostPort(b)
+	na, _ := strconv.Atoi(pa)
+	nb, _ := strconv.Atoi(pb)
+	if errA != nil || errB != nil || na != nb || na == 0 {
+		return false
+	}
+	ia, ib := net.ParseIP(ha), net.ParseIP(hb)
+	return ia == nil || ib == nil || ia.IsUnspecified() || ib.IsUnspecified() || ia.Equal(ib)
+}
+
+// port is the port of a validated host:port.
+func port(addr string) string {
+	_, p, _ := net.SplitHostPort(addr)
+	return p
+}
+
+// defaultRoute is the route a node on host takes when -route is not set:
+// the host name up to its first '.', web1 for web1.example.com.
+func defaultRoute(host string) string {
+	label, _, _ := strings.Cut(host, ".")
+	return label
+}
+
+// validRoute reports whether s can be a route: 1 to 128 letters, digits,
+// '-' and '_', which a cookie value, a URL path and a balancer's route=
+// setting keep as they are. The '.' is the separator of the session id.
+func validRoute(s string) bool {
+	if s == "" || len(s) > 128 {
+		return false
+	}
+	for _, r := range s {
+		if !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '-' || r == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// printUsage is -help: each flag with the form of its value, its default
+// and its environment variable.
+func printUsage(w io.Writer, fs *flag.FlagSet) {
+	fmt.Fprint(w, "Usage: cohort-node [flags]\n\n"+
+		"Every flag but -version can also be set with the environment variable named below it\n"+
+		"(COHORT_<FLAG>, e.g. COHORT_DROP_TIME=5s); a flag wins over the environment.\n\n")
+	fs.VisitAll(func(f *flag.Flag) {
+		form, usage := flag.UnquoteUsage(f)
+		fmt.Fprintf(w, "  -%s", f.Name)
+		if form != "" {
+			fmt.Fprintf(w, " %s", form)
+		}
+		fmt.Fprintf(w, "\n    \t%s", usage)
+		if f.DefValue != "" && f.DefValue != "false" {
+			fmt.Fprintf(w, " (default %s)", f.DefValue)
+		}
+		if hasEnv(f.Name) {
+			fmt.Fprintf(w, "\n    \t%s", envName(f.Name))
+		}
+		fmt.Fprintln(w)
+	})
 }
 
 // advertisedHTTP is the HTTP address peers are told: the listen address,
@@ -301,16 +456,19 @@ func (c *config) webConfig(logger *slog.Logger) web.Config {
 	return w
 }
 
-// LogValue lists the effective configuration, the key redacted.
+// LogValue lists the effective configuration, the key redacted;
+// durations are strings such as "500ms".
 func (c *config) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.String("route", c.Route), slog.String("http", c.HTTP), slog.String("bind", c.Bind),
 		slog.String("replication", c.Replication), slog.Any("join", c.Join),
-		slog.String("multicast", orOff(c.Multicast)), slog.Duration("frequency", c.Frequency),
-		slog.Duration("drop_time", c.DropTime), slog.String("manager", c.Manager),
+		slog.String("multicast", orOff(c.Multicast)), slog.String("frequency", c.Frequency.String()),
+		slog.String("drop_time", c.DropTime.String()), slog.String("manager", c.Manager),
 		slog.Int("backups", c.Backups), slog.String("send_mode", c.SendMode),
-		slog.Duration("session_timeout", c.SessionTimeout), slog.Duration("drain_time", c.DrainTime), slog.Int("large_session", c.LargeSession), slog.String("cookie", c.Cookie),
-		slog.String("domain", c.Domain), slog.Any("key", c.Key),
+		slog.String("session_timeout", c.SessionTimeout.String()), slog.String("drain_time", c.DrainTime.String()),
+		slog.Int("large_session", c.LargeSession), slog.Int("max_sessions", c.MaxSessions),
+		slog.String("cookie", c.Cookie), slog.String("domain", c.Domain), slog.Any("key", c.Key),
+		slog.String("log_level", c.LogLevel.String()), slog.String("log_format", c.LogFormat),
 	)
 }
 

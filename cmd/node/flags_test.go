@@ -2,7 +2,9 @@ package main
 
 import (
 	"errors"
+	"flag"
 	"io"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -13,7 +15,7 @@ func env(kv map[string]string) func(string) string {
 }
 
 func TestParseFlagsDefaults(t *testing.T) {
-	c, err := parseFlags([]string{"-route", "node1"}, env(nil), io.Discard)
+	c, err := parseFlags([]string{"-route", "node1"}, env(nil), "testhost", io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,7 +35,7 @@ func TestParseFlagsPrecedence(t *testing.T) {
 		"COHORT_MULTICAST": "off",
 		"COHORT_KEY":       "MDEyMzQ1Njc4OWFiY2RlZg==",
 	})
-	c, err := parseFlags([]string{"-route=n1", "-frequency=2s", "-bind=10.1.1.1:7000"}, e, io.Discard)
+	c, err := parseFlags([]string{"-route=n1", "-frequency=2s", "-bind=10.1.1.1:7000"}, e, "testhost", io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +81,7 @@ func TestParseFlagsErrors(t *testing.T) {
 		{nil, map[string]string{"COHORT_DROP_TIME": "soon"}, "COHORT_DROP_TIME"},
 	} {
 		t.Run(strings.Join(tc.args, " ")+strings.Join(keys(tc.env), ""), func(t *testing.T) {
-			_, err := parseFlags(append([]string{"-route", "n1"}, tc.args...), env(tc.env), io.Discard)
+			_, err := parseFlags(append([]string{"-route", "n1"}, tc.args...), env(tc.env), "testhost", io.Discard)
 			var fe *flagError
 			if !errors.As(err, &fe) {
 				t.Fatalf("parseFlags(%q) = %v, want a flag error", tc.args, err)
@@ -89,7 +91,7 @@ func TestParseFlagsErrors(t *testing.T) {
 			}
 		})
 	}
-	if _, err := parseFlags([]string{"-key", "c2VjcmV0c2VjcmV0"}, env(nil), io.Discard); err == nil || strings.Contains(err.Error(), "c2VjcmV0") {
+	if _, err := parseFlags([]string{"-key", "c2VjcmV0c2VjcmV0"}, env(nil), "testhost", io.Discard); err == nil || strings.Contains(err.Error(), "c2VjcmV0") {
 		t.Errorf("a bad key's error must not repeat the key: %v", err)
 	}
 }
@@ -100,4 +102,202 @@ func keys(m map[string]string) []string {
 		out = append(out, k)
 	}
 	return out
+}
+
+func TestParseFlagsPorts(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want []string // what the error must name; none: accepted
+	}{
+		{[]string{"-http", "127.0.0.1:7946"}, []string{"-http", "-bind", "7946"}},
+		{[]string{"-http", "0.0.0.0:7946"}, []string{"-http", "-bind"}},
+		{[]string{"-http", ":7946"}, []string{"-http", "-bind"}},
+		{[]string{"-http", "localhost:7946"}, []string{"-http", "-bind"}},
+		{[]string{"-http", "127.0.0.1:8946"}, []string{"-http", "-replication", "derived from -bind", "port + 1000"}},
+		{[]string{"-http", "127.0.0.1:9000", "-replication", "127.0.0.1:9000"}, []string{"-http", "-replication"}},
+		{[]string{"-replication", "127.0.0.1:7946"}, []string{"-replication", "-bind"}},
+		{[]string{"-http", "127.0.0.1:8946", "-manager", "standard"}, nil}, // no replication channel
+		{[]string{"-http", "10.0.0.1:7946"}, nil},                          // another address
+		{[]string{"-bind", "127.0.0.1:0", "-http", "127.0.0.1:1000"}, nil}, // port 0 picks a free one
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			_, err := parseFlags(append([]string{"-route", "n1"}, tc.args...), env(nil), "testhost", io.Discard)
+			if tc.want == nil {
+				if err != nil {
+					t.Fatalf("parseFlags(%q) = %v, want no error", tc.args, err)
+				}
+				return
+			}
+			var fe *flagError
+			if !errors.As(err, &fe) {
+				t.Fatalf("parseFlags(%q) = %v, want a flag error", tc.args, err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not name %s", err, w)
+				}
+			}
+			if !strings.Contains(fe.Want, "a port other than") {
+				t.Errorf("error %q does not give the accepted form", err)
+			}
+		})
+	}
+}
+
+func TestParseFlagsAddresses(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string // the flag the error must name
+	}{
+		{[]string{"-http", "127.0.0.1:"}, "-http"},
+		{[]string{"-http", "127.0.0.1:http"}, "-http"},
+		{[]string{"-http", ":99999"}, "-http"},
+		{[]string{"-http", "127.0.0.1:0"}, "-http"},
+		{[]string{"-bind", "0.0.0.0:7946"}, "-bind"},
+		{[]string{"-bind", "[::]:7946"}, "-bind"},
+		{[]string{"-replication", "0.0.0.0:8946"}, "-replication"},
+		{[]string{"-route", "nö"}, "-route"},
+		{[]string{"-route", "a;b"}, "-route"},
+		{[]string{"-route", "a b"}, "-route"},
+		{[]string{"-route", "a=b"}, "-route"},
+		{[]string{"-route", strings.Repeat("n", 129)}, "-route"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			_, err := parseFlags(append([]string{"-route", "n1"}, tc.args...), env(nil), "testhost", io.Discard)
+			var fe *flagError
+			if !errors.As(err, &fe) {
+				t.Fatalf("parseFlags(%q) = %v, want a flag error", tc.args, err)
+			}
+			if !strings.Contains(err.Error(), tc.want) || fe.Want == "" {
+				t.Errorf("error %q does not name %s and the accepted form", err, tc.want)
+			}
+		})
+	}
+	if _, err := parseFlags([]string{"-bind", "0.0.0.0:7946"}, env(nil), "testhost", io.Discard); err == nil || !strings.Contains(err.Error(), "reach") {
+		t.Errorf("-bind 0.0.0.0: error %v, want one that asks for the address peers reach", err)
+	}
+	c, err := parseFlags([]string{"-route", "node_1-a", "-http", ":8081", "-bind", "10.1.1.1:7000"}, env(nil), "testhost", io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.membershipConfig(nil).HTTPAddr; got != "10.1.1.1:8081" {
+		t.Errorf("-http :8081 -bind 10.1.1.1:7000 advertises HTTP %q, want 10.1.1.1:8081", got)
+	}
+	for _, httpAddr := range []string{"0.0.0.0:8081", "[::]:8081"} {
+		c, err := parseFlags([]string{"-route", "n1", "-http", httpAddr}, env(nil), "testhost", io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := c.membershipConfig(nil).HTTPAddr; got != "127.0.0.1:8081" {
+			t.Errorf("-http %s advertises HTTP %q, want 127.0.0.1:8081 (the -bind IP)", httpAddr, got)
+		}
+	}
+}
+
+func TestParseFlagsRouteFromHost(t *testing.T) {
+	for _, tc := range []struct {
+		host, want string
+	}{
+		{"web1.example.com", "web1"},
+		{"web1", "web1"},
+		{"ip-10-0-0-1.ec2.internal", "ip-10-0-0-1"},
+	} {
+		c, err := parseFlags(nil, env(nil), tc.host, io.Discard)
+		if err != nil {
+			t.Fatalf("host %q: %v", tc.host, err)
+		}
+		if c.Route != tc.want {
+			t.Errorf("host %q: route %q, want %q", tc.host, c.Route, tc.want)
+		}
+	}
+	for _, host := range []string{"nö.example.com", ""} {
+		_, err := parseFlags(nil, env(nil), host, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), "host name") || !strings.Contains(err.Error(), "set -route") {
+			t.Errorf("host %q: error %v, want one saying the route came from the host name and to set -route", host, err)
+		}
+	}
+	// A route that is set is never the host's.
+	if c, err := parseFlags(nil, env(map[string]string{"COHORT_ROUTE": "n2"}), "nö", io.Discard); err != nil || c.Route != "n2" {
+		t.Errorf("COHORT_ROUTE=n2 on host nö = %v, %v; want route n2", c, err)
+	}
+}
+
+func TestParseFlagsIgnored(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		env  map[string]string
+		want []string // the flags reported as ignored
+	}{
+		{[]string{"-backups", "2"}, nil, []string{"backups"}},
+		{nil, map[string]string{"COHORT_BACKUPS": "2"}, []string{"backups"}},
+		{[]string{"-manager", "backup", "-backups", "2"}, nil, nil},
+		{[]string{"-manager", "standard", "-backups", "2", "-send-mode", "sync"}, nil, []string{"backups", "send-mode"}},
+		{[]string{"-manager", "standard", "-replication", "127.0.0.1:9000", "-large-session", "off"}, nil, []string{"replication", "large-session"}},
+		{[]string{"-manager", "delta", "-send-mode", "sync"}, nil, nil},
+		{[]string{"-manager", "standard"}, nil, nil}, // defaults are not reported
+	} {
+		t.Run(strings.Join(tc.args, " ")+strings.Join(keys(tc.env), ""), func(t *testing.T) {
+			c, err := parseFlags(append([]string{"-route", "n1"}, tc.args...), env(tc.env), "testhost", io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, ig := range c.Ignored {
+				got = append(got, ig.Flag)
+				if ig.Reason == "" || !strings.Contains(ig.Source, ig.Flag) {
+					t.Errorf("ignored %+v: want the source naming the flag and a reason", ig)
+				}
+			}
+			if strings.Join(got, ",") != strings.Join(tc.want, ",") {
+				t.Errorf("ignored = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestUsage(t *testing.T) {
+	var out strings.Builder
+	if _, err := parseFlags([]string{"-h"}, env(nil), "testhost", &out); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("-h = %v, want flag.ErrHelp", err)
+	}
+	usage := out.String()
+	for _, want := range []string{
+		"  -backups n\n", "  -max-sessions n\n", "  -frequency duration\n", "  -drop-time duration\n",
+		"  -http host:port\n", "  -bind IP:port\n", "  -manager delta|backup|standard\n", "  -large-session size\n",
+		"  -version\n", "SIGTERM or SIGINT", "COHORT_KEY: a flag's value shows in ps",
+	} {
+		if !strings.Contains(usage, want) {
+			t.Errorf("usage lacks %q:\n%s", want, usage)
+		}
+	}
+	if strings.Contains(usage, " string\n") {
+		t.Errorf("usage still calls a value string:\n%s", usage)
+	}
+	for _, name := range []string{"route", "http", "bind", "replication", "join", "multicast", "frequency", "drop-time",
+		"manager", "backups", "send-mode", "session-timeout", "drain-time", "large-session", "max-sessions",
+		"cookie", "domain", "key", "log-level", "log-format"} {
+		if !strings.Contains(usage, "\n    \t"+envName(name)+"\n") {
+			t.Errorf("usage does not name %s on a line of its own", envName(name))
+		}
+	}
+	if strings.Contains(usage, "COHORT_VERSION") {
+		t.Errorf("usage offers COHORT_VERSION")
+	}
+
+	if _, err := parseFlags([]string{"-version", "-route", "nö"}, env(nil), "testhost", io.Discard); !errors.Is(err, errVersion) {
+		t.Errorf("-version = %v, want errVersion whatever the other flags", err)
+	}
+	if _, err := parseFlags([]string{"-route", "n1"}, env(map[string]string{"COHORT_VERSION": "1.2.3"}), "testhost", io.Discard); err != nil {
+		t.Errorf("COHORT_VERSION in the environment = %v, want it ignored", err)
+	}
+}
+
+func TestParseFlagsLogSettingsOnError(t *testing.T) {
+	c, err := parseFlags([]string{"-route", "n1", "-log-format", "json", "-log-level", "warn", "-frequency", "fast"}, env(nil), "testhost", io.Discard)
+	if err == nil || c == nil || c.LogFormat != "json" || c.LogLevel != slog.LevelWarn || c.Route != "n1" {
+		t.Errorf("parseFlags with a bad -frequency = %+v, %v; want the error and the log settings", c, err)
+	}
+	if c, err := parseFlags([]string{"-log-format", "xml"}, env(nil), "testhost", io.Discard); err == nil || c != nil {
+		t.Errorf("parseFlags with a bad -log-format = %+v, %v; want only the error", c, err)
+	}
 }

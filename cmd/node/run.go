@@ -10,7 +10,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/debug"
+	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -20,26 +26,99 @@ import (
 )
 
 // run starts a node and serves until ctx is cancelled, then shuts down
-// gracefully: it stops taking requests, leaves the cluster and returns.
+// gracefully: it stops taking requests, leaves the cluster and returns. A
+// SIGINT or SIGTERM that arrives after ctx is cancelled (the second
+// signal, when ctx is main's signal context) makes run return at once,
+// without leaving. With -log-format json, an error that ends the node is
+// logged as a JSON record and returned as a loggedError.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	cfg, err := parseFlags(args, getenv, stderr)
-	if errors.Is(err, flag.ErrHelp) {
+	host, _ := os.Hostname() // "" on failure: the route check then asks for -route
+	cfg, err := parseFlags(args, getenv, host, stderr)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
 		return nil
-	}
-	if err != nil {
+	case errors.Is(err, errVersion):
+		_, err = fmt.Fprintln(stdout, versionLine())
 		return err
+	case err == nil:
+		err = serveUntilForced(ctx, cfg, newLogger(cfg, stderr))
 	}
-	logger := newLogger(cfg, stderr)
-	logger.Info("starting", "config", cfg)
+	var logged loggedError
+	if err != nil && cfg != nil && cfg.LogFormat == "json" && !errors.As(err, &logged) {
+		newLogger(cfg, stderr).Error("exiting on error", "err", err)
+		return loggedError{err}
+	}
+	return err
+}
+
+// loggedError is an error that run has logged already; main only sets the
+// exit status.
+type loggedError struct{ error }
+
+func (e loggedError) Unwrap() error { return e.error }
+
+// errStoppedNow is returned by run when a second signal cut the graceful
+// stop short.
+var errStoppedNow = errors.New("stopped by a second signal, without leaving the cluster")
+
+// serveUntilForced runs serve, and returns at once, leaving serve behind,
+// on a second signal: the process is about to exit.
+func serveUntilForced(ctx context.Context, cfg *config, logger *slog.Logger) error {
+	res := make(chan error, 1)
+	go func() { res <- serve(ctx, cfg, logger) }() // ends with serve; abandoned only when the process exits
+	second, release := secondSignal(ctx)
+	defer release()
+	select {
+	case err := <-res:
+		return err
+	case sig := <-second:
+		logger.Warn("second signal: stopping now", "signal", sig.String())
+		return loggedError{errStoppedNow}
+	}
+}
+
+// secondSignal returns a channel that receives the first SIGINT or SIGTERM
+// to arrive after ctx is done, and a func that releases the signals. The
+// signal that cancelled main's context was delivered before ctx was done,
+// so it is not seen again here.
+func secondSignal(ctx context.Context) (<-chan os.Signal, func()) {
+	out := make(chan os.Signal, 1)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() { // exits on the signal or on release
+		select {
+		case <-ctx.Done():
+		case <-done:
+			return
+		}
+		sigs := make(chan os.Signal, 1)
+		signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+		defer signal.Stop(sigs)
+		select {
+		case s := <-sigs:
+			out <- s
+		case <-done:
+		}
+	})
+	return out, func() { close(done); wg.Wait() }
+}
+
+// serve is the node's life: it starts the cluster, serves HTTP once the
+// node is ready, and on ctx's end stops gracefully.
+func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
+	logger.Info("starting", "version", moduleVersion(), "config", cfg)
+	for _, ig := range cfg.Ignored {
+		logger.Warn("setting ignored", "flag", "-"+ig.Flag, "source", ig.Source, "reason", ig.Reason)
+	}
 
 	// Try the port first: a taken one fails the start before the node
 	// joins.
 	probe, err := net.Listen("tcp", cfg.HTTP)
 	if err != nil {
-		return fmt.Errorf("listen on -http %s: %w", cfg.HTTP, err)
+		return fmt.Errorf("listen on %s %s: %w", cfg.source["http"], cfg.HTTP, err)
 	}
 	_ = probe.Close()
-	cluster, err := startCluster(ctx, cfg, logger)
+	cluster, err := startCluster(ctx, cfg, logger, portRetry)
 	if err != nil {
 		return err
 	}
@@ -63,6 +142,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	for !cluster.Ready() {
 		select {
 		case <-ctx.Done():
+			logger.Info("shutting down before ready")
 			_ = hub.Close()
 			return cluster.Close(context.Background())
 		case <-time.After(20 * time.Millisecond):
@@ -72,7 +152,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		_ = hub.Close()
 		_ = cluster.Close(context.Background())
-		return fmt.Errorf("listen on -http %s: %w", cfg.HTTP, err)
+		return fmt.Errorf("listen on %s %s: %w", cfg.source["http"], cfg.HTTP, err)
 	}
 	dash := web.NewDashboard(cluster, sessions, logger)
 	srv := &http.Server{
@@ -82,7 +162,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
-	logger.Info("serving", "http", ln.Addr().String())
+	logger.Info("serving", "http", ln.Addr().String(), "advertised", advertisedHTTP(cfg.HTTP, cfg.Bind))
 
 	select {
 	case <-ctx.Done():
@@ -94,7 +174,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	// that probe /readyz stop sending requests before the listener closes.
 	cluster.Drain()
 	if cfg.DrainTime > 0 && err == nil {
-		logger.Info("draining: not ready, still serving", "for", cfg.DrainTime)
+		logger.Info("draining: not ready, still serving", "for", cfg.DrainTime.String())
 		time.Sleep(cfg.DrainTime)
 	}
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -107,39 +187,139 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}
-	return errors.Join(err, herr, cerr)
+	if err = errors.Join(err, herr, cerr); err == nil {
+		logger.Info("stopped")
+	}
+	return err
 }
 
+// newLogger is the node's logger: every line carries route=.
 func newLogger(cfg *config, w io.Writer) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
 	var h slog.Handler = slog.NewTextHandler(w, opts)
 	if cfg.LogFormat == "json" {
 		h = slog.NewJSONHandler(w, opts)
 	}
-	return slog.New(h)
+	return slog.New(newRouteHandler(h, cfg.Route))
 }
+
+// routeHandler adds route= to every record, first, unless a logger derived
+// from it adds route itself, as the components do with
+// logger.With("component", ..., "route", route): the key is then written
+// once.
+type routeHandler struct {
+	plain  slog.Handler // without the route
+	routed slog.Handler // plain with the route first
+	group  bool         // a group is open: a "route" from now on is the group's
+}
+
+func newRouteHandler(h slog.Handler, route string) *routeHandler {
+	return &routeHandler{plain: h, routed: h.WithAttrs([]slog.Attr{slog.String("route", route)})}
+}
+
+func (h *routeHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	return h.routed.Enabled(ctx, l)
+}
+
+func (h *routeHandler) Handle(ctx context.Context, r slog.Record) error {
+	return h.routed.Handle(ctx, r)
+}
+
+func (h *routeHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	if !h.group && slices.ContainsFunc(as, func(a slog.Attr) bool { return a.Key == "route" }) {
+		return h.plain.WithAttrs(as) // carries its own route
+	}
+	return &routeHandler{plain: h.plain.WithAttrs(as), routed: h.routed.WithAttrs(as), group: h.group}
+}
+
+func (h *routeHandler) WithGroup(name string) slog.Handler {
+	if name == "" {
+		return h
+	}
+	return &routeHandler{plain: h.plain.WithGroup(name), routed: h.routed.WithGroup(name), group: true}
+}
+
+// portRetry is how long a start retries a port that is still in use.
+const portRetry = 15 * time.Second
 
 // startCluster starts the node's cluster. A port still held, as when the
 // previous process of a restarted node has closed its HTTP port but not
-// yet left the cluster, is retried for up to 15 s.
-func startCluster(ctx context.Context, cfg *config, logger *slog.Logger) (*manager.Cluster, error) {
-	deadline := time.Now().Add(15 * time.Second)
+// yet left the cluster, is retried for up to retryFor; the wait is logged
+// once, and the final error names the flag of the port.
+func startCluster(ctx context.Context, cfg *config, logger *slog.Logger, retryFor time.Duration) (*manager.Cluster, error) {
+	deadline := time.Now().Add(retryFor)
+	warned := false
 	for {
 		c, err := manager.StartCluster(cfg.clusterConfig(logger))
-		if err == nil || !addrInUse(err) || time.Now().After(deadline) {
+		if err == nil || !addrInUse(err) {
 			return c, err
 		}
-		logger.Warn("a port is still in use; retrying", "err", err)
+		name, addr := takenFlag(cfg, err)
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("%s %s: port still in use after %s: %w", cfg.source[name], addr, retryFor, err)
+		}
+		if !warned {
+			logger.Warn("a port is still in use; retrying", "flag", "-"+name, "addr", addr, "for", retryFor.String(), "err", err)
+			warned = true
+		}
 		select {
 		case <-ctx.Done():
-			return nil, err
+			return nil, fmt.Errorf("%s %s: port in use: %w", cfg.source[name], addr, err)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
 }
 
+// addrInUse reports whether err is a listener's "address already in use".
+// memberlist formats its listener errors with %v, so for the gossip port
+// only the text is left to go by.
 func addrInUse(err error) bool {
 	return errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use")
+}
+
+// takenFlag names the flag, and its address, of the port that err reports
+// in use. The replication channel wraps its *net.OpError, which gives the
+// address; the gossip listener's error, from memberlist, does not, so any
+// other is -bind's.
+func takenFlag(cfg *config, err error) (name, addr string) {
+	var oe *net.OpError
+	if cfg.Manager != "standard" && errors.As(err, &oe) && oe.Addr != nil && port(oe.Addr.String()) == port(cfg.Replication) {
+		return "replication", cfg.Replication
+	}
+	return "bind", cfg.Bind
+}
+
+// moduleVersion is the main module's version as the build recorded it: a
+// tag, a pseudo-version for a build from a checkout, or "(devel)".
+func moduleVersion() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "(devel)"
+}
+
+// versionLine is the output of -version: the module version, the commit
+// when the build recorded it, the Go version and the platform.
+func versionLine() string {
+	line := "cohort-node " + moduleVersion()
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		var rev, modified string
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				rev = s.Value
+			case "vcs.modified":
+				modified = s.Value
+			}
+		}
+		if rev != "" {
+			line += " commit " + rev
+			if modified == "true" {
+				line += " (modified)"
+			}
+		}
+	}
+	return line + " " + runtime.Version() + " " + runtime.GOOS + "/" + runtime.GOARCH
 }
 
 // status is the body of GET /cluster/status.

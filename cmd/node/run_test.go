@@ -1,0 +1,427 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// runMainEnv makes the test binary run the node's main instead of the
+// tests, so that tests can start real node processes.
+const runMainEnv = "CMD_NODE_RUN_MAIN"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(runMainEnv) == "1" {
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// nodeEnv is the environment of a node process: this one's, less any
+// COHORT_ setting, plus extra.
+func nodeEnv(extra ...string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "COHORT_") {
+			env = append(env, kv)
+		}
+	}
+	return append(append(env, runMainEnv+"=1"), extra...)
+}
+
+// syncBuffer is a log sink that a process and the test share.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// proc is a node process.
+type proc struct {
+	cmd  *exec.Cmd
+	log  *syncBuffer
+	done chan struct{}
+	err  error // once done
+}
+
+// startProc starts the node binary with args; stderr nil means a log
+// buffer. Cleanup kills the process if it is still running.
+func startProc(t *testing.T, stderr io.Writer, env []string, args ...string) *proc {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{cmd: exec.Command(self, args...), log: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd.Env = nodeEnv(env...)
+	p.cmd.Stdout = p.log
+	p.cmd.Stderr = p.log
+	if stderr != nil {
+		p.cmd.Stderr = stderr
+	}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		if t.Failed() {
+			t.Logf("%s log:\n%s", strings.Join(args, " "), p.log.String())
+		}
+	})
+	return p
+}
+
+// wait waits up to d for the process to exit.
+func (p *proc) wait(t *testing.T, d time.Duration) error {
+	t.Helper()
+	select {
+	case <-p.done:
+		return p.err
+	case <-time.After(d):
+		t.Fatalf("process still running after %s", d)
+		return nil
+	}
+}
+
+// waitFor polls cond until it holds, failing the test after d.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// freePort returns a port free for TCP and UDP on 127.0.0.1, and free
+// too at port+1000 when both is set (for a derived replication port).
+func freePort(t *testing.T, both bool) int {
+	t.Helper()
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := l.Addr().(*net.TCPAddr).Port
+		_ = l.Close()
+		if portsFree(p) && (!both || p+1000 <= 65535 && portsFree(p+1000)) {
+			return p
+		}
+	}
+	t.Fatal("no free port")
+	return 0
+}
+
+// portsFree reports whether TCP and UDP port p on 127.0.0.1 are free.
+func portsFree(ports ...int) bool {
+	for _, p := range ports {
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return false
+		}
+		_ = l.Close()
+		u, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return false
+		}
+		_ = u.Close()
+	}
+	return true
+}
+
+func httpStatus(addr, path string) int {
+	c := http.Client{Timeout: time.Second}
+	resp, err := c.Get("http://" + addr + path)
+	if err != nil {
+		return 0
+	}
+	_ = resp.Body.Close()
+	return resp.StatusCode
+}
+
+func ready(addr string) func() bool {
+	return func() bool { return httpStatus(addr, "/readyz") == http.StatusOK }
+}
+
+// nodeArgs are the flags of a fast node on 127.0.0.1 without multicast.
+func nodeArgs(route string, httpPort, bindPort int, extra ...string) []string {
+	return append([]string{
+		"-route", route, "-http", fmt.Sprintf("127.0.0.1:%d", httpPort), "-bind", fmt.Sprintf("127.0.0.1:%d", bindPort),
+		"-multicast", "off", "-frequency", "100ms", "-drop-time", "1s",
+	}, extra...)
+}
+
+// jsonLines decodes a JSON log, failing on a line that is not one record.
+func jsonLines(t *testing.T, log string) []map[string]any {
+	t.Helper()
+	var out []map[string]any
+	sc := bufio.NewScanner(strings.NewReader(log))
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		var rec map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
+			t.Errorf("log line is not JSON: %q", sc.Text())
+			continue
+		}
+		if n := topLevelCount(sc.Bytes(), "route"); n != 1 {
+			t.Errorf("log line has route %d times, want once: %s", n, sc.Text())
+		}
+		out = append(out, rec)
+	}
+	return out
+}
+
+// topLevelCount counts the keys named key in a JSON object; a decoder to
+// a map keeps only the last of duplicates.
+func topLevelCount(obj []byte, key string) int {
+	dec := json.NewDecoder(bytes.NewReader(obj))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return 0
+	}
+	n := 0
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return n
+		}
+		if tok == key {
+			n++
+		}
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return n
+		}
+	}
+	return n
+}
+
+// A node whose log pipe breaks goes on and leaves the cluster when told
+// to stop (its peer sees it leave, not fail); a JSON log carries route on
+// every line, the start line gives durations as strings, and settings the
+// manager ignores are reported; -http 0.0.0.0 is advertised with the
+// -bind IP.
+func TestNodeLeavesWithBrokenLogPipe(t *testing.T) {
+	httpA, bindA := freePort(t, false), freePort(t, true)
+	httpB, bindB := freePort(t, false), freePort(t, true)
+	a := startProc(t, nil, []string{"COHORT_BACKUPS=2"}, nodeArgs("a", httpA, bindA,
+		"-http", fmt.Sprintf("0.0.0.0:%d", httpA), "-log-format", "json")...)
+	addrA := fmt.Sprintf("127.0.0.1:%d", httpA)
+	waitFor(t, 20*time.Second, "node a ready", ready(addrA))
+
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := startProc(t, w, nil, nodeArgs("b", httpB, bindB, "-join", fmt.Sprintf("127.0.0.1:%d", bindA))...)
+	_ = w.Close()
+	go func() { _, _ = io.Copy(io.Discard, r) }()
+	addrB := fmt.Sprintf("127.0.0.1:%d", httpB)
+	waitFor(t, 20*time.Second, "node b ready", ready(addrB))
+	waitFor(t, 10*time.Second, "a to see b", func() bool { return strings.Contains(a.log.String(), `"msg":"member joined"`) })
+	_ = r.Close() // b's next log line meets a broken pipe
+	if err := b.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.wait(t, 15*time.Second); err != nil {
+		t.Errorf("node b with a broken log pipe: %v, want a clean exit", err)
+	}
+	waitFor(t, 10*time.Second, "a to see b leave", func() bool { return strings.Contains(a.log.String(), `"msg":"member left"`) })
+
+	var st struct {
+		Members []struct {
+			Route, HTTP string
+			Local       bool
+		}
+	}
+	resp, err := http.Get("http://" + addrA + "/cluster/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = json.NewDecoder(resp.Body).Decode(&st)
+	_ = resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range st.Members {
+		if m.Local && m.HTTP != addrA {
+			t.Errorf("-http 0.0.0.0:%d -bind 127.0.0.1:%d advertises HTTP %q, want %s", httpA, bindA, m.HTTP, addrA)
+		}
+	}
+
+	_ = a.cmd.Process.Signal(syscall.SIGTERM)
+	if err := a.wait(t, 15*time.Second); err != nil {
+		t.Errorf("node a: %v", err)
+	}
+	var starting, ignored bool
+	for _, rec := range jsonLines(t, a.log.String()) {
+		if rec["route"] != "a" {
+			t.Errorf("log line with route %v, want a: %v", rec["route"], rec)
+		}
+		switch rec["msg"] {
+		case "member failed":
+			t.Errorf("a saw b fail: %v", rec)
+		case "starting":
+			starting = true
+			cfg, _ := rec["config"].(map[string]any)
+			for k, want := range map[string]any{"frequency": "100ms", "drop_time": "1s", "session_timeout": "30m0s",
+				"drain_time": "0s", "max_sessions": 0.0, "log_level": "INFO", "log_format": "json"} {
+				if cfg[k] != want {
+					t.Errorf("starting: config.%s = %#v, want %#v", k, cfg[k], want)
+				}
+			}
+		case "setting ignored":
+			ignored = rec["flag"] == "-backups" && strings.Contains(rec["source"].(string), "COHORT_BACKUPS") && rec["reason"] != ""
+		}
+	}
+	if !starting || !ignored {
+		t.Errorf("a's log lacks the starting line (%v) or the warning about COHORT_BACKUPS (%v)", starting, ignored)
+	}
+}
+
+// A second SIGTERM during the drain stops the node at once.
+func TestSecondSignalStopsNow(t *testing.T) {
+	httpPort, bindPort := freePort(t, false), freePort(t, true)
+	p := startProc(t, nil, nil, nodeArgs("n1", httpPort, bindPort, "-drain-time", "30s")...)
+	waitFor(t, 20*time.Second, "ready", ready(fmt.Sprintf("127.0.0.1:%d", httpPort)))
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	waitFor(t, 5*time.Second, "the drain", func() bool { return strings.Contains(p.log.String(), "draining") })
+	start := time.Now()
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	err := p.wait(t, 5*time.Second)
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+		t.Errorf("after a second signal: %v, want exit status 2", err)
+	}
+	if log := p.log.String(); !strings.Contains(log, "second signal: stopping now") || strings.Contains(log, "cohort-node:") {
+		t.Errorf("log lacks the second signal line, or repeats it as an error:\n%s", log)
+	}
+	t.Logf("stopped %s after the second signal", time.Since(start).Round(time.Millisecond))
+}
+
+// With -log-format json the error that stops the node is one JSON line.
+func TestFatalErrorJSON(t *testing.T) {
+	p := startProc(t, nil, nil, "-route", "n1", "-log-format", "json", "-http", "127.0.0.1:http")
+	err := p.wait(t, 10*time.Second)
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+		t.Errorf("bad -http: %v, want exit status 2", err)
+	}
+	recs := jsonLines(t, p.log.String())
+	if len(recs) != 1 || recs[0]["level"] != "ERROR" || !strings.Contains(fmt.Sprint(recs[0]["err"]), "-http") {
+		t.Errorf("log = %q, want one JSON error record naming -http", p.log.String())
+	}
+
+	p = startProc(t, nil, nil, "-route", "n1", "-http", "127.0.0.1:http")
+	_ = p.wait(t, 10*time.Second)
+	if log := p.log.String(); !strings.HasPrefix(log, "cohort-node: invalid value") || strings.Count(log, "\n") != 1 {
+		t.Errorf("text log = %q, want one cohort-node: line", log)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	p := startProc(t, nil, nil, "-version")
+	if err := p.wait(t, 10*time.Second); err != nil {
+		t.Fatalf("-version: %v", err)
+	}
+	if out := p.log.String(); !strings.HasPrefix(out, "cohort-node ") || strings.Count(out, "\n") != 1 {
+		t.Errorf("-version printed %q, want one cohort-node line", out)
+	}
+}
+
+// A port that stays taken is retried, logged once, and named by its flag.
+func TestStartClusterPortInUse(t *testing.T) {
+	for _, taken := range []string{"bind", "replication"} {
+		t.Run(taken, func(t *testing.T) {
+			bindPort := freePort(t, true)
+			held := bindPort
+			if taken == "replication" {
+				held += 1000
+			}
+			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", held))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			cfg, err := parseFlags(nodeArgs("n1", freePort(t, false), bindPort), env(nil), "testhost", io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var log syncBuffer
+			logger := newLogger(cfg, &log)
+			c, err := startCluster(context.Background(), cfg, logger, 700*time.Millisecond)
+			if err == nil {
+				_ = c.Close(context.Background())
+				t.Fatal("startCluster with a port taken succeeded")
+			}
+			if !strings.Contains(err.Error(), "flag -"+taken) || !strings.Contains(err.Error(), strconv.Itoa(held)) {
+				t.Errorf("error %q does not name -%s and port %d", err, taken, held)
+			}
+			if n := strings.Count(log.String(), "a port is still in use"); n != 1 {
+				t.Errorf("retry logged %d times, want once:\n%s", n, log.String())
+			}
+		})
+	}
+}
+
+// Every line of the node's logger carries route once, also through a
+// component's logger that adds its own.
+func TestLoggerRoute(t *testing.T) {
+	var buf bytes.Buffer
+	logger := newLogger(&config{Route: "n1", LogFormat: "json", LogLevel: slog.LevelInfo}, &buf)
+	logger.Info("plain")
+	logger.With("component", "membership", "route", "n1").Info("component")
+	logger.With("component", "cluster").Info("cluster")
+	slog.NewLogLogger(logger.Handler(), slog.LevelWarn).Print("from log.Logger")
+	recs := jsonLines(t, buf.String())
+	if len(recs) != 4 {
+		t.Fatalf("%d records, want 4:\n%s", len(recs), buf.String())
+	}
+	for _, rec := range recs {
+		if rec["route"] != "n1" {
+			t.Errorf("record %v: route %v, want n1", rec["msg"], rec["route"])
+		}
+	}
+
+	// A route inside a group is the group's: the node's is still added.
+	buf.Reset()
+	logger.WithGroup("peer").With("route", "n2").Info("grouped")
+	var rec struct {
+		Route string
+		Peer  struct{ Route string }
+	}
+	if err := json.Unmarshal(buf.Bytes(), &rec); err != nil || rec.Route != "n1" || rec.Peer.Route != "n2" {
+		t.Errorf("grouped record %s: %v; want route n1 and peer.route n2", buf.Bytes(), err)
+	}
+}
