@@ -424,4 +424,14 @@ func TestLoggerRoute(t *testing.T) {
 	if err := json.Unmarshal(buf.Bytes(), &rec); err != nil || rec.Route != "n1" || rec.Peer.Route != "n2" {
 		t.Errorf("grouped record %s: %v; want route n1 and peer.route n2", buf.Bytes(), err)
 	}
+
+	// Durations read as in the text format, from any component.
+	buf.Reset()
+	logger.With("component", "membership", "route", "n1").Info("timed", "drop_time", 1500*time.Millisecond)
+	var timed struct {
+		DropTime string `json:"drop_time"`
+	}
+	if err := json.Unmarshal(buf.Bytes(), &timed); err != nil || timed.DropTime != "1.5s" {
+		t.Errorf("timed record %s: %v; want drop_time \"1.5s\"", buf.Bytes(), err)
+	}
 }
