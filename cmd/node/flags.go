@@ -7,6 +7,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -31,6 +33,7 @@ type config struct {
 	Backups        int
 	SendMode       string
 	SessionTimeout time.Duration
+	SessionFile    string // standard manager: sessions saved on stop, read back on start
 	DrainTime      time.Duration
 	LargeSession   int // bytes; a committed change larger than this is logged
 	MaxSessions    int
@@ -106,6 +109,7 @@ func parseFlags(args []string, getenv func(string) string, host string, stderr i
 		drain     = fs.String("drain-time", "0s", "on SIGTERM or SIGINT, how long to answer 503 on /readyz while still serving, before closing HTTP: a `duration`")
 		large     = fs.String("large-session", "256KiB", "log a warning for session changes larger than this `size` (bytes, KiB or MiB), or off (delta and backup managers)")
 		maxSess   = fs.String("max-sessions", "0", "most sessions a node holds, `n`; creating more fails (0: no limit)")
+		sessFile  = fs.String("session-file", "", "standard manager: the `path` its sessions are saved to on a graceful stop and read back from at start (default: none, sessions end with the process)")
 		cookie    = fs.String("cookie", "JSESSIONID", "session cookie `name`")
 		domain    = fs.String("domain", "cohort", "cluster `name`; nodes of other domains are ignored")
 		key       = fs.String("key", "", "cluster key, `base64` of 16, 24 or 32 bytes; empty means no encryption. Prefer COHORT_KEY: a flag's value shows in ps")
@@ -244,6 +248,14 @@ func parseFlags(args []string, getenv func(string) string, host string, stderr i
 	if c.MaxSessions, err = strconv.Atoi(*maxSess); err != nil || c.MaxSessions < 0 {
 		return fail(bad("max-sessions", *maxSess, "a whole number of at least 0, such as 100000"))
 	}
+	if c.SessionFile = *sessFile; c.SessionFile != "" {
+		if fi, err := os.Stat(c.SessionFile); err == nil && fi.IsDir() {
+			return fail(bad("session-file", c.SessionFile, "the path of a file, not a directory, such as /var/lib/cohort/sessions"))
+		}
+		if fi, err := os.Stat(filepath.Dir(c.SessionFile)); err != nil || !fi.IsDir() {
+			return fail(bad("session-file", c.SessionFile, "a path in an existing directory, such as /var/lib/cohort/sessions"))
+		}
+	}
 	if c.LargeSession, err = parseSize(*large); err != nil {
 		return fail(bad("large-session", *large, "a size such as 65536, 256KiB or 1MiB, or off"))
 	}
@@ -269,6 +281,9 @@ func parseFlags(args []string, getenv func(string) string, host string, stderr i
 	}
 	if c.Manager != "backup" {
 		ignore("backups", "only the backup manager keeps backup copies; -manager is "+c.Manager)
+	}
+	if c.Manager != "standard" {
+		ignore("session-file", "the "+c.Manager+" manager keeps sessions on its peers, not in a file")
 	}
 	if c.Manager == "standard" {
 		ignore("send-mode", "the standard manager does not replicate sessions")
@@ -443,6 +458,9 @@ func (c *config) clusterConfig(logger *slog.Logger) manager.ClusterConfig {
 	m.Backups = c.Backups
 	m.LargeSession = c.LargeSession
 	m.MaxSessions = c.MaxSessions
+	if c.Manager == "standard" {
+		m.File = c.SessionFile
+	}
 	_ = m.Mode.UnmarshalText([]byte(c.SendMode)) // validated by parseFlags
 	return cc
 }
@@ -467,6 +485,7 @@ func (c *config) LogValue() slog.Value {
 		slog.Int("backups", c.Backups), slog.String("send_mode", c.SendMode),
 		slog.String("session_timeout", c.SessionTimeout.String()), slog.String("drain_time", c.DrainTime.String()),
 		slog.Int("large_session", c.LargeSession), slog.Int("max_sessions", c.MaxSessions),
+		slog.String("session_file", c.SessionFile),
 		slog.String("cookie", c.Cookie), slog.String("domain", c.Domain), slog.Any("key", c.Key),
 		slog.String("log_level", c.LogLevel.String()), slog.String("log_format", c.LogFormat),
 	)

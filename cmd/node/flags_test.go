@@ -68,6 +68,8 @@ func TestParseFlagsErrors(t *testing.T) {
 		{[]string{"-drop-time", "-3s"}, nil, "-drop-time"},
 		{[]string{"-frequency", "1s", "-drop-time", "1500ms"}, nil, "-drop-time"},
 		{[]string{"-manager", "redis"}, nil, "-manager"},
+		{[]string{"-manager", "standard", "-session-file", "."}, nil, "-session-file"},
+		{[]string{"-manager", "standard", "-session-file", "no/such/dir/sessions"}, nil, "-session-file"},
 		{[]string{"-backups", "-1"}, nil, "-backups"},
 		{[]string{"-large-session", "12GB"}, nil, "-large-session"},
 		{[]string{"-drain-time", "-1s"}, nil, "-drain-time"},
@@ -235,6 +237,8 @@ func TestParseFlagsIgnored(t *testing.T) {
 		{[]string{"-manager", "standard", "-replication", "127.0.0.1:9000", "-large-session", "off"}, nil, []string{"replication", "large-session"}},
 		{[]string{"-manager", "delta", "-send-mode", "sync"}, nil, nil},
 		{[]string{"-manager", "standard"}, nil, nil}, // defaults are not reported
+		{[]string{"-session-file", "sessions"}, nil, []string{"session-file"}},
+		{[]string{"-manager", "standard", "-session-file", "sessions"}, nil, nil},
 	} {
 		t.Run(strings.Join(tc.args, " ")+strings.Join(keys(tc.env), ""), func(t *testing.T) {
 			c, err := parseFlags(append([]string{"-route", "n1"}, tc.args...), env(tc.env), "testhost", io.Discard)

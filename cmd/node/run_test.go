@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -434,4 +435,56 @@ func TestLoggerRoute(t *testing.T) {
 	if err := json.Unmarshal(buf.Bytes(), &timed); err != nil || timed.DropTime != "1.5s" {
 		t.Errorf("timed record %s: %v; want drop_time \"1.5s\"", buf.Bytes(), err)
 	}
+}
+
+// A standard node with -session-file keeps its sessions across a graceful
+// restart: the count goes on where it stopped.
+func TestStandardSessionFileSurvivesRestart(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "sessions")
+	httpPort, bindPort := freePort(t, false), freePort(t, true)
+	addr := fmt.Sprintf("127.0.0.1:%d", httpPort)
+	args := nodeArgs("s1", httpPort, bindPort, "-manager", "standard", "-session-file", file)
+	var cookie string
+	count := func() string {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/counter", nil)
+		if cookie != "" {
+			req.Header.Set("Cookie", cookie)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		for _, k := range resp.Cookies() {
+			cookie = k.Name + "=" + k.Value
+		}
+		body, _ := io.ReadAll(resp.Body)
+		n, _, _ := strings.Cut(string(body), " ")
+		return n
+	}
+	stop := func(p *proc) {
+		t.Helper()
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		if err := p.wait(t, 15*time.Second); err != nil {
+			t.Fatalf("stop: %v", err)
+		}
+	}
+
+	p := startProc(t, nil, nil, args...)
+	waitFor(t, 20*time.Second, "node ready", ready(addr))
+	if a, b := count(), count(); a != "count=1" || b != "count=2" {
+		t.Fatalf("counts %q %q, want count=1 count=2", a, b)
+	}
+	stop(p)
+	if _, err := os.Stat(file); err != nil {
+		t.Fatalf("no session file after a graceful stop: %v", err)
+	}
+
+	p = startProc(t, nil, nil, args...)
+	waitFor(t, 20*time.Second, "node ready again", ready(addr))
+	if got := count(); got != "count=3" {
+		t.Errorf("after the restart: %q, want count=3", got)
+	}
+	stop(p)
 }
