@@ -75,6 +75,7 @@ type Channel struct {
 	lastWarn  sync.Map // reason -> *atomic.Int64 (Unix nanos of the last warning)
 	onResync  func(route string)
 	histogram *histogram
+	started   time.Time // when New returned: see handlerGrace
 }
 
 // New validates cfg, listens on cfg.Addr and starts accepting peers.
@@ -97,6 +98,7 @@ func New(cfg Config) (*Channel, error) {
 		peers: make(map[string]*peer), inbound: make(map[net.Conn]struct{}), bySender: make(map[string]*inConn),
 		recv:      make(map[string]*recvCounters),
 		histogram: newHistogram(),
+		started:   time.Now(),
 	}
 	c.wg.Add(1)
 	go func() {
@@ -588,8 +590,16 @@ func (c *Channel) dispatch(from string, env *envelopeView) error {
 	h := c.handlers[env.Type]
 	c.hmu.RUnlock()
 	if h == nil {
+		early := time.Since(c.started) < handlerGrace
 		c.drops.add(dropNoHandler)
-		c.warn("nohandler", "no handler for message type; frame dropped", "peer", from, "type", env.Type)
+		if early {
+			// Peers reach a starting node before all of its components
+			// have registered (a WebSocket hub starts after its cluster):
+			// expected, and each component catches up when it starts.
+			c.log.Debug("no handler yet for message type; frame dropped", "peer", from, "type", env.Type)
+		} else {
+			c.warn("nohandler", "no handler for message type; frame dropped", "peer", from, "type", env.Type)
+		}
 		return fmt.Errorf("%w %d", ErrNoHandler, env.Type)
 	}
 	err := h(from, env.Body)
@@ -598,6 +608,11 @@ func (c *Channel) dispatch(from string, env *envelopeView) error {
 	}
 	return err
 }
+
+// handlerGrace is how long after New a frame of a type with no handler is
+// logged at debug rather than warn: the components of a node register
+// their handlers while it starts, after peers may have connected.
+const handlerGrace = 10 * time.Second
 
 // appendControl appends a framed ack or reply to dst.
 func (c *Channel) appendControl(dst []byte, t MsgType, seq uint64, body []byte, seal *sealer) []byte {

@@ -740,3 +740,53 @@ func TestQueueOverflowWhileConnectedResyncs(t *testing.T) {
 		t.Error("b still needs a resync after it was resynchronised")
 	}
 }
+
+// A frame of a type with no handler is dropped and counted; while the
+// channel starts (its node's components still registering) that is logged
+// at debug, later at warn.
+func TestNoHandler(t *testing.T) {
+	leaktest.Check(t)
+	var log syncLog
+	cfg := testConfig(t, "b")
+	cfg.Logger = slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	a, b := newChannel(t, testConfig(t, "a")), newChannel(t, cfg)
+	mesh(a, b)
+	send := func() {
+		t.Helper()
+		if err := a.Send(context.Background(), nil, testType, []byte("x"), Ack); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Flush(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send()
+	waitFor(t, "the first drop", func() bool { return b.Stats().Dropped["no_handler"] == 1 })
+	if s := log.String(); !strings.Contains(s, "level=DEBUG msg=\"no handler yet") || strings.Contains(s, "level=WARN") {
+		t.Errorf("while starting, log = %s; want the drop at debug only", s)
+	}
+	b.started = b.started.Add(-handlerGrace)
+	send()
+	waitFor(t, "the second drop", func() bool { return b.Stats().Dropped["no_handler"] == 2 })
+	if s := log.String(); !strings.Contains(s, "level=WARN msg=\"no handler for message type") {
+		t.Errorf("after starting, log = %s; want the drop at warn", s)
+	}
+}
+
+// syncLog is a log destination safe for concurrent writers.
+type syncLog struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *syncLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *syncLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
