@@ -447,7 +447,7 @@ func (m *replicated) sendAsync(to []string, k kind, body any) {
 		err = m.send(context.Background(), to, msg, Async)
 	}
 	if err != nil {
-		m.h.log.Warn("replication send failed", "kind", int(k), "err", err)
+		m.h.log.Warn("replication send failed", "kind", k.String(), "err", err)
 	}
 }
 
@@ -1041,7 +1041,11 @@ func (m *replicated) catchUp(peer string, since time.Time) {
 		return s.ownerRoute() == m.cfg.Route && slices.Contains(m.targets(s), peer)
 	}
 	if n, ok := m.streamTo(peer, kindSyncChunk, filter); ok && n > 0 {
-		m.h.log.Info("peer caught up", "peer", peer, "sessions", n, "since", since, "duration", time.Since(start))
+		if since.IsZero() {
+			m.h.log.Info("peer caught up", "peer", peer, "sessions", n, "duration", time.Since(start))
+		} else {
+			m.h.log.Info("peer caught up", "peer", peer, "sessions", n, "changed_since", since, "duration", time.Since(start))
+		}
 	}
 }
 

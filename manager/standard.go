@@ -252,8 +252,11 @@ func (m *Standard) load() {
 	}
 	if err != nil {
 		aside := fmt.Sprintf("%s.corrupt-%s", m.cfg.File, m.h.now().UTC().Format("20060102T150405"))
-		rerr := os.Rename(m.cfg.File, aside)
-		m.h.log.Error("saved sessions unreadable; starting without them", "file", m.cfg.File, "err", err, "moved_to", aside, "move_err", rerr)
+		if rerr := os.Rename(m.cfg.File, aside); rerr != nil {
+			m.h.log.Error("saved sessions unreadable; starting without them, and the file could not be moved aside", "file", m.cfg.File, "err", err, "move_err", rerr)
+		} else {
+			m.h.log.Error("saved sessions unreadable; starting without them", "file", m.cfg.File, "err", err, "moved_to", aside)
+		}
 		return
 	}
 	now := m.h.now()

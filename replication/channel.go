@@ -75,7 +75,7 @@ type Channel struct {
 	lastWarn  sync.Map // reason -> *atomic.Int64 (Unix nanos of the last warning)
 	onResync  func(route string)
 	histogram *histogram
-	started   time.Time // when New returned: see handlerGrace
+	started   atomic.Int64 // Unix ns when New returned: see handlerGrace
 }
 
 // New validates cfg, listens on cfg.Addr and starts accepting peers.
@@ -98,8 +98,8 @@ func New(cfg Config) (*Channel, error) {
 		peers: make(map[string]*peer), inbound: make(map[net.Conn]struct{}), bySender: make(map[string]*inConn),
 		recv:      make(map[string]*recvCounters),
 		histogram: newHistogram(),
-		started:   time.Now(),
 	}
+	c.started.Store(time.Now().UnixNano())
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
@@ -590,14 +590,14 @@ func (c *Channel) dispatch(from string, env *envelopeView) error {
 	h := c.handlers[env.Type]
 	c.hmu.RUnlock()
 	if h == nil {
-		early := time.Since(c.started) < handlerGrace
-		c.drops.add(dropNoHandler)
-		if early {
+		if time.Now().UnixNano()-c.started.Load() < int64(handlerGrace) {
 			// Peers reach a starting node before all of its components
 			// have registered (a WebSocket hub starts after its cluster):
-			// expected, and each component catches up when it starts.
+			// expected, not counted, and each component catches up when
+			// it starts.
 			c.log.Debug("no handler yet for message type; frame dropped", "peer", from, "type", env.Type)
 		} else {
+			c.drops.add(dropNoHandler)
 			c.warn("nohandler", "no handler for message type; frame dropped", "peer", from, "type", env.Type)
 		}
 		return fmt.Errorf("%w %d", ErrNoHandler, env.Type)

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/cohort-cluster/cohort/manager"
 )
@@ -61,6 +62,27 @@ type Sessions struct {
 	log *slog.Logger
 
 	rebinds, unavailable, commitErrors atomic.Int64
+	// While a peer has failed but is not yet declared gone, every commit
+	// and rebinding fails to reach it: one warning a second says so.
+	commitWarn, rebindWarn everySecond
+}
+
+// everySecond lets a warning through at most once a second and counts
+// the ones it held back, which the next one reports.
+type everySecond struct {
+	last       atomic.Int64 // Unix ns of the last one let through
+	suppressed atomic.Int64
+}
+
+// allow reports whether to log now, and how many were held back since the
+// last one logged.
+func (e *everySecond) allow() (ok bool, suppressed int64) {
+	now, last := time.Now().UnixNano(), e.last.Load()
+	if now-last < int64(time.Second) || !e.last.CompareAndSwap(last, now) {
+		e.suppressed.Add(1)
+		return false, 0
+	}
+	return true, e.suppressed.Swap(0)
 }
 
 // Stats counts what the middleware did.
@@ -329,7 +351,9 @@ func (ss *Sessions) find(ctx context.Context, id string) (*manager.Session, erro
 	if err != nil {
 		// Renamed here, but not every peer confirmed: typically the node
 		// that just failed. The request goes on, as with a commit.
-		ss.log.Warn("rebinding not confirmed by every peer", "session", manager.RedactID(newID), "err", err)
+		if ok, n := ss.rebindWarn.allow(); ok {
+			ss.log.Warn("rebinding not confirmed by every peer", "session", manager.RedactID(newID), "err", err, "suppressed", n)
+		}
 	}
 	ss.rebinds.Add(1)
 	ss.log.Info("session rebound to this node", "from", route, "session", manager.RedactID(newID))
@@ -459,7 +483,9 @@ func (st *state) commit(h http.Header) {
 func (ss *Sessions) commit(ctx context.Context, s *manager.Session) {
 	if err := ss.m.Commit(ctx, s); err != nil {
 		ss.commitErrors.Add(1)
-		ss.log.Warn("session commit failed", "session", manager.RedactID(s.ID()), "err", err)
+		if ok, n := ss.commitWarn.allow(); ok {
+			ss.log.Warn("session commit failed", "session", manager.RedactID(s.ID()), "err", err, "suppressed", n)
+		}
 	}
 }
 

@@ -69,6 +69,9 @@ func (e *flagError) Error() string {
 // errVersion is returned by parseFlags for -version.
 var errVersion = errors.New("version requested")
 
+// minFrequency is the shortest -frequency accepted.
+const minFrequency = 10 * time.Millisecond
+
 // envName is the environment variable of a flag: COHORT_DROP_TIME for
 // -drop-time.
 func envName(flagName string) string {
@@ -217,8 +220,10 @@ func parseFlags(args []string, getenv func(string) string, host string, stderr i
 		}
 		c.Multicast = *multicast
 	}
-	if c.Frequency, err = time.ParseDuration(*frequency); err != nil || c.Frequency <= 0 {
-		return fail(bad("frequency", *frequency, "a positive duration such as 500ms"))
+	// Below minFrequency memberlist's probe interval rounds to nothing and
+	// failures are never detected.
+	if c.Frequency, err = time.ParseDuration(*frequency); err != nil || c.Frequency < minFrequency {
+		return fail(bad("frequency", *frequency, "a duration of at least "+minFrequency.String()+", such as 500ms"))
 	}
 	if c.DropTime, err = time.ParseDuration(*dropTime); err != nil || c.DropTime <= 0 {
 		return fail(bad("drop-time", *dropTime, "a positive duration such as 3s"))
@@ -248,7 +253,7 @@ func parseFlags(args []string, getenv func(string) string, host string, stderr i
 	if c.MaxSessions, err = strconv.Atoi(*maxSess); err != nil || c.MaxSessions < 0 {
 		return fail(bad("max-sessions", *maxSess, "a whole number of at least 0, such as 100000"))
 	}
-	if c.SessionFile = *sessFile; c.SessionFile != "" {
+	if c.SessionFile = *sessFile; c.SessionFile != "" && c.Manager == "standard" {
 		if fi, err := os.Stat(c.SessionFile); err == nil && fi.IsDir() {
 			return fail(bad("session-file", c.SessionFile, "the path of a file, not a directory, such as /var/lib/cohort/sessions"))
 		}

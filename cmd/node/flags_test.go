@@ -65,6 +65,7 @@ func TestParseFlagsErrors(t *testing.T) {
 		{[]string{"-multicast", "10.0.0.1:45564"}, nil, "-multicast"},
 		{[]string{"-frequency", "fast"}, nil, "-frequency"},
 		{[]string{"-frequency", "0s"}, nil, "-frequency"},
+		{[]string{"-frequency", "1ns", "-drop-time", "2ns"}, nil, "-frequency"},
 		{[]string{"-drop-time", "-3s"}, nil, "-drop-time"},
 		{[]string{"-frequency", "1s", "-drop-time", "1500ms"}, nil, "-drop-time"},
 		{[]string{"-manager", "redis"}, nil, "-manager"},
@@ -238,6 +239,7 @@ func TestParseFlagsIgnored(t *testing.T) {
 		{[]string{"-manager", "delta", "-send-mode", "sync"}, nil, nil},
 		{[]string{"-manager", "standard"}, nil, nil}, // defaults are not reported
 		{[]string{"-session-file", "sessions"}, nil, []string{"session-file"}},
+		{[]string{"-session-file", "no/such/dir/sessions"}, nil, []string{"session-file"}}, // not checked when ignored
 		{[]string{"-manager", "standard", "-session-file", "sessions"}, nil, nil},
 	} {
 		t.Run(strings.Join(tc.args, " ")+strings.Join(keys(tc.env), ""), func(t *testing.T) {

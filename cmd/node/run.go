@@ -27,7 +27,7 @@ import (
 
 // run starts a node and serves until ctx is cancelled, then shuts down
 // gracefully: it stops taking requests, leaves the cluster and returns. A
-// SIGINT or SIGTERM that arrives after ctx is cancelled (the second
+// SIGINT, SIGTERM or SIGHUP that arrives after ctx is cancelled (the second
 // signal, when ctx is main's signal context) makes run return at once,
 // without leaving. With -log-format json, an error that ends the node is
 // logged as a JSON record and returned as a loggedError.
@@ -77,7 +77,7 @@ func serveUntilForced(ctx context.Context, cfg *config, logger *slog.Logger) err
 	}
 }
 
-// secondSignal returns a channel that receives the first SIGINT or SIGTERM
+// secondSignal returns a channel that receives the first SIGINT, SIGTERM or SIGHUP
 // to arrive after ctx is done, and a func that releases the signals. The
 // signal that cancelled main's context was delivered before ctx was done,
 // so it is not seen again here.
@@ -92,7 +92,7 @@ func secondSignal(ctx context.Context) (<-chan os.Signal, func()) {
 			return
 		}
 		sigs := make(chan os.Signal, 1)
-		signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+		signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 		defer signal.Stop(sigs)
 		select {
 		case s := <-sigs:

@@ -18,9 +18,10 @@ import (
 )
 
 // examples/local/run.sh (make run): "cluster up" once every node is
-// ready, and Ctrl-C (SIGINT to the script's process group, as the
-// terminal sends it) stops each node once, gracefully, with the log
-// prefixers alive to the end.
+// ready, a second run on the same ports refuses to start, and Ctrl-C
+// (SIGINT to the script's process group, as the terminal sends it) or a
+// hangup (the terminal closed) stops each node once, gracefully, with the
+// log prefixers alive to the end.
 func TestRunScriptCtrlC(t *testing.T) {
 	bash, err := exec.LookPath("bash")
 	if err != nil {
@@ -38,83 +39,103 @@ func TestRunScriptCtrlC(t *testing.T) {
 		signal.Notify(c, os.Interrupt)
 		defer signal.Stop(c)
 	}
-	offset := freeOffset(t)
-	cmd := exec.Command(bash, filepath.Join("..", "..", "examples", "local", "run.sh"), self, "-frequency", "100ms", "-drop-time", "1s")
-	cmd.Env = nodeEnv("PORT_OFFSET=" + strconv.Itoa(offset))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	// A file, not a pipe: Wait returns when the script has, whichever of
-	// its children are left.
-	out := &logFile{name: filepath.Join(t.TempDir(), "run.log")}
-	f, err := os.Create(out.name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	cmd.Stdout, cmd.Stderr = f, f
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{}) // closed once the script has exited, with waitErr
-	var waitErr error
-	go func() { waitErr = cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		select {
-		case <-done:
-		default: // stop the nodes, which run in process groups of their own
-			for _, pid := range childPIDs(cmd.Process.Pid) {
-				_ = syscall.Kill(pid, syscall.SIGKILL)
+	for _, tc := range []struct {
+		name string
+		sig  syscall.Signal
+		want string
+	}{
+		{"ctrl-c", syscall.SIGINT, "it to die of SIGINT after stopping the nodes"},
+		{"hangup", syscall.SIGHUP, "exit status 129 after stopping the nodes"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			offset := freeOffset(t)
+			cmd := exec.Command(bash, filepath.Join("..", "..", "examples", "local", "run.sh"), self, "-frequency", "100ms", "-drop-time", "1s")
+			cmd.Env = nodeEnv("PORT_OFFSET=" + strconv.Itoa(offset))
+			cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+			// A file, not a pipe: Wait returns when the script has, whichever of
+			// its children are left.
+			out := &logFile{name: filepath.Join(t.TempDir(), "run.log")}
+			f, err := os.Create(out.name)
+			if err != nil {
+				t.Fatal(err)
 			}
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-done
-		}
-		if t.Failed() {
-			t.Logf("run.sh output:\n%s", out.String())
-		}
-	})
+			defer f.Close()
+			cmd.Stdout, cmd.Stderr = f, f
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan struct{}) // closed once the script has exited, with waitErr
+			var waitErr error
+			go func() { waitErr = cmd.Wait(); close(done) }()
+			t.Cleanup(func() {
+				select {
+				case <-done:
+				default: // stop the nodes, which run in process groups of their own
+					for _, pid := range childPIDs(cmd.Process.Pid) {
+						_ = syscall.Kill(pid, syscall.SIGKILL)
+					}
+					_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+					<-done
+				}
+				if t.Failed() {
+					t.Logf("run.sh output:\n%s", out.String())
+				}
+			})
 
-	waitFor(t, 60*time.Second, "cluster up", func() bool { return strings.Contains(out.String(), "cluster up") })
-	for i := 1; i <= 3; i++ {
-		addr := fmt.Sprintf("127.0.0.1:%d", 8080+i+offset)
-		if code := httpStatus(addr, "/readyz"); code != http.StatusOK {
-			t.Errorf("after cluster up, %s/readyz = %d, want 200", addr, code)
-		}
-	}
-	if n := strings.Count(out.String(), "config.multicast=off"); n != 3 {
-		t.Errorf("%d nodes started with multicast off, want 3", n)
-	}
+			waitFor(t, 60*time.Second, "cluster up", func() bool { return strings.Contains(out.String(), "cluster up") })
+			for i := 1; i <= 3; i++ {
+				addr := fmt.Sprintf("127.0.0.1:%d", 8080+i+offset)
+				if code := httpStatus(addr, "/readyz"); code != http.StatusOK {
+					t.Errorf("after cluster up, %s/readyz = %d, want 200", addr, code)
+				}
+			}
+			if n := strings.Count(out.String(), "config.multicast=off"); n != 3 {
+				t.Errorf("%d nodes started with multicast off, want 3", n)
+			}
 
-	if err := syscall.Kill(-cmd.Process.Pid, syscall.SIGINT); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-done:
-		err = waitErr
-	case <-time.After(30 * time.Second):
-		t.Fatal("run.sh still running 30s after Ctrl-C")
-	}
-	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGINT {
-		t.Errorf("run.sh ended with %v, want it to die of SIGINT after stopping the nodes", err)
-	}
-	log := out.String()
-	for i := 1; i <= 3; i++ {
-		prefix := fmt.Sprintf("[node%d] ", i)
-		if n := countLines(log, prefix, "msg=\"shutting down\""); n != 1 {
-			t.Errorf("node%d logged shutting down %d times, want once", i, n)
-		}
-		if countLines(log, prefix, "msg=stopped") != 1 {
-			t.Errorf("node%d's stopped line is missing: the node or its log prefixer died", i)
-		}
-	}
-	for _, bad := range []string{"member failed", "second signal", "broken pipe"} {
-		if strings.Contains(log, bad) {
-			t.Errorf("output has %q", bad)
-		}
-	}
-	for i := 1; i <= 3; i++ {
-		if code := httpStatus(fmt.Sprintf("127.0.0.1:%d", 8080+i+offset), "/healthz"); code != 0 {
-			t.Errorf("node%d still answers after run.sh ended", i)
-		}
+			// A second run while this one goes on refuses to start.
+			again := exec.Command(bash, filepath.Join("..", "..", "examples", "local", "run.sh"), self)
+			again.Env = cmd.Env
+			if msg, err := again.CombinedOutput(); err == nil || !strings.Contains(string(msg), "already in use") {
+				t.Errorf("a second run.sh on the same ports: %v, %s; want it refused", err, msg)
+			}
+
+			if err := syscall.Kill(-cmd.Process.Pid, tc.sig); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-done:
+				err = waitErr
+			case <-time.After(30 * time.Second):
+				t.Fatalf("run.sh still running 30s after %v", tc.sig)
+			}
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) {
+				t.Errorf("run.sh ended with %v, want %s", err, tc.want)
+			} else if ws := ee.Sys().(syscall.WaitStatus); tc.sig == syscall.SIGINT && ws.Signal() != syscall.SIGINT || tc.sig == syscall.SIGHUP && ws.ExitStatus() != 129 {
+				t.Errorf("run.sh ended with %v, want %s", err, tc.want)
+			}
+			log := out.String()
+			for i := 1; i <= 3; i++ {
+				prefix := fmt.Sprintf("[node%d] ", i)
+				if n := countLines(log, prefix, "msg=\"shutting down\""); n != 1 {
+					t.Errorf("node%d logged shutting down %d times, want once", i, n)
+				}
+				if countLines(log, prefix, "msg=stopped") != 1 {
+					t.Errorf("node%d's stopped line is missing: the node or its log prefixer died", i)
+				}
+			}
+			for _, bad := range []string{"member failed", "second signal", "broken pipe"} {
+				if strings.Contains(log, bad) {
+					t.Errorf("output has %q", bad)
+				}
+			}
+			for i := 1; i <= 3; i++ {
+				if code := httpStatus(fmt.Sprintf("127.0.0.1:%d", 8080+i+offset), "/healthz"); code != 0 {
+					t.Errorf("node%d still answers after run.sh ended", i)
+				}
+			}
+		})
 	}
 }
 

@@ -42,6 +42,7 @@ stop() {
 }
 trap 'stop; trap - INT; kill -INT $$' INT # die of SIGINT, as the caller expects
 trap 'stop; exit 143' TERM
+trap 'stop; exit 129' HUP # the terminal went away: stop as for Ctrl-C
 trap stop EXIT
 
 # ready PORT: the node on 127.0.0.1:PORT answers 200 on /readyz.
@@ -54,13 +55,22 @@ ready() {
 	[[ $status == "HTTP/1."?" 200"* ]]
 }
 
+# Another process on a node's HTTP port (the nodes of an earlier run left
+# behind) would answer for it below.
+for i in 1 2 3; do
+	if { : >"/dev/tcp/127.0.0.1/$((8080 + i + offset))"; } 2>/dev/null; then
+		echo "run.sh: 127.0.0.1:$((8080 + i + offset)) is already in use (an earlier run still going?); not starting" >&2
+		exit 1
+	fi
+done
+
 seeds=127.0.0.1:$((7946 + offset)),127.0.0.1:$((7947 + offset)),127.0.0.1:$((7948 + offset))
 for i in 1 2 3; do
 	mkfifo "$logs/node$i"
-	# The prefixer ignores INT and TERM, and ends when its node closes the
+	# The prefixer ignores INT, TERM and HUP, and ends when its node closes the
 	# pipe, so it prints the node's last lines (the leave).
 	(
-		trap '' INT TERM
+		trap '' INT TERM HUP
 		exec sed -u "s/^/[node$i] /" <"$logs/node$i"
 	) &
 	prefixers+=($!)
@@ -85,4 +95,8 @@ for i in 1 2 3; do
 	done
 done
 echo "cluster up: http://127.0.0.1:$((8081 + offset)) http://127.0.0.1:$((8082 + offset)) http://127.0.0.1:$((8083 + offset)) (Ctrl-C stops it)"
+# A node that stops on its own (an error) ends the script with status 1.
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 wait_for "${pids[@]}"
+exit "$status"
