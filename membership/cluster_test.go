@@ -446,12 +446,18 @@ func TestWrongKeyCannotJoin(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c := testConfig(t, "intruder")
 			c.Key = tc.key
+			c.Join = []string{a.Addr().String()}
+			rec := record(t, &c)
 			n := start(t, c)
 			if _, err := n.Join(a.Addr().String()); err == nil {
 				t.Error("join succeeded")
 			}
 			if got := alive(a); !slices.Equal(got, []string{"a1"}) {
 				t.Errorf("a1 sees %v", got)
+			}
+			// The seed's warning says the key is the likely cause.
+			if w := rec.Records("seed did not answer; retrying"); len(w) != 1 || !strings.Contains(w[0].Attrs["hint"], "cluster key") {
+				t.Errorf("seed warnings %+v, want one with a hint about the cluster key", w)
 			}
 		})
 	}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -126,8 +127,24 @@ func (n *Node) seedFailed(seed string, err error, now time.Time) {
 		return
 	}
 	st.warned = now
-	n.log.Warn("seed did not answer; retrying", "seed", seed, "err", err,
-		"failures", st.failures, "failing_for", now.Sub(st.since).Round(time.Second), "every", n.cfg.RejoinInterval)
+	args := []any{"seed", seed, "err", err,
+		"failures", st.failures, "failing_for", now.Sub(st.since).Round(time.Second), "every", n.cfg.RejoinInterval}
+	if keyMismatch(err) {
+		// memberlist's words for a seed that answered under another key.
+		args = append(args, "hint", "the seed answered but could not be read: its cluster key (-key, COHORT_KEY) differs from this node's")
+	}
+	n.log.Warn("seed did not answer; retrying", args...)
+}
+
+// keyMismatch reports whether err is memberlist's failure to decrypt or
+// authenticate a seed's reply, or its refusal of an unencrypted one.
+func keyMismatch(err error) bool {
+	if err == nil {
+		return false
+	}
+	msg := err.Error()
+	return strings.Contains(msg, "no installed keys could decrypt") || strings.Contains(msg, "encryption is configured but remote state is not encrypted") ||
+		strings.Contains(msg, "remote state is encrypted and encryption is not configured")
 }
 
 // seedAnswered ends, at now, a run of failures of seed, logging the
