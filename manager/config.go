@@ -14,7 +14,7 @@ import (
 var (
 	ErrNotFound        = errors.New("manager: session not found")
 	ErrClosed          = errors.New("manager: closed")
-	ErrTooManySessions = errors.New("manager: too many sessions (Config.MaxSessions)")
+	ErrTooManySessions = errors.New("manager: too many sessions: this node holds its maximum")
 )
 
 // Manager is what every manager kind offers the web layer. All methods are

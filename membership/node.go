@@ -154,7 +154,7 @@ func New(cfg Config) (*Node, error) {
 	t := mapTimings(cfg.Frequency, cfg.DropTime)
 	n.log.Info("membership started",
 		"addr", n.addr.String(), "domain", cfg.Domain, "multicast", orOff(cfg.MulticastAddr),
-		"seeds", cfg.Join, "encrypted", len(cfg.Key) > 0,
+		"seeds", append([]string{}, cfg.Join...), "encrypted", len(cfg.Key) > 0, // [] rather than null in JSON
 		"frequency", cfg.Frequency, "drop_time", cfg.DropTime,
 		"probe_interval", t.ProbeInterval, "suspicion_mult", t.SuspicionMult)
 	if len(cfg.Join) == 0 && cfg.MulticastAddr == "" {

@@ -484,7 +484,7 @@ func (c *config) webConfig(logger *slog.Logger) web.Config {
 func (c *config) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.String("route", c.Route), slog.String("http", c.HTTP), slog.String("bind", c.Bind),
-		slog.String("replication", c.Replication), slog.Any("join", c.Join),
+		slog.String("replication", c.Replication), slog.Any("join", append([]string{}, c.Join...)),
 		slog.String("multicast", orOff(c.Multicast)), slog.String("frequency", c.Frequency.String()),
 		slog.String("drop_time", c.DropTime.String()), slog.String("manager", c.Manager),
 		slog.Int("backups", c.Backups), slog.String("send_mode", c.SendMode),
