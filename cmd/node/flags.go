@@ -46,6 +46,8 @@ type config struct {
 	// Ignored lists the settings given that the chosen manager does not
 	// use; the node starts anyway and logs a warning for each.
 	Ignored []ignoredSetting
+	// envNames are the COHORT_ variables that set a flag.
+	envNames []string
 	// source says where each flag's value came from, for messages:
 	// "flag -bind" or "COHORT_BIND (flag -bind)".
 	source map[string]string
@@ -134,8 +136,12 @@ func parseFlags(args []string, getenv func(string) string, host string, stderr i
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
 	source := map[string]string{}
 	var envErr error
+	var envNames []string
 	fs.VisitAll(func(f *flag.Flag) {
 		source[f.Name] = "flag -" + f.Name
+		if hasEnv(f.Name) {
+			envNames = append(envNames, envName(f.Name))
+		}
 		if given[f.Name] || !hasEnv(f.Name) {
 			return
 		}
@@ -161,7 +167,7 @@ func parseFlags(args []string, getenv func(string) string, host string, stderr i
 
 	// The log settings first: an error below is logged in the format asked
 	// for (fail).
-	c := &config{Route: *route, HTTP: *httpAddr, Bind: *bind, Cookie: *cookie, Domain: *domain, source: source}
+	c := &config{Route: *route, HTTP: *httpAddr, Bind: *bind, Cookie: *cookie, Domain: *domain, source: source, envNames: envNames}
 	if err := c.LogLevel.UnmarshalText([]byte(*logLevel)); err != nil {
 		return nil, bad("log-level", *logLevel, "debug, info, warn or error")
 	}
@@ -199,6 +205,7 @@ func parseFlags(args []string, getenv func(string) string, host string, stderr i
 			return fail(bad("bind", c.Bind, "a port of at most 64535, or set -replication"))
 		}
 		c.Replication = net.JoinHostPort(bindIP, strconv.Itoa(p))
+		source["replication"] = "the replication port derived from -bind " + c.Bind + " (its port + 1000; set -replication or COHORT_REPLICATION for another)"
 	} else if h, p, err := net.SplitHostPort(c.Replication); err != nil || net.ParseIP(h) == nil || !validPort(p, true) {
 		return fail(bad("replication", c.Replication, "IP:port with a port number from 0 to 65535, such as 127.0.0.1:8946"))
 	} else if net.ParseIP(h).IsUnspecified() {
@@ -296,6 +303,67 @@ func parseFlags(args []string, getenv func(string) string, host string, stderr i
 		ignore("large-session", "the standard manager does not replicate sessions, and only replicated changes are measured")
 	}
 	return c, nil
+}
+
+// unknownEnv returns the COHORT_ variables of environ ("NAME=value") that
+// set no flag: a mistyped COHORT_DROPTIME would otherwise leave
+// -drop-time at its default without a word. COHORT_VERSION is not
+// reported, as hasEnv explains.
+func (c *config) unknownEnv(environ []string) []unknownVar {
+	var unknown []unknownVar
+	known := map[string]bool{envName("version"): true}
+	for _, n := range c.envNames {
+		known[n] = true
+	}
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(strings.ToUpper(name), "COHORT_") || known[name] {
+			continue
+		}
+		unknown = append(unknown, unknownVar{Name: name, Meant: closest(name, c.envNames)})
+	}
+	return unknown
+}
+
+// unknownVar is a COHORT_ variable that sets no flag, and the one it was
+// probably meant to be ("" if none is close).
+type unknownVar struct{ Name, Meant string }
+
+// closest returns the name of names that name was probably meant to be:
+// the same but for case and underscores, or within two edits; "" if none.
+func closest(name string, names []string) string {
+	squash := func(s string) string { return strings.ToUpper(strings.ReplaceAll(s, "_", "")) }
+	best, bestDist := "", 3
+	for _, n := range names {
+		if squash(n) == squash(name) {
+			return n
+		}
+		if d := editDistance(strings.ToUpper(name), n); d < bestDist {
+			best, bestDist = n, d
+		}
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance between a and b, in bytes.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 // checkPorts refuses listeners that would take the same port: -http (TCP),

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"io"
 	"log/slog"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -305,5 +306,28 @@ func TestParseFlagsLogSettingsOnError(t *testing.T) {
 	}
 	if c, err := parseFlags([]string{"-log-format", "xml"}, env(nil), "testhost", io.Discard); err == nil || c != nil {
 		t.Errorf("parseFlags with a bad -log-format = %+v, %v; want only the error", c, err)
+	}
+}
+
+// A COHORT_ variable that sets no flag is reported, with the one it was
+// probably meant to be; flags' own variables and other programs' are not.
+func TestUnknownEnv(t *testing.T) {
+	c, err := parseFlags([]string{"-route", "n1"}, env(nil), "testhost", io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := c.unknownEnv([]string{
+		"COHORT_DROP_TIME=5s", "COHORT_VERSION=1.2.3", "PATH=/bin", "COHORTX=1",
+		"COHORT_DROPTIME=5s", "cohort_frequency=1s", "COHORT_SEND_MOD=sync", "COHORT_COLOR=blue", "COHORT_KEY_FILE==x",
+	})
+	want := []unknownVar{
+		{"COHORT_DROPTIME", "COHORT_DROP_TIME"},
+		{"cohort_frequency", "COHORT_FREQUENCY"},
+		{"COHORT_SEND_MOD", "COHORT_SEND_MODE"},
+		{"COHORT_COLOR", ""},
+		{"COHORT_KEY_FILE", ""},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("unknownEnv = %v, want %v", got, want)
 	}
 }

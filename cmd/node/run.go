@@ -110,6 +110,13 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
 	for _, ig := range cfg.Ignored {
 		logger.Warn("setting ignored", "flag", "-"+ig.Flag, "source", ig.Source, "reason", ig.Reason)
 	}
+	for _, u := range cfg.unknownEnv(os.Environ()) {
+		attrs := []any{"variable", u.Name}
+		if u.Meant != "" {
+			attrs = append(attrs, "did_you_mean", u.Meant)
+		}
+		logger.Warn("environment variable ignored: no flag of that name", attrs...)
+	}
 
 	// Try the port first: a taken one fails the start before the node
 	// joins.
@@ -144,7 +151,11 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
 		case <-ctx.Done():
 			logger.Info("shutting down before ready")
 			_ = hub.Close()
-			return cluster.Close(context.Background())
+			if err := cluster.Close(context.Background()); err != nil {
+				return err
+			}
+			logger.Info("stopped")
+			return nil
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
@@ -267,7 +278,7 @@ func startCluster(ctx context.Context, cfg *config, logger *slog.Logger, retryFo
 			return nil, fmt.Errorf("%s %s: port still in use after %s: %w", cfg.source[name], addr, retryFor, err)
 		}
 		if !warned {
-			logger.Warn("a port is still in use; retrying", "flag", "-"+name, "addr", addr, "for", retryFor.String(), "err", err)
+			logger.Warn("a port is still in use; retrying", "flag", "-"+name, "source", cfg.source[name], "addr", addr, "for", retryFor.String(), "err", err)
 			warned = true
 		}
 		select {
