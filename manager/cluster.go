@@ -30,8 +30,8 @@ func (t channelTransport) Send(ctx context.Context, to []string, msg []byte, mod
 	return t.ch.Send(ctx, to, MsgType, msg, mode)
 }
 
-func (t channelTransport) sendWithin(ctx context.Context, timeout time.Duration, to []string, msg []byte, mode SendMode) error {
-	return t.ch.SendWithin(ctx, timeout, to, MsgType, msg, mode)
+func (t channelTransport) sendWithin(ctx context.Context, timeout time.Duration, to []string, msg []byte, mode SendMode, queued func()) error {
+	return t.ch.SendQueued(ctx, timeout, to, MsgType, msg, mode, queued)
 }
 
 func (t channelTransport) Peers() []string { return t.ch.Peers() }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -66,6 +67,12 @@ type replicated struct {
 	st  *store
 	t   countingTransport
 
+	// order orders the commits of each session (Commit), by a hash of
+	// its id: a lock per session would cost every session held its
+	// memory.
+	order     [1024]sync.Mutex
+	orderSeed maphash.Seed
+
 	stop   chan struct{}
 	wg     sync.WaitGroup
 	closed atomic.Bool
@@ -125,20 +132,30 @@ func (t countingTransport) Send(ctx context.Context, to []string, msg []byte, mo
 
 // withinSender is a Transport that bounds a send's wait without a
 // context of its own, which costs each request a timer, a lock and
-// allocations.
+// allocations, and that calls queued (when not nil) once msg is queued
+// to every peer, before waiting for their answers.
 type withinSender interface {
-	sendWithin(ctx context.Context, timeout time.Duration, to []string, msg []byte, mode SendMode) error
+	sendWithin(ctx context.Context, timeout time.Duration, to []string, msg []byte, mode SendMode, queued func()) error
 }
 
-func (t countingTransport) sendWithin(ctx context.Context, timeout time.Duration, to []string, msg []byte, mode SendMode) error {
+// sendWithin sends msg, its wait bounded by timeout. queued, when not nil,
+// is called once msg is on its way to every peer: by a withinSender
+// before it waits, by any other Transport once Send returns.
+func (t countingTransport) sendWithin(ctx context.Context, timeout time.Duration, to []string, msg []byte, mode SendMode, queued func()) error {
 	if len(msg) > 0 {
 		t.c.sent[kindIndex(msg[0])].Add(1)
 	}
 	if w, ok := t.Transport.(withinSender); ok {
-		return w.sendWithin(ctx, timeout, to, msg, mode)
+		return w.sendWithin(ctx, timeout, to, msg, mode, queued)
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
+	if queued != nil {
+		defer queued()
+	}
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
 	return t.Transport.Send(ctx, to, msg, mode)
 }
 
@@ -201,7 +218,7 @@ func newReplicated(cfg DeltaConfig, t Transport) (*replicated, error) {
 		cfg.ChunkBytes = 256 << 10
 	}
 	h := cfg.host()
-	m := &replicated{cfg: cfg, h: h, st: newStore(h, cfg.IDGracePeriod), stop: make(chan struct{}), touches: make(map[string]int64)}
+	m := &replicated{cfg: cfg, h: h, st: newStore(h, cfg.IDGracePeriod), stop: make(chan struct{}), touches: make(map[string]int64), orderSeed: maphash.MakeSeed()}
 	m.t = countingTransport{Transport: t, c: &m.stats}
 	m.wg.Add(1)
 	go func() {
@@ -390,9 +407,18 @@ func (m *replicated) Find(ctx context.Context, id string) (*Session, error) {
 // Commit replicates the request's changes to every peer in the configured
 // mode. A request that only read the session queues its access time for
 // the next batch instead.
+//
+// Two requests of one session that commit at once reach the peers in the
+// order of their revisions: each holds its session's order lock from
+// taking its revision until its change is queued to every peer, though
+// not while it waits for their answers. Out of order, a peer would see a
+// gap in the revisions and ask for a full copy.
 func (m *replicated) Commit(ctx context.Context, s *Session) error {
+	order := &m.order[maphash.String(m.orderSeed, s.ID())%uint64(len(m.order))]
+	order.Lock()
 	c, changed := s.commit()
 	if !changed {
+		order.Unlock()
 		m.queueTouch(s)
 		return nil
 	}
@@ -402,7 +428,7 @@ func (m *replicated) Commit(ctx context.Context, s *Session) error {
 	msg := encodeChange(&c)
 	m.warnLarge(s, len(msg))
 	m.stats.replicated.Add(1)
-	return m.send(ctx, m.targets(s), msg, m.cfg.Mode)
+	return m.send(ctx, m.targets(s), msg, m.cfg.Mode, order.Unlock)
 }
 
 // warnLarge logs, at most once a minute, a change larger than
@@ -425,12 +451,17 @@ func (m *replicated) warnLarge(s *Session, size int) {
 }
 
 // send sends with the send timeout and counts failures.
-func (m *replicated) send(ctx context.Context, to []string, msg []byte, mode SendMode) error {
+// queued, when not nil, is called once, when msg is queued to every
+// peer: before the wait in Ack and Sync modes.
+func (m *replicated) send(ctx context.Context, to []string, msg []byte, mode SendMode, queued func()) error {
 	var err error
 	if mode == Async {
 		err = m.t.Send(ctx, to, msg, mode)
+		if queued != nil {
+			queued()
+		}
 	} else {
-		err = m.t.sendWithin(ctx, m.cfg.SendTimeout, to, msg, mode)
+		err = m.t.sendWithin(ctx, m.cfg.SendTimeout, to, msg, mode, queued)
 	}
 	if err != nil {
 		m.stats.sendErrors.Add(1)
@@ -444,7 +475,7 @@ func (m *replicated) send(ctx context.Context, to []string, msg []byte, mode Sen
 func (m *replicated) sendAsync(to []string, k kind, body any) {
 	msg, err := encodeMsg(k, body)
 	if err == nil {
-		err = m.send(context.Background(), to, msg, Async)
+		err = m.send(context.Background(), to, msg, Async, nil)
 	}
 	if err != nil {
 		m.h.log.Warn("replication send failed", "kind", k.String(), "err", err)
@@ -559,7 +590,7 @@ func (m *replicated) Invalidate(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	return m.send(ctx, to, msg, m.cfg.Mode)
+	return m.send(ctx, to, msg, m.cfg.Mode, nil)
 }
 
 // ChangeID renames the session here and on every peer; the old id keeps
@@ -585,7 +616,7 @@ func (m *replicated) ChangeID(ctx context.Context, s *Session, base string) (str
 	if err != nil {
 		return "", err
 	}
-	return newID, m.send(ctx, m.recipients(s), msg, m.cfg.Mode)
+	return newID, m.send(ctx, m.recipients(s), msg, m.cfg.Mode, nil)
 }
 
 // FindByPrincipal returns the sessions logged in as principal, cluster

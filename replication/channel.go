@@ -212,17 +212,29 @@ func (c *Channel) Send(ctx context.Context, to []string, t MsgType, body []byte,
 	if _, ok := ctx.Deadline(); !ok {
 		timeout = c.cfg.SendTimeout
 	}
-	return c.send(ctx, timeout, to, t, body, mode)
+	return c.send(ctx, timeout, to, t, body, mode, nil)
 }
 
 // SendWithin is Send whose waits end at ctx's deadline or after timeout,
 // whichever comes first. It costs a request path less than a context with
 // a timeout of its own.
 func (c *Channel) SendWithin(ctx context.Context, timeout time.Duration, to []string, t MsgType, body []byte, mode SendMode) error {
+	return c.SendQueued(ctx, timeout, to, t, body, mode, nil)
+}
+
+// SendQueued is SendWithin that calls queued once body's frames are in
+// their peers' queues (or have failed to get there), before it waits for
+// any answer, exactly once, on every path. Frames queued to a peer go out
+// in queue order, so a caller that holds a lock until queued runs orders
+// its sends without holding the lock through their round trips.
+func (c *Channel) SendQueued(ctx context.Context, timeout time.Duration, to []string, t MsgType, body []byte, mode SendMode, queued func()) error {
 	if timeout <= 0 {
-		return c.Send(ctx, to, t, body, mode)
+		timeout = 0
+		if _, ok := ctx.Deadline(); !ok {
+			timeout = c.cfg.SendTimeout
+		}
 	}
-	return c.send(ctx, timeout, to, t, body, mode)
+	return c.send(ctx, timeout, to, t, body, mode, queued)
 }
 
 // alarms holds stopped alarms for senders' timeouts: a send with a
@@ -266,8 +278,11 @@ func (a *alarm) stop() (rang bool) {
 }
 
 // send waits until ctx is done, or timeout has passed unless it is 0.
-func (c *Channel) send(ctx context.Context, timeout time.Duration, to []string, t MsgType, body []byte, mode SendMode) error {
+func (c *Channel) send(ctx context.Context, timeout time.Duration, to []string, t MsgType, body []byte, mode SendMode, queued func()) error {
 	if c.closed.Load() {
+		if queued != nil {
+			queued()
+		}
 		return ErrClosed
 	}
 	var small [8]*peer // a cluster's peers, most often: no allocation
@@ -306,6 +321,9 @@ func (c *Channel) send(ctx context.Context, timeout time.Duration, to []string, 
 			failed++
 			errs = append(errs, &PeerError{Peer: p.route, Op: "queue", Err: err})
 		}
+	}
+	if queued != nil {
+		queued()
 	}
 	if group == nil || failed == len(targets) {
 		return errors.Join(errs...)
