@@ -205,6 +205,9 @@ func StartCluster(cfg ClusterConfig) (*Cluster, error) {
 		if c.ch, err = replication.New(rc); err != nil {
 			return nil, err
 		}
+		if mgrCfg.MaxSessionSize == 0 {
+			mgrCfg.MaxSessionSize = max(rc.MaxFrameSize-frameHeadroom, rc.MaxFrameSize/2)
+		}
 		t := ChannelTransport(c.ch)
 		if cfg.Kind == KindDelta {
 			d, derr := NewDelta(mgrCfg.DeltaConfig, t)

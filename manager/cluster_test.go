@@ -367,3 +367,31 @@ func TestConcurrentCommitsOfOneSessionArriveInOrder(t *testing.T) {
 		})
 	}
 }
+
+// TestClusterBoundsSessionsByFrameSize derives the session bound from the
+// channel's frame size: a value that could never be replicated is refused
+// at Set, rather than dropped by the channel at every commit.
+func TestClusterBoundsSessionsByFrameSize(t *testing.T) {
+	leaktest.Check(t)
+	cfg := DefaultClusterConfig()
+	cfg.Membership = membership.DefaultLocalConfig()
+	cfg.Membership.Route = "n1"
+	cfg.Membership.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	cfg.Replication.Addr = "127.0.0.1:0"
+	cfg.Replication.MaxFrameSize = 256 << 10
+	c, err := StartCluster(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Close(context.Background()) }()
+	s, err := c.Manager().Create(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Set("big", strings.Repeat("x", 200<<10)); !errors.Is(err, ErrSessionTooLarge) {
+		t.Errorf("Set of 200 KiB with 256 KiB frames = %v, want ErrSessionTooLarge", err)
+	}
+	if err := s.Set("fits", strings.Repeat("x", 150<<10)); err != nil {
+		t.Errorf("Set of 150 KiB with 256 KiB frames = %v", err)
+	}
+}

@@ -15,6 +15,9 @@ var (
 	ErrNotFound        = errors.New("manager: session not found")
 	ErrClosed          = errors.New("manager: closed")
 	ErrTooManySessions = errors.New("manager: too many sessions: this node holds its maximum")
+	// ErrSessionTooLarge is wrapped by the error of a Set that would make
+	// a replicated session larger than DeltaConfig.MaxSessionSize.
+	ErrSessionTooLarge = errors.New("session too large to replicate")
 )
 
 // Manager is what every manager kind offers the web layer. All methods are

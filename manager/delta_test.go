@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"regexp"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -490,16 +492,7 @@ func TestDeltaPartitionHealsToOneRevision(t *testing.T) {
 // counts them, as Tomcat's maxActiveSessions and rejectedSessions.
 func TestMaxSessionsRejects(t *testing.T) {
 	leaktest.Check(t)
-	net := newMemNet()
-	cfg := DefaultDeltaConfig()
-	cfg.Route, cfg.MaxSessions = "a", 2
-	cfg.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-	m, err := NewDelta(cfg, net.transport("a"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = m.Close(bg); net.close() }()
-	_ = m.Sync(bg)
+	m := newLoneDelta(t, func(cfg *DeltaConfig) { cfg.MaxSessions = 2 })
 	for range 2 {
 		if _, err := m.Create(bg); err != nil {
 			t.Fatal(err)
@@ -600,4 +593,67 @@ func TestDeltaInvalidateRacingChange(t *testing.T) {
 			t.Errorf("%s still holds the invalidated session (rev %+v)", r, got.Rev())
 		}
 	}
+}
+
+// TestMaxSessionSize refuses a Set that would make a session too large
+// for one replication message, keeps what the session held, and lets the
+// session go on replicating; a local-only attribute is not counted.
+func TestMaxSessionSize(t *testing.T) {
+	leaktest.Check(t)
+	m := newLoneDelta(t, func(cfg *DeltaConfig) {
+		cfg.MaxSessionSize = 1000
+		cfg.LocalOnly = regexp.MustCompile("^local$")
+	})
+	s, _ := m.Create(bg)
+	if err := s.Set("a", strings.Repeat("x", 600)); err != nil {
+		t.Fatal(err)
+	}
+	for _, set := range []func() error{
+		func() error { return s.Set("b", strings.Repeat("y", 600)) },
+		func() error { _, err := s.SetCopy("b", strings.Repeat("y", 600)); return err },
+	} {
+		err := set()
+		var nd *NotDistributableError
+		if !errors.Is(err, ErrSessionTooLarge) || !errors.As(err, &nd) || nd.Key != "b" || !strings.Contains(err.Error(), "MaxSessionSize") {
+			t.Errorf("Set of a second 600 bytes = %v, want a NotDistributableError for b wrapping ErrSessionTooLarge", err)
+		}
+	}
+	if _, ok := s.Get("b"); ok {
+		t.Error("the refused value was stored")
+	}
+	// Replacing the large value counts its new size, not both.
+	if err := s.Set("a", strings.Repeat("z", 900)); err != nil {
+		t.Errorf("replacing a with 900 bytes: %v", err)
+	}
+	if err := s.Set("local", strings.Repeat("l", 5000)); err != nil {
+		t.Errorf("a local-only attribute: %v", err)
+	}
+	if err := m.Commit(bg, s); err != nil {
+		t.Errorf("commit after a refused Set: %v", err)
+	}
+
+	cfg := DefaultDeltaConfig()
+	cfg.Route, cfg.MaxSessionSize = "b", -1
+	if _, err := NewDelta(cfg, newMemNet().transport("b")); err == nil || !strings.Contains(err.Error(), "MaxSessionSize") {
+		t.Errorf("MaxSessionSize -1: %v, want an error naming it", err)
+	}
+}
+
+// newLoneDelta starts a Delta node "a" alone on an in-memory network,
+// with the default config as edit leaves it, and closes it at the test's
+// end.
+func newLoneDelta(t *testing.T, edit func(*DeltaConfig)) *Delta {
+	t.Helper()
+	net := newMemNet()
+	cfg := DefaultDeltaConfig()
+	cfg.Route = "a"
+	cfg.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	edit(&cfg)
+	m, err := NewDelta(cfg, net.transport("a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Close(bg); net.close() })
+	_ = m.Sync(bg)
+	return m
 }

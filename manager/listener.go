@@ -55,6 +55,9 @@ type host struct {
 	// notifyReplicated says whether listeners hear about changes received
 	// from peers (Config.NotifyOnReplication).
 	notifyReplicated bool
+	// maxSize bounds a session's names and encoded values together, in
+	// bytes (DeltaConfig.MaxSessionSize); 0: no bound.
+	maxSize int
 }
 
 // types is an alias so host can name the registry without a field called

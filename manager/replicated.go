@@ -36,7 +36,20 @@ type DeltaConfig struct {
 	ExpireOnShutdown bool
 	// ChunkBytes is the size of state transfer chunks. Default 256 KiB.
 	ChunkBytes int
+	// MaxSessionSize bounds a session's attributes, names and encoded
+	// values together, in bytes: Set and SetCopy refuse a value that would
+	// take a session over it, with a *NotDistributableError that wraps
+	// ErrSessionTooLarge, so that no change and no full copy of a session
+	// is ever too large for the replication channel to carry. Default 0:
+	// the channel's MaxFrameSize less 64 KiB for the message around it
+	// (16 MiB less 64 KiB by default), which StartCluster derives from
+	// Replication.MaxFrameSize.
+	MaxSessionSize int
 }
+
+// frameHeadroom is the room left in a replication frame for the message
+// around a session's attributes: envelope, ids, revision, names' framing.
+const frameHeadroom = 64 << 10
 
 // DefaultDeltaConfig returns DefaultConfig with ack mode, a 5s send
 // timeout and a 30s state transfer timeout.
@@ -217,7 +230,14 @@ func newReplicated(cfg DeltaConfig, t Transport) (*replicated, error) {
 	if cfg.ChunkBytes <= 0 {
 		cfg.ChunkBytes = 256 << 10
 	}
+	if cfg.MaxSessionSize < 0 {
+		return nil, &ConfigError{"MaxSessionSize", fmt.Sprint(cfg.MaxSessionSize), "a size in bytes of at least 0 (0: the replication channel's frame size less 64 KiB)"}
+	}
+	if cfg.MaxSessionSize == 0 {
+		cfg.MaxSessionSize = replication.DefaultConfig().MaxFrameSize - frameHeadroom
+	}
 	h := cfg.host()
+	h.maxSize = cfg.MaxSessionSize
 	m := &replicated{cfg: cfg, h: h, st: newStore(h, cfg.IDGracePeriod), stop: make(chan struct{}), touches: make(map[string]int64), orderSeed: maphash.MakeSeed()}
 	m.t = countingTransport{Transport: t, c: &m.stats}
 	m.wg.Add(1)

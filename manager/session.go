@@ -498,9 +498,17 @@ func (s *Session) Names() []string {
 
 // Set stores an attribute. Unless the name is local-only (Config.LocalOnly),
 // the value must be replicable: of a registered type (see [Types]) that
-// msgpack encodes. Otherwise Set returns a *NotDistributableError and
-// changes nothing. The value is encoded now, so later changes to it made in
-// place are not seen until MarkDirty.
+// msgpack encodes, and small enough that the session stays within the
+// manager's bound (DeltaConfig.MaxSessionSize). Otherwise Set returns a
+// *NotDistributableError and changes nothing.
+//
+// The value is encoded now, and that encoding is what replicates. This
+// node keeps v itself for its own reads, as a Java container keeps the
+// object: changes made to v in place are seen here at once but reach the
+// other nodes only with MarkDirty or another Set, and this node reads v
+// while the others read a decoded copy (an unexported field is lost
+// there, an int in a map comes back as int64). [Session.SetCopy] keeps
+// the encoded form alone, so every node reads the same thing.
 func (s *Session) Set(name string, v any) error {
 	var raw []byte
 	local := s.host.localOnly(name)
@@ -514,6 +522,10 @@ func (s *Session) Set(name string, v any) error {
 	if !s.valid {
 		s.mu.Unlock()
 		return ErrInvalidated
+	}
+	if err := s.fits(name, raw, v); err != nil {
+		s.mu.Unlock()
+		return err
 	}
 	a := attr{raw: raw, val: v}
 	old, had := s.attrs.set(name, a)
@@ -551,11 +563,36 @@ func (s *Session) SetCopy(name string, v any) (changed bool, err error) {
 			return false, nil
 		}
 	}
+	if err := s.fits(name, raw, v); err != nil {
+		s.mu.Unlock()
+		return false, err
+	}
 	old, had := s.attrs.set(name, attr{raw: raw})
 	s.pending.op(name, raw)
 	s.mu.Unlock()
 	s.fireSet(name, old, had, v)
 	return true, nil
+}
+
+// fits returns a *NotDistributableError if setting name to raw (v
+// encoded; nil for a local-only attribute) would make the session larger
+// than the manager's bound. s.mu is held.
+func (s *Session) fits(name string, raw []byte, v any) error {
+	limit := s.host.maxSize
+	if limit <= 0 || raw == nil {
+		return nil
+	}
+	size := len(name) + len(raw)
+	for i := range s.attrs {
+		if e := &s.attrs[i]; e.raw != nil && e.name.Value() != name {
+			size += len(e.name.Value()) + len(e.raw)
+		}
+	}
+	if size <= limit {
+		return nil
+	}
+	return &NotDistributableError{Key: name, Type: fmt.Sprintf("%T", v),
+		Err: fmt.Errorf("%w: the session would take %d bytes encoded, and at most %d go in one replication message (DeltaConfig.MaxSessionSize); keep large data out of the session, or raise the channel's MaxFrameSize", ErrSessionTooLarge, size, limit)}
 }
 
 // fireSet tells the listeners that name was set to v, replacing old when
