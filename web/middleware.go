@@ -361,14 +361,20 @@ func (ss *Sessions) find(ctx context.Context, id string) (*manager.Session, erro
 }
 
 // Get returns the request's session, creating one if the request has none.
-// It panics when the request did not pass through Middleware, a wiring
-// mistake.
+// Creating one fails once the response has started (ErrResponseStarted:
+// its cookie could not be sent), and when the manager refuses
+// (manager.ErrTooManySessions, manager.ErrClosed), so a handler checks the
+// error. Get panics when the request did not pass through Middleware, or
+// its path matched Config.Skip: a wiring mistake.
 func Get(r *http.Request) (*manager.Session, error) {
 	st := mustState(r)
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if st.s != nil && st.s.Valid() {
 		return st.s, nil
+	}
+	if st.committed {
+		return nil, ErrResponseStarted
 	}
 	s, err := st.ss.m.Create(st.ctx)
 	if err != nil {
@@ -403,13 +409,19 @@ func OriginalID(r *http.Request) string {
 }
 
 // RenewID gives the request's session a new random id, replicated like any
-// id change: call it after a login, against session fixation.
+// id change: call it after a login, against session fixation, and before
+// writing the response, which carries the new id's cookie
+// (ErrResponseStarted otherwise, and the id is kept). A request without a
+// session gets manager.ErrNotFound.
 func RenewID(r *http.Request) (string, error) {
 	st := mustState(r)
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if st.s == nil {
 		return "", manager.ErrNotFound
+	}
+	if st.committed {
+		return "", ErrResponseStarted
 	}
 	return st.ss.m.ChangeID(st.ctx, st.s, "")
 }
@@ -446,7 +458,7 @@ func Invalidate(r *http.Request) error {
 func mustState(r *http.Request) *state {
 	st, _ := r.Context().Value(ctxKey{}).(*state)
 	if st == nil {
-		panic("web: request did not pass through Sessions.Middleware")
+		panic("web: request did not pass through Sessions.Middleware, or its path matched Config.Skip (by default, paths of static files such as .css, .js, .txt)")
 	}
 	return st
 }
@@ -473,7 +485,16 @@ func (st *state) commit(h http.Header) {
 		h.Add("Set-Cookie", st.ss.cookie("", -1).String())
 		st.cookieID = ""
 	}
+	if h != nil {
+		st.committed = true
+	}
 }
+
+// ErrResponseStarted is returned by Get for a request without a session,
+// and by RenewID, once the response has started: the cookie that carries
+// the new id can no longer be sent, so the client would never present it
+// and the session would be lost.
+var ErrResponseStarted = errors.New("web: the response has started, so a new session id cannot reach the client: call Get or RenewID before writing the response")
 
 // commit commits s. An error means the changes are this node's but some
 // peer did not confirm them (it just died, or timed out): it is counted

@@ -2,6 +2,7 @@ package web_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -146,5 +147,51 @@ func TestOwnWebSocketBehindMiddleware(t *testing.T) {
 	_ = c.Close()
 	if cs := resp.Cookies(); len(cs) != 1 || !strings.HasSuffix(cs[0].Value, ".node1") {
 		t.Errorf("handshake cookies %v; want the new session's", cs)
+	}
+}
+
+// Once the response has started, a new session's cookie or a renewed id
+// cannot reach the client: Get for a request without a session and
+// RenewID say so rather than lose the session; an existing session is
+// still found, and its changes still commit.
+func TestResponseStartedRefusesNewIDs(t *testing.T) {
+	m := standard(t, "node1", "")
+	ss := middleware(t, m, "node1", nil)
+	var getErr, renewErr error
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /start", func(w http.ResponseWriter, r *http.Request) { _, _ = web.Get(r) })
+	mux.HandleFunc("GET /late", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "written first")
+		s, err := web.Get(r)
+		getErr = err
+		if s != nil {
+			_ = s.Set("late", true)
+		}
+		_, renewErr = web.RenewID(r)
+	})
+	h := ss.Middleware(mux)
+	do := func(path, id string) *http.Response {
+		rec, req := httptest.NewRecorder(), httptest.NewRequest("GET", path, nil)
+		if id != "" {
+			req.AddCookie(&http.Cookie{Name: "JSESSIONID", Value: id})
+		}
+		h.ServeHTTP(rec, req)
+		return rec.Result()
+	}
+	if resp := do("/late", ""); !errors.Is(getErr, web.ErrResponseStarted) || len(resp.Cookies()) != 0 || m.Count() != 0 {
+		t.Errorf("Get after the response started, no session: err %v, %d cookies, %d sessions; want ErrResponseStarted and none",
+			getErr, len(resp.Cookies()), m.Count())
+	}
+	id := do("/start", "").Cookies()[0].Value
+	do("/late", id)
+	if getErr != nil || !errors.Is(renewErr, web.ErrResponseStarted) {
+		t.Errorf("with a session: Get = %v, RenewID = %v; want nil and ErrResponseStarted", getErr, renewErr)
+	}
+	s, err := m.Find(context.Background(), id)
+	if err != nil {
+		t.Fatalf("the session's id changed although RenewID failed: %v", err)
+	}
+	if v, ok := s.Get("late"); ok != true || v != true {
+		t.Errorf("a change made after the response started was not committed: %v, %v", v, ok)
 	}
 }
