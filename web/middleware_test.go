@@ -39,14 +39,7 @@ func TestRenewIDDefeatsFixation(t *testing.T) {
 			_, _ = io.WriteString(w, "principal="+s.Principal())
 		})
 		h := middleware(t, m, "node1", nil).Middleware(mux)
-		do := func(path, id string) *http.Response {
-			rec, req := httptest.NewRecorder(), httptest.NewRequest("GET", path, nil)
-			if id != "" {
-				req.AddCookie(&http.Cookie{Name: "JSESSIONID", Value: id})
-			}
-			h.ServeHTTP(rec, req)
-			return rec.Result()
-		}
+		do := func(path, id string) *http.Response { return serveWithID(h, path, id) }
 		fixed := do("/start", "").Cookies()[0].Value
 		renewed := do("/login", fixed).Cookies()[0].Value
 		resp := do("/whoami", fixed)
@@ -170,14 +163,7 @@ func TestResponseStartedRefusesNewIDs(t *testing.T) {
 		_, renewErr = web.RenewID(r)
 	})
 	h := ss.Middleware(mux)
-	do := func(path, id string) *http.Response {
-		rec, req := httptest.NewRecorder(), httptest.NewRequest("GET", path, nil)
-		if id != "" {
-			req.AddCookie(&http.Cookie{Name: "JSESSIONID", Value: id})
-		}
-		h.ServeHTTP(rec, req)
-		return rec.Result()
-	}
+	do := func(path, id string) *http.Response { return serveWithID(h, path, id) }
 	if resp := do("/late", ""); !errors.Is(getErr, web.ErrResponseStarted) || len(resp.Cookies()) != 0 || m.Count() != 0 {
 		t.Errorf("Get after the response started, no session: err %v, %d cookies, %d sessions; want ErrResponseStarted and none",
 			getErr, len(resp.Cookies()), m.Count())
@@ -194,4 +180,15 @@ func TestResponseStartedRefusesNewIDs(t *testing.T) {
 	if v, ok := s.Get("late"); ok != true || v != true {
 		t.Errorf("a change made after the response started was not committed: %v, %v", v, ok)
 	}
+}
+
+// serveWithID serves a GET of path through h, with the session cookie id
+// unless it is empty.
+func serveWithID(h http.Handler, path, id string) *http.Response {
+	rec, req := httptest.NewRecorder(), httptest.NewRequest("GET", path, nil)
+	if id != "" {
+		req.AddCookie(&http.Cookie{Name: "JSESSIONID", Value: id})
+	}
+	h.ServeHTTP(rec, req)
+	return rec.Result()
 }
