@@ -1203,3 +1203,6 @@ func (m *replicated) streamTo(peer string, k kind, filter func(*Session) bool) (
 	}
 	return n, true
 }
+
+// Route returns this node's route, the suffix of the ids it issues.
+func (m *replicated) Route() string { return m.cfg.Route }

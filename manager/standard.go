@@ -288,3 +288,6 @@ func decodeFile(b []byte) ([]Full, error) {
 	}
 	return decodeFulls(body)
 }
+
+// Route returns this node's route, the suffix of the ids it issues.
+func (m *Standard) Route() string { return m.cfg.Route }

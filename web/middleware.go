@@ -21,7 +21,8 @@ import (
 // Config configures the HTTP side. Start from DefaultConfig.
 type Config struct {
 	// Route is this node's route: the suffix of the session ids it issues
-	// and the one the route binder rebinds ids to.
+	// and the one the route binder rebinds ids to. It must be the
+	// manager's route; empty takes it.
 	Route string
 	// CookieName is the session cookie, and the name of the path parameter
 	// (;jsessionid=) when it is JSESSIONID. Default "JSESSIONID".
@@ -98,7 +99,19 @@ func (ss *Sessions) Stats() Stats {
 }
 
 // New returns the middleware for the sessions of m.
+//
+// cfg.Route must be the manager's route (an empty one takes it): with
+// another, every session the manager issues would look like another
+// node's and be rebound on every request.
 func New(m manager.Manager, cfg Config) (*Sessions, error) {
+	if r, ok := m.(interface{ Route() string }); ok && r.Route() != "" {
+		switch {
+		case cfg.Route == "":
+			cfg.Route = r.Route()
+		case cfg.Route != r.Route():
+			return nil, fmt.Errorf("web: Config.Route %q is not the manager's route %q: set both to this node's route, or leave Config.Route empty", cfg.Route, r.Route())
+		}
+	}
 	if cfg.Route == "" || strings.ContainsAny(cfg.Route, ". ;,/") {
 		return nil, errors.New("web: Config.Route must be a non-empty name without '.', ';', ',', '/' or spaces")
 	}

@@ -491,3 +491,26 @@ func TestNewRefusesBadCookieName(t *testing.T) {
 		t.Errorf("CookieName SESSION_id-2: %v", err)
 	}
 }
+
+// Config.Route must be the manager's: another would make every session
+// look like another node's and rebind it on every request. An empty one
+// takes the manager's.
+func TestNewChecksRouteAgainstManager(t *testing.T) {
+	m := standard(t, "node1", "")
+	c := web.DefaultConfig()
+	c.Route = "web1"
+	if _, err := web.New(m, c); err == nil || !strings.Contains(err.Error(), `"web1"`) || !strings.Contains(err.Error(), `"node1"`) {
+		t.Errorf("Route web1 over a node1 manager: err = %v, want one naming both routes", err)
+	}
+	c.Route = ""
+	ss, err := web.New(m, c)
+	if err != nil {
+		t.Fatalf("empty Route: %v", err)
+	}
+	h := ss.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = web.Get(r) }))
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
+	if cs := rec.Result().Cookies(); len(cs) != 1 || !strings.HasSuffix(cs[0].Value, ".node1") {
+		t.Errorf("empty Route: cookies %v, want one id ending .node1", cs)
+	}
+}
