@@ -206,7 +206,7 @@ func StartCluster(cfg ClusterConfig) (*Cluster, error) {
 			return nil, err
 		}
 		if mgrCfg.MaxSessionSize == 0 {
-			mgrCfg.MaxSessionSize = max(rc.MaxFrameSize-frameHeadroom, rc.MaxFrameSize/2)
+			mgrCfg.MaxSessionSize = sessionBound(rc.MaxFrameSize)
 		}
 		t := ChannelTransport(c.ch)
 		if cfg.Kind == KindDelta {

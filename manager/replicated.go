@@ -47,9 +47,11 @@ type DeltaConfig struct {
 	MaxSessionSize int
 }
 
-// frameHeadroom is the room left in a replication frame for the message
-// around a session's attributes: envelope, ids, revision, names' framing.
-const frameHeadroom = 64 << 10
+// sessionBound is the default DeltaConfig.MaxSessionSize for frames of
+// frameSize bytes: the frame less 64 KiB for the message around a
+// session's attributes (envelope, ids, revision, names' framing), or half
+// of a frame too small for that.
+func sessionBound(frameSize int) int { return max(frameSize-64<<10, frameSize/2) }
 
 // DefaultDeltaConfig returns DefaultConfig with ack mode, a 5s send
 // timeout and a 30s state transfer timeout.
@@ -234,7 +236,7 @@ func newReplicated(cfg DeltaConfig, t Transport) (*replicated, error) {
 		return nil, &ConfigError{"MaxSessionSize", fmt.Sprint(cfg.MaxSessionSize), "a size in bytes of at least 0 (0: the replication channel's frame size less 64 KiB)"}
 	}
 	if cfg.MaxSessionSize == 0 {
-		cfg.MaxSessionSize = replication.DefaultConfig().MaxFrameSize - frameHeadroom
+		cfg.MaxSessionSize = sessionBound(replication.DefaultConfig().MaxFrameSize)
 	}
 	h := cfg.host()
 	h.maxSize = cfg.MaxSessionSize

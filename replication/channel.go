@@ -208,11 +208,7 @@ func (c *Channel) Peers() []string {
 // peer. body must not be modified until Send returns in Ack and Sync modes,
 // or ever in Async mode.
 func (c *Channel) Send(ctx context.Context, to []string, t MsgType, body []byte, mode SendMode) error {
-	var timeout time.Duration
-	if _, ok := ctx.Deadline(); !ok {
-		timeout = c.cfg.SendTimeout
-	}
-	return c.send(ctx, timeout, to, t, body, mode, nil)
+	return c.SendQueued(ctx, 0, to, t, body, mode, nil)
 }
 
 // SendWithin is Send whose waits end at ctx's deadline or after timeout,
@@ -229,6 +225,7 @@ func (c *Channel) SendWithin(ctx context.Context, timeout time.Duration, to []st
 // its sends without holding the lock through their round trips.
 func (c *Channel) SendQueued(ctx context.Context, timeout time.Duration, to []string, t MsgType, body []byte, mode SendMode, queued func()) error {
 	if timeout <= 0 {
+		// ctx's deadline alone bounds the wait; without one, the default.
 		timeout = 0
 		if _, ok := ctx.Deadline(); !ok {
 			timeout = c.cfg.SendTimeout
