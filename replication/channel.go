@@ -26,6 +26,12 @@ var (
 	ErrConnLost    = errors.New("replication: connection lost before the peer answered")
 	ErrNoHandler   = errors.New("replication: no handler for message type")
 	ErrPeerDown    = errors.New("replication: peer unreachable")
+	// ErrPeerStalled fails at once an Ack or Sync send to a peer that let
+	// an earlier one time out and has not answered since: the frame is
+	// still queued to it, in order, but nobody waits for its answer. The
+	// peer stops being stalled when any answer of its comes in, or when a
+	// connection to it is made again.
+	ErrPeerStalled = errors.New("replication: peer stalled: it did not answer an earlier send in time")
 )
 
 // PeerError is the failure of one peer in a Send.
@@ -204,7 +210,9 @@ func (c *Channel) Peers() []string {
 // handler has returned. Waits end at ctx's deadline, or after
 // Config.SendTimeout when ctx has none. A peer whose queue is full fails at
 // once with ErrQueueFull and is marked for a resync; a slow peer never
-// delays the others' queueing. The error joins a *PeerError per failed
+// delays the others' queueing. A peer that lets a wait end unanswered is
+// stalled: later sends queue its frames but fail it at once with
+// ErrPeerStalled instead of waiting for it again, until it answers. The error joins a *PeerError per failed
 // peer. body must not be modified until Send returns in Ack and Sync modes,
 // or ever in Async mode.
 func (c *Channel) Send(ctx context.Context, to []string, t MsgType, body []byte, mode SendMode) error {
@@ -308,15 +316,29 @@ func (c *Channel) send(ctx context.Context, timeout time.Duration, to []string, 
 		// frame answered meanwhile cannot signal the group early.
 		group = newAnswers(len(targets) + 1)
 	}
+	op := "ack"
+	if mode == Sync {
+		op = "apply"
+	}
 	failed := 0
 	now := time.Now()
 	for i, p := range targets {
 		f := &all[i]
 		*f = outFrame{typ: t, mode: mode, body: body, queued: now, group: group}
+		stalled := group != nil && p.stalled.Load()
+		if stalled {
+			// Queued in order, and answered, but not waited for: a hung
+			// peer must not hold every request for the whole timeout
+			// until membership declares it failed.
+			f.group = nil
+		}
 		if err := p.enqueue(f); err != nil {
 			f.group = nil // never queued: nobody answers it
 			failed++
 			errs = append(errs, &PeerError{Peer: p.route, Op: "queue", Err: err})
+		} else if stalled {
+			failed++
+			errs = append(errs, &PeerError{Peer: p.route, Op: op, Err: ErrPeerStalled})
 		}
 	}
 	if queued != nil {
@@ -346,10 +368,6 @@ func (c *Channel) send(ctx context.Context, timeout time.Duration, to []string, 
 	if ring != nil && ring.stop() && gaveUp == nil {
 		gaveUp = context.DeadlineExceeded
 	}
-	op := "ack"
-	if mode == Sync {
-		op = "apply"
-	}
 	for i := range all {
 		f := &all[i]
 		switch {
@@ -360,6 +378,9 @@ func (c *Channel) send(ctx context.Context, timeout time.Duration, to []string, 
 			}
 		default:
 			f.peer.forget(f)
+			if errors.Is(gaveUp, context.DeadlineExceeded) {
+				f.peer.stall(time.Since(now))
+			}
 			errs = append(errs, &PeerError{Peer: f.peer.route, Op: op, Err: gaveUp})
 		}
 	}
@@ -369,13 +390,14 @@ func (c *Channel) send(ctx context.Context, timeout time.Duration, to []string, 
 // Flush returns once every frame queued so far has been read by its peer,
 // or ctx is done: it sends each connected peer an acknowledged no-op,
 // which, frames being ordered, is read after everything before it. Peers
-// that are unreachable are skipped; their frames are lost and they are
-// marked for a resync. A graceful shutdown flushes before leaving.
+// that are unreachable or stalled are skipped; their frames may be lost.
+// Without a deadline in ctx, Config.SendTimeout bounds the wait. A
+// graceful shutdown flushes before leaving.
 func (c *Channel) Flush(ctx context.Context) error {
 	c.mu.Lock()
 	var to []string
 	for r, p := range c.peers {
-		if p.connected.Load() {
+		if p.connected.Load() && !p.stalled.Load() {
 			to = append(to, r)
 		}
 	}

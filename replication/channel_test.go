@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -528,7 +529,6 @@ func TestReplayIsRejected(t *testing.T) {
 func TestSendTimeouts(t *testing.T) {
 	leaktest.Check(t)
 	release := make(chan struct{})
-	defer close(release)
 	cb := testConfig(t, "b")
 	b := newChannel(t, cb)
 	b.Handle(testType, func(from string, body []byte) error {
@@ -557,12 +557,102 @@ func TestSendTimeouts(t *testing.T) {
 		if strings.Contains(err.Error(), " c: ") {
 			t.Fatalf("%s: c answered but is in the error: %v", what, err)
 		}
+		// b is stalled now: let it answer, so that the next send waits
+		// for it again.
+		release <- struct{}{}
+		waitFor(t, "b to answer again", func() bool { return !peerStats(a, "b").Stalled })
 	}
 	late("SendWithin 100ms", a.SendWithin(context.Background(), 100*time.Millisecond, nil, testType, []byte("stall"), Sync))
 	late("Send, no deadline", a.Send(context.Background(), nil, testType, []byte("stall"), Sync))
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	late("SendWithin 1h, context 100ms", a.SendWithin(ctx, time.Hour, nil, testType, []byte("stall"), Sync))
+}
+
+// TestStalledPeerFailsFastUntilItAnswers checks that once a wait for a
+// peer ends unanswered, later sends do not wait for it again (they would
+// each wait the whole timeout while it hangs), that its frames still reach
+// it in order, and that it is waited for again once it answers.
+func TestStalledPeerFailsFastUntilItAnswers(t *testing.T) {
+	leaktest.Check(t)
+	release := make(chan struct{})
+	var got inbox
+	b := newChannel(t, testConfig(t, "b"))
+	record := got.handler("")
+	b.Handle(testType, func(from string, body []byte) error {
+		if string(body) == "hang" {
+			<-release
+		}
+		return record(from, body)
+	})
+	c := newChannel(t, testConfig(t, "c"))
+	c.Handle(testType, func(string, []byte) error { return nil })
+	ca := testConfig(t, "a")
+	ca.SendTimeout = time.Hour // a send that waited for the stalled peer would hang the test
+	var logs syncLog
+	ca.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	a := newChannel(t, ca)
+	a.AddPeer("b", b.Addr().String())
+	a.AddPeer("c", c.Addr().String())
+
+	err := a.SendWithin(context.Background(), 100*time.Millisecond, nil, testType, []byte("hang"), Sync)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("send to the hung peer: err = %v, want DeadlineExceeded", err)
+	}
+	if st := peerStats(a, "b"); !st.Stalled || st.Stalls != 1 {
+		t.Fatalf("b after the timeout: stalled %v, stalls %d; want true, 1", st.Stalled, st.Stalls)
+	}
+	for _, mode := range []SendMode{Ack, Sync} {
+		err := a.Send(context.Background(), nil, testType, []byte("next-"+mode.String()), mode)
+		var pe *PeerError
+		if !errors.Is(err, ErrPeerStalled) || !errors.As(err, &pe) || pe.Peer != "b" {
+			t.Fatalf("%v send while b is stalled: err = %v, want b's ErrPeerStalled", mode, err)
+		}
+		if strings.Contains(err.Error(), " c: ") {
+			t.Fatalf("%v send: c answered but is in the error: %v", mode, err)
+		}
+	}
+	if err := a.Flush(context.Background()); err != nil {
+		t.Fatalf("Flush with b stalled: %v (it should skip b)", err)
+	}
+	if peerStats(a, "c").Stalled {
+		t.Fatal("an answering peer is marked stalled")
+	}
+
+	close(release)
+	waitFor(t, "b to answer again", func() bool { return !peerStats(a, "b").Stalled })
+	for _, m := range []string{"a:hang", "a:next-ack", "a:next-sync"} {
+		waitFor(t, "b to get "+m, func() bool { return got.has(m) })
+	}
+	got.mu.Lock()
+	order := slices.Clone(got.msgs)
+	got.mu.Unlock()
+	if want := []string{"a:hang", "a:next-ack", "a:next-sync"}; !slices.Equal(order, want) {
+		t.Fatalf("b got %v, want %v: frames to a stalled peer keep their order", order, want)
+	}
+	if err := a.Send(context.Background(), nil, testType, []byte("after"), Sync); err != nil {
+		t.Fatalf("send once b answers again: %v", err)
+	}
+	if st := peerStats(a, "b"); st.Stalled || st.Stalls != 1 {
+		t.Fatalf("b at the end: stalled %v, stalls %d; want false, 1", st.Stalled, st.Stalls)
+	}
+	out := logs.String()
+	if n := strings.Count(out, "peer did not answer in time"); n != 1 {
+		t.Errorf("stall logged %d times, want once per episode:\n%s", n, out)
+	}
+	if !strings.Contains(out, "stalled peer answers again") {
+		t.Errorf("recovery not logged:\n%s", out)
+	}
+}
+
+// peerStats returns ch's stats of the peer route.
+func peerStats(ch *Channel, route string) PeerStats {
+	for _, p := range ch.Stats().Peers {
+		if p.Route == route {
+			return p
+		}
+	}
+	return PeerStats{}
 }
 
 // TestCloseAndRemoveEndWaitingSends checks that a send waiting on a peer,

@@ -20,7 +20,10 @@
 // handler has returned, its error included. Every wait is bounded by the
 // context or Config.SendTimeout; [Channel.SendWithin] takes the bound as an
 // argument, which costs a request path less than a context with a timeout
-// of its own. Frames from one sender to one receiver are
+// of its own. A peer that lets a wait end unanswered (a hung process, a
+// stopped VM) is stalled: until it answers again, sends still queue its
+// frames but fail it at once with [ErrPeerStalled] rather than each wait
+// the whole bound for it. Frames from one sender to one receiver are
 // handled in send order, whatever their modes. [Stream] sends long
 // sequences with a window of unacknowledged frames.
 //

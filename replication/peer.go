@@ -79,6 +79,8 @@ type peer struct {
 
 	connected                              atomic.Bool
 	down                                   atomic.Bool // the last dial failed
+	stalled                                atomic.Bool // a wait for its answer ended unanswered, and none came since
+	stalls                                 atomic.Int64
 	resync                                 atomic.Bool
 	overflowed                             atomic.Bool // the queue overflowed while connected: resync once drained
 	framesSent, bytesSent, errs, queueFull atomic.Int64
@@ -136,6 +138,24 @@ func (p *peer) markResync(why string) {
 	p.c.log.Warn("peer may have missed frames; it needs a resync", "peer", p.route, "reason", why)
 }
 
+// stall records that a send gave up waiting for the peer after waited:
+// until it answers, later sends do not wait for it (see ErrPeerStalled).
+func (p *peer) stall(waited time.Duration) {
+	if p.stalled.Swap(true) {
+		return
+	}
+	p.stalls.Add(1)
+	p.c.log.Warn("peer did not answer in time; sends no longer wait for it until it answers",
+		"peer", p.route, "waited", waited.Round(time.Millisecond))
+}
+
+// answered records that the peer answered: it is no longer stalled.
+func (p *peer) answered() {
+	if p.stalled.Load() && p.stalled.CompareAndSwap(true, false) {
+		p.c.log.Info("stalled peer answers again; sends wait for it again", "peer", p.route)
+	}
+}
+
 // connectedAgain tells the higher layer that a peer which missed frames
 // can be resynchronised now.
 func (p *peer) connectedAgain() {
@@ -188,6 +208,7 @@ func (p *peer) run() {
 		}
 		up := time.Now()
 		sent := p.framesSent.Load()
+		p.answered() // it ran the handshake
 		p.down.Store(false)
 		p.connected.Store(true)
 		p.overflowed.Store(false) // the resync below covers it
@@ -417,6 +438,7 @@ func (p *peer) readAnswers(conn net.Conn, open *sealer) error {
 			p.c.drops.add(dropGarbage)
 			return fmt.Errorf("%w: unexpected message type %d on an outbound connection", ErrMalformed, env.Type)
 		}
+		p.answered()
 		p.wmu.Lock()
 		f := p.waiters[env.Seq]
 		delete(p.waiters, env.Seq)

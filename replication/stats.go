@@ -139,6 +139,8 @@ type PeerStats struct {
 	Route          string
 	Addr           string
 	Connected      bool
+	Stalled        bool  // a send gave up waiting for it, and it has not answered since (see ErrPeerStalled)
+	Stalls         int64 // times it became stalled
 	NeedsResync    bool
 	QueueDepth     int
 	FramesSent     int64
@@ -174,7 +176,7 @@ func (c *Channel) Stats() Stats {
 	defer c.mu.Unlock()
 	for _, p := range c.peers {
 		ps := PeerStats{
-			Route: p.route, Addr: p.addr, Connected: p.connected.Load(), NeedsResync: p.resync.Load(),
+			Route: p.route, Addr: p.addr, Connected: p.connected.Load(), Stalled: p.stalled.Load(), Stalls: p.stalls.Load(), NeedsResync: p.resync.Load(),
 			QueueDepth: len(p.queue), FramesSent: p.framesSent.Load(), BytesSent: p.bytesSent.Load(),
 			Errors: p.errs.Load(), QueueFull: p.queueFull.Load(),
 		}
