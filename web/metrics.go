@@ -86,6 +86,8 @@ var (
 	mQueueFull        = desc("replication_queue_full_total", "Sends refused because a peer's queue was full.", "peer")
 	mPeerErrors       = desc("replication_peer_errors_total", "Failed dials and lost connections, by peer.", "peer")
 	mConnected        = desc("replication_peer_connected", "1 when the connection to the peer is up.", "peer")
+	mStalled          = desc("replication_peer_stalled", "1 when the peer let a send time out and has not answered since: sends do not wait for it.", "peer")
+	mStalls           = desc("replication_peer_stalls_total", "Times the peer became stalled.", "peer")
 	mNeedsResync      = desc("replication_peer_needs_resync", "1 when the peer may have missed frames and waits for a resync.", "peer")
 	mDropped          = desc("replication_connections_dropped_total", "Replication connections dropped for bad input, by reason.", "reason")
 	mAckLatency       = desc("replication_ack_latency_seconds", "Round trips of ack and sync sends.")
@@ -165,6 +167,8 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 			counter(mQueueFull, p.QueueFull, p.Route)
 			counter(mPeerErrors, p.Errors, p.Route)
 			gauge(mConnected, b2f(p.Connected), p.Route)
+			gauge(mStalled, b2f(p.Stalled), p.Route)
+			counter(mStalls, p.Stalls, p.Route)
 			gauge(mNeedsResync, b2f(p.NeedsResync), p.Route)
 		}
 		for t, ts := range cs.ByType {

@@ -32,6 +32,7 @@ type config struct {
 	Manager        string
 	Backups        int
 	SendMode       string
+	SendTimeout    time.Duration // how long a write waits for a peer's answer
 	SessionTimeout time.Duration
 	SessionFile    string // standard manager: sessions saved on stop, read back on start
 	DrainTime      time.Duration
@@ -110,6 +111,7 @@ func parseFlags(args []string, getenv func(string) string, host string, stderr i
 		manager   = fs.String("manager", "delta", "session manager: `delta|backup|standard`")
 		backups   = fs.String("backups", "1", "backup copies per session, `n` (backup manager only)")
 		sendMode  = fs.String("send-mode", "ack", "how long a request waits for its replicas: `async|ack|sync` (delta and backup managers)")
+		sendWait  = fs.String("send-timeout", "5s", "how long a request waits for a peer's answer in ack and sync modes, a `duration`; a peer that does not answer in time is not waited for again until it answers (delta and backup managers)")
 		timeout   = fs.String("session-timeout", "30m", "session max inactive interval, a `duration`")
 		drain     = fs.String("drain-time", "0s", "on SIGTERM or SIGINT, how long to answer 503 on /readyz while still serving, before closing HTTP: a `duration`")
 		large     = fs.String("large-session", "256KiB", "log a warning for session changes larger than this `size` (bytes, KiB or MiB), or off (delta and backup managers)")
@@ -251,6 +253,9 @@ func parseFlags(args []string, getenv func(string) string, host string, stderr i
 	default:
 		return fail(bad("send-mode", *sendMode, "async, ack or sync"))
 	}
+	if c.SendTimeout, err = time.ParseDuration(*sendWait); err != nil || c.SendTimeout <= 0 {
+		return fail(bad("send-timeout", *sendWait, "a positive duration such as 5s"))
+	}
 	if c.SessionTimeout, err = time.ParseDuration(*timeout); err != nil || c.SessionTimeout <= 0 {
 		return fail(bad("session-timeout", *timeout, "a positive duration such as 30m"))
 	}
@@ -299,6 +304,7 @@ func parseFlags(args []string, getenv func(string) string, host string, stderr i
 	}
 	if c.Manager == "standard" {
 		ignore("send-mode", "the standard manager does not replicate sessions")
+		ignore("send-timeout", "the standard manager does not replicate sessions")
 		ignore("replication", "the standard manager has no replication channel")
 		ignore("large-session", "the standard manager does not replicate sessions, and only replicated changes are measured")
 	}
@@ -535,6 +541,8 @@ func (c *config) clusterConfig(logger *slog.Logger) manager.ClusterConfig {
 		m.File = c.SessionFile
 	}
 	_ = m.Mode.UnmarshalText([]byte(c.SendMode)) // validated by parseFlags
+	m.SendTimeout = c.SendTimeout
+	cc.Replication.SendTimeout = c.SendTimeout
 	return cc
 }
 
@@ -556,6 +564,7 @@ func (c *config) LogValue() slog.Value {
 		slog.String("multicast", orOff(c.Multicast)), slog.String("frequency", c.Frequency.String()),
 		slog.String("drop_time", c.DropTime.String()), slog.String("manager", c.Manager),
 		slog.Int("backups", c.Backups), slog.String("send_mode", c.SendMode),
+		slog.String("send_timeout", c.SendTimeout.String()),
 		slog.String("session_timeout", c.SessionTimeout.String()), slog.String("drain_time", c.DrainTime.String()),
 		slog.Int("large_session", c.LargeSession), slog.Int("max_sessions", c.MaxSessions),
 		slog.String("session_file", c.SessionFile),

@@ -22,7 +22,7 @@ func TestParseFlagsDefaults(t *testing.T) {
 	}
 	if c.HTTP != "127.0.0.1:8080" || c.Bind != "127.0.0.1:7946" || c.Replication != "127.0.0.1:8946" ||
 		c.Multicast != "228.0.0.4:45564" || c.Frequency != 500*time.Millisecond || c.DropTime != 3*time.Second ||
-		c.Manager != "delta" || c.Backups != 1 || c.SendMode != "ack" || c.SessionTimeout != 30*time.Minute ||
+		c.Manager != "delta" || c.Backups != 1 || c.SendMode != "ack" || c.SendTimeout != 5*time.Second || c.SessionTimeout != 30*time.Minute ||
 		c.Cookie != "JSESSIONID" || c.Domain != "cohort" || c.Key != nil || len(c.Join) != 0 {
 		t.Errorf("defaults = %+v", c)
 	}
@@ -30,11 +30,12 @@ func TestParseFlagsDefaults(t *testing.T) {
 
 func TestParseFlagsPrecedence(t *testing.T) {
 	e := env(map[string]string{
-		"COHORT_DROP_TIME": "5s",
-		"COHORT_FREQUENCY": "1s",
-		"COHORT_JOIN":      "10.0.0.1:7946, cohort.default.svc:7946",
-		"COHORT_MULTICAST": "off",
-		"COHORT_KEY":       "MDEyMzQ1Njc4OWFiY2RlZg==",
+		"COHORT_DROP_TIME":    "5s",
+		"COHORT_SEND_TIMEOUT": "750ms",
+		"COHORT_FREQUENCY":    "1s",
+		"COHORT_JOIN":         "10.0.0.1:7946, cohort.default.svc:7946",
+		"COHORT_MULTICAST":    "off",
+		"COHORT_KEY":          "MDEyMzQ1Njc4OWFiY2RlZg==",
 	})
 	c, err := parseFlags([]string{"-route=n1", "-frequency=2s", "-bind=10.1.1.1:7000"}, e, "testhost", io.Discard)
 	if err != nil {
@@ -42,6 +43,9 @@ func TestParseFlagsPrecedence(t *testing.T) {
 	}
 	if c.Frequency != 2*time.Second {
 		t.Errorf("frequency = %v, want the flag's 2s over the environment's 1s", c.Frequency)
+	}
+	if cc := c.clusterConfig(slog.Default()); cc.Manager.SendTimeout != 750*time.Millisecond || cc.Replication.SendTimeout != 750*time.Millisecond {
+		t.Errorf("send timeout: manager %v, channel %v; want COHORT_SEND_TIMEOUT's 750ms for both", cc.Manager.SendTimeout, cc.Replication.SendTimeout)
 	}
 	if c.DropTime != 5*time.Second || c.Multicast != "" || len(c.Key) != 16 || c.Replication != "10.1.1.1:8000" {
 		t.Errorf("config from environment = %+v", c)
@@ -77,6 +81,8 @@ func TestParseFlagsErrors(t *testing.T) {
 		{[]string{"-drain-time", "-1s"}, nil, "-drain-time"},
 		{[]string{"-send-mode", "fire"}, nil, "-send-mode"},
 		{[]string{"-session-timeout", "1"}, nil, "-session-timeout"},
+		{[]string{"-send-timeout", "0s"}, nil, "-send-timeout"},
+		{nil, map[string]string{"COHORT_SEND_TIMEOUT": "soon"}, "COHORT_SEND_TIMEOUT"},
 		{[]string{"-cookie", "a b"}, nil, "-cookie"},
 		{[]string{"-cookie", "sé"}, nil, "-cookie"},
 		{[]string{"-key", "c2hvcnQ="}, nil, "-key"},
@@ -281,7 +287,7 @@ func TestUsage(t *testing.T) {
 		t.Errorf("usage still calls a value string:\n%s", usage)
 	}
 	for _, name := range []string{"route", "http", "bind", "replication", "join", "multicast", "frequency", "drop-time",
-		"manager", "backups", "send-mode", "session-timeout", "drain-time", "large-session", "max-sessions",
+		"manager", "backups", "send-mode", "send-timeout", "session-timeout", "drain-time", "large-session", "max-sessions",
 		"cookie", "domain", "key", "log-level", "log-format"} {
 		if !strings.Contains(usage, "\n    \t"+envName(name)+"\n") {
 			t.Errorf("usage does not name %s on a line of its own", envName(name))

@@ -428,7 +428,7 @@ func newMux(cfg *config, cluster *manager.Cluster, sessions *web.Sessions, dash 
 		if ch := cluster.Channel(); ch != nil {
 			for _, p := range ch.Stats().Peers {
 				st.Peers = append(st.Peers, peerStatus{
-					Route: p.Route, Address: p.Addr, Connected: p.Connected, QueueDepth: p.QueueDepth,
+					Route: p.Route, Address: p.Addr, Connected: p.Connected, Stalled: p.Stalled, QueueDepth: p.QueueDepth,
 					NeedsResync: p.NeedsResync, FramesSent: p.FramesSent, FramesReceived: p.FramesReceived,
 				})
 			}
@@ -443,6 +443,7 @@ type peerStatus struct {
 	Route          string `json:"route"`
 	Address        string `json:"address"`
 	Connected      bool   `json:"connected"`
+	Stalled        bool   `json:"stalled"` // did not answer a send in time, nor since: not waited for
 	QueueDepth     int    `json:"queue_depth"`
 	NeedsResync    bool   `json:"needs_resync"`
 	FramesSent     int64  `json:"frames_sent"`
