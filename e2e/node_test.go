@@ -87,6 +87,14 @@ type proc struct {
 	done              chan struct{} // closed when the process has exited
 	err               error         // its exit status, once done is closed
 	log               *strings.Builder
+	logMu             *sync.Mutex
+}
+
+// logText returns what the process has logged so far.
+func (p *proc) logText() string {
+	p.logMu.Lock()
+	defer p.logMu.Unlock()
+	return p.log.String()
 }
 
 type nodeSpec struct {
@@ -128,13 +136,13 @@ func startNode(t testing.TB, sp nodeSpec, join string, extra ...string) *proc {
 		cmd = exec.Command("ip", append([]string{"netns", "exec", sp.netns, nodeBinary(t)}, args...)...)
 	}
 	var log strings.Builder
-	var mu sync.Mutex
+	mu := new(sync.Mutex)
 	w := writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return log.Write(p) })
 	cmd.Stdout, cmd.Stderr = w, w
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &proc{route: sp.route, http: sp.http, bind: sp.bind, cmd: cmd, done: make(chan struct{}), log: &log}
+	p := &proc{route: sp.route, http: sp.http, bind: sp.bind, cmd: cmd, done: make(chan struct{}), log: &log, logMu: mu}
 	go func() { p.err = cmd.Wait(); close(p.done) }()
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
