@@ -492,15 +492,33 @@ func (c *Cluster) Drain() {
 // manager (which sends its pending access times), waits until the peers
 // have read everything queued for them, leaves the cluster so peers see a
 // leave rather than a failure, and closes the channel. ctx bounds the
-// whole shutdown.
+// whole shutdown; the flush takes at most the channel's send timeout, and
+// whatever the steps before it take, the leave keeps its share of ctx's
+// time (the drop time, or half of what is left when that is less): a
+// leave cut short makes the peers report this node failed a drop time
+// later instead of left at once.
 func (c *Cluster) Close(ctx context.Context) error {
 	var err error
 	c.once.Do(func() {
 		c.Drain()
 		c.cancel()
-		err = c.mgr.Close(ctx)
+		before := ctx // what the steps before the leave may take
+		if d, ok := ctx.Deadline(); ok {
+			share := min(c.cfg.Membership.DropTime, time.Until(d)/2)
+			var cancel context.CancelFunc
+			before, cancel = context.WithDeadline(ctx, d.Add(-share))
+			defer cancel()
+		}
+		err = c.mgr.Close(before)
 		if c.ch != nil {
-			if ferr := c.ch.Flush(ctx); ferr != nil {
+			fctx := before
+			if st := c.cfg.Replication.SendTimeout; st > 0 {
+				var cancel context.CancelFunc
+				fctx, cancel = context.WithTimeout(before, st)
+				defer cancel()
+			}
+			ferr := c.ch.Flush(fctx)
+			if ferr != nil {
 				c.log.Warn("replication not flushed before leaving", "err", ferr)
 			}
 		}

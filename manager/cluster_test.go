@@ -261,6 +261,49 @@ func TestClusterGracefulCloseIsALeave(t *testing.T) {
 	}
 }
 
+// TestCloseKeepsTheLeaveItsShare stops a node whose flush cannot finish,
+// because a peer has stopped reading: the flush must not take the whole
+// shutdown budget, or the leave is never sent and the peers report the
+// node failed instead of left.
+func TestCloseKeepsTheLeaveItsShare(t *testing.T) {
+	leaktest.Check(t)
+	rc := newRealCluster(t, KindDelta, "n1", "n2", "n3")
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) }) // before the cluster's cleanup closes n2
+	rc.nodes["n2"].Manager().AddListener(Listener{AttributeAdded: func(_ *Session, name string, _ any) {
+		if name == "hang" {
+			<-release // n2's receiver stops reading from n1
+		}
+	}})
+	ctx := context.Background()
+	n1 := rc.nodes["n1"]
+	n1.cfg.Replication.SendTimeout = time.Hour // only ctx bounds the flush
+	s, _ := n1.Manager().Create(ctx)
+	_ = s.Set("hang", "x")
+	if err := n1.Manager().Commit(ctx, s); err != nil { // acknowledged on read, before n2 handles it
+		t.Fatal(err)
+	}
+	delete(rc.nodes, "n1")
+	cctx, cancel := context.WithTimeout(ctx, 4*time.Second)
+	defer cancel()
+	if err := n1.Close(cctx); err != nil {
+		t.Fatal(err)
+	}
+	n3 := rc.nodes["n3"]
+	var state membership.State
+	waitUntil(t, "n3 to see n1 go", func() bool {
+		for _, m := range n3.Membership().Members() {
+			if m.Name == "n1" {
+				state = m.State
+			}
+		}
+		return state != membership.StateAlive
+	})
+	if state != membership.StateLeft {
+		t.Fatalf("n3 reports n1 %v, want left: the flush left the leave no time", state)
+	}
+}
+
 // TestStreamToAnUnknownPeer opens a stream to a peer the channel does not
 // know (it left meanwhile): the error comes back and no nil stream hides in
 // a non-nil interface.

@@ -194,7 +194,12 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
 	dash.Close()
 	_ = hub.Close()
 	<-serveErr
-	cerr := cluster.Close(shutdownCtx)
+	// The cluster's stop has a budget of its own, which requests that were
+	// slow to finish cannot eat into: the flush takes at most the send
+	// timeout and the leave the drop time (see Cluster.Close).
+	closeCtx, cancelClose := context.WithTimeout(context.Background(), clusterCloseBudget(cfg))
+	defer cancelClose()
+	cerr := cluster.Close(closeCtx)
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}
@@ -339,6 +344,12 @@ func versionLine() string {
 		}
 	}
 	return line + " " + runtime.Version() + " " + runtime.GOOS + "/" + runtime.GOARCH
+}
+
+// clusterCloseBudget bounds a graceful cluster stop: the flush, the
+// leave, and a margin for handing primaries over and saving sessions.
+func clusterCloseBudget(cfg *config) time.Duration {
+	return cfg.SendTimeout + cfg.DropTime + 2*time.Second
 }
 
 // status is the body of GET /cluster/status.
