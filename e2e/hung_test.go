@@ -15,12 +15,13 @@ import (
 // TestHungPeerIsNotWaitedFor stops a node with SIGSTOP, which keeps its
 // sockets open so that nothing refuses: the first write after it waits
 // the send timeout, marks the node stalled, and later writes no longer
-// wait for it. With SIGCONT the node answers again, is waited for again,
+// wait for it; another node stopping meanwhile still leaves. With SIGCONT
+// the node answers again, is waited for again,
 // and has every change made meanwhile, from its queue.
 func TestHungPeerIsNotWaitedFor(t *testing.T) {
 	// A drop time long enough that membership does not drop the stopped
 	// node during the test: only the stall path is at work.
-	_, _, n1, _, n3 := startThree(t, "-drop-time", "2m", "-send-timeout", "1s")
+	_, _, n1, n2, n3 := startThree(t, "-drop-time", "2m", "-send-timeout", "1s")
 	jar, _ := cookiejar.New(nil)
 	client := &http.Client{Jar: jar, Timeout: time.Minute}
 	count := func() string {
@@ -65,6 +66,22 @@ func TestHungPeerIsNotWaitedFor(t *testing.T) {
 	if st, err := states(n1); err != nil || st["node3"] != "alive" {
 		t.Fatalf("n1 sees node3 as %q (%v): membership must not have dropped it yet", st["node3"], err)
 	}
+
+	// A graceful stop meanwhile: node2's flush cannot reach the hung node,
+	// yet node2 still leaves, and node1 reports it left, not alive (it
+	// would be, for the 2m drop time, had the flush eaten the leave's time).
+	if err := n2.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-n2.done:
+		if n2.err != nil {
+			t.Errorf("node2 exited with %v after SIGTERM, want 0", n2.err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("node2 did not exit after SIGTERM")
+	}
+	waitState(t, "node2", "left", n1)
 
 	if err := n3.cmd.Process.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
