@@ -16,8 +16,8 @@ import (
 // sockets open so that nothing refuses: the first write after it waits
 // the send timeout, marks the node stalled, and later writes no longer
 // wait for it; another node stopping meanwhile still leaves. With SIGCONT
-// the node answers again, is waited for again,
-// and has every change made meanwhile, from its queue.
+// the node answers again, is waited for again, and has every change made
+// meanwhile, from its queue.
 func TestHungPeerIsNotWaitedFor(t *testing.T) {
 	// A drop time long enough that membership does not drop the stopped
 	// node during the test: only the stall path is at work.
