@@ -217,7 +217,8 @@ func parseFlags(args []string, getenv func(string) string, host string, stderr i
 	for _, s := range strings.Split(*join, ",") {
 		if s = strings.TrimSpace(s); s != "" {
 			if h, p, err := net.SplitHostPort(s); err != nil || h == "" || !validPort(p, false) {
-				return fail(bad("join", *join, "comma-separated host:port seeds, such as 10.0.0.1:7946,cohort.default.svc:7946"))
+				return fail(bad("join", *join, fmt.Sprintf("comma-separated host:port seeds, such as 10.0.0.1:7946,cohort.default.svc:7946; "+
+					"%q is not a host and a port from 1 to 65535", s)))
 			}
 			c.Join = append(c.Join, s)
 		}
@@ -238,6 +239,12 @@ func parseFlags(args []string, getenv func(string) string, host string, stderr i
 		return fail(bad("drop-time", *dropTime, "a positive duration such as 3s"))
 	}
 	if c.DropTime < 2*c.Frequency {
+		if !given["drop-time"] {
+			// The operator changed -frequency only: blame it, not a
+			// -drop-time they never set.
+			return fail(bad("frequency", *frequency, "a duration of at most half -drop-time, which is its default "+*dropTime+
+				"; or set -drop-time too, to at least "+(2*c.Frequency).String()))
+		}
 		return fail(bad("drop-time", *dropTime, "a duration of at least twice -frequency ("+(2*c.Frequency).String()+")"))
 	}
 	switch c.Manager = *manager; c.Manager {

@@ -67,12 +67,14 @@ func TestParseFlagsErrors(t *testing.T) {
 		{[]string{"-bind", "127.0.0.1:70000"}, nil, "-bind"},
 		{[]string{"-replication", "x"}, nil, "-replication"},
 		{[]string{"-join", "10.0.0.1"}, nil, "-join"},
+		{[]string{"-join", "10.0.0.1:7946,seed-2"}, nil, `"seed-2" is not`}, // the bad element, named
 		{[]string{"-multicast", "10.0.0.1:45564"}, nil, "-multicast"},
 		{[]string{"-frequency", "fast"}, nil, "-frequency"},
 		{[]string{"-frequency", "0s"}, nil, "-frequency"},
 		{[]string{"-frequency", "1ns", "-drop-time", "2ns"}, nil, "-frequency"},
 		{[]string{"-drop-time", "-3s"}, nil, "-drop-time"},
 		{[]string{"-frequency", "1s", "-drop-time", "1500ms"}, nil, "-drop-time"},
+		{[]string{"-frequency", "1h"}, nil, "flag -frequency: want a duration of at most half -drop-time, which is its default 3s"}, // not the unset -drop-time
 		{[]string{"-manager", "redis"}, nil, "-manager"},
 		{[]string{"-manager", "standard", "-session-file", "."}, nil, "-session-file"},
 		{[]string{"-manager", "standard", "-session-file", "no/such/dir/sessions"}, nil, "-session-file"},

@@ -275,12 +275,15 @@ func startCluster(ctx context.Context, cfg *config, logger *slog.Logger, retryFo
 	warned := false
 	for {
 		c, err := manager.StartCluster(cfg.clusterConfig(logger))
+		if rc := (*membership.RouteConflictError)(nil); errors.As(err, &rc) {
+			return nil, fmt.Errorf("%s %q: %w: give every node a route of its own", cfg.source["route"], cfg.Route, err)
+		}
 		if err == nil || !addrInUse(err) {
 			return c, err
 		}
 		name, addr := takenFlag(cfg, err)
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("%s %s: port still in use after %s: %w", cfg.source[name], addr, retryFor, err)
+			return nil, &portInUseError{Source: cfg.source[name], Addr: addr, After: retryFor, Err: err}
 		}
 		if !warned {
 			logger.Warn("a port is still in use; retrying", "flag", "-"+name, "source", cfg.source[name], "addr", addr, "for", retryFor.String(), "err", err)
@@ -288,11 +291,31 @@ func startCluster(ctx context.Context, cfg *config, logger *slog.Logger, retryFo
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("%s %s: port in use: %w", cfg.source[name], addr, err)
+			return nil, &portInUseError{Source: cfg.source[name], Addr: addr, Err: err}
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
 }
+
+// portInUseError is a port that another process holds. Its message names
+// the address once; the listener's own error, which repeats it, is only
+// wrapped.
+type portInUseError struct {
+	Source string        // the flag, or where the address came from
+	Addr   string        // IP:port
+	After  time.Duration // how long the start retried; 0 if it was stopped first
+	Err    error
+}
+
+func (e *portInUseError) Error() string {
+	msg := e.Source + ": " + e.Addr + " is in use by another process"
+	if e.After > 0 {
+		msg += ", still after " + e.After.String()
+	}
+	return msg
+}
+
+func (e *portInUseError) Unwrap() error { return e.Err }
 
 // addrInUse reports whether err is a listener's "address already in use".
 // memberlist formats its listener errors with %v, so for the gossip port

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/cohort-cluster/cohort/membership"
 	"io"
 	"log/slog"
 	"net"
@@ -398,10 +399,44 @@ func TestStartClusterPortInUse(t *testing.T) {
 			if !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), strconv.Itoa(held)) {
 				t.Errorf("error %q does not say %q and port %d", err, want, held)
 			}
+			if n := strings.Count(err.Error(), ":"+strconv.Itoa(held)); n != 1 {
+				t.Errorf("error %q names port %d %d times, want once", err, held, n)
+			}
+			if !errors.Is(err, syscall.EADDRINUSE) && taken == "replication" {
+				t.Errorf("error %q does not wrap the listener's EADDRINUSE", err)
+			}
 			if n := strings.Count(log.String(), "a port is still in use"); n != 1 {
 				t.Errorf("retry logged %d times, want once:\n%s", n, log.String())
 			}
 		})
+	}
+}
+
+// A second node with a route already in use stops with an error that
+// names -route, the setting to change.
+func TestStartClusterRouteTaken(t *testing.T) {
+	first := freePort(t, true)
+	cfg, err := parseFlags(nodeArgs("n1", freePort(t, false), first), env(nil), "testhost", io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := startCluster(context.Background(), cfg, newLogger(cfg, io.Discard), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	join := fmt.Sprintf("127.0.0.1:%d", first)
+	cfg2, err := parseFlags(nodeArgs("n1", freePort(t, false), freePort(t, true), "-join", join), env(nil), "testhost", io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2, err := startCluster(context.Background(), cfg2, newLogger(cfg2, io.Discard), time.Second)
+	if err == nil {
+		_ = c2.Close(context.Background())
+		t.Fatal("a second node with route n1 started")
+	}
+	if !strings.Contains(err.Error(), `flag -route "n1"`) || !strings.Contains(err.Error(), join) || !errors.As(err, new(*membership.RouteConflictError)) {
+		t.Errorf("error %q does not name -route and the node that has the route", err)
 	}
 }
 
