@@ -102,7 +102,8 @@ type backupState struct {
 	ownMu sync.Mutex
 
 	underReplicated atomic.Int64
-	repairing       atomic.Bool // a repair is computing or sending
+	copies          atomic.Int64 // backup copies a session gets now: Backups, or fewer in a small cluster
+	repairing       atomic.Bool  // a repair is computing or sending
 }
 
 // principalCall is a FindByPrincipal waiting for its peers' answers.
@@ -618,6 +619,7 @@ func (m *replicated) repair() {
 	b.peers = m.t.Peers()
 	now := append(slices.Clone(b.peers), m.cfg.Route)
 	b.peersMu.Unlock()
+	m.noteCopies(len(now) - 1)
 
 	type job struct {
 		s    *Session
@@ -706,6 +708,34 @@ func (m *replicated) repair() {
 		b.underReplicated.Store(int64(len(jobs) - i - 1))
 	}
 	m.h.log.Info("replicas rebalanced", "sessions", len(jobs), "duration", time.Since(start))
+}
+
+// noteCopies records how many backup copies sessions get with peers
+// peers, and says so when a cluster too small for Backups caps them:
+// otherwise nothing would show that sessions have fewer copies than
+// configured (they are not under-replicated, as no node could take one).
+func (m *replicated) noteCopies(peers int) {
+	b := m.backup
+	n := int64(min(peers, b.k))
+	if old := b.copies.Swap(n); old == n {
+		return
+	}
+	switch {
+	case n == int64(b.k):
+		m.h.log.Info("enough peers for every backup copy again", "backups", b.k, "peers", peers)
+	case peers > 0:
+		m.h.log.Warn("fewer peers than backup copies: sessions get fewer copies until more nodes join",
+			"backups", b.k, "copies", n, "peers", peers)
+	}
+}
+
+// BackupCopies returns how many backup copies each session gets now:
+// Backups, or fewer while the cluster has fewer peers; 0 for Delta.
+func (m *replicated) BackupCopies() int {
+	if m.backup == nil {
+		return 0
+	}
+	return int(m.backup.copies.Load())
 }
 
 // UnderReplicated returns how many sessions wait for a copy to reach a new

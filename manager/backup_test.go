@@ -509,3 +509,26 @@ func TestBackupTwoNodesServeAtOnce(t *testing.T) {
 		}
 	}
 }
+
+// TestBackupCopiesCappedBySmallCluster checks that a cluster with fewer
+// peers than Backups reports the copies sessions really get.
+func TestBackupCopiesCappedBySmallCluster(t *testing.T) {
+	leaktest.Check(t)
+	c := newBackupCluster(t, 2, "n1", "n2")
+	copies := func(want int) {
+		t.Helper()
+		waitUntil(t, fmt.Sprintf("every node to report %d backup copies", want), func() bool {
+			for _, m := range c.nodes {
+				if m.Stats().BackupCopies != want {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	copies(1)
+	c.start("n3")
+	copies(2)
+	c.kill("n3")
+	copies(1)
+}

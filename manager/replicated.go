@@ -185,6 +185,7 @@ func (t countingTransport) openStream(peer string) (chunkStream, error) {
 type Stats struct {
 	Sessions         int
 	UnderReplicated  int64         // Backup: sessions waiting for a copy on a new backup
+	BackupCopies     int           // Backup: copies each session gets now, fewer than Backups in a cluster too small
 	Replicated       int64         // changes sent
 	Received         int64         // messages received from peers
 	Conflicts        int64         // concurrent changes discarded by revision order
@@ -262,7 +263,7 @@ func (m *replicated) Ready() bool {
 func (m *replicated) Stats() Stats {
 	c := &m.stats
 	st := Stats{
-		Sessions: m.st.count(), UnderReplicated: m.UnderReplicated(), Replicated: c.replicated.Load(), Received: c.received.Load(),
+		Sessions: m.st.count(), UnderReplicated: m.UnderReplicated(), BackupCopies: m.BackupCopies(), Replicated: c.replicated.Load(), Received: c.received.Load(),
 		Conflicts: c.conflicts.Load(), Resyncs: c.resyncs.Load(), FullsSent: c.fullsSent.Load(),
 		SendErrors: c.sendErrors.Load(), Malformed: c.malformed.Load(), Transfers: c.transfers.Load(),
 		TransferFailures: c.transferFailures.Load(), LastTransfer: time.Duration(c.transferNanos.Load()),

@@ -75,6 +75,7 @@ var (
 	mTransfers        = desc("state_transfers_total", "Completed state transfers into this node.")
 	mTransferFailures = desc("state_transfer_failures_total", "State transfers that failed or timed out (Tomcat counterNoStateTransfered).")
 	mTransferSeconds  = desc("state_transfer_duration_seconds", "Duration of the last completed state transfer.")
+	mBackupCopies     = desc("backup_copies", "Backup copies each session gets now: -backups, or fewer while the cluster has fewer peers (Backup manager).")
 	mUnderReplicated  = desc("under_replicated_sessions", "Sessions waiting for a copy to reach a new backup (Backup manager).")
 	mFramesSent       = desc("replication_frames_sent_total", "Frames sent on the replication channel, by peer.", "peer")
 	mBytesSent        = desc("replication_bytes_sent_total", "Bytes sent on the replication channel, by peer.", "peer")
@@ -155,6 +156,9 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	counter(mTransferFailures, st.TransferFailures)
 	gauge(mTransferSeconds, st.LastTransfer.Seconds())
 	gauge(mUnderReplicated, float64(st.UnderReplicated))
+	if c.Kind() == manager.KindBackup {
+		gauge(mBackupCopies, float64(st.BackupCopies))
+	}
 
 	if ch2 := c.Channel(); ch2 != nil {
 		cs := ch2.Stats()

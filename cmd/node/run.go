@@ -457,7 +457,7 @@ func newMux(cfg *config, cluster *manager.Cluster, sessions *web.Sessions, dash 
 		st.Replication = replicationStats{
 			Replicated: rs.Replicated, Received: rs.Received, Conflicts: rs.Conflicts, Resyncs: rs.Resyncs,
 			SendErrors: rs.SendErrors, Transfers: rs.Transfers, TransferFailures: rs.TransferFailures,
-			UnderReplicated: rs.UnderReplicated,
+			UnderReplicated: rs.UnderReplicated, BackupCopies: rs.BackupCopies,
 		}
 		if ch := cluster.Channel(); ch != nil {
 			for _, p := range ch.Stats().Peers {
@@ -510,4 +510,5 @@ type replicationStats struct {
 	Transfers        int64 `json:"transfers"`
 	TransferFailures int64 `json:"transfer_failures"`
 	UnderReplicated  int64 `json:"under_replicated"`
+	BackupCopies     int   `json:"backup_copies,omitempty"` // backup manager: copies each session gets now
 }
