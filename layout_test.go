@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -94,6 +95,44 @@ func TestPackageDocs(t *testing.T) {
 		}
 		if !slices.Equal(documented, []string{"doc.go"}) {
 			t.Errorf("%s: package documented in %v, want exactly doc.go", p.ImportPath, documented)
+		}
+	}
+}
+
+// TestReadmeExamplesBuild builds every Go program of the README, so that
+// the first code an application developer copies compiles.
+func TestReadmeExamplesBuild(t *testing.T) {
+	b, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var progs []string
+	blocks := strings.Split(string(b), "```go\n")
+	for _, block := range blocks[1:] { // blocks[0] is the text before the first
+		code, _, ok := strings.Cut(block, "```")
+		if ok && strings.HasPrefix(code, "package main") {
+			progs = append(progs, code)
+		}
+	}
+	if len(progs) == 0 {
+		t.Fatal("no Go program in README.md")
+	}
+	// Inside the module, so that its packages resolve.
+	dir, err := os.MkdirTemp(".", ".readme-example-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	for i, code := range progs {
+		sub := filepath.Join(dir, strconv.Itoa(i))
+		if err := os.Mkdir(sub, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(sub, "main.go"), []byte(code), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command("go", "vet", "./"+sub).CombinedOutput(); err != nil {
+			t.Errorf("README program %d does not build: %v\n%s\n%s", i+1, err, out, code)
 		}
 	}
 }
