@@ -299,7 +299,7 @@ func (m *replicated) Sync(ctx context.Context) error {
 	}
 	if len(peers) == 0 {
 		m.setReady()
-		m.h.log.Info("no peers: ready with no sessions")
+		m.h.log.Info("no peer to fetch sessions from: ready with none (the first node, or no seed reached)")
 		return nil
 	}
 	rand.Shuffle(len(peers), func(i, j int) { peers[i], peers[j] = peers[j], peers[i] })
