@@ -100,6 +100,15 @@ func (st *Store) New(r *http.Request, name string) (*sessions.Session, error) {
 // as the manager's send mode says) and sets the cookie. With
 // Options.MaxAge < 0 it invalidates the session everywhere and deletes the
 // cookie.
+//
+// Save stores all of the Values or none: when one cannot be stored (a key
+// that is not a string, a value of a type not registered, a session that
+// would grow too large to replicate; a *manager.NotDistributableError),
+// Save returns the error and the session is as it was. The first Save of
+// a session checks the Values before it creates the session, so a
+// failing one leaves none behind (with a manager that cannot check values
+// first, such as a wrapper of one, the session it created is invalidated
+// again).
 func (st *Store) Save(r *http.Request, w http.ResponseWriter, gs *sessions.Session) error {
 	ctx := r.Context()
 	m := st.ss.m
@@ -113,6 +122,17 @@ func (st *Store) Save(r *http.Request, w http.ResponseWriter, gs *sessions.Sessi
 		http.SetCookie(w, sessions.NewCookie(gs.Name(), "", gs.Options))
 		return nil
 	}
+	set := make(map[string]any, len(gs.Values))
+	for k, v := range gs.Values {
+		name, ok := k.(string)
+		if !ok {
+			return &manager.NotDistributableError{Key: fmt.Sprint(k), Type: fmt.Sprintf("%T key", k),
+				Err: errors.New("session keys must be strings")}
+		}
+		if v != nil { // nil is stored as no value: removed, read back as absent
+			set[name] = v
+		}
+	}
 	var s *manager.Session
 	if gs.ID != "" {
 		s, _ = m.Find(ctx, gs.ID)
@@ -120,36 +140,32 @@ func (st *Store) Save(r *http.Request, w http.ResponseWriter, gs *sessions.Sessi
 	// Reached through an id renewed after a login: whoever holds that id
 	// must not learn the new one, so the cookie stays as it is.
 	renewed := s != nil && !sameBase(s.ID(), gs.ID)
-	if s == nil {
+	created := s == nil
+	if created {
+		if c, ok := m.(interface{ CheckAttributes(map[string]any) error }); ok {
+			if err := c.CheckAttributes(set); err != nil {
+				return err
+			}
+		}
 		var err error
 		if s, err = m.Create(ctx); err != nil {
 			return err
 		}
 	}
-	for k := range gs.Values {
-		if _, ok := k.(string); !ok {
-			return &manager.NotDistributableError{Key: fmt.Sprint(k), Type: fmt.Sprintf("%T key", k),
-				Err: errors.New("session keys must be strings")}
-		}
-	}
-	for k, v := range gs.Values {
-		name := k.(string)
-		if v == nil {
-			continue // stored as no value: removed below, read back as absent
-		}
-		// A copy, compared by its encoded form: a value the handler
-		// changes in place after this Save is a change at the next one,
-		// and the session never holds the handler's own object.
-		if _, err := s.SetCopy(name, v); err != nil {
-			return err
-		}
-	}
+	var remove []string
 	for _, name := range s.Names() {
-		if v, ok := gs.Values[name]; !ok || v == nil {
-			if err := s.Remove(name); err != nil {
-				return err
-			}
+		if _, ok := set[name]; !ok {
+			remove = append(remove, name)
 		}
+	}
+	// Copies, compared by their encoded form: a value the handler changes
+	// in place after this Save is a change at the next one, and the
+	// session never holds the handler's own object.
+	if _, err := s.SetCopies(set, remove); err != nil {
+		if created {
+			_ = m.Invalidate(context.WithoutCancel(ctx), s.ID())
+		}
+		return err
 	}
 	st.ss.commit(context.WithoutCancel(ctx), s)
 	if renewed {

@@ -3,9 +3,13 @@ package web_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -201,5 +205,123 @@ func TestStoreSaveOfAVanishedSessionSetsTheNewCookie(t *testing.T) {
 	}
 	if cs := rec.Result().Cookies(); len(cs) != 1 || cs[0].Value == old || cs[0].Value != gs.ID {
 		t.Errorf("Save after the session vanished set cookies %v (session %q, old %q); want the new session's", cs, gs.ID, old)
+	}
+}
+
+// unregistered is a type no node registered.
+type unregistered struct{ A int }
+
+// A Save with one value that cannot be stored stores none of the others
+// and removes nothing: the session is as it was.
+func TestStoreSaveIsAllOrNothing(t *testing.T) {
+	leaktest.Check(t)
+	nodes := testcluster.Start(t, nil, quiet(), func(c *manager.ClusterConfig) { c.Manager.MaxSessionSize = 1000 }, "n1")
+	st := store(t, nodes[0].Manager(), "n1", nil)
+	for _, tc := range []struct {
+		name string
+		bad  func(map[any]any)
+	}{
+		{"non-string key", func(v map[any]any) { v[42] = "x" }},
+		{"unregistered type", func(v map[any]any) { v["z"] = unregistered{1} }},
+		{"too large", func(v map[any]any) { v["big1"], v["big2"] = strings.Repeat("x", 600), strings.Repeat("y", 600) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, rec := httptest.NewRequest("GET", "/", nil), httptest.NewRecorder()
+			gs, _ := st.Get(req, "s")
+			gs.Values["keep"] = "k"
+			for i := range 20 {
+				gs.Values[fmt.Sprint("v", i)] = "before"
+			}
+			if err := gs.Save(req, rec); err != nil {
+				t.Fatal(err)
+			}
+			r := httptest.NewRequest("GET", "/", nil)
+			r.AddCookie(rec.Result().Cookies()[0])
+			gs, _ = st.New(r, "s")
+			delete(gs.Values, "keep")
+			for i := range 20 {
+				gs.Values[fmt.Sprint("v", i)] = "after"
+			}
+			tc.bad(gs.Values)
+			if err := gs.Save(r, httptest.NewRecorder()); err == nil {
+				t.Fatal("Save succeeded")
+			}
+			s, err := nodes[0].Manager().Find(context.Background(), gs.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, want := s.Names(), append([]string{"keep"}, sortedV(20)...); !slices.Equal(got, want) {
+				t.Errorf("after a failed Save the session holds %v, want %v", got, want)
+			}
+			for _, name := range s.Names() {
+				if v, _ := s.GetString(name); name != "keep" && v != "before" {
+					t.Errorf("after a failed Save %s = %.10q, want before", name, v)
+				}
+			}
+		})
+	}
+}
+
+// sortedV returns v0 to v<n-1> in the order Session.Names sorts them.
+func sortedV(n int) []string {
+	var out []string
+	for i := range n {
+		out = append(out, fmt.Sprint("v", i))
+	}
+	slices.Sort(out)
+	return out
+}
+
+// A first Save that fails leaves no session behind to count toward
+// MaxSessions, and, when the manager can check values first, creates
+// none at all.
+func TestStoreFailedFirstSaveLeavesNoSession(t *testing.T) {
+	c := manager.DefaultConfig()
+	c.Route, c.MaxSessions, c.Logger = "node1", 1, quiet()
+	m, err := manager.NewStandard(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Close(context.Background()) })
+	var created atomic.Int64
+	m.AddListener(manager.Listener{Created: func(*manager.Session) { created.Add(1) }})
+	for _, tc := range []struct {
+		name      string
+		m         manager.Manager
+		mayCreate bool // the manager cannot check values before Create
+		bad       func(map[any]any)
+	}{
+		{"non-string key", m, false, func(v map[any]any) { v[42] = "x" }},
+		{"unregistered type", m, false, func(v map[any]any) { v["z"] = unregistered{1} }},
+		{"unregistered type, wrapped manager", struct{ manager.Manager }{m}, true, func(v map[any]any) { v["z"] = unregistered{1} }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := store(t, tc.m, "node1", nil)
+			before := created.Load()
+			req := httptest.NewRequest("GET", "/", nil)
+			gs, _ := st.Get(req, "s")
+			gs.Values["a"] = "x"
+			tc.bad(gs.Values)
+			rec := httptest.NewRecorder()
+			if err := gs.Save(req, rec); err == nil {
+				t.Fatal("Save succeeded")
+			}
+			if n := m.Count(); n != 0 {
+				t.Errorf("a failed first Save left %d sessions", n)
+			}
+			if n := created.Load() - before; n != 0 && !tc.mayCreate {
+				t.Errorf("a failed first Save created %d sessions", n)
+			}
+			if len(rec.Result().Cookies()) != 0 || gs.ID != "" || !gs.IsNew {
+				t.Errorf("a failed first Save set cookies %v, id %q, new %v", rec.Result().Cookies(), gs.ID, gs.IsNew)
+			}
+			req = httptest.NewRequest("GET", "/", nil)
+			gs, _ = st.Get(req, "s")
+			gs.Values["a"] = "x"
+			if err := gs.Save(req, httptest.NewRecorder()); err != nil {
+				t.Errorf("the next Save, with MaxSessions 1: %v", err)
+			}
+			_ = m.Invalidate(context.Background(), gs.ID)
+		})
 	}
 }
