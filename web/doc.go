@@ -18,7 +18,10 @@
 // [Store] implements gorilla/sessions' Store over the same managers, for
 // applications written against gorilla/sessions. It hands handlers copies
 // of the values, so a value changed in place is seen as changed by Save.
-// Save stores all of the Values or, when one cannot be stored, none.
+// Save stores all of the Values or, when one cannot be stored, none. A
+// commit that some peer did not confirm keeps the change, as the
+// middleware does, but Save reports it: its error wraps
+// [ErrNotReplicated].
 //
 // [Metrics] exports a node's figures in the Prometheus format, read from
 // the counters at scrape time; [Dashboard] serves the live page at

@@ -489,7 +489,7 @@ func (st *state) commit(h http.Header) {
 		if st.detached == nil {
 			st.detached = context.WithoutCancel(st.ctx)
 		}
-		st.ss.commit(st.detached, st.s)
+		_ = st.ss.commit(st.detached, st.s) // counted and logged; the response goes on
 		if id := st.s.ID(); id != st.cookieID && id != st.hidden && h != nil {
 			h.Add("Set-Cookie", st.ss.cookie(id, 0).String())
 			st.cookieID = id
@@ -510,17 +510,20 @@ func (st *state) commit(h http.Header) {
 var ErrResponseStarted = errors.New("web: the response has started, so a new session id cannot reach the client: call Get or RenewID before writing the response")
 
 // commit commits s. An error means the changes are this node's but some
-// peer did not confirm them (it just died, or timed out): it is counted
-// and logged, and the request goes on. ctx must not be the request's own:
-// a client that hangs up must not cut the commit short (the manager's
-// send timeout bounds the wait), so callers pass it WithoutCancel.
-func (ss *Sessions) commit(ctx context.Context, s *manager.Session) {
-	if err := ss.m.Commit(ctx, s); err != nil {
+// peer did not confirm them (it just died, or timed out): it is counted,
+// logged and returned, and the middleware's request goes on. ctx must not
+// be the request's own: a client that hangs up must not cut the commit
+// short (the manager's send timeout bounds the wait), so callers pass it
+// WithoutCancel.
+func (ss *Sessions) commit(ctx context.Context, s *manager.Session) error {
+	err := ss.m.Commit(ctx, s)
+	if err != nil {
 		ss.commitErrors.Add(1)
 		if ok, n := ss.commitWarn.allow(); ok {
 			ss.log.Warn("session commit failed", "session", manager.RedactID(s.ID()), "err", err, "suppressed", n)
 		}
 	}
+	return err
 }
 
 // finish commits what the handler changed after the response started (the

@@ -79,7 +79,7 @@ func (st *Store) New(r *http.Request, name string) (*sessions.Session, error) {
 	// A read-only commit only queues the access for the peers; changes
 	// wait for Save.
 	if !s.Changed() {
-		st.ss.commit(context.WithoutCancel(r.Context()), s)
+		_ = st.ss.commit(context.WithoutCancel(r.Context()), s)
 	}
 	gs.ID, gs.IsNew = s.ID(), false
 	if !sameBase(s.ID(), c.Value) {
@@ -109,6 +109,10 @@ func (st *Store) New(r *http.Request, name string) (*sessions.Session, error) {
 // failing one leaves none behind (with a manager that cannot check values
 // first, such as a wrapper of one, the session it created is invalidated
 // again).
+//
+// When the commit is not confirmed by every peer, the change is kept on
+// this node and the cookie set, as through the middleware, but Save
+// returns an error wrapping [ErrNotReplicated] and the commit's error.
 func (st *Store) Save(r *http.Request, w http.ResponseWriter, gs *sessions.Session) error {
 	ctx := r.Context()
 	m := st.ss.m
@@ -167,11 +171,26 @@ func (st *Store) Save(r *http.Request, w http.ResponseWriter, gs *sessions.Sessi
 		}
 		return err
 	}
-	st.ss.commit(context.WithoutCancel(ctx), s)
-	if renewed {
-		return nil
+	err := st.ss.commit(context.WithoutCancel(ctx), s)
+	if !renewed {
+		gs.ID, gs.IsNew = s.ID(), false
+		http.SetCookie(w, sessions.NewCookie(gs.Name(), gs.ID, gs.Options))
 	}
-	gs.ID, gs.IsNew = s.ID(), false
-	http.SetCookie(w, sessions.NewCookie(gs.Name(), gs.ID, gs.Options))
+	if err != nil {
+		return fmt.Errorf("%w: session %s: %w", ErrNotReplicated, manager.RedactID(s.ID()), err)
+	}
 	return nil
 }
+
+// ErrNotReplicated is wrapped, with the commit's own error, by the error
+// Store.Save returns when the session was saved on this node, and its
+// cookie set, but some peer did not confirm the commit: it has just
+// failed and is not yet declared gone, or it timed out. The change is
+// kept; the live peers have it or will get it. An application that
+// answers a Save error with 500 may take this one as a success:
+//
+//	if err := session.Save(r, w); err != nil && !errors.Is(err, web.ErrNotReplicated) {
+//		http.Error(w, err.Error(), http.StatusInternalServerError)
+//		return
+//	}
+var ErrNotReplicated = errors.New("web: session saved on this node, but not every peer confirmed it")

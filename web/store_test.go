@@ -325,3 +325,36 @@ func TestStoreFailedFirstSaveLeavesNoSession(t *testing.T) {
 		})
 	}
 }
+
+// errPeer is a commit error of failingCommit.
+var errPeer = errors.New("peer n2 did not confirm")
+
+// failingCommit is a manager whose commits a peer does not confirm.
+type failingCommit struct{ manager.Manager }
+
+func (f failingCommit) Commit(ctx context.Context, s *manager.Session) error {
+	_ = f.Manager.Commit(ctx, s)
+	return errPeer
+}
+
+// A Save whose commit a peer did not confirm keeps the change on this
+// node and sets the cookie, and says so: its error wraps
+// ErrNotReplicated and the commit's error.
+func TestStoreSaveReportsUnconfirmedCommit(t *testing.T) {
+	m := standard(t, "node1", "")
+	st := store(t, failingCommit{m}, "node1", nil)
+	req, rec := httptest.NewRequest("GET", "/", nil), httptest.NewRecorder()
+	gs, _ := st.Get(req, "s")
+	gs.Values["a"] = "x"
+	err := gs.Save(req, rec)
+	if !errors.Is(err, web.ErrNotReplicated) || !errors.Is(err, errPeer) {
+		t.Errorf("Save = %v; want an error wrapping ErrNotReplicated and the commit's error", err)
+	}
+	if cs := rec.Result().Cookies(); len(cs) != 1 || cs[0].Value != gs.ID || gs.ID == "" {
+		t.Fatalf("cookies %v for session %q; want the session's cookie", cs, gs.ID)
+	}
+	s, err := m.Find(context.Background(), gs.ID)
+	if v, _ := s.GetString("a"); err != nil || v != "x" {
+		t.Errorf("this node holds a=%q (%v); want the saved x", v, err)
+	}
+}
