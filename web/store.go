@@ -110,9 +110,11 @@ func (st *Store) New(r *http.Request, name string) (*sessions.Session, error) {
 // first, such as a wrapper of one, the session it created is invalidated
 // again).
 //
-// When the commit is not confirmed by every peer, the change is kept on
-// this node and the cookie set, as through the middleware, but Save
-// returns an error wrapping [ErrNotReplicated] and the commit's error.
+// A session that may exist but cannot be looked up (as for New) is not
+// replaced: Save returns the error and sets no cookie. When the commit is
+// not confirmed by every peer, the change is kept on this node and the
+// cookie set, as through the middleware, but Save returns an error
+// wrapping [ErrNotReplicated] and the commit's error.
 func (st *Store) Save(r *http.Request, w http.ResponseWriter, gs *sessions.Session) error {
 	ctx := r.Context()
 	m := st.ss.m
@@ -139,7 +141,13 @@ func (st *Store) Save(r *http.Request, w http.ResponseWriter, gs *sessions.Sessi
 	}
 	var s *manager.Session
 	if gs.ID != "" {
-		s, _ = m.Find(ctx, gs.ID)
+		var err error
+		// Gone since Get (invalidated by another request of the user, or
+		// expired): a new session takes its place. Otherwise it may exist,
+		// and a new one would replace the user's.
+		if s, err = m.Find(ctx, gs.ID); err != nil && !errors.Is(err, manager.ErrNotFound) {
+			return fmt.Errorf("web: session %s: %w", manager.RedactID(gs.ID), err)
+		}
 	}
 	// Reached through an id renewed after a login: whoever holds that id
 	// must not learn the new one, so the cookie stays as it is.

@@ -358,3 +358,41 @@ func TestStoreSaveReportsUnconfirmedCommit(t *testing.T) {
 		t.Errorf("this node holds a=%q (%v); want the saved x", v, err)
 	}
 }
+
+// lookupFails is a manager whose lookups fail while fail is set, as a
+// Backup node's fetch from the session's holders that times out.
+type lookupFails struct {
+	manager.Manager
+	fail *atomic.Bool
+}
+
+func (l lookupFails) Find(ctx context.Context, id string) (*manager.Session, error) {
+	if l.fail.Load() {
+		return nil, manager.ErrNotReady
+	}
+	return l.Manager.Find(ctx, id)
+}
+
+// A Save that cannot look its session up returns the error: it does not
+// replace the user's session with a new one.
+func TestStoreSaveLookupFailureIsAnError(t *testing.T) {
+	m := standard(t, "node1", "")
+	var fail atomic.Bool
+	st := store(t, lookupFails{m, &fail}, "node1", nil)
+	req, rec := httptest.NewRequest("GET", "/", nil), httptest.NewRecorder()
+	gs, _ := st.Get(req, "s")
+	gs.Values["a"] = "x"
+	if err := gs.Save(req, rec); err != nil {
+		t.Fatal(err)
+	}
+	id := gs.ID
+	fail.Store(true)
+	rec = httptest.NewRecorder()
+	gs.Values["a"] = "y"
+	if err := gs.Save(req, rec); !errors.Is(err, manager.ErrNotReady) {
+		t.Errorf("Save = %v, want an error wrapping ErrNotReady", err)
+	}
+	if cs := rec.Result().Cookies(); len(cs) != 0 || gs.ID != id || m.Count() != 1 {
+		t.Errorf("Save set cookies %v, session id %q (was %q), %d sessions; want the user's session alone, untouched", cs, gs.ID, id, m.Count())
+	}
+}
