@@ -211,7 +211,7 @@ func (ss *Sessions) Middleware(next http.Handler) http.Handler {
 			}
 		}()
 		next.ServeHTTP(sw, r.WithContext(ctx))
-		st.finish(sw)
+		sw.finish()
 		finished = true
 	})
 }
@@ -350,16 +350,26 @@ func (ss *Sessions) find(ctx context.Context, id string) (*manager.Session, erro
 	if err != nil {
 		return nil, err
 	}
+	if err := ss.rebind(ctx, s); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// rebind renames s to this node's route, keeping its base, unless route
+// binding is off or the route is this node's already. It returns an error
+// only when s was not renamed (it is gone).
+func (ss *Sessions) rebind(ctx context.Context, s *manager.Session) error {
 	if ss.cfg.DisableRouteBinding {
-		return s, nil
+		return nil
 	}
 	base, route := manager.SplitID(s.ID())
 	if route == ss.cfg.Route {
-		return s, nil
+		return nil
 	}
 	newID, err := ss.m.ChangeID(ctx, s, base)
 	if newID == "" {
-		return nil, err
+		return err
 	}
 	if err != nil {
 		// Renamed here, but not every peer confirmed: typically the node
@@ -370,7 +380,7 @@ func (ss *Sessions) find(ctx context.Context, id string) (*manager.Session, erro
 	}
 	ss.rebinds.Add(1)
 	ss.log.Info("session rebound to this node", "from", route, "session", manager.RedactID(newID))
-	return s, nil
+	return nil
 }
 
 // Get returns the request's session, creating one if the request has none.
@@ -526,16 +536,6 @@ func (ss *Sessions) commit(ctx context.Context, s *manager.Session) error {
 	return err
 }
 
-// finish commits what the handler changed after the response started (the
-// cookie can no longer change then).
-func (st *state) finish(sw *responseWriter) {
-	if !sw.started {
-		st.commit(sw.Header())
-		return
-	}
-	st.commit(nil)
-}
-
 func (ss *Sessions) cookie(id string, maxAge int) *http.Cookie {
 	return &http.Cookie{
 		Name: ss.cfg.CookieName, Value: id, Path: ss.cfg.CookiePath, Domain: ss.cfg.CookieDomain,
@@ -543,18 +543,34 @@ func (ss *Sessions) cookie(id string, maxAge int) *http.Cookie {
 	}
 }
 
-// responseWriter commits the session just before the response starts.
+// responseWriter commits the session (or, behind Store.Middleware, sets
+// the cookies of rebound sessions) just before the response starts.
 type responseWriter struct {
 	http.ResponseWriter
-	st      *state
+	st      committer
 	started bool
 }
+
+// committer is what a responseWriter calls: commit(h) before the response
+// starts, with its header, and commit(nil) once the handler returned after
+// it started (the header can no longer change then).
+type committer interface{ commit(h http.Header) }
 
 func (w *responseWriter) start() {
 	if !w.started {
 		w.started = true
 		w.st.commit(w.Header())
 	}
+}
+
+// finish commits what the handler changed, once it returned: with the
+// header when the response has not started, without otherwise.
+func (w *responseWriter) finish() {
+	if !w.started {
+		w.st.commit(w.Header())
+		return
+	}
+	w.st.commit(nil)
 }
 
 func (w *responseWriter) WriteHeader(code int) {

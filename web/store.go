@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
+	"sync"
 
 	"github.com/cohort-cluster/cohort/manager"
 	"github.com/gorilla/sessions"
@@ -20,6 +22,16 @@ import (
 // session id, <id>.<route>, which balancers read to route requests (the id
 // is 192 random bits, so it needs no signature). Options.MaxAge < 0
 // invalidates the session on every node. Store is safe for concurrent use.
+//
+// Route binding: a session whose cookie names another node's route (the
+// balancer failed the user over) is renamed to this node's route only
+// where the new cookie reaches the client, else the balancer would go on
+// sending the user to the old route, whose node would rename it back, on
+// every request. Save renames it and sets the cookie. Get renames it only
+// behind [Store.Middleware], which sets the cookie even when the handler
+// never calls Save (a request that only reads); without the middleware, a
+// request that only reads leaves the id as it is. Wrap the handlers in
+// Middleware so that a failed-over user sticks to its new node at once.
 type Store struct {
 	ss *Sessions
 	// Options are the defaults for new sessions' cookies: Path "/",
@@ -49,8 +61,10 @@ func (st *Store) Get(r *http.Request, name string) (*sessions.Session, error) {
 }
 
 // New returns the session of name for r without caching it: the Cohort
-// session its cookie names, rebound to this node's route if it came from
-// another node, or a new, empty session when there is none. It never
+// session its cookie names, or a new, empty session when there is none.
+// Behind [Store.Middleware], and before the response has started, a
+// session that came from another node is rebound to this node's route and
+// the response sets its new cookie; otherwise Save rebinds it. It never
 // returns a nil session. When the session may exist but could not be
 // looked up (this node is still receiving the cluster's state, or the
 // session's holders did not answer in time), it returns a new session and
@@ -68,7 +82,7 @@ func (st *Store) New(r *http.Request, name string) (*sessions.Session, error) {
 	if err != nil || c.Value == "" {
 		return gs, nil
 	}
-	s, err := st.ss.find(r.Context(), c.Value)
+	s, err := st.lookup(r, name, c.Value, gs.Options)
 	if errors.Is(err, manager.ErrNotFound) {
 		return gs, nil // unknown or expired: a new session
 	}
@@ -94,6 +108,100 @@ func (st *Store) New(r *http.Request, name string) (*sessions.Session, error) {
 		}
 	}
 	return gs, nil
+}
+
+// lookup finds the session of id, the value of the cookie of name, for
+// New. It rebinds the session to this node's route only when its new
+// cookie can reach the client: through Middleware, before the response
+// has started. The cookie is then queued for the response, as it is for a
+// cookie whose route is stale.
+func (st *Store) lookup(r *http.Request, name, id string, opts *sessions.Options) (*manager.Session, error) {
+	ctx := r.Context()
+	rc, _ := ctx.Value(storeCookiesKey{}).(*storeCookies)
+	if rc == nil {
+		return st.ss.m.Find(ctx, id)
+	}
+	// Held while rebinding: the response does not start in between, to
+	// go out without the cookie.
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	if rc.started {
+		return st.ss.m.Find(ctx, id)
+	}
+	s, err := st.ss.find(ctx, id)
+	if err == nil {
+		if sid := s.ID(); sid != id && sameBase(sid, id) {
+			rc.set(sessions.NewCookie(name, sid, opts))
+		}
+	}
+	return s, err
+}
+
+// Middleware lets Get rebind a session that came from another node (see
+// Store) and send its new cookie even when the handler does not call
+// Save: the cookie is set just before the response's first byte, or when
+// the handler returns. A Save of the session sets the cookie itself, and
+// the middleware then sets none for it. Wrap every handler that calls Get
+// in it.
+func (st *Store) Middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// The cookies and the response writer, in one allocation.
+		both := &struct {
+			rc storeCookies
+			sw responseWriter
+		}{}
+		sw := &both.sw
+		sw.ResponseWriter, sw.st = w, &both.rc
+		next.ServeHTTP(sw, r.WithContext(context.WithValue(r.Context(), storeCookiesKey{}, &both.rc)))
+		sw.finish()
+	})
+}
+
+type storeCookiesKey struct{}
+
+// storeCookies are one request's cookies of the sessions that Get
+// rebound, which Store.Middleware sets before the response starts.
+type storeCookies struct {
+	mu      sync.Mutex
+	cookies []*http.Cookie
+	started bool // the response has started: a cookie can no longer be set
+}
+
+// set queues c, in place of any cookie of its name. rc.mu is held.
+func (rc *storeCookies) set(c *http.Cookie) {
+	rc.cookies = slices.DeleteFunc(rc.cookies, func(o *http.Cookie) bool { return o.Name == c.Name })
+	rc.cookies = append(rc.cookies, c)
+}
+
+// drop forgets the cookie of name: Save sets it.
+func (rc *storeCookies) drop(name string) {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	rc.cookies = slices.DeleteFunc(rc.cookies, func(o *http.Cookie) bool { return o.Name == name })
+}
+
+// commit sets the queued cookies in h, before the response starts.
+func (rc *storeCookies) commit(h http.Header) {
+	if h == nil {
+		return
+	}
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	for _, c := range rc.cookies {
+		if v := c.String(); v != "" {
+			h.Add("Set-Cookie", v)
+		}
+	}
+	rc.cookies, rc.started = nil, true
+}
+
+// setCookie sets the cookie of a saved session, in place of any that
+// Middleware would set for it.
+func setCookie(r *http.Request, w http.ResponseWriter, c *http.Cookie) {
+	if rc, _ := r.Context().Value(storeCookiesKey{}).(*storeCookies); rc != nil {
+		rc.drop(c.Name)
+	}
+	http.SetCookie(w, c)
 }
 
 // Save stores gs's Values in its Cohort session, commits them (replicating
@@ -125,7 +233,7 @@ func (st *Store) Save(r *http.Request, w http.ResponseWriter, gs *sessions.Sessi
 			}
 		}
 		gs.ID = ""
-		http.SetCookie(w, sessions.NewCookie(gs.Name(), "", gs.Options))
+		setCookie(r, w, sessions.NewCookie(gs.Name(), "", gs.Options))
 		return nil
 	}
 	set := make(map[string]any, len(gs.Values))
@@ -179,10 +287,16 @@ func (st *Store) Save(r *http.Request, w http.ResponseWriter, gs *sessions.Sessi
 		}
 		return err
 	}
+	if !renewed {
+		// Another node's route: the cookie set below names this node's.
+		if err := st.ss.rebind(ctx, s); err != nil {
+			return fmt.Errorf("web: session %s: %w", manager.RedactID(s.ID()), err)
+		}
+	}
 	err := st.ss.commit(context.WithoutCancel(ctx), s)
 	if !renewed {
 		gs.ID, gs.IsNew = s.ID(), false
-		http.SetCookie(w, sessions.NewCookie(gs.Name(), gs.ID, gs.Options))
+		setCookie(r, w, sessions.NewCookie(gs.Name(), gs.ID, gs.Options))
 	}
 	if err != nil {
 		return fmt.Errorf("%w: session %s: %w", ErrNotReplicated, manager.RedactID(s.ID()), err)

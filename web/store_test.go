@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -394,5 +395,98 @@ func TestStoreSaveLookupFailureIsAnError(t *testing.T) {
 	}
 	if cs := rec.Result().Cookies(); len(cs) != 0 || gs.ID != id || m.Count() != 1 {
 		t.Errorf("Save set cookies %v, session id %q (was %q), %d sessions; want the user's session alone, untouched", cs, gs.ID, id, m.Count())
+	}
+}
+
+// storeCookie returns the value of the response's cookie of name, and how
+// many it set.
+func storeCookie(resp *http.Response, name string) (string, int) {
+	v, n := "", 0
+	for _, c := range resp.Cookies() {
+		if c.Name == name {
+			v, n = c.Value, n+1
+		}
+	}
+	return v, n
+}
+
+// A request that only reads, on another node, a session whose cookie names
+// the first: without Store.Middleware no cookie can be sent, so the id
+// keeps its route (rebound, it would be rebound back on every request the
+// balancer sends to the first node), until Save sets the cookie; behind
+// Store.Middleware, Get rebinds it and the response carries the new
+// cookie.
+func TestStoreRebindsOnlyWhenTheCookieIsSent(t *testing.T) {
+	leaktest.Check(t)
+	nodes := deltaPair(t, nil)
+	quietly := func(c *web.Config) { c.Logger = quiet() }
+	st1 := store(t, nodes[0].Manager(), "n1", quietly)
+	st2 := store(t, nodes[1].Manager(), "n2", quietly)
+	read := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := st2.Get(r, "s"); err != nil {
+			t.Error(err)
+		}
+	})
+	save := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		gs, err := st2.Get(r, "s")
+		if err != nil {
+			t.Error(err)
+		}
+		gs.Values["n"] = "2"
+		if err := gs.Save(r, w); err != nil {
+			t.Error(err)
+		}
+	})
+	readThenWrite := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "started")
+		read(w, r)
+	})
+	failedSave := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		gs, _ := st2.Get(r, "s")
+		gs.Values["bad"] = unregistered{}
+		if err := gs.Save(r, w); err == nil {
+			t.Error("Save of an unregistered type succeeded")
+		}
+	})
+	for _, tc := range []struct {
+		name       string
+		h          http.Handler
+		wantCookie bool // the response sets the rebound id
+	}{
+		{"read", read, false},
+		{"save", save, true},
+		{"read behind Store.Middleware", st2.Middleware(read), true},
+		{"save behind Store.Middleware", st2.Middleware(save), true},
+		{"failed save behind Store.Middleware", st2.Middleware(failedSave), true},
+		{"read after the response started, behind Store.Middleware", st2.Middleware(readThenWrite), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, rec := httptest.NewRequest("GET", "/", nil), httptest.NewRecorder()
+			gs, _ := st1.Get(req, "s")
+			gs.Values["n"] = "1"
+			if err := gs.Save(req, rec); err != nil {
+				t.Fatal(err)
+			}
+			id := gs.ID
+			base, _ := manager.SplitID(id)
+			if !eventually(func() bool { _, err := nodes[1].Manager().Find(context.Background(), id); return err == nil }) {
+				t.Fatal("n2 never got the session")
+			}
+			r, w := httptest.NewRequest("GET", "/", nil), httptest.NewRecorder()
+			r.AddCookie(&http.Cookie{Name: "s", Value: id})
+			tc.h.ServeHTTP(w, r)
+			s, err := nodes[1].Manager().Find(context.Background(), id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, n := storeCookie(w.Result(), "s")
+			if tc.wantCookie {
+				if want := manager.JoinID(base, "n2"); got != want || n != 1 || s.ID() != want {
+					t.Errorf("response set %d cookies, %q; session %q; want one cookie and the session %q", n, got, s.ID(), want)
+				}
+			} else if n != 0 || s.ID() != id {
+				t.Errorf("response set %d cookies, %q; session %q; want none, and the session still %q", n, got, s.ID(), id)
+			}
+		})
 	}
 }
