@@ -24,7 +24,8 @@
 // Save stores all of the Values or, when one cannot be stored, none. A
 // commit that some peer did not confirm keeps the change, as the
 // middleware does, but Save reports it: its error wraps
-// [ErrNotReplicated].
+// [ErrNotReplicated]. [Store.Stats] counts the Store's rebinds, failed
+// lookups and unconfirmed commits.
 //
 // [Metrics] exports a node's figures in the Prometheus format, read from
 // the counters at scrape time; [Dashboard] serves the live page at

@@ -86,10 +86,13 @@ func (e *everySecond) allow() (ok bool, suppressed int64) {
 	return true, e.suppressed.Swap(0)
 }
 
-// Stats counts what the middleware did.
+// Stats counts what the middleware, or a Store, did.
 type Stats struct {
-	Rebinds      int64 // session ids rebound to this node's route
-	Unavailable  int64 // requests answered 503: the session could not be looked up
+	Rebinds int64 // session ids rebound to this node's route
+	// Unavailable counts sessions that could not be looked up: requests
+	// the middleware answered 503, Store Get and Save calls that returned
+	// the lookup's error.
+	Unavailable  int64
 	CommitErrors int64 // commits not confirmed by every peer
 }
 

@@ -54,6 +54,10 @@ func NewStore(m manager.Manager, cfg Config) (*Store, error) {
 	}}, nil
 }
 
+// Stats returns the Store's counters: its own, apart from any
+// middleware's (Sessions.Stats).
+func (st *Store) Stats() Stats { return st.ss.Stats() }
+
 // Get returns the session of name for r, cached for the request in
 // gorilla's registry.
 func (st *Store) Get(r *http.Request, name string) (*sessions.Session, error) {
@@ -254,6 +258,7 @@ func (st *Store) Save(r *http.Request, w http.ResponseWriter, gs *sessions.Sessi
 		// expired): a new session takes its place. Otherwise it may exist,
 		// and a new one would replace the user's.
 		if s, err = m.Find(ctx, gs.ID); err != nil && !errors.Is(err, manager.ErrNotFound) {
+			st.ss.unavailable.Add(1)
 			return fmt.Errorf("web: session %s: %w", manager.RedactID(gs.ID), err)
 		}
 	}

@@ -160,6 +160,10 @@ func TestStoreLookupFailureIsAnError(t *testing.T) {
 	if !errors.Is(err, manager.ErrNotReady) || gs == nil {
 		t.Errorf("Get = %v, %v; want a session and an error wrapping ErrNotReady", gs, err)
 	}
+	_, _ = st.Get(req, "cart") // the registry's: no second lookup
+	if got := st.Stats(); got != (web.Stats{Unavailable: 1}) {
+		t.Errorf("Stats() = %+v, want one lookup that failed", got)
+	}
 }
 
 // NewStore takes the cookie's path and domain from the config; a nil
@@ -358,6 +362,9 @@ func TestStoreSaveReportsUnconfirmedCommit(t *testing.T) {
 	if v, _ := s.GetString("a"); err != nil || v != "x" {
 		t.Errorf("this node holds a=%q (%v); want the saved x", v, err)
 	}
+	if got := st.Stats(); got != (web.Stats{CommitErrors: 1}) {
+		t.Errorf("Stats() = %+v, want one commit error", got)
+	}
 }
 
 // lookupFails is a manager whose lookups fail while fail is set, as a
@@ -395,6 +402,9 @@ func TestStoreSaveLookupFailureIsAnError(t *testing.T) {
 	}
 	if cs := rec.Result().Cookies(); len(cs) != 0 || gs.ID != id || m.Count() != 1 {
 		t.Errorf("Save set cookies %v, session id %q (was %q), %d sessions; want the user's session alone, untouched", cs, gs.ID, id, m.Count())
+	}
+	if n := st.Stats().Unavailable; n != 1 {
+		t.Errorf("Stats().Unavailable = %d, want 1", n)
 	}
 }
 
@@ -474,7 +484,11 @@ func TestStoreRebindsOnlyWhenTheCookieIsSent(t *testing.T) {
 			}
 			r, w := httptest.NewRequest("GET", "/", nil), httptest.NewRecorder()
 			r.AddCookie(&http.Cookie{Name: "s", Value: id})
+			rebinds := st2.Stats().Rebinds
 			tc.h.ServeHTTP(w, r)
+			if n := st2.Stats().Rebinds - rebinds; n != 1 && tc.wantCookie || n != 0 && !tc.wantCookie {
+				t.Errorf("Stats().Rebinds went up by %d", n)
+			}
 			s, err := nodes[1].Manager().Find(context.Background(), id)
 			if err != nil {
 				t.Fatal(err)
