@@ -128,14 +128,29 @@ func (t *Types) encode(v any) ([]byte, error) {
 		return nil, errors.New("nil value; use Remove")
 	}
 	typ := reflect.TypeOf(v)
-	name, ok := t.current().byType[typ]
+	r := t.current()
+	name, ok := r.byType[typ]
 	if !ok {
-		return nil, fmt.Errorf("type %v is not registered; register it with Types.Register on every node", typ)
+		return nil, r.unregistered(typ)
 	}
 	if b, ok := encodeScalar(name, v); ok {
 		return b, nil
 	}
 	return encodeTagged(name, v)
+}
+
+// unregistered is the error for a value of typ, which is not registered.
+// When typ's pointer or value counterpart is (the application registered
+// Cart{} and stores &Cart{}, or the reverse), it says so.
+func (r *registry) unregistered(typ reflect.Type) error {
+	other := reflect.PointerTo(typ)
+	if typ.Kind() == reflect.Pointer {
+		other = typ.Elem()
+	}
+	if name, ok := r.byType[other]; ok {
+		return fmt.Errorf("type %v is not registered, but %v is (as %q): pointer and value types are distinct, so store a %v, or register %v too, on every node", typ, other, name, other, typ)
+	}
+	return fmt.Errorf("type %v is not registered; register it with Types.Register on every node", typ)
 }
 
 // encodeTagged writes the array of name and v with msgpack's Encoder.

@@ -147,3 +147,32 @@ func relate(b *testing.B, isBase bool, base *float64, unit string) {
 		b.ReportMetric(ns / *base, unit)
 	}
 }
+
+// TestUnregisteredPointerOrValueHint: storing *T where T is registered,
+// or T where *T is, is refused with an error that names the registered
+// type and its name.
+func TestUnregisteredPointerOrValueHint(t *testing.T) {
+	type item struct{ N int }
+	for _, tc := range []struct {
+		name       string
+		registered any
+		as         string
+		set        any
+		want       string
+	}{
+		{"pointer for a value", item{}, "test.item", &item{1}, `type *manager.item is not registered, but manager.item is (as "test.item")`},
+		{"value for a pointer", &item{}, "test.*item", item{1}, `type manager.item is not registered, but *manager.item is (as "test.*item")`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			types := NewTypes()
+			types.MustRegister(tc.as, tc.registered)
+			if _, err := types.encode(tc.set); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("encode(%T) with %T registered = %v, want an error saying %q", tc.set, tc.registered, err, tc.want)
+			}
+		})
+	}
+	// Neither registered: no hint.
+	if _, err := NewTypes().encode(&item{}); err == nil || strings.Contains(err.Error(), "but") {
+		t.Errorf("encode of an unregistered type = %v, want the plain error", err)
+	}
+}

@@ -657,3 +657,42 @@ func newLoneDelta(t *testing.T, edit func(*DeltaConfig)) *Delta {
 	_ = m.Sync(bg)
 	return m
 }
+
+// TestCheckAttributes returns the error SetCopies would for a new session
+// holding the values, and creates no session.
+func TestCheckAttributes(t *testing.T) {
+	type unregistered struct{ A int }
+	delta := newLoneDelta(t, func(cfg *DeltaConfig) {
+		cfg.MaxSessionSize = 1000
+		cfg.LocalOnly = regexp.MustCompile("^local$")
+	})
+	c := DefaultConfig()
+	c.Route = "s"
+	standard, err := NewStandard(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = standard.Close(bg) })
+	for _, tc := range []struct {
+		name    string
+		m       interface{ CheckAttributes(map[string]any) error }
+		values  map[string]any
+		wantErr error  // errors.Is
+		wantKey string // "": no error
+	}{
+		{"delta, fits", delta, map[string]any{"a": strings.Repeat("x", 600), "local": strings.Repeat("l", 5000)}, nil, ""},
+		{"delta, too large", delta, map[string]any{"a": strings.Repeat("x", 600), "b": strings.Repeat("y", 600)}, ErrSessionTooLarge, "b"},
+		{"delta, unregistered", delta, map[string]any{"a": "x", "z": unregistered{}}, nil, "z"},
+		{"standard, unregistered", standard, map[string]any{"z": unregistered{}}, nil, "z"},
+		{"standard, no bound", standard, map[string]any{"a": strings.Repeat("x", 20<<20)}, nil, ""},
+	} {
+		err := tc.m.CheckAttributes(tc.values)
+		var nd *NotDistributableError
+		if tc.wantKey == "" && err != nil || tc.wantKey != "" && (!errors.As(err, &nd) || nd.Key != tc.wantKey || tc.wantErr != nil && !errors.Is(err, tc.wantErr)) {
+			t.Errorf("%s: CheckAttributes = %v, want an error for %q (%v)", tc.name, err, tc.wantKey, tc.wantErr)
+		}
+	}
+	if n := delta.Count() + standard.Count(); n != 0 {
+		t.Errorf("CheckAttributes left %d sessions", n)
+	}
+}

@@ -33,7 +33,8 @@
 // registry (the built-in types are registered already), and refuses any
 // other value with a *[NotDistributableError]. On another node the value
 // decodes as the same Go type. Attribute names matching Config.LocalOnly
-// stay on their node and may hold anything.
+// stay on their node and may hold anything. [Session.SetCopies] stores and
+// removes several attributes as one change, all or nothing.
 //
 // Changes are tracked as a [Change]: the last operation per attribute, the
 // principal and max inactive interval when they changed, made on top of a

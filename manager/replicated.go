@@ -1209,3 +1209,9 @@ func (m *replicated) streamTo(peer string, k kind, filter func(*Session) bool) (
 
 // Route returns this node's route, the suffix of the ids it issues.
 func (m *replicated) Route() string { return m.cfg.Route }
+
+// CheckAttributes returns the error [Session.SetCopies] would return for
+// a new session holding values, or nil, without creating a session: a
+// caller checks the values first, so that a session it would have to
+// throw away never counts toward Config.MaxSessions.
+func (m *replicated) CheckAttributes(values map[string]any) error { return m.h.checkNew(values) }

@@ -574,25 +574,162 @@ func (s *Session) SetCopy(name string, v any) (changed bool, err error) {
 	return true, nil
 }
 
+// SetCopies stores copies of the values of set, as SetCopy stores each,
+// and removes the attributes named in remove, as one change: when any
+// value cannot be stored (a *NotDistributableError, as SetCopy returns,
+// for the session's size counted with every value of set in and every
+// attribute of remove out) or the session is invalidated, it returns the
+// error and changes nothing. A name in both is set. It reports whether
+// any attribute changed; listeners hear of each change once all are made.
+func (s *Session) SetCopies(set map[string]any, remove []string) (changed bool, err error) {
+	batch, err := s.host.encodeAll(set)
+	if err != nil {
+		return false, err
+	}
+	s.mu.Lock()
+	if !s.valid {
+		s.mu.Unlock()
+		return false, ErrInvalidated
+	}
+	// Values equal to what the session holds are no change.
+	n := 0
+	for _, a := range batch {
+		if a.raw != nil {
+			if cur, ok := s.attrs.get(a.name); ok {
+				if w, err := cur.wire(s.host.types); err == nil && bytes.Equal(w, a.raw) {
+					continue
+				}
+			}
+		}
+		batch[n] = a
+		n++
+	}
+	batch = batch[:n]
+	if err := s.host.fits(s.attrs, batch, remove); err != nil {
+		s.mu.Unlock()
+		return false, err
+	}
+	type event struct {
+		name     string
+		old      attr
+		had, set bool
+		v        any
+	}
+	var events []event
+	for _, a := range batch {
+		stored := attr{raw: a.raw}
+		if a.raw == nil {
+			stored.val = a.v // local-only, as Set keeps it
+		} else {
+			s.pending.op(a.name, a.raw)
+		}
+		old, had := s.attrs.set(a.name, stored)
+		events = append(events, event{name: a.name, old: old, had: had, set: true, v: a.v})
+	}
+	for _, name := range remove {
+		if _, ok := set[name]; ok {
+			continue
+		}
+		old, had := s.attrs.del(name)
+		if !had {
+			continue
+		}
+		if !s.host.localOnly(name) {
+			s.pending.op(name, nil)
+		}
+		events = append(events, event{name: name, old: old})
+	}
+	s.mu.Unlock()
+	for _, e := range events {
+		if e.set {
+			s.fireSet(e.name, e.old, e.had, e.v)
+		} else {
+			s.fireRemoved(e.name, e.old)
+		}
+	}
+	return len(events) > 0, nil
+}
+
+// newAttr is an attribute value to store, encoded.
+type newAttr struct {
+	name string
+	v    any
+	raw  []byte // v's wire form; nil for a local-only attribute
+}
+
+// encodeAll encodes the values of set, in name order, as SetCopy does one:
+// it returns the *NotDistributableError of the first that cannot be.
+func (h *host) encodeAll(set map[string]any) ([]newAttr, error) {
+	batch := make([]newAttr, 0, len(set))
+	for name, v := range set {
+		batch = append(batch, newAttr{name: name, v: v})
+	}
+	slices.SortFunc(batch, func(a, b newAttr) int { return strings.Compare(a.name, b.name) })
+	for i := range batch {
+		a := &batch[i]
+		if h.localOnly(a.name) {
+			continue
+		}
+		raw, err := h.types.encode(a.v)
+		if err != nil {
+			return nil, &NotDistributableError{Key: a.name, Type: fmt.Sprintf("%T", a.v), Err: err}
+		}
+		a.raw = raw
+	}
+	return batch, nil
+}
+
+// checkNew returns the error SetCopies would return for a new session
+// holding values.
+func (h *host) checkNew(values map[string]any) error {
+	batch, err := h.encodeAll(values)
+	if err != nil {
+		return err
+	}
+	return h.fits(nil, batch, nil)
+}
+
 // fits returns a *NotDistributableError if setting name to raw (v
 // encoded; nil for a local-only attribute) would make the session larger
 // than the manager's bound. s.mu is held.
 func (s *Session) fits(name string, raw []byte, v any) error {
-	limit := s.host.maxSize
-	if limit <= 0 || raw == nil {
+	if s.host.maxSize <= 0 || raw == nil {
 		return nil
 	}
-	size := len(name) + len(raw)
-	for i := range s.attrs {
-		if e := &s.attrs[i]; e.raw != nil && e.name.Value() != name {
-			size += len(e.name.Value()) + len(e.raw)
+	return s.host.fits(s.attrs, []newAttr{{name: name, v: v, raw: raw}}, nil)
+}
+
+// fits returns a *NotDistributableError, for the first attribute of batch
+// (sorted by name) past the manager's bound, if a session holding attrs
+// would grow larger than the bound once batch is stored and the attributes
+// named in remove are gone.
+func (h *host) fits(attrs attrList, batch []newAttr, remove []string) error {
+	limit := h.maxSize
+	if limit <= 0 {
+		return nil
+	}
+	size := 0
+	for i := range attrs {
+		e := &attrs[i]
+		if e.raw == nil {
+			continue
+		}
+		name := e.name.Value()
+		if _, replaced := slices.BinarySearchFunc(batch, name, func(a newAttr, n string) int { return strings.Compare(a.name, n) }); replaced || slices.Contains(remove, name) {
+			continue
+		}
+		size += len(name) + len(e.raw)
+	}
+	for _, a := range batch {
+		if a.raw == nil {
+			continue
+		}
+		if size += len(a.name) + len(a.raw); size > limit {
+			return &NotDistributableError{Key: a.name, Type: fmt.Sprintf("%T", a.v),
+				Err: fmt.Errorf("%w: the session would take %d bytes encoded, and at most %d go in one replication message (DeltaConfig.MaxSessionSize); keep large data out of the session, or raise the channel's MaxFrameSize", ErrSessionTooLarge, size, limit)}
 		}
 	}
-	if size <= limit {
-		return nil
-	}
-	return &NotDistributableError{Key: name, Type: fmt.Sprintf("%T", v),
-		Err: fmt.Errorf("%w: the session would take %d bytes encoded, and at most %d go in one replication message (DeltaConfig.MaxSessionSize); keep large data out of the session, or raise the channel's MaxFrameSize", ErrSessionTooLarge, size, limit)}
+	return nil
 }
 
 // fireSet tells the listeners that name was set to v, replacing old when
@@ -654,6 +791,12 @@ func (s *Session) Remove(name string) error {
 		s.pending.op(name, nil)
 	}
 	s.mu.Unlock()
+	s.fireRemoved(name, old)
+	return nil
+}
+
+// fireRemoved tells the listeners that name, which held old, was removed.
+func (s *Session) fireRemoved(name string, old attr) {
 	oldVal := old.val
 	if !old.known() {
 		oldVal, _ = s.host.types.decode(old.raw)
@@ -663,7 +806,6 @@ func (s *Session) Remove(name string) error {
 			l.AttributeRemoved(s, name, oldVal)
 		}
 	})
-	return nil
 }
 
 // indexAt is how many operations a request keeps before it indexes

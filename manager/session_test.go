@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -363,5 +364,107 @@ func TestAttrListIndex(t *testing.T) {
 				t.Errorf("%d attributes: index(%s) = %d, %v", n, name, j, ok)
 			}
 		}
+	}
+}
+
+// TestSetCopiesIsAllOrNothing: SetCopies stores and removes a batch of
+// attributes at once, or, when one value cannot be stored, changes
+// nothing at all.
+func TestSetCopiesIsAllOrNothing(t *testing.T) {
+	type unregistered struct{ A int }
+	big := func(c byte) string { return string(bytes.Repeat([]byte{c}, 60)) }
+	for _, tc := range []struct {
+		name    string
+		set     map[string]any
+		remove  []string
+		wantErr error  // errors.Is; nil: ok
+		wantKey string // the NotDistributableError's attribute
+	}{
+		{"unregistered", map[string]any{"a": "changed", "b": "new", "z": unregistered{1}}, []string{"keep"}, nil, "z"},
+		{"nil value", map[string]any{"a": "changed", "z": nil}, nil, nil, "z"},
+		{"too large together", map[string]any{"a": big('a'), "b": big('b')}, []string{"keep"}, ErrSessionTooLarge, "b"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := testHost(t)
+			h.maxSize = 100
+			var events []string
+			h.addListener(Listener{
+				AttributeAdded:    func(_ *Session, n string, _ any) { events = append(events, "added "+n) },
+				AttributeReplaced: func(_ *Session, n string, _, _ any) { events = append(events, "replaced "+n) },
+				AttributeRemoved:  func(_ *Session, n string, _ any) { events = append(events, "removed "+n) },
+			})
+			s := newStore(h, 0).newSession("node1", time.Hour)
+			_ = s.Set("a", "x")
+			_ = s.Set("keep", "k")
+			_, _ = s.commit()
+			events = nil
+			changed, err := s.SetCopies(tc.set, tc.remove)
+			var nd *NotDistributableError
+			if changed || !errors.As(err, &nd) || nd.Key != tc.wantKey || tc.wantErr != nil && !errors.Is(err, tc.wantErr) {
+				t.Errorf("SetCopies = %v, %v; want false and a NotDistributableError for %q wrapping %v", changed, err, tc.wantKey, tc.wantErr)
+			}
+			if a, _ := s.GetString("a"); a != "x" || !reflect.DeepEqual(s.Names(), []string{"a", "keep"}) || s.Changed() || events != nil {
+				t.Errorf("after a refused SetCopies: a=%q, names %v, changed %v, events %v; want a=x, [a keep], nothing changed", a, s.Names(), s.Changed(), events)
+			}
+		})
+	}
+}
+
+// TestSetCopies stores copies, skips values that did not change, removes,
+// counts the session's size after the removals, and keeps local-only
+// attributes as they are.
+func TestSetCopies(t *testing.T) {
+	h := testHost(t)
+	h.maxSize = 110
+	var events []string
+	h.addListener(Listener{
+		AttributeAdded:    func(_ *Session, n string, _ any) { events = append(events, "added "+n) },
+		AttributeReplaced: func(_ *Session, n string, _, _ any) { events = append(events, "replaced "+n) },
+		AttributeRemoved:  func(_ *Session, n string, _ any) { events = append(events, "removed "+n) },
+	})
+	st := newStore(h, 0)
+	s := st.newSession("node1", time.Hour)
+	_ = s.Set("same", "x")
+	_, _ = s.SetCopy("big", string(bytes.Repeat([]byte{'b'}, 50)))
+	_, _ = s.commit()
+	events = nil
+	items := map[string]int{"apple": 1}
+	conn := make(chan int)
+	changed, err := s.SetCopies(map[string]any{
+		"same":       "x",
+		"items":      items,
+		"other":      string(bytes.Repeat([]byte{'o'}, 50)), // fits once big is gone
+		"local.conn": conn,
+	}, []string{"big", "absent"})
+	if err != nil || !changed {
+		t.Fatalf("SetCopies = %v, %v", changed, err)
+	}
+	items["apple"] = 2 // a copy was stored
+	if got, _ := Attr[map[string]int](s, "items"); got["apple"] != 1 {
+		t.Errorf("items = %v; want the copy taken by SetCopies", got)
+	}
+	if got, _ := s.Get("local.conn"); got != conn {
+		t.Error("the local-only attribute is not the value given")
+	}
+	if want := []string{"items", "local.conn", "other", "same"}; !reflect.DeepEqual(s.Names(), want) {
+		t.Errorf("names %v, want %v", s.Names(), want)
+	}
+	if want := []string{"added items", "added local.conn", "added other", "removed big"}; !reflect.DeepEqual(events, want) {
+		t.Errorf("events %q, want %q", events, want)
+	}
+	d, _ := s.commit()
+	var ops []string
+	for _, op := range d.Ops {
+		ops = append(ops, fmt.Sprintf("%s:%v", op.Name, op.Value != nil))
+	}
+	if want := []string{"big:false", "items:true", "other:true"}; !reflect.DeepEqual(ops, want) {
+		t.Errorf("committed ops %v, want %v", ops, want)
+	}
+	if changed, err := s.SetCopies(map[string]any{"same": "x"}, []string{"absent"}); changed || err != nil {
+		t.Errorf("SetCopies of nothing new = %v, %v; want false, nil", changed, err)
+	}
+	st.remove(s.ID())
+	if _, err := s.SetCopies(map[string]any{"a": "x"}, nil); !errors.Is(err, ErrInvalidated) {
+		t.Errorf("SetCopies on an invalidated session = %v, want ErrInvalidated", err)
 	}
 }

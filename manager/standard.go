@@ -291,3 +291,9 @@ func decodeFile(b []byte) ([]Full, error) {
 
 // Route returns this node's route, the suffix of the ids it issues.
 func (m *Standard) Route() string { return m.cfg.Route }
+
+// CheckAttributes returns the error [Session.SetCopies] would return for
+// a new session holding values, or nil, without creating a session: a
+// caller checks the values first, so that a session it would have to
+// throw away never counts toward Config.MaxSessions.
+func (m *Standard) CheckAttributes(values map[string]any) error { return m.h.checkNew(values) }

@@ -16,8 +16,16 @@
 // the middleware.
 //
 // [Store] implements gorilla/sessions' Store over the same managers, for
-// applications written against gorilla/sessions. It hands handlers copies
+// applications written against gorilla/sessions; wrap their handlers in
+// [Store.Middleware], so that a request that only reads a session which
+// came from another node still gets the rebound cookie (see Semantics).
+// It hands handlers copies
 // of the values, so a value changed in place is seen as changed by Save.
+// Save stores all of the Values or, when one cannot be stored, none. A
+// commit that some peer did not confirm keeps the change, as the
+// middleware does, but Save reports it: its error wraps
+// [ErrNotReplicated]. [Store.Stats] counts the Store's rebinds, failed
+// lookups and unconfirmed commits.
 //
 // [Metrics] exports a node's figures in the Prometheus format, read from
 // the counters at scrape time; [Dashboard] serves the live page at
@@ -31,6 +39,11 @@
 // cookie (Tomcat's JvmRouteBinderValve); [OriginalID] gives the id the
 // request arrived with. Two parallel requests rebinding one session end
 // with the same id: the base is kept, so either id finds the session.
+// The Store rebinds only where the new cookie reaches the client: in
+// Save, and, behind [Store.Middleware], in Get. Without the middleware a
+// request that only reads leaves the id as it was: rebound without a
+// cookie, it would be rebound back by the old node, to which the balancer
+// keeps sending the user, on every request.
 // [RenewID] gives a session a fresh id after a login, against session
 // fixation: the old id stops working at once (unless the manager's
 // IDGracePeriod says otherwise), and a request that arrives with it is

@@ -70,7 +70,9 @@ func ExampleStore() {
 		_ = session.Save(r, w)
 		fmt.Fprintf(w, "visits=%d", n+1)
 	}
-	srv := httptest.NewServer(http.HandlerFunc(handler))
+	// Behind Store.Middleware, a read-only request of a user failed over
+	// from another node gets the rebound cookie too.
+	srv := httptest.NewServer(store.Middleware(http.HandlerFunc(handler)))
 	defer srv.Close()
 	jar, _ := cookiejar.New(nil)
 	client := &http.Client{Jar: jar}

@@ -86,10 +86,13 @@ func (e *everySecond) allow() (ok bool, suppressed int64) {
 	return true, e.suppressed.Swap(0)
 }
 
-// Stats counts what the middleware did.
+// Stats counts what the middleware, or a Store, did.
 type Stats struct {
-	Rebinds      int64 // session ids rebound to this node's route
-	Unavailable  int64 // requests answered 503: the session could not be looked up
+	Rebinds int64 // session ids rebound to this node's route
+	// Unavailable counts sessions that could not be looked up: requests
+	// the middleware answered 503, Store Get and Save calls that returned
+	// the lookup's error.
+	Unavailable  int64
 	CommitErrors int64 // commits not confirmed by every peer
 }
 
@@ -211,7 +214,7 @@ func (ss *Sessions) Middleware(next http.Handler) http.Handler {
 			}
 		}()
 		next.ServeHTTP(sw, r.WithContext(ctx))
-		st.finish(sw)
+		sw.finish()
 		finished = true
 	})
 }
@@ -350,16 +353,26 @@ func (ss *Sessions) find(ctx context.Context, id string) (*manager.Session, erro
 	if err != nil {
 		return nil, err
 	}
+	if err := ss.rebind(ctx, s); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// rebind renames s to this node's route, keeping its base, unless route
+// binding is off or the route is this node's already. It returns an error
+// only when s was not renamed (it is gone).
+func (ss *Sessions) rebind(ctx context.Context, s *manager.Session) error {
 	if ss.cfg.DisableRouteBinding {
-		return s, nil
+		return nil
 	}
 	base, route := manager.SplitID(s.ID())
 	if route == ss.cfg.Route {
-		return s, nil
+		return nil
 	}
 	newID, err := ss.m.ChangeID(ctx, s, base)
 	if newID == "" {
-		return nil, err
+		return err
 	}
 	if err != nil {
 		// Renamed here, but not every peer confirmed: typically the node
@@ -370,7 +383,7 @@ func (ss *Sessions) find(ctx context.Context, id string) (*manager.Session, erro
 	}
 	ss.rebinds.Add(1)
 	ss.log.Info("session rebound to this node", "from", route, "session", manager.RedactID(newID))
-	return s, nil
+	return nil
 }
 
 // Get returns the request's session, creating one if the request has none.
@@ -489,7 +502,7 @@ func (st *state) commit(h http.Header) {
 		if st.detached == nil {
 			st.detached = context.WithoutCancel(st.ctx)
 		}
-		st.ss.commit(st.detached, st.s)
+		_ = st.ss.commit(st.detached, st.s) // counted and logged; the response goes on
 		if id := st.s.ID(); id != st.cookieID && id != st.hidden && h != nil {
 			h.Add("Set-Cookie", st.ss.cookie(id, 0).String())
 			st.cookieID = id
@@ -510,27 +523,20 @@ func (st *state) commit(h http.Header) {
 var ErrResponseStarted = errors.New("web: the response has started, so a new session id cannot reach the client: call Get or RenewID before writing the response")
 
 // commit commits s. An error means the changes are this node's but some
-// peer did not confirm them (it just died, or timed out): it is counted
-// and logged, and the request goes on. ctx must not be the request's own:
-// a client that hangs up must not cut the commit short (the manager's
-// send timeout bounds the wait), so callers pass it WithoutCancel.
-func (ss *Sessions) commit(ctx context.Context, s *manager.Session) {
-	if err := ss.m.Commit(ctx, s); err != nil {
+// peer did not confirm them (it just died, or timed out): it is counted,
+// logged and returned, and the middleware's request goes on. ctx must not
+// be the request's own: a client that hangs up must not cut the commit
+// short (the manager's send timeout bounds the wait), so callers pass it
+// WithoutCancel.
+func (ss *Sessions) commit(ctx context.Context, s *manager.Session) error {
+	err := ss.m.Commit(ctx, s)
+	if err != nil {
 		ss.commitErrors.Add(1)
 		if ok, n := ss.commitWarn.allow(); ok {
 			ss.log.Warn("session commit failed", "session", manager.RedactID(s.ID()), "err", err, "suppressed", n)
 		}
 	}
-}
-
-// finish commits what the handler changed after the response started (the
-// cookie can no longer change then).
-func (st *state) finish(sw *responseWriter) {
-	if !sw.started {
-		st.commit(sw.Header())
-		return
-	}
-	st.commit(nil)
+	return err
 }
 
 func (ss *Sessions) cookie(id string, maxAge int) *http.Cookie {
@@ -540,18 +546,34 @@ func (ss *Sessions) cookie(id string, maxAge int) *http.Cookie {
 	}
 }
 
-// responseWriter commits the session just before the response starts.
+// responseWriter commits the session (or, behind Store.Middleware, sets
+// the cookies of rebound sessions) just before the response starts.
 type responseWriter struct {
 	http.ResponseWriter
-	st      *state
+	st      committer
 	started bool
 }
+
+// committer is what a responseWriter calls: commit(h) before the response
+// starts, with its header, and commit(nil) once the handler returned after
+// it started (the header can no longer change then).
+type committer interface{ commit(h http.Header) }
 
 func (w *responseWriter) start() {
 	if !w.started {
 		w.started = true
 		w.st.commit(w.Header())
 	}
+}
+
+// finish commits what the handler changed, once it returned: with the
+// header when the response has not started, without otherwise.
+func (w *responseWriter) finish() {
+	if !w.started {
+		w.st.commit(w.Header())
+		return
+	}
+	w.st.commit(nil)
 }
 
 func (w *responseWriter) WriteHeader(code int) {

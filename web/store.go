@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
+	"sync"
 
 	"github.com/cohort-cluster/cohort/manager"
 	"github.com/gorilla/sessions"
@@ -20,6 +22,16 @@ import (
 // session id, <id>.<route>, which balancers read to route requests (the id
 // is 192 random bits, so it needs no signature). Options.MaxAge < 0
 // invalidates the session on every node. Store is safe for concurrent use.
+//
+// Route binding: a session whose cookie names another node's route (the
+// balancer failed the user over) is renamed to this node's route only
+// where the new cookie reaches the client, else the balancer would go on
+// sending the user to the old route, whose node would rename it back, on
+// every request. Save renames it and sets the cookie. Get renames it only
+// behind [Store.Middleware], which sets the cookie even when the handler
+// never calls Save (a request that only reads); without the middleware, a
+// request that only reads leaves the id as it is. Wrap the handlers in
+// Middleware so that a failed-over user sticks to its new node at once.
 type Store struct {
 	ss *Sessions
 	// Options are the defaults for new sessions' cookies: Path "/",
@@ -42,6 +54,10 @@ func NewStore(m manager.Manager, cfg Config) (*Store, error) {
 	}}, nil
 }
 
+// Stats returns the Store's counters: its own, apart from any
+// middleware's (Sessions.Stats).
+func (st *Store) Stats() Stats { return st.ss.Stats() }
+
 // Get returns the session of name for r, cached for the request in
 // gorilla's registry.
 func (st *Store) Get(r *http.Request, name string) (*sessions.Session, error) {
@@ -49,8 +65,10 @@ func (st *Store) Get(r *http.Request, name string) (*sessions.Session, error) {
 }
 
 // New returns the session of name for r without caching it: the Cohort
-// session its cookie names, rebound to this node's route if it came from
-// another node, or a new, empty session when there is none. It never
+// session its cookie names, or a new, empty session when there is none.
+// Behind [Store.Middleware], and before the response has started, a
+// session that came from another node is rebound to this node's route and
+// the response sets its new cookie; otherwise Save rebinds it. It never
 // returns a nil session. When the session may exist but could not be
 // looked up (this node is still receiving the cluster's state, or the
 // session's holders did not answer in time), it returns a new session and
@@ -68,7 +86,7 @@ func (st *Store) New(r *http.Request, name string) (*sessions.Session, error) {
 	if err != nil || c.Value == "" {
 		return gs, nil
 	}
-	s, err := st.ss.find(r.Context(), c.Value)
+	s, err := st.lookup(r, name, c.Value, gs.Options)
 	if errors.Is(err, manager.ErrNotFound) {
 		return gs, nil // unknown or expired: a new session
 	}
@@ -79,7 +97,7 @@ func (st *Store) New(r *http.Request, name string) (*sessions.Session, error) {
 	// A read-only commit only queues the access for the peers; changes
 	// wait for Save.
 	if !s.Changed() {
-		st.ss.commit(context.WithoutCancel(r.Context()), s)
+		_ = st.ss.commit(context.WithoutCancel(r.Context()), s)
 	}
 	gs.ID, gs.IsNew = s.ID(), false
 	if !sameBase(s.ID(), c.Value) {
@@ -96,10 +114,119 @@ func (st *Store) New(r *http.Request, name string) (*sessions.Session, error) {
 	return gs, nil
 }
 
+// lookup finds the session of id, the value of the cookie of name, for
+// New. It rebinds the session to this node's route only when its new
+// cookie can reach the client: through Middleware, before the response
+// has started. The cookie is then queued for the response, as it is for a
+// cookie whose route is stale.
+func (st *Store) lookup(r *http.Request, name, id string, opts *sessions.Options) (*manager.Session, error) {
+	ctx := r.Context()
+	rc, _ := ctx.Value(storeCookiesKey{}).(*storeCookies)
+	if rc == nil {
+		return st.ss.m.Find(ctx, id)
+	}
+	// Held while rebinding: the response does not start in between, to
+	// go out without the cookie.
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	if rc.started {
+		return st.ss.m.Find(ctx, id)
+	}
+	s, err := st.ss.find(ctx, id)
+	if err == nil {
+		if sid := s.ID(); sid != id && sameBase(sid, id) {
+			rc.set(sessions.NewCookie(name, sid, opts))
+		}
+	}
+	return s, err
+}
+
+// Middleware lets Get rebind a session that came from another node (see
+// Store) and send its new cookie even when the handler does not call
+// Save: the cookie is set just before the response's first byte, or when
+// the handler returns. A Save of the session sets the cookie itself, and
+// the middleware then sets none for it. Wrap every handler that calls Get
+// in it.
+func (st *Store) Middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// The cookies and the response writer, in one allocation.
+		both := &struct {
+			rc storeCookies
+			sw responseWriter
+		}{}
+		sw := &both.sw
+		sw.ResponseWriter, sw.st = w, &both.rc
+		next.ServeHTTP(sw, r.WithContext(context.WithValue(r.Context(), storeCookiesKey{}, &both.rc)))
+		sw.finish()
+	})
+}
+
+type storeCookiesKey struct{}
+
+// storeCookies are one request's cookies of the sessions that Get
+// rebound, which Store.Middleware sets before the response starts.
+type storeCookies struct {
+	mu      sync.Mutex
+	cookies []*http.Cookie
+	started bool // the response has started: a cookie can no longer be set
+}
+
+// set queues c, in place of any cookie of its name. rc.mu is held.
+func (rc *storeCookies) set(c *http.Cookie) {
+	rc.cookies = slices.DeleteFunc(rc.cookies, func(o *http.Cookie) bool { return o.Name == c.Name })
+	rc.cookies = append(rc.cookies, c)
+}
+
+// drop forgets the cookie of name: Save sets it.
+func (rc *storeCookies) drop(name string) {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	rc.cookies = slices.DeleteFunc(rc.cookies, func(o *http.Cookie) bool { return o.Name == name })
+}
+
+// commit sets the queued cookies in h, before the response starts.
+func (rc *storeCookies) commit(h http.Header) {
+	if h == nil {
+		return
+	}
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	for _, c := range rc.cookies {
+		if v := c.String(); v != "" {
+			h.Add("Set-Cookie", v)
+		}
+	}
+	rc.cookies, rc.started = nil, true
+}
+
+// setCookie sets the cookie of a saved session, in place of any that
+// Middleware would set for it.
+func setCookie(r *http.Request, w http.ResponseWriter, c *http.Cookie) {
+	if rc, _ := r.Context().Value(storeCookiesKey{}).(*storeCookies); rc != nil {
+		rc.drop(c.Name)
+	}
+	http.SetCookie(w, c)
+}
+
 // Save stores gs's Values in its Cohort session, commits them (replicating
 // as the manager's send mode says) and sets the cookie. With
 // Options.MaxAge < 0 it invalidates the session everywhere and deletes the
 // cookie.
+//
+// Save stores all of the Values or none: when one cannot be stored (a key
+// that is not a string, a value of a type not registered, a session that
+// would grow too large to replicate; a *manager.NotDistributableError),
+// Save returns the error and the session is as it was. The first Save of
+// a session checks the Values before it creates the session, so a
+// failing one leaves none behind (with a manager that cannot check values
+// first, such as a wrapper of one, the session it created is invalidated
+// again).
+//
+// A session that may exist but cannot be looked up (as for New) is not
+// replaced: Save returns the error and sets no cookie. When the commit is
+// not confirmed by every peer, the change is kept on this node and the
+// cookie set, as through the middleware, but Save returns an error
+// wrapping [ErrNotReplicated] and the commit's error.
 func (st *Store) Save(r *http.Request, w http.ResponseWriter, gs *sessions.Session) error {
 	ctx := r.Context()
 	m := st.ss.m
@@ -110,52 +237,87 @@ func (st *Store) Save(r *http.Request, w http.ResponseWriter, gs *sessions.Sessi
 			}
 		}
 		gs.ID = ""
-		http.SetCookie(w, sessions.NewCookie(gs.Name(), "", gs.Options))
+		setCookie(r, w, sessions.NewCookie(gs.Name(), "", gs.Options))
 		return nil
+	}
+	set := make(map[string]any, len(gs.Values))
+	for k, v := range gs.Values {
+		name, ok := k.(string)
+		if !ok {
+			return &manager.NotDistributableError{Key: fmt.Sprint(k), Type: fmt.Sprintf("%T key", k),
+				Err: errors.New("session keys must be strings")}
+		}
+		if v != nil { // nil is stored as no value: removed, read back as absent
+			set[name] = v
+		}
 	}
 	var s *manager.Session
 	if gs.ID != "" {
-		s, _ = m.Find(ctx, gs.ID)
+		var err error
+		// Gone since Get (invalidated by another request of the user, or
+		// expired): a new session takes its place. Otherwise it may exist,
+		// and a new one would replace the user's.
+		if s, err = m.Find(ctx, gs.ID); err != nil && !errors.Is(err, manager.ErrNotFound) {
+			st.ss.unavailable.Add(1)
+			return fmt.Errorf("web: session %s: %w", manager.RedactID(gs.ID), err)
+		}
 	}
 	// Reached through an id renewed after a login: whoever holds that id
 	// must not learn the new one, so the cookie stays as it is.
 	renewed := s != nil && !sameBase(s.ID(), gs.ID)
-	if s == nil {
+	created := s == nil
+	if created {
+		if c, ok := m.(interface{ CheckAttributes(map[string]any) error }); ok {
+			if err := c.CheckAttributes(set); err != nil {
+				return err
+			}
+		}
 		var err error
 		if s, err = m.Create(ctx); err != nil {
 			return err
 		}
 	}
-	for k := range gs.Values {
-		if _, ok := k.(string); !ok {
-			return &manager.NotDistributableError{Key: fmt.Sprint(k), Type: fmt.Sprintf("%T key", k),
-				Err: errors.New("session keys must be strings")}
-		}
-	}
-	for k, v := range gs.Values {
-		name := k.(string)
-		if v == nil {
-			continue // stored as no value: removed below, read back as absent
-		}
-		// A copy, compared by its encoded form: a value the handler
-		// changes in place after this Save is a change at the next one,
-		// and the session never holds the handler's own object.
-		if _, err := s.SetCopy(name, v); err != nil {
-			return err
-		}
-	}
+	var remove []string
 	for _, name := range s.Names() {
-		if v, ok := gs.Values[name]; !ok || v == nil {
-			if err := s.Remove(name); err != nil {
-				return err
-			}
+		if _, ok := set[name]; !ok {
+			remove = append(remove, name)
 		}
 	}
-	st.ss.commit(context.WithoutCancel(ctx), s)
-	if renewed {
-		return nil
+	// Copies, compared by their encoded form: a value the handler changes
+	// in place after this Save is a change at the next one, and the
+	// session never holds the handler's own object.
+	if _, err := s.SetCopies(set, remove); err != nil {
+		if created {
+			_ = m.Invalidate(context.WithoutCancel(ctx), s.ID())
+		}
+		return err
 	}
-	gs.ID, gs.IsNew = s.ID(), false
-	http.SetCookie(w, sessions.NewCookie(gs.Name(), gs.ID, gs.Options))
+	if !renewed {
+		// Another node's route: the cookie set below names this node's.
+		if err := st.ss.rebind(ctx, s); err != nil {
+			return fmt.Errorf("web: session %s: %w", manager.RedactID(s.ID()), err)
+		}
+	}
+	err := st.ss.commit(context.WithoutCancel(ctx), s)
+	if !renewed {
+		gs.ID, gs.IsNew = s.ID(), false
+		setCookie(r, w, sessions.NewCookie(gs.Name(), gs.ID, gs.Options))
+	}
+	if err != nil {
+		return fmt.Errorf("%w: session %s: %w", ErrNotReplicated, manager.RedactID(s.ID()), err)
+	}
 	return nil
 }
+
+// ErrNotReplicated is wrapped, with the commit's own error, by the error
+// Store.Save returns when the session was saved on this node, and its
+// cookie set, but some peer did not confirm the commit: it has just
+// failed and is not yet declared gone, or it timed out. The change is
+// kept; the live peers have it or will get it. An application that
+// answers a Save error with 500 may take this one as a success:
+//
+//	if err := session.Save(r, w); err != nil && !errors.Is(err, web.ErrNotReplicated) {
+//		http.Error(w, err.Error(), http.StatusInternalServerError)
+//		return
+//	}
+var ErrNotReplicated = errors.New("web: session saved on this node, but not every peer confirmed it")

@@ -3,9 +3,14 @@ package web_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -155,6 +160,10 @@ func TestStoreLookupFailureIsAnError(t *testing.T) {
 	if !errors.Is(err, manager.ErrNotReady) || gs == nil {
 		t.Errorf("Get = %v, %v; want a session and an error wrapping ErrNotReady", gs, err)
 	}
+	_, _ = st.Get(req, "cart") // the registry's: no second lookup
+	if got := st.Stats(); got != (web.Stats{Unavailable: 1}) {
+		t.Errorf("Stats() = %+v, want one lookup that failed", got)
+	}
 }
 
 // NewStore takes the cookie's path and domain from the config; a nil
@@ -201,5 +210,297 @@ func TestStoreSaveOfAVanishedSessionSetsTheNewCookie(t *testing.T) {
 	}
 	if cs := rec.Result().Cookies(); len(cs) != 1 || cs[0].Value == old || cs[0].Value != gs.ID {
 		t.Errorf("Save after the session vanished set cookies %v (session %q, old %q); want the new session's", cs, gs.ID, old)
+	}
+}
+
+// unregistered is a type no node registered.
+type unregistered struct{ A int }
+
+// A Save with one value that cannot be stored stores none of the others
+// and removes nothing: the session is as it was.
+func TestStoreSaveIsAllOrNothing(t *testing.T) {
+	leaktest.Check(t)
+	nodes := testcluster.Start(t, nil, quiet(), func(c *manager.ClusterConfig) { c.Manager.MaxSessionSize = 1000 }, "n1")
+	st := store(t, nodes[0].Manager(), "n1", nil)
+	for _, tc := range []struct {
+		name string
+		bad  func(map[any]any)
+	}{
+		{"non-string key", func(v map[any]any) { v[42] = "x" }},
+		{"unregistered type", func(v map[any]any) { v["z"] = unregistered{1} }},
+		{"too large", func(v map[any]any) { v["big1"], v["big2"] = strings.Repeat("x", 600), strings.Repeat("y", 600) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, rec := httptest.NewRequest("GET", "/", nil), httptest.NewRecorder()
+			gs, _ := st.Get(req, "s")
+			gs.Values["keep"] = "k"
+			for i := range 20 {
+				gs.Values[fmt.Sprint("v", i)] = "before"
+			}
+			if err := gs.Save(req, rec); err != nil {
+				t.Fatal(err)
+			}
+			r := httptest.NewRequest("GET", "/", nil)
+			r.AddCookie(rec.Result().Cookies()[0])
+			gs, _ = st.New(r, "s")
+			delete(gs.Values, "keep")
+			for i := range 20 {
+				gs.Values[fmt.Sprint("v", i)] = "after"
+			}
+			tc.bad(gs.Values)
+			if err := gs.Save(r, httptest.NewRecorder()); err == nil {
+				t.Fatal("Save succeeded")
+			}
+			s, err := nodes[0].Manager().Find(context.Background(), gs.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, want := s.Names(), append([]string{"keep"}, sortedV(20)...); !slices.Equal(got, want) {
+				t.Errorf("after a failed Save the session holds %v, want %v", got, want)
+			}
+			for _, name := range s.Names() {
+				if v, _ := s.GetString(name); name != "keep" && v != "before" {
+					t.Errorf("after a failed Save %s = %.10q, want before", name, v)
+				}
+			}
+		})
+	}
+}
+
+// sortedV returns v0 to v<n-1> in the order Session.Names sorts them.
+func sortedV(n int) []string {
+	var out []string
+	for i := range n {
+		out = append(out, fmt.Sprint("v", i))
+	}
+	slices.Sort(out)
+	return out
+}
+
+// A first Save that fails leaves no session behind to count toward
+// MaxSessions, and, when the manager can check values first, creates
+// none at all.
+func TestStoreFailedFirstSaveLeavesNoSession(t *testing.T) {
+	c := manager.DefaultConfig()
+	c.Route, c.MaxSessions, c.Logger = "node1", 1, quiet()
+	m, err := manager.NewStandard(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Close(context.Background()) })
+	var created atomic.Int64
+	m.AddListener(manager.Listener{Created: func(*manager.Session) { created.Add(1) }})
+	for _, tc := range []struct {
+		name      string
+		m         manager.Manager
+		mayCreate bool // the manager cannot check values before Create
+		bad       func(map[any]any)
+	}{
+		{"non-string key", m, false, func(v map[any]any) { v[42] = "x" }},
+		{"unregistered type", m, false, func(v map[any]any) { v["z"] = unregistered{1} }},
+		{"unregistered type, wrapped manager", struct{ manager.Manager }{m}, true, func(v map[any]any) { v["z"] = unregistered{1} }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := store(t, tc.m, "node1", nil)
+			before := created.Load()
+			req := httptest.NewRequest("GET", "/", nil)
+			gs, _ := st.Get(req, "s")
+			gs.Values["a"] = "x"
+			tc.bad(gs.Values)
+			rec := httptest.NewRecorder()
+			if err := gs.Save(req, rec); err == nil {
+				t.Fatal("Save succeeded")
+			}
+			if n := m.Count(); n != 0 {
+				t.Errorf("a failed first Save left %d sessions", n)
+			}
+			if n := created.Load() - before; n != 0 && !tc.mayCreate {
+				t.Errorf("a failed first Save created %d sessions", n)
+			}
+			if len(rec.Result().Cookies()) != 0 || gs.ID != "" || !gs.IsNew {
+				t.Errorf("a failed first Save set cookies %v, id %q, new %v", rec.Result().Cookies(), gs.ID, gs.IsNew)
+			}
+			req = httptest.NewRequest("GET", "/", nil)
+			gs, _ = st.Get(req, "s")
+			gs.Values["a"] = "x"
+			if err := gs.Save(req, httptest.NewRecorder()); err != nil {
+				t.Errorf("the next Save, with MaxSessions 1: %v", err)
+			}
+			_ = m.Invalidate(context.Background(), gs.ID)
+		})
+	}
+}
+
+// errPeer is a commit error of failingCommit.
+var errPeer = errors.New("peer n2 did not confirm")
+
+// failingCommit is a manager whose commits a peer does not confirm.
+type failingCommit struct{ manager.Manager }
+
+func (f failingCommit) Commit(ctx context.Context, s *manager.Session) error {
+	_ = f.Manager.Commit(ctx, s)
+	return errPeer
+}
+
+// A Save whose commit a peer did not confirm keeps the change on this
+// node and sets the cookie, and says so: its error wraps
+// ErrNotReplicated and the commit's error.
+func TestStoreSaveReportsUnconfirmedCommit(t *testing.T) {
+	m := standard(t, "node1", "")
+	st := store(t, failingCommit{m}, "node1", nil)
+	req, rec := httptest.NewRequest("GET", "/", nil), httptest.NewRecorder()
+	gs, _ := st.Get(req, "s")
+	gs.Values["a"] = "x"
+	err := gs.Save(req, rec)
+	if !errors.Is(err, web.ErrNotReplicated) || !errors.Is(err, errPeer) {
+		t.Errorf("Save = %v; want an error wrapping ErrNotReplicated and the commit's error", err)
+	}
+	if cs := rec.Result().Cookies(); len(cs) != 1 || cs[0].Value != gs.ID || gs.ID == "" {
+		t.Fatalf("cookies %v for session %q; want the session's cookie", cs, gs.ID)
+	}
+	s, err := m.Find(context.Background(), gs.ID)
+	if v, _ := s.GetString("a"); err != nil || v != "x" {
+		t.Errorf("this node holds a=%q (%v); want the saved x", v, err)
+	}
+	if got := st.Stats(); got != (web.Stats{CommitErrors: 1}) {
+		t.Errorf("Stats() = %+v, want one commit error", got)
+	}
+}
+
+// lookupFails is a manager whose lookups fail while fail is set, as a
+// Backup node's fetch from the session's holders that times out.
+type lookupFails struct {
+	manager.Manager
+	fail *atomic.Bool
+}
+
+func (l lookupFails) Find(ctx context.Context, id string) (*manager.Session, error) {
+	if l.fail.Load() {
+		return nil, manager.ErrNotReady
+	}
+	return l.Manager.Find(ctx, id)
+}
+
+// A Save that cannot look its session up returns the error: it does not
+// replace the user's session with a new one.
+func TestStoreSaveLookupFailureIsAnError(t *testing.T) {
+	m := standard(t, "node1", "")
+	var fail atomic.Bool
+	st := store(t, lookupFails{m, &fail}, "node1", nil)
+	req, rec := httptest.NewRequest("GET", "/", nil), httptest.NewRecorder()
+	gs, _ := st.Get(req, "s")
+	gs.Values["a"] = "x"
+	if err := gs.Save(req, rec); err != nil {
+		t.Fatal(err)
+	}
+	id := gs.ID
+	fail.Store(true)
+	rec = httptest.NewRecorder()
+	gs.Values["a"] = "y"
+	if err := gs.Save(req, rec); !errors.Is(err, manager.ErrNotReady) {
+		t.Errorf("Save = %v, want an error wrapping ErrNotReady", err)
+	}
+	if cs := rec.Result().Cookies(); len(cs) != 0 || gs.ID != id || m.Count() != 1 {
+		t.Errorf("Save set cookies %v, session id %q (was %q), %d sessions; want the user's session alone, untouched", cs, gs.ID, id, m.Count())
+	}
+	if n := st.Stats().Unavailable; n != 1 {
+		t.Errorf("Stats().Unavailable = %d, want 1", n)
+	}
+}
+
+// storeCookie returns the value of the response's cookie of name, and how
+// many it set.
+func storeCookie(resp *http.Response, name string) (string, int) {
+	v, n := "", 0
+	for _, c := range resp.Cookies() {
+		if c.Name == name {
+			v, n = c.Value, n+1
+		}
+	}
+	return v, n
+}
+
+// A request that only reads, on another node, a session whose cookie names
+// the first: without Store.Middleware no cookie can be sent, so the id
+// keeps its route (rebound, it would be rebound back on every request the
+// balancer sends to the first node), until Save sets the cookie; behind
+// Store.Middleware, Get rebinds it and the response carries the new
+// cookie.
+func TestStoreRebindsOnlyWhenTheCookieIsSent(t *testing.T) {
+	leaktest.Check(t)
+	nodes := deltaPair(t, nil)
+	quietly := func(c *web.Config) { c.Logger = quiet() }
+	st1 := store(t, nodes[0].Manager(), "n1", quietly)
+	st2 := store(t, nodes[1].Manager(), "n2", quietly)
+	read := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := st2.Get(r, "s"); err != nil {
+			t.Error(err)
+		}
+	})
+	save := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		gs, err := st2.Get(r, "s")
+		if err != nil {
+			t.Error(err)
+		}
+		gs.Values["n"] = "2"
+		if err := gs.Save(r, w); err != nil {
+			t.Error(err)
+		}
+	})
+	readThenWrite := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "started")
+		read(w, r)
+	})
+	failedSave := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		gs, _ := st2.Get(r, "s")
+		gs.Values["bad"] = unregistered{}
+		if err := gs.Save(r, w); err == nil {
+			t.Error("Save of an unregistered type succeeded")
+		}
+	})
+	for _, tc := range []struct {
+		name       string
+		h          http.Handler
+		wantCookie bool // the response sets the rebound id
+	}{
+		{"read", read, false},
+		{"save", save, true},
+		{"read behind Store.Middleware", st2.Middleware(read), true},
+		{"save behind Store.Middleware", st2.Middleware(save), true},
+		{"failed save behind Store.Middleware", st2.Middleware(failedSave), true},
+		{"read after the response started, behind Store.Middleware", st2.Middleware(readThenWrite), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, rec := httptest.NewRequest("GET", "/", nil), httptest.NewRecorder()
+			gs, _ := st1.Get(req, "s")
+			gs.Values["n"] = "1"
+			if err := gs.Save(req, rec); err != nil {
+				t.Fatal(err)
+			}
+			id := gs.ID
+			base, _ := manager.SplitID(id)
+			if !eventually(func() bool { _, err := nodes[1].Manager().Find(context.Background(), id); return err == nil }) {
+				t.Fatal("n2 never got the session")
+			}
+			r, w := httptest.NewRequest("GET", "/", nil), httptest.NewRecorder()
+			r.AddCookie(&http.Cookie{Name: "s", Value: id})
+			rebinds := st2.Stats().Rebinds
+			tc.h.ServeHTTP(w, r)
+			if n := st2.Stats().Rebinds - rebinds; n != 1 && tc.wantCookie || n != 0 && !tc.wantCookie {
+				t.Errorf("Stats().Rebinds went up by %d", n)
+			}
+			s, err := nodes[1].Manager().Find(context.Background(), id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, n := storeCookie(w.Result(), "s")
+			if tc.wantCookie {
+				if want := manager.JoinID(base, "n2"); got != want || n != 1 || s.ID() != want {
+					t.Errorf("response set %d cookies, %q; session %q; want one cookie and the session %q", n, got, s.ID(), want)
+				}
+			} else if n != 0 || s.ID() != id {
+				t.Errorf("response set %d cookies, %q; session %q; want none, and the session still %q", n, got, s.ID(), id)
+			}
+		})
 	}
 }

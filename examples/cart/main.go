@@ -2,8 +2,9 @@
 // kept in a Cohort cluster. The handlers (shop.go) are written for
 // gorilla/sessions and import nothing from Cohort; this file is the whole
 // of the wiring: it starts the cluster node, makes the store with
-// web.NewStore where a cookie-store app calls sessions.NewCookieStore, and
-// leaves the cluster on SIGTERM. See README.md.
+// web.NewStore where a cookie-store app calls sessions.NewCookieStore,
+// serves the shop through the store's Middleware, and leaves the cluster
+// on SIGTERM. See README.md.
 package main
 
 import (
@@ -92,7 +93,9 @@ func start(ctx context.Context, args []string, stderr io.Writer) (*node, error) 
 	if err != nil {
 		return nil, errors.Join(err, cluster.Close(context.Background()))
 	}
-	n.srv = &http.Server{Handler: newShop(store, *route), ReadHeaderTimeout: 10 * time.Second}
+	// store.Middleware sends the rebound cookie of a user failed over to
+	// this node even from a page that only reads the cart.
+	n.srv = &http.Server{Handler: store.Middleware(newShop(store, *route)), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		defer close(n.served)
 		_ = n.srv.Serve(n.ln) // http.ErrServerClosed once Close runs

@@ -20,10 +20,10 @@ var example = shoptest.Example{
 	},
 	Run: run,
 	// the session cookie, which gorilla names after the session:
-	// store.Get(r, "cart"). Reading the cart on another node leaves the
-	// cookie as it was: a gorilla store sets it when the session is saved.
+	// store.Get(r, "cart"). Reading the cart on another node rebinds it:
+	// main serves the shop through store.Middleware.
 	Cookie:       "cart",
-	RebindOnRead: false,
+	RebindOnRead: true,
 }
 
 func TestCartAcrossNodes(t *testing.T)         { shoptest.CartAcrossNodes(t, example) }

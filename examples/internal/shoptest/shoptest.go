@@ -25,8 +25,9 @@ type Example struct {
 	// Cookie is the session cookie's name.
 	Cookie string
 	// RebindOnRead says whether a request that only reads the session on
-	// another node rebinds its id to that node (the middleware does; a
-	// gorilla store changes the cookie only when the session is saved).
+	// another node rebinds its id to that node (the middleware does, and
+	// so does the gorilla Store behind Store.Middleware; without it, the
+	// Store rebinds only when the session is saved).
 	RebindOnRead bool
 }
 
