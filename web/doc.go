@@ -22,10 +22,10 @@
 // It hands handlers copies
 // of the values, so a value changed in place is seen as changed by Save.
 // Save stores all of the Values or, when one cannot be stored, none. A
-// commit that some peer did not confirm keeps the change, as the
-// middleware does, but Save reports it: its error wraps
-// [ErrNotReplicated]. [Store.Stats] counts the Store's rebinds, failed
-// lookups and unconfirmed commits.
+// commit that some peer did not confirm keeps the change and is counted
+// and logged, as through the middleware; Save does not fail for it.
+// [Store.Stats] counts the Store's rebinds, failed lookups and
+// unconfirmed commits.
 //
 // [Metrics] exports a node's figures in the Prometheus format, read from
 // the counters at scrape time; [Dashboard] serves the live page at

@@ -223,10 +223,13 @@ func setCookie(r *http.Request, w http.ResponseWriter, c *http.Cookie) {
 // again).
 //
 // A session that may exist but cannot be looked up (as for New) is not
-// replaced: Save returns the error and sets no cookie. When the commit is
-// not confirmed by every peer, the change is kept on this node and the
-// cookie set, as through the middleware, but Save returns an error
-// wrapping [ErrNotReplicated] and the commit's error.
+// replaced: Save returns the error and sets no cookie. A commit that some
+// peer did not confirm (it has just failed and is not yet declared gone,
+// or it hangs) is kept on this node, its cookie set, and counted
+// ([Store.Stats] CommitErrors) and logged, as through the middleware, and
+// Save returns nil: the session is saved, the live peers have it or will,
+// and a gorilla handler that answers a Save error with 500 must not fail
+// every write of the seconds a node takes to be declared gone.
 func (st *Store) Save(r *http.Request, w http.ResponseWriter, gs *sessions.Session) error {
 	ctx := r.Context()
 	m := st.ss.m
@@ -298,26 +301,10 @@ func (st *Store) Save(r *http.Request, w http.ResponseWriter, gs *sessions.Sessi
 			return fmt.Errorf("web: session %s: %w", manager.RedactID(s.ID()), err)
 		}
 	}
-	err := st.ss.commit(context.WithoutCancel(ctx), s)
+	_ = st.ss.commit(context.WithoutCancel(ctx), s) // counted and logged; the session is saved
 	if !renewed {
 		gs.ID, gs.IsNew = s.ID(), false
 		setCookie(r, w, sessions.NewCookie(gs.Name(), gs.ID, gs.Options))
 	}
-	if err != nil {
-		return fmt.Errorf("%w: session %s: %w", ErrNotReplicated, manager.RedactID(s.ID()), err)
-	}
 	return nil
 }
-
-// ErrNotReplicated is wrapped, with the commit's own error, by the error
-// Store.Save returns when the session was saved on this node, and its
-// cookie set, but some peer did not confirm the commit: it has just
-// failed and is not yet declared gone, or it timed out. The change is
-// kept; the live peers have it or will get it. An application that
-// answers a Save error with 500 may take this one as a success:
-//
-//	if err := session.Save(r, w); err != nil && !errors.Is(err, web.ErrNotReplicated) {
-//		http.Error(w, err.Error(), http.StatusInternalServerError)
-//		return
-//	}
-var ErrNotReplicated = errors.New("web: session saved on this node, but not every peer confirmed it")
