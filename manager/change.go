@@ -109,6 +109,7 @@ func (s *Session) commit() (Change, bool) {
 	d.Ops = p.ops
 	for _, op := range d.Ops {
 		if a, ok := s.attrs.get(op.Name); ok && a.val != nil {
+			a.size = int32(len(a.raw))
 			a.raw = nil // the value stays; full copies re-encode it
 		}
 	}

@@ -631,6 +631,11 @@ func TestMaxSessionSize(t *testing.T) {
 	if err := m.Commit(bg, s); err != nil {
 		t.Errorf("commit after a refused Set: %v", err)
 	}
+	// Committed values still count, though a commit drops Set's encoded
+	// forms: the bound holds across requests too.
+	if err := s.Set("c", strings.Repeat("w", 600)); !errors.Is(err, ErrSessionTooLarge) {
+		t.Errorf("Set of 600 bytes after a committed 900 = %v, want ErrSessionTooLarge", err)
+	}
 
 	cfg := DefaultDeltaConfig()
 	cfg.Route, cfg.MaxSessionSize = "b", -1

@@ -126,6 +126,19 @@ func internName(name string) string { return unique.Make(name).Value() }
 type attr struct {
 	raw []byte // Types.encode form, or nil
 	val any    // the decoded value, or nil
+	// size is len(raw) when raw was dropped after a commit (Set's values,
+	// which their caller may change in place, are encoded again when
+	// needed), so that the session's size bound still counts them.
+	size int32
+}
+
+// encodedLen is the attribute's size in a replication message, as last
+// encoded; 0 for a local-only one.
+func (a *attr) encodedLen() int {
+	if a.raw != nil {
+		return len(a.raw)
+	}
+	return int(a.size)
 }
 
 // known reports whether val holds the value.
@@ -711,14 +724,15 @@ func (h *host) fits(attrs attrList, batch []newAttr, remove []string) error {
 	size := 0
 	for i := range attrs {
 		e := &attrs[i]
-		if e.raw == nil {
+		n := e.encodedLen()
+		if n == 0 {
 			continue
 		}
 		name := e.name.Value()
 		if _, replaced := slices.BinarySearchFunc(batch, name, func(a newAttr, n string) int { return strings.Compare(a.name, n) }); replaced || slices.Contains(remove, name) {
 			continue
 		}
-		size += len(name) + len(e.raw)
+		size += len(name) + n
 	}
 	for _, a := range batch {
 		if a.raw == nil {
