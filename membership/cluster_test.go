@@ -282,6 +282,48 @@ func TestEveryNodeLeavesAtOnce(t *testing.T) {
 	}
 }
 
+// TestLeaveWhenEveryPeerIsLeaving stops three nodes together: each has
+// set its leaving flag, as Leave does first, and sees the others' flags
+// before it leaves. No peer stays to hear a node's leave, so none waits
+// for its messages to go out: each says so.
+func TestLeaveWhenEveryPeerIsLeaving(t *testing.T) {
+	leaktest.Check(t)
+	recs := make([]*membership.LogRecorder, 3)
+	nodes := startCluster(t, 3, func(i int, c *membership.Config) { recs[i] = record(t, c) })
+	for _, n := range nodes {
+		if err := membership.MarkLeaving(n, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 10*time.Second, func() error {
+		for _, n := range nodes {
+			for _, m := range n.Members() {
+				if m.Name != n.Route() && !m.Meta.Leaving {
+					return fmt.Errorf("%s does not see %s leaving", n.Route(), m.Name)
+				}
+			}
+		}
+		return nil
+	})
+	errs := make([]error, len(nodes))
+	var wg sync.WaitGroup
+	for i, n := range nodes {
+		wg.Go(func() { errs[i] = n.Leave(10 * time.Second) })
+	}
+	wg.Wait()
+	for i, n := range nodes {
+		if errs[i] != nil {
+			t.Errorf("%s: Leave = %v, want nil", n.Route(), errs[i])
+		}
+		if got := recs[i].Records("left the cluster; no peer was left to tell"); len(got) != 1 || got[0].Level != slog.LevelInfo {
+			t.Errorf("%s logged %+v, want one Info that no peer was left to tell", n.Route(), got)
+		}
+		if got := recs[i].Records(leaveWarning); len(got) != 0 {
+			t.Errorf("%s warned about its leave: %+v", n.Route(), got)
+		}
+	}
+}
+
 // TestDuplicateRouteFailsToStart starts a second node1 while node1 is
 // alive: it must fail to start, node1 must log the conflict once, and
 // node1 must stay a member in its peers' eyes.

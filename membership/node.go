@@ -398,11 +398,17 @@ func (n *Node) Stats() Stats {
 // report the node as left, at once, rather than failed after DropTime.
 // From the start of Leave the node sends no beacons and joins no one.
 //
+// Leave does not wait when no other member is alive and staying: every
+// peer has failed, left, or is leaving too, as when a whole cluster stops
+// at once. memberlist's messages would then have no one to go to, and
+// each of its two waits (the leaving flag, then the leave itself) would
+// last the whole timeout.
+//
 // A leave that no peer confirms within timeout is not returned as an
 // error: it is logged, as a warning while some peer is still seen alive
 // (it reports a failure instead, DropTime later), and at Info when every
-// peer has left too, as when a whole cluster stops at once. Leave returns
-// an error only when the node could not be stopped, or ErrClosed.
+// peer has left too. Leave returns an error only when the node could not
+// be stopped, or ErrClosed.
 func (n *Node) Leave(timeout time.Duration) error {
 	n.closeMu.Lock()
 	if n.isClosed.Load() {
@@ -411,14 +417,29 @@ func (n *Node) Leave(timeout time.Duration) error {
 	}
 	n.leaving.Store(true)
 	deadline := time.Now().Add(timeout)
+	// wait is the time left for a step: none when no peer stays to hear it.
+	alone := false
+	wait := func() time.Duration {
+		if alone = !n.peerStaying(); alone {
+			return time.Nanosecond // memberlist reads 0 as no timeout
+		}
+		return until(deadline)
+	}
 	// Mark the metadata first: memberlist reports a leave and a failure
-	// through the same callback, and peers tell them apart by this flag.
-	err := n.setMeta(func(m *Meta) { m.Leaving = true }, until(deadline))
-	if lerr := n.ml.Leave(until(deadline)); err == nil {
+	// through the same callback, and peers tell them apart by this flag. A
+	// step that did not wait times out at once: that is no error.
+	var err error
+	if merr := n.setMeta(func(m *Meta) { m.Leaving = true }, wait()); !alone {
+		err = merr
+	}
+	// Checked again: the peers may have started leaving meanwhile.
+	if lerr := n.ml.Leave(wait()); !alone && err == nil {
 		err = lerr
 	}
 	n.closeMu.Unlock()
 	switch {
+	case alone:
+		n.log.Info("left the cluster; no peer was left to tell")
 	case err == nil:
 		n.log.Info("left the cluster")
 	case n.NumAlive() == 0: // the peers left too, and so has this node
@@ -428,6 +449,18 @@ func (n *Node) Leave(timeout time.Duration) error {
 			"timeout", timeout, "err", err)
 	}
 	return n.Close()
+}
+
+// peerStaying reports whether another member is alive and not leaving.
+func (n *Node) peerStaying() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, m := range n.view {
+		if m.Name != n.cfg.Route && m.State == StateAlive && !m.Meta.Leaving {
+			return true
+		}
+	}
+	return false
 }
 
 // until returns the time left before deadline, at least 1ns: memberlist
