@@ -562,6 +562,57 @@ func TestUpdateMetaReachesPeers(t *testing.T) {
 	}
 }
 
+// TestMemberUpdatesSayWhatChanged checks how a member's updates are
+// logged: a new replication address as an update, the leaving flag as a
+// member leaving, and a restart on the same address, before the old
+// incarnation was found failed, as a restart.
+func TestMemberUpdatesSayWhatChanged(t *testing.T) {
+	leaktest.Check(t)
+	var rec *membership.LogRecorder
+	nodes := startCluster(t, 3, func(i int, c *membership.Config) {
+		c.DropTime = 10 * time.Second // the restart comes long before its failure is detected
+		if i == 0 {
+			rec = record(t, c)
+		}
+	})
+	logged := func(msg, peer string) {
+		t.Helper()
+		waitFor(t, 10*time.Second, func() error {
+			for _, r := range rec.Records(msg) {
+				if r.Attrs["peer"] == peer {
+					return nil
+				}
+			}
+			return fmt.Errorf("node1 did not log %q about %s", msg, peer)
+		})
+	}
+	if err := nodes[1].UpdateMeta("127.0.0.1:9999", "", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	logged("member updated", "node2")
+	if err := membership.MarkLeaving(nodes[2], 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	logged("member leaving", "node3")
+
+	addr := nodes[1].Addr().String()
+	_ = nodes[1].Close()
+	c := testConfig(t, "node2")
+	c.BindAddr = addr
+	c.DropTime = 10 * time.Second
+	c.Join = []string{nodes[0].Addr().String()}
+	nodes[1] = start(t, c)
+	logged("member restarted", "node2")
+	for _, r := range rec.Records("member updated") {
+		if r.Attrs["peer"] == "node3" {
+			t.Errorf("node3's leaving flag logged as an update: %+v", r)
+		}
+	}
+	if got := rec.Records("member failed"); len(got) != 0 {
+		t.Errorf("node1 logged failures %+v, want the restart seen as one", got)
+	}
+}
+
 func TestCloseStopsEverything(t *testing.T) {
 	leaktest.Check(t)
 	c := testConfig(t, "solo")

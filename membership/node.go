@@ -615,9 +615,25 @@ func (e *eventDelegate) NotifyUpdate(node *memberlist.Node) {
 	}
 	m := n.member(node, StateAlive)
 	if m.Name != n.cfg.Route {
-		n.log.Info("member updated", "peer", m.Name, "addr", m.Addr, "replication", m.Meta.ReplicationAddr, "manager", m.Meta.Manager)
+		n.log.Info(n.updateMessage(m), "peer", m.Name, "addr", m.Addr, "replication", m.Meta.ReplicationAddr, "manager", m.Meta.Manager)
 	}
 	n.record(Event{Type: EventUpdate, Member: m})
+}
+
+// updateMessage is the log message of an update of m: whether it is
+// leaving, restarted (another start time or address than this node knew
+// it by), or only changed its metadata.
+func (n *Node) updateMessage(m Member) string {
+	if m.Meta.Leaving {
+		return "member leaving"
+	}
+	n.mu.Lock()
+	prev := n.view[m.Name]
+	n.mu.Unlock()
+	if prev != nil && (prev.Addr != m.Addr || !prev.Meta.Started.Equal(m.Meta.Started)) {
+		return "member restarted"
+	}
+	return "member updated"
 }
 
 // NotifyAlive decides whether a node may be a peer: its metadata must
