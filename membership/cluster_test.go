@@ -455,14 +455,27 @@ func TestFailedMemberIsReconnected(t *testing.T) {
 	waitConverged(t, n1, n2)
 }
 
+// TestDomainsStayApart has a node of domain other join one of domain
+// cohort. The seed drops the connection unanswered; the joining node's
+// error and warning say that the seed likely belongs to another domain.
 func TestDomainsStayApart(t *testing.T) {
 	leaktest.Check(t)
 	a := start(t, testConfig(t, "a1"))
 	cb := testConfig(t, "b1")
 	cb.Domain = "other"
+	cb.Join = []string{a.Addr().String()}
+	rec := record(t, &cb)
 	b := start(t, cb)
-	if _, err := b.Join(a.Addr().String()); err == nil {
+	_, err := b.Join(a.Addr().String())
+	if err == nil {
 		t.Error("a node of domain other joined domain cohort")
+	} else if !strings.Contains(err.Error(), `likely another domain than this node's "other"`) {
+		t.Errorf("Join = %v, want the other domain named as the likely cause", err)
+	}
+	w := rec.Records("seed closed the connection without answering; retrying")
+	if len(w) != 1 || w[0].Level != slog.LevelWarn || !strings.Contains(w[0].Attrs["hint"], `another domain`) ||
+		!strings.Contains(w[0].Attrs["hint"], `"other"`) {
+		t.Errorf("seed warnings %+v, want one with a hint about the domain", w)
 	}
 	if got := alive(a); !slices.Equal(got, []string{"a1"}) {
 		t.Errorf("a1 sees %v", got)
@@ -493,12 +506,14 @@ func TestWrongKeyCannotJoin(t *testing.T) {
 			n := start(t, c)
 			if _, err := n.Join(a.Addr().String()); err == nil {
 				t.Error("join succeeded")
+			} else if !strings.Contains(err.Error(), "likely another cluster key") {
+				t.Errorf("Join = %v, want the key named as the likely cause", err)
 			}
 			if got := alive(a); !slices.Equal(got, []string{"a1"}) {
 				t.Errorf("a1 sees %v", got)
 			}
 			// The seed's warning says the key is the likely cause.
-			if w := rec.Records("seed did not answer; retrying"); len(w) != 1 || !strings.Contains(w[0].Attrs["hint"], "cluster key") {
+			if w := rec.Records("seed answered but could not be read; retrying"); len(w) != 1 || !strings.Contains(w[0].Attrs["hint"], "cluster key") {
 				t.Errorf("seed warnings %+v, want one with a hint about the cluster key", w)
 			}
 		})

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -212,5 +213,48 @@ func TestSeedWarnings(t *testing.T) {
 	n.seedFailed("10.0.0.9:7946", refused, t0.Add(4*time.Minute))
 	if got := len(rec.Records("seed did not answer; retrying")); got != 4 {
 		t.Errorf("a new run of failures logged %d warnings in all, want a 4th", got)
+	}
+}
+
+// TestSeedWarningCauses checks that each cause of a failing seed has its
+// own warning, and that a new cause is warned about at once.
+func TestSeedWarningCauses(t *testing.T) {
+	rec := NewLogRecorder(slog.NewTextHandler(t.Output(), nil))
+	c := DefaultLocalConfig()
+	c.Route = "node1"
+	c.Logger = slog.New(rec)
+	n, err := New(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = n.Close() })
+
+	t0 := time.Now()
+	const seed = "seed.example:7946"
+	const domain = "seed closed the connection without answering; retrying"
+	for i, tc := range []struct {
+		err       error
+		msg, hint string
+	}{
+		{&lookupError{host: "seed.example", err: errors.New("no such host")}, "seed lookup failed; retrying", ""},
+		{errors.New("failed to join 10.0.0.9:7946: dial tcp 10.0.0.9:7946: connect: connection refused"), "seed did not answer; retrying", "reachable"},
+		{errors.New("failed to join 10.0.0.9:7946: no installed keys could decrypt the message"), "seed answered but could not be read; retrying", "cluster key"},
+		{errors.New("failed to join 10.0.0.9:7946: EOF"), domain, `another domain`},
+	} {
+		// Seconds apart: each new cause is warned about at once.
+		n.seedFailed(seed, tc.err, t0.Add(time.Duration(i)*time.Second))
+		got := rec.Records(tc.msg)
+		if len(got) != 1 || got[0].Attrs["err"] != tc.err.Error() || !strings.Contains(got[0].Attrs["hint"], tc.hint) {
+			t.Errorf("%v: logged %+v, want one %q with a hint on %q", tc.err, got, tc.msg, tc.hint)
+		}
+	}
+	if w := rec.Records(domain); len(w) == 1 && !strings.Contains(w[0].Attrs["hint"], `this node's, "cohort"`) {
+		t.Errorf("hint %q does not name this node's domain", w[0].Attrs["hint"])
+	}
+	// The same cause, told by a reset rather than an EOF: not again.
+	reset := errors.New("failed to join 10.0.0.9:7946: read tcp 10.0.0.1:40000->10.0.0.9:7946: read: connection reset by peer")
+	n.seedFailed(seed, reset, t0.Add(time.Minute-time.Second))
+	if got := rec.Records("seed closed the connection without answering; retrying"); len(got) != 1 {
+		t.Errorf("a repeat of the cause within a minute logged %+v, want no second warning", got)
 	}
 }

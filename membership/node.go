@@ -333,6 +333,10 @@ func (n *Node) Join(addrs ...string) (int, error) {
 	}
 	k, jerr := n.ml.Join(resolved)
 	if k == 0 {
+		jerr = joinError(jerr)
+		if c := n.cause(problemOf(jerr)); c != "" {
+			return 0, fmt.Errorf("membership: join %v: %w (%s)", resolved, jerr, c)
+		}
 		return 0, fmt.Errorf("membership: join %v: %w", resolved, jerr)
 	}
 	return k, nil
