@@ -460,7 +460,9 @@ func TestFailedMemberIsReconnected(t *testing.T) {
 // error and warning say that the seed likely belongs to another domain.
 func TestDomainsStayApart(t *testing.T) {
 	leaktest.Check(t)
-	a := start(t, testConfig(t, "a1"))
+	ca := testConfig(t, "a1")
+	recA := record(t, &ca)
+	a := start(t, ca)
 	cb := testConfig(t, "b1")
 	cb.Domain = "other"
 	cb.Join = []string{a.Addr().String()}
@@ -476,6 +478,11 @@ func TestDomainsStayApart(t *testing.T) {
 	if len(w) != 1 || w[0].Level != slog.LevelWarn || !strings.Contains(w[0].Attrs["hint"], `another domain`) ||
 		!strings.Contains(w[0].Attrs["hint"], `"other"`) {
 		t.Errorf("seed warnings %+v, want one with a hint about the domain", w)
+	}
+	// The seed says whom it refused, once.
+	r := recA.Records("refused a node of another domain")
+	if len(r) != 1 || r[0].Level != slog.LevelWarn || r[0].Attrs["peer_domain"] != "other" || r[0].Attrs["domain"] != "cohort" {
+		t.Errorf("a1 logged %+v, want one warning naming both domains", r)
 	}
 	if got := alive(a); !slices.Equal(got, []string{"a1"}) {
 		t.Errorf("a1 sees %v", got)

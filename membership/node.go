@@ -229,7 +229,7 @@ func (n *Node) memberlistConfig() *memberlist.Config {
 	mc.Events = (*eventDelegate)(n)
 	mc.Alive = (*aliveDelegate)(n)
 	mc.Conflict = (*conflictDelegate)(n)
-	mc.Logger = log.New(&logBridge{log: n.log, closed: &n.isClosed}, "", 0)
+	mc.Logger = log.New(&logBridge{log: n.log, closed: &n.isClosed, domain: c.Domain}, "", 0)
 	mc.DNSConfigPath = "" // seeds are resolved by Node, not memberlist
 	// Gossip packets are a few hundred bytes, which LZW does not shrink,
 	// and compressing one allocates a fresh 64 KiB table. Receivers read
