@@ -479,6 +479,11 @@ func TestDomainsStayApart(t *testing.T) {
 		!strings.Contains(w[0].Attrs["hint"], `"other"`) {
 		t.Errorf("seed warnings %+v, want one with a hint about the domain", w)
 	}
+	st := b.Stats()
+	if !strings.Contains(st.LastJoinError, "likely another domain") || len(st.Seeds) != 1 ||
+		!strings.Contains(st.Seeds[0].LastError, "likely another domain") {
+		t.Errorf("b1's Stats() gives the last join error as %q and its seeds as %+v, want the domain named", st.LastJoinError, st.Seeds)
+	}
 	// The seed says whom it refused, once.
 	r := recA.Records("refused a node of another domain")
 	if len(r) != 1 || r[0].Level != slog.LevelWarn || r[0].Attrs["peer_domain"] != "other" || r[0].Attrs["domain"] != "cohort" {

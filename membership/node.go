@@ -50,8 +50,13 @@ type Node struct {
 	wg       sync.WaitGroup
 	closeMu  sync.Mutex // serialises Close and Leave
 	isClosed atomic.Bool
-	leaving  atomic.Bool           // Leave has started: no more beacons, joins or rejoins
-	seeds    map[string]*seedState // owned by the goroutine that runs rejoin
+	leaving  atomic.Bool // Leave has started: no more beacons, joins or rejoins
+
+	// joinMu guards the fields below, which Stats reports.
+	joinMu      sync.Mutex
+	seeds       map[string]*seedState // by Config.Join entry
+	lastJoinErr string                // the last failed join, with its likely cause
+	lastJoinAt  time.Time             // when it failed
 
 	// mu guards the fields below. Lock order: memberlist's node lock, then
 	// mu (memberlist calls the delegates with its lock held).
@@ -78,20 +83,31 @@ type counters struct {
 
 // Stats is a snapshot of a node's counters.
 type Stats struct {
-	BeaconsSent      int64 // beacons multicast
-	BeaconSendErrors int64 // beacons that could not be sent
-	BeaconsReceived  int64 // well-formed beacons of this domain, this node's own excluded
-	BeaconsForeign   int64 // beacons of another domain, ignored
-	BeaconsBadMAC    int64 // beacons whose HMAC did not verify (wrong or missing key), ignored
-	BeaconsMalformed int64 // undecodable beacons, ignored
-	BeaconJoins      int64 // joins triggered by beacons that succeeded
-	SeedJoins        int64 // joins to seeds or failed members that succeeded
-	JoinErrors       int64 // join attempts that failed
-	SeedLookupErrors int64 // seed DNS lookups that failed
-	PeersRefused     int64 // alive messages refused: bad metadata, domain, protocol or manager kind
-	MemberJoins      int64 // join events
-	MemberLeaves     int64 // graceful leave events
-	MemberFailures   int64 // failure events
+	BeaconsSent      int64        // beacons multicast
+	BeaconSendErrors int64        // beacons that could not be sent
+	BeaconsReceived  int64        // well-formed beacons of this domain, this node's own excluded
+	BeaconsForeign   int64        // beacons of another domain, ignored
+	BeaconsBadMAC    int64        // beacons whose HMAC did not verify (wrong or missing key), ignored
+	BeaconsMalformed int64        // undecodable beacons, ignored
+	BeaconJoins      int64        // joins triggered by beacons that succeeded
+	SeedJoins        int64        // joins to seeds or failed members that succeeded
+	JoinErrors       int64        // join attempts that failed
+	LastJoinError    string       // the last failed join attempt's error and likely cause; empty if none failed
+	LastJoinErrorAt  time.Time    // when it failed
+	SeedLookupErrors int64        // seed DNS lookups that failed
+	PeersRefused     int64        // alive messages refused: bad metadata, domain, protocol or manager kind
+	MemberJoins      int64        // join events
+	MemberLeaves     int64        // graceful leave events
+	MemberFailures   int64        // failure events
+	Seeds            []SeedStatus // one per Config.Join entry, in order
+}
+
+// SeedStatus is what a node knows of one of its seeds.
+type SeedStatus struct {
+	Seed      string    // as in Config.Join
+	Failures  int       // consecutive failed attempts; 0 once it answers
+	LastError string    // the last failed attempt's error and likely cause; empty once it answers
+	LastOK    time.Time // when it last answered, or was seen as an alive member; zero if never
 }
 
 // New validates cfg, binds the gossip listeners, starts discovery and
@@ -379,6 +395,17 @@ func (n *Node) localMeta() []byte {
 // Stats returns a snapshot of the node's counters.
 func (n *Node) Stats() Stats {
 	s := &n.stats
+	n.joinMu.Lock()
+	lastErr, lastAt := n.lastJoinErr, n.lastJoinAt
+	seeds := make([]SeedStatus, 0, len(n.cfg.Join))
+	for _, seed := range n.cfg.Join {
+		ss := SeedStatus{Seed: seed}
+		if st := n.seeds[seed]; st != nil {
+			ss.Failures, ss.LastError, ss.LastOK = st.failures, st.lastErr, st.lastOK
+		}
+		seeds = append(seeds, ss)
+	}
+	n.joinMu.Unlock()
 	return Stats{
 		BeaconsSent:      s.beaconsSent.Load(),
 		BeaconSendErrors: s.beaconSendErrors.Load(),
@@ -389,11 +416,14 @@ func (n *Node) Stats() Stats {
 		BeaconJoins:      s.beaconJoins.Load(),
 		SeedJoins:        s.seedJoins.Load(),
 		JoinErrors:       s.joinErrors.Load(),
+		LastJoinError:    lastErr,
+		LastJoinErrorAt:  lastAt,
 		SeedLookupErrors: s.seedLookupErrors.Load(),
 		PeersRefused:     s.peersRefused.Load(),
 		MemberJoins:      s.memberJoins.Load(),
 		MemberLeaves:     s.memberLeaves.Load(),
 		MemberFailures:   s.memberFailures.Load(),
+		Seeds:            seeds,
 	}
 }
 

@@ -67,8 +67,13 @@ func (j *joiner) run() {
 // join contacts one address and counts a failure.
 func (n *Node) join(addr string) error {
 	if _, err := n.ml.Join([]string{addr}); err != nil {
+		err = joinError(err)
 		n.stats.joinErrors.Add(1)
-		return joinError(err)
+		text := n.describe(err)
+		n.joinMu.Lock()
+		n.lastJoinErr, n.lastJoinAt = text, time.Now()
+		n.joinMu.Unlock()
+		return err
 	}
 	return nil
 }
@@ -107,31 +112,40 @@ func (n *Node) beaconJoin(addr, route string) {
 // seedWarnEvery rate-limits the warning about a seed that keeps failing.
 const seedWarnEvery = time.Minute
 
-// seedState tracks a seed that does not answer.
+// seedState tracks a seed.
 type seedState struct {
 	failures int         // consecutive failed attempts
 	since    time.Time   // first failure of the run
 	warned   time.Time   // last warning
 	problem  seedProblem // the cause last warned about
+	lastErr  string      // the last failure, with its likely cause
+	lastOK   time.Time   // last answer
 }
 
 // seedFailed counts a failed attempt on seed at now: the first is logged,
 // then at most one every seedWarnEvery while the seed keeps failing for the
 // same cause; a new cause is logged at once.
 func (n *Node) seedFailed(seed string, err error, now time.Time) {
+	p := problemOf(err)
+	n.joinMu.Lock()
 	st := n.seeds[seed]
 	if st == nil {
-		st = &seedState{since: now}
+		st = &seedState{}
 		n.seeds[seed] = st
 	}
+	if st.failures == 0 {
+		st.since = now
+	}
 	st.failures++
-	p := problemOf(err)
+	st.lastErr = n.describe(err)
 	if st.failures > 1 && p == st.problem && now.Sub(st.warned) < seedWarnEvery {
+		n.joinMu.Unlock()
 		return
 	}
 	st.warned, st.problem = now, p
 	args := []any{"seed", seed, "err", err,
 		"failures", st.failures, "failing_for", now.Sub(st.since).Round(time.Second), "every", n.cfg.RejoinInterval}
+	n.joinMu.Unlock()
 	msg, hint := n.seedWarning(p)
 	if hint != "" {
 		args = append(args, "hint", hint)
@@ -194,6 +208,14 @@ func (n *Node) cause(p seedProblem) string {
 	return ""
 }
 
+// describe is err with its likely cause, for a status.
+func (n *Node) describe(err error) string {
+	if c := n.cause(problemOf(err)); c != "" {
+		return err.Error() + " (" + c + ")"
+	}
+	return err.Error()
+}
+
 // keyMismatch reports whether err is memberlist's failure to decrypt or
 // authenticate a seed's reply, or its refusal of an unencrypted one.
 func keyMismatch(err error) bool {
@@ -217,16 +239,22 @@ func hungUp(err error) bool {
 		strings.Contains(msg, "connection reset by peer") || strings.Contains(msg, "broken pipe")
 }
 
-// seedAnswered ends, at now, a run of failures of seed, logging the
-// recovery.
+// seedAnswered notes that seed answered at now, and logs the end of a run
+// of failures.
 func (n *Node) seedAnswered(seed string, now time.Time) {
+	n.joinMu.Lock()
 	st := n.seeds[seed]
 	if st == nil {
-		return
+		st = &seedState{}
+		n.seeds[seed] = st
 	}
-	delete(n.seeds, seed)
-	n.log.Info("seed answered", "seed", seed, "failures", st.failures,
-		"failing_for", now.Sub(st.since).Round(time.Second))
+	failures, since := st.failures, st.since
+	st.failures, st.lastErr, st.lastOK = 0, "", now
+	n.joinMu.Unlock()
+	if failures > 0 {
+		n.log.Info("seed answered", "seed", seed, "failures", failures,
+			"failing_for", now.Sub(since).Round(time.Second))
+	}
 }
 
 // rejoin joins every seed address that is not an alive member and every

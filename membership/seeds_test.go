@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -118,6 +119,22 @@ func TestSilentSeedsAreReported(t *testing.T) {
 			t.Errorf("warning %+v, want seed %s with its error", w, c2.Join[i])
 		}
 	}
+	// Stats says so too.
+	st := n2.Stats()
+	if st.JoinErrors == 0 || !strings.Contains(st.LastJoinError, seedAddr) || st.LastJoinErrorAt.IsZero() {
+		t.Errorf("Stats() join errors %d, last %q at %v; want the failed join to %s", st.JoinErrors, st.LastJoinError, st.LastJoinErrorAt, seedAddr)
+	}
+	if len(st.Seeds) != 2 {
+		t.Fatalf("Stats().Seeds = %+v, want both seeds", st.Seeds)
+	}
+	for i, ss := range st.Seeds {
+		if ss.Seed != c2.Join[i] || ss.Failures == 0 || ss.LastError == "" || !ss.LastOK.IsZero() {
+			t.Errorf("Stats().Seeds[%d] = %+v, want %s failing with its error", i, ss, c2.Join[i])
+		}
+	}
+	if e := st.Seeds[1].LastError; !strings.Contains(e, "cohort-seed.test") {
+		t.Errorf("lookup failure given as %q", e)
+	}
 	waitFor(t, 10*time.Second, func() error {
 		if s := n2.Stats(); s.JoinErrors < 3 {
 			return fmt.Errorf("%d join errors, want the seed retried", s.JoinErrors)
@@ -140,6 +157,9 @@ func TestSilentSeedsAreReported(t *testing.T) {
 	})
 	if got := rec.Records("seed answered"); len(got) != 1 || got[0].Level != slog.LevelInfo || got[0].Attrs["seed"] != seedAddr {
 		t.Errorf("recovery logged as %+v, want one Info naming %s", got, seedAddr)
+	}
+	if ss := n2.Stats().Seeds[0]; ss.Failures != 0 || ss.LastError != "" || ss.LastOK.IsZero() {
+		t.Errorf("Stats().Seeds[0] = %+v after the recovery, want no failure and when it answered", ss)
 	}
 	if got := rec.Records("joined the cluster through seeds"); len(got) != 1 ||
 		got[0].Attrs["contacted"] != "1" || got[0].Attrs["members"] != "2" {
