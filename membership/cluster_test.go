@@ -282,6 +282,48 @@ func TestEveryNodeLeavesAtOnce(t *testing.T) {
 	}
 }
 
+// TestLeaveWhenEveryPeerIsLeaving stops three nodes together: each has
+// set its leaving flag, as Leave does first, and sees the others' flags
+// before it leaves. No peer stays to hear a node's leave, so none waits
+// for its messages to go out: each says so.
+func TestLeaveWhenEveryPeerIsLeaving(t *testing.T) {
+	leaktest.Check(t)
+	recs := make([]*membership.LogRecorder, 3)
+	nodes := startCluster(t, 3, func(i int, c *membership.Config) { recs[i] = record(t, c) })
+	for _, n := range nodes {
+		if err := membership.MarkLeaving(n, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 10*time.Second, func() error {
+		for _, n := range nodes {
+			for _, m := range n.Members() {
+				if m.Name != n.Route() && !m.Meta.Leaving {
+					return fmt.Errorf("%s does not see %s leaving", n.Route(), m.Name)
+				}
+			}
+		}
+		return nil
+	})
+	errs := make([]error, len(nodes))
+	var wg sync.WaitGroup
+	for i, n := range nodes {
+		wg.Go(func() { errs[i] = n.Leave(10 * time.Second) })
+	}
+	wg.Wait()
+	for i, n := range nodes {
+		if errs[i] != nil {
+			t.Errorf("%s: Leave = %v, want nil", n.Route(), errs[i])
+		}
+		if got := recs[i].Records("left the cluster; no peer was left to tell"); len(got) != 1 || got[0].Level != slog.LevelInfo {
+			t.Errorf("%s logged %+v, want one Info that no peer was left to tell", n.Route(), got)
+		}
+		if got := recs[i].Records(leaveWarning); len(got) != 0 {
+			t.Errorf("%s warned about its leave: %+v", n.Route(), got)
+		}
+	}
+}
+
 // TestDuplicateRouteFailsToStart starts a second node1 while node1 is
 // alive: it must fail to start, node1 must log the conflict once, and
 // node1 must stay a member in its peers' eyes.
@@ -413,14 +455,39 @@ func TestFailedMemberIsReconnected(t *testing.T) {
 	waitConverged(t, n1, n2)
 }
 
+// TestDomainsStayApart has a node of domain other join one of domain
+// cohort. The seed drops the connection unanswered; the joining node's
+// error and warning say that the seed likely belongs to another domain.
 func TestDomainsStayApart(t *testing.T) {
 	leaktest.Check(t)
-	a := start(t, testConfig(t, "a1"))
+	ca := testConfig(t, "a1")
+	recA := record(t, &ca)
+	a := start(t, ca)
 	cb := testConfig(t, "b1")
 	cb.Domain = "other"
+	cb.Join = []string{a.Addr().String()}
+	rec := record(t, &cb)
 	b := start(t, cb)
-	if _, err := b.Join(a.Addr().String()); err == nil {
+	_, err := b.Join(a.Addr().String())
+	if err == nil {
 		t.Error("a node of domain other joined domain cohort")
+	} else if !strings.Contains(err.Error(), `likely another domain than this node's "other"`) {
+		t.Errorf("Join = %v, want the other domain named as the likely cause", err)
+	}
+	w := rec.Records("seed closed the connection without answering; retrying")
+	if len(w) != 1 || w[0].Level != slog.LevelWarn || !strings.Contains(w[0].Attrs["hint"], `another domain`) ||
+		!strings.Contains(w[0].Attrs["hint"], `"other"`) {
+		t.Errorf("seed warnings %+v, want one with a hint about the domain", w)
+	}
+	st := b.Stats()
+	if !strings.Contains(st.LastJoinError, "likely another domain") || len(st.Seeds) != 1 ||
+		!strings.Contains(st.Seeds[0].LastError, "likely another domain") {
+		t.Errorf("b1's Stats() gives the last join error as %q and its seeds as %+v, want the domain named", st.LastJoinError, st.Seeds)
+	}
+	// The seed says whom it refused, once.
+	r := recA.Records("refused a node of another domain")
+	if len(r) != 1 || r[0].Level != slog.LevelWarn || r[0].Attrs["peer_domain"] != "other" || r[0].Attrs["domain"] != "cohort" {
+		t.Errorf("a1 logged %+v, want one warning naming both domains", r)
 	}
 	if got := alive(a); !slices.Equal(got, []string{"a1"}) {
 		t.Errorf("a1 sees %v", got)
@@ -451,12 +518,14 @@ func TestWrongKeyCannotJoin(t *testing.T) {
 			n := start(t, c)
 			if _, err := n.Join(a.Addr().String()); err == nil {
 				t.Error("join succeeded")
+			} else if !strings.Contains(err.Error(), "likely another cluster key") {
+				t.Errorf("Join = %v, want the key named as the likely cause", err)
 			}
 			if got := alive(a); !slices.Equal(got, []string{"a1"}) {
 				t.Errorf("a1 sees %v", got)
 			}
 			// The seed's warning says the key is the likely cause.
-			if w := rec.Records("seed did not answer; retrying"); len(w) != 1 || !strings.Contains(w[0].Attrs["hint"], "cluster key") {
+			if w := rec.Records("seed answered but could not be read; retrying"); len(w) != 1 || !strings.Contains(w[0].Attrs["hint"], "cluster key") {
 				t.Errorf("seed warnings %+v, want one with a hint about the cluster key", w)
 			}
 		})
@@ -517,6 +586,57 @@ func TestUpdateMetaReachesPeers(t *testing.T) {
 	ev := nextEvent(t, sub, "node2", 10*time.Second)
 	if ev.Type != membership.EventUpdate || ev.Member.Meta.ReplicationAddr != "127.0.0.1:9999" {
 		t.Errorf("got %v with %+v, want update with the new address", ev.Type, ev.Member.Meta)
+	}
+}
+
+// TestMemberUpdatesSayWhatChanged checks how a member's updates are
+// logged: a new replication address as an update, the leaving flag as a
+// member leaving, and a restart on the same address, before the old
+// incarnation was found failed, as a restart.
+func TestMemberUpdatesSayWhatChanged(t *testing.T) {
+	leaktest.Check(t)
+	var rec *membership.LogRecorder
+	nodes := startCluster(t, 3, func(i int, c *membership.Config) {
+		c.DropTime = 10 * time.Second // the restart comes long before its failure is detected
+		if i == 0 {
+			rec = record(t, c)
+		}
+	})
+	logged := func(msg, peer string) {
+		t.Helper()
+		waitFor(t, 10*time.Second, func() error {
+			for _, r := range rec.Records(msg) {
+				if r.Attrs["peer"] == peer {
+					return nil
+				}
+			}
+			return fmt.Errorf("node1 did not log %q about %s", msg, peer)
+		})
+	}
+	if err := nodes[1].UpdateMeta("127.0.0.1:9999", "", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	logged("member updated", "node2")
+	if err := membership.MarkLeaving(nodes[2], 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	logged("member leaving", "node3")
+
+	addr := nodes[1].Addr().String()
+	_ = nodes[1].Close()
+	c := testConfig(t, "node2")
+	c.BindAddr = addr
+	c.DropTime = 10 * time.Second
+	c.Join = []string{nodes[0].Addr().String()}
+	nodes[1] = start(t, c)
+	logged("member restarted", "node2")
+	for _, r := range rec.Records("member updated") {
+		if r.Attrs["peer"] == "node3" {
+			t.Errorf("node3's leaving flag logged as an update: %+v", r)
+		}
+	}
+	if got := rec.Records("member failed"); len(got) != 0 {
+		t.Errorf("node1 logged failures %+v, want the restart seen as one", got)
 	}
 }
 

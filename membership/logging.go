@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -24,14 +26,22 @@ import (
 // the reason, so memberlist's copies, repeated with every gossip, are
 // Debug.
 //
+// Rewrites: a few messages are replaced by a clearer one with the details
+// as attributes: a connection or packet dropped for another label (a node
+// of another domain) or another key, and the refutation of an alive
+// message about this node, which memberlist follows with both nodes'
+// metadata as byte dumps.
+//
 // Repeats: memberlist logs the same problem with every probe or gossip
 // round. A message of level Info or above is forwarded at most once per
 // repeatWindow; the next one forwarded after that carries the number of
-// copies dropped in between as "suppressed".
+// copies dropped in between as "suppressed". Messages that differ only in
+// the port of a connection's remote or local end count as the same.
 type logBridge struct {
 	log    *slog.Logger
 	closed *atomic.Bool     // the node is closed: memberlist's stray timers stay quiet
 	now    func() time.Time // nil means time.Now
+	domain string           // this node's domain, named when another is refused
 
 	mu     sync.Mutex
 	recent map[string]*repeat // by repeatKey
@@ -75,8 +85,15 @@ func (b *logBridge) Write(p []byte) (int, error) {
 		return len(p), nil
 	}
 	attrs := []slog.Attr{slog.String("source", "memberlist")}
+	key := ""
+	if r, ok := b.rewrite(msg); ok {
+		msg, key = r.msg, r.key
+		attrs = append(attrs, r.attrs...)
+	} else {
+		key = repeatKey(msg)
+	}
 	if level >= slog.LevelInfo {
-		suppressed, ok := b.admit(msg)
+		suppressed, ok := b.admit(key)
 		if !ok {
 			return len(p), nil
 		}
@@ -112,15 +129,62 @@ func remap(msg string, level slog.Level) slog.Level {
 	return level
 }
 
-// admit reports whether msg is to be forwarded now and how many copies of
-// it were dropped since it last was.
-func (b *logBridge) admit(msg string) (suppressed int, ok bool) {
+// rewritten is a memberlist message as the bridge logs it instead.
+type rewritten struct {
+	msg   string
+	attrs []slog.Attr
+	key   string // for the repeat filter
+}
+
+var (
+	// memberlist: "discarding stream with unacceptable label %q: from=%s",
+	// and the same for a packet.
+	labelRE = regexp.MustCompile(`^discarding (?:stream|packet) with unacceptable label ("(?:[^"\\]|\\.)*"): from=(\S+)$`)
+	// memberlist: "failed to receive: %s from=%s" for a stream, "Decrypt
+	// packet failed: %v from=%s" for a packet, with a key mismatch.
+	keyRE = regexp.MustCompile(`^(?:failed to receive|Decrypt packet failed): (.*(?:no installed keys could decrypt|encryption is configured but remote state is not encrypted|remote state is encrypted and encryption is not configured).*) from=(\S+)$`)
+	// memberlist: "Refuting an alive message for '%s' (%v:%d) meta:(%v VS
+	// %v), vsn:(%v VS %v)".
+	refuteRE = regexp.MustCompile(`^Refuting an alive message for '[^']*' \(([^)]*)\)`)
+)
+
+// rewrite returns the message the bridge logs instead of msg, if any.
+func (b *logBridge) rewrite(msg string) (rewritten, bool) {
+	if m := labelRE.FindStringSubmatch(msg); m != nil {
+		label, err := strconv.Unquote(m[1])
+		if err != nil {
+			label = m[1]
+		}
+		const text = "refused a node of another domain"
+		return rewritten{
+			msg:   text,
+			attrs: []slog.Attr{slog.String("peer_domain", label), slog.String("domain", b.domain), slog.String("addr", m[2])},
+			key:   text + " " + label + " " + withoutPort(m[2]),
+		}, true
+	}
+	if m := keyRE.FindStringSubmatch(msg); m != nil {
+		const text = "refused a node with another cluster key"
+		return rewritten{
+			msg:   text,
+			attrs: []slog.Attr{slog.String("addr", m[2]), slog.String("err", m[1])},
+			key:   text + " " + withoutPort(m[2]),
+		}, true
+	}
+	if m := refuteRE.FindStringSubmatch(msg); m != nil {
+		const text = "refuting an outdated alive message about this node, as a node restarted on its address does"
+		return rewritten{msg: text, attrs: []slog.Attr{slog.String("addr", m[1])}, key: text + " " + m[1]}, true
+	}
+	return rewritten{}, false
+}
+
+// admit reports whether the message of repeatKey key is to be forwarded
+// now and how many copies of it were dropped since it last was.
+func (b *logBridge) admit(key string) (suppressed int, ok bool) {
 	now := time.Now
 	if b.now != nil {
 		now = b.now
 	}
 	t := now()
-	key := repeatKey(msg)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if r, seen := b.recent[key]; seen {
@@ -147,35 +211,33 @@ func (b *logBridge) admit(msg string) (suppressed int, ok bool) {
 	return suppressed, true
 }
 
-// repeatKey is msg without the port of its "from=" addresses: memberlist
-// names the remote end of a stream, whose port changes with every
-// connection, and the same problem should read as the same message.
+// repeatKey is msg without the ports that change from one copy of a
+// message to the next: those of "from=" addresses, where memberlist names
+// the remote end of a stream, and that of the local end of a connection
+// in a Go network error ("read tcp 127.0.0.1:51234->127.0.0.1:7946: i/o
+// timeout"), which a failed TCP ping or push/pull gives. The same problem
+// with the same peer then reads as the same message.
 func repeatKey(msg string) string {
-	const from = "from="
-	if !strings.Contains(msg, from) {
+	if !strings.Contains(msg, "from=") && !strings.Contains(msg, "->") {
 		return msg
 	}
-	var sb strings.Builder
-	for {
-		i := strings.Index(msg, from)
-		if i < 0 {
-			sb.WriteString(msg)
-			return sb.String()
+	words := strings.Split(msg, " ")
+	for i, w := range words {
+		if addr, ok := strings.CutPrefix(w, "from="); ok {
+			words[i] = "from=" + withoutPort(addr)
+		} else if local, remote, ok := strings.Cut(w, "->"); ok {
+			words[i] = withoutPort(local) + "->" + remote
 		}
-		i += len(from)
-		sb.WriteString(msg[:i])
-		msg = msg[i:]
-		end := strings.IndexAny(msg, " \t")
-		if end < 0 {
-			end = len(msg)
-		}
-		addr := msg[:end]
-		if c := strings.LastIndexByte(addr, ':'); c >= 0 && isDigits(addr[c+1:]) {
-			addr = addr[:c]
-		}
-		sb.WriteString(addr)
-		msg = msg[end:]
 	}
+	return strings.Join(words, " ")
+}
+
+// withoutPort is addr without a trailing numeric ":port".
+func withoutPort(addr string) string {
+	if c := strings.LastIndexByte(addr, ':'); c >= 0 && isDigits(addr[c+1:]) {
+		return addr[:c]
+	}
+	return addr
 }
 
 func isDigits(s string) bool {

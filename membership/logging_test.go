@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -156,9 +157,109 @@ func TestLogBridgeRepeats(t *testing.T) {
 	}
 }
 
+// TestLogBridgeRewrites checks the memberlist messages the bridge replaces
+// with clearer ones.
+func TestLogBridgeRewrites(t *testing.T) {
+	meta := "[" + strings.Repeat("133 161 114 165 110 111 100 101 49 ", 30) + "]"
+	for _, tc := range []struct {
+		line, msg string
+		level     slog.Level
+		attrs     map[string]string
+	}{
+		{`[ERR] memberlist: discarding stream with unacceptable label "other": from=127.0.0.1:40312`,
+			"refused a node of another domain", slog.LevelWarn,
+			map[string]string{"peer_domain": "other", "domain": "cohort", "addr": "127.0.0.1:40312"}},
+		{`[ERR] memberlist: discarding packet with unacceptable label "a \"b\"": from=[::1]:7946`,
+			"refused a node of another domain", slog.LevelWarn,
+			map[string]string{"peer_domain": `a "b"`, "domain": "cohort", "addr": "[::1]:7946"}},
+		{"[ERR] memberlist: failed to receive: remote state is encrypted and encryption is not configured from=127.0.0.1:36982",
+			"refused a node with another cluster key", slog.LevelWarn,
+			map[string]string{"addr": "127.0.0.1:36982", "err": "remote state is encrypted and encryption is not configured"}},
+		{"[ERR] memberlist: Decrypt packet failed: no installed keys could decrypt the message from=127.0.0.1:7950",
+			"refused a node with another cluster key", slog.LevelWarn,
+			map[string]string{"addr": "127.0.0.1:7950", "err": "no installed keys could decrypt the message"}},
+		{"[WARN] memberlist: Refuting an alive message for 'node1' (127.0.0.1:7946) meta:(" + meta + " VS " + meta + "), vsn:([1 5 2 0 0 0] VS [1 5 2 0 0 0])",
+			"refuting an outdated alive message about this node, as a node restarted on its address does", slog.LevelInfo,
+			map[string]string{"addr": "127.0.0.1:7946"}},
+	} {
+		t.Run(tc.msg, func(t *testing.T) {
+			b, rec, _ := testBridge(t)
+			b.domain = "cohort"
+			if _, err := b.Write([]byte(tc.line + "\n")); err != nil {
+				t.Fatal(err)
+			}
+			all := rec.All()
+			if len(all) != 1 || all[0].Msg != tc.msg || all[0].Level != tc.level || all[0].Attrs["source"] != "memberlist" {
+				t.Fatalf("Write(%q) logged %+v, want one %q at %v", tc.line, all, tc.msg, tc.level)
+			}
+			for k, v := range tc.attrs {
+				if got := all[0].Attrs[k]; got != v {
+					t.Errorf("%s=%q, want %q", k, got, v)
+				}
+			}
+		})
+	}
+}
+
+// TestLogBridgeRepeatsPerPeer checks that memberlist's lines about a peer
+// that hangs, which name a new local port with every probe, are
+// suppressed as repeats, per peer, and so are refusals of a node of
+// another domain, whose connections come from ever new ports.
+func TestLogBridgeRepeatsPerPeer(t *testing.T) {
+	b, rec, now := testBridge(t)
+	b.domain = "cohort"
+	write := func(line string) {
+		t.Helper()
+		if _, err := b.Write([]byte(line)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const ping = "[ERR] memberlist: Failed fallback TCP ping: timeout 92ms: read tcp 127.0.0.1:%d->127.0.0.1:%d: i/o timeout"
+	const pushPull = "[ERR] memberlist: Push/Pull with node2 failed: read tcp 127.0.0.1:%d->127.0.0.1:7947: i/o timeout"
+	const label = `[ERR] memberlist: discarding stream with unacceptable label "other": from=127.0.0.1:%d`
+	for i := range 10 { // 10 probes of each of two hung peers, a second apart
+		write(fmt.Sprintf(ping, 40000+i, 7947))
+		write(fmt.Sprintf(ping, 41000+i, 7948))
+		write(fmt.Sprintf(pushPull, 42000+i))
+		write(fmt.Sprintf(label, 43000+i))
+		*now = now.Add(time.Second)
+	}
+	count := func(prefix string) int {
+		k := 0
+		for _, r := range rec.All() {
+			if strings.HasPrefix(r.Msg, prefix) {
+				k++
+			}
+		}
+		return k
+	}
+	for _, tc := range []struct {
+		prefix string
+		want   int
+	}{
+		{"Failed fallback TCP ping: timeout 92ms: read tcp 127.0.0.1:40000->127.0.0.1:7947", 1},
+		{"Failed fallback TCP ping: timeout 92ms: read tcp 127.0.0.1:41000->127.0.0.1:7948", 1},
+		{"Failed fallback TCP ping", 2}, // one per peer
+		{"Push/Pull with node2 failed", 1},
+		{"refused a node of another domain", 1},
+	} {
+		if got := count(tc.prefix); got != tc.want {
+			t.Errorf("%d records %q, want %d", got, tc.prefix, tc.want)
+		}
+	}
+	*now = now.Add(repeatWindow)
+	write(fmt.Sprintf(ping, 40100, 7947))
+	got := rec.Records(fmt.Sprintf(ping, 40100, 7947)[len("[ERR] memberlist: "):])
+	if len(got) != 1 || got[0].Attrs["suppressed"] != "9" {
+		t.Errorf("after the window: %+v, want one record with suppressed=9", got)
+	}
+}
+
 func TestRepeatKey(t *testing.T) {
 	for _, tc := range []struct{ in, want string }{
 		{"Failed to receive: EOF from=127.0.0.1:51234", "Failed to receive: EOF from=127.0.0.1"},
+		{"Failed fallback TCP ping: timeout 1s: read tcp 127.0.0.1:51234->127.0.0.1:7946: i/o timeout", "Failed fallback TCP ping: timeout 1s: read tcp 127.0.0.1->127.0.0.1:7946: i/o timeout"},
+		{"Push/Pull with n2 failed: write tcp [::1]:51234->[::1]:7946: broken pipe", "Push/Pull with n2 failed: write tcp [::1]->[::1]:7946: broken pipe"},
 		{"Failed to receive: EOF from=[::1]:51234 again", "Failed to receive: EOF from=[::1] again"},
 		{"from=<unknown address>", "from=<unknown address>"},
 		{"no address at all: 127.0.0.1:7946", "no address at all: 127.0.0.1:7946"},
@@ -212,5 +313,48 @@ func TestSeedWarnings(t *testing.T) {
 	n.seedFailed("10.0.0.9:7946", refused, t0.Add(4*time.Minute))
 	if got := len(rec.Records("seed did not answer; retrying")); got != 4 {
 		t.Errorf("a new run of failures logged %d warnings in all, want a 4th", got)
+	}
+}
+
+// TestSeedWarningCauses checks that each cause of a failing seed has its
+// own warning, and that a new cause is warned about at once.
+func TestSeedWarningCauses(t *testing.T) {
+	rec := NewLogRecorder(slog.NewTextHandler(t.Output(), nil))
+	c := DefaultLocalConfig()
+	c.Route = "node1"
+	c.Logger = slog.New(rec)
+	n, err := New(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = n.Close() })
+
+	t0 := time.Now()
+	const seed = "seed.example:7946"
+	const domain = "seed closed the connection without answering; retrying"
+	for i, tc := range []struct {
+		err       error
+		msg, hint string
+	}{
+		{&lookupError{host: "seed.example", err: errors.New("no such host")}, "seed lookup failed; retrying", ""},
+		{errors.New("failed to join 10.0.0.9:7946: dial tcp 10.0.0.9:7946: connect: connection refused"), "seed did not answer; retrying", "reachable"},
+		{errors.New("failed to join 10.0.0.9:7946: no installed keys could decrypt the message"), "seed answered but could not be read; retrying", "cluster key"},
+		{errors.New("failed to join 10.0.0.9:7946: EOF"), domain, `another domain`},
+	} {
+		// Seconds apart: each new cause is warned about at once.
+		n.seedFailed(seed, tc.err, t0.Add(time.Duration(i)*time.Second))
+		got := rec.Records(tc.msg)
+		if len(got) != 1 || got[0].Attrs["err"] != tc.err.Error() || !strings.Contains(got[0].Attrs["hint"], tc.hint) {
+			t.Errorf("%v: logged %+v, want one %q with a hint on %q", tc.err, got, tc.msg, tc.hint)
+		}
+	}
+	if w := rec.Records(domain); len(w) == 1 && !strings.Contains(w[0].Attrs["hint"], `this node's, "cohort"`) {
+		t.Errorf("hint %q does not name this node's domain", w[0].Attrs["hint"])
+	}
+	// The same cause, told by a reset rather than an EOF: not again.
+	reset := errors.New("failed to join 10.0.0.9:7946: read tcp 10.0.0.1:40000->10.0.0.9:7946: read: connection reset by peer")
+	n.seedFailed(seed, reset, t0.Add(time.Minute-time.Second))
+	if got := rec.Records("seed closed the connection without answering; retrying"); len(got) != 1 {
+		t.Errorf("a repeat of the cause within a minute logged %+v, want no second warning", got)
 	}
 }

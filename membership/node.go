@@ -50,8 +50,13 @@ type Node struct {
 	wg       sync.WaitGroup
 	closeMu  sync.Mutex // serialises Close and Leave
 	isClosed atomic.Bool
-	leaving  atomic.Bool           // Leave has started: no more beacons, joins or rejoins
-	seeds    map[string]*seedState // owned by the goroutine that runs rejoin
+	leaving  atomic.Bool // Leave has started: no more beacons, joins or rejoins
+
+	// joinMu guards the fields below, which Stats reports.
+	joinMu      sync.Mutex
+	seeds       map[string]*seedState // by Config.Join entry
+	lastJoinErr string                // the last failed join, with its likely cause
+	lastJoinAt  time.Time             // when it failed
 
 	// mu guards the fields below. Lock order: memberlist's node lock, then
 	// mu (memberlist calls the delegates with its lock held).
@@ -78,20 +83,31 @@ type counters struct {
 
 // Stats is a snapshot of a node's counters.
 type Stats struct {
-	BeaconsSent      int64 // beacons multicast
-	BeaconSendErrors int64 // beacons that could not be sent
-	BeaconsReceived  int64 // well-formed beacons of this domain, this node's own excluded
-	BeaconsForeign   int64 // beacons of another domain, ignored
-	BeaconsBadMAC    int64 // beacons whose HMAC did not verify (wrong or missing key), ignored
-	BeaconsMalformed int64 // undecodable beacons, ignored
-	BeaconJoins      int64 // joins triggered by beacons that succeeded
-	SeedJoins        int64 // joins to seeds or failed members that succeeded
-	JoinErrors       int64 // join attempts that failed
-	SeedLookupErrors int64 // seed DNS lookups that failed
-	PeersRefused     int64 // alive messages refused: bad metadata, domain, protocol or manager kind
-	MemberJoins      int64 // join events
-	MemberLeaves     int64 // graceful leave events
-	MemberFailures   int64 // failure events
+	BeaconsSent      int64        // beacons multicast
+	BeaconSendErrors int64        // beacons that could not be sent
+	BeaconsReceived  int64        // well-formed beacons of this domain, this node's own excluded
+	BeaconsForeign   int64        // beacons of another domain, ignored
+	BeaconsBadMAC    int64        // beacons whose HMAC did not verify (wrong or missing key), ignored
+	BeaconsMalformed int64        // undecodable beacons, ignored
+	BeaconJoins      int64        // joins triggered by beacons that succeeded
+	SeedJoins        int64        // joins to seeds or failed members that succeeded
+	JoinErrors       int64        // join attempts that failed
+	LastJoinError    string       // the last failed join attempt's error and likely cause; empty if none failed
+	LastJoinErrorAt  time.Time    // when it failed
+	SeedLookupErrors int64        // seed DNS lookups that failed
+	PeersRefused     int64        // alive messages refused: bad metadata, domain, protocol or manager kind
+	MemberJoins      int64        // join events
+	MemberLeaves     int64        // graceful leave events
+	MemberFailures   int64        // failure events
+	Seeds            []SeedStatus // one per Config.Join entry, in order
+}
+
+// SeedStatus is what a node knows of one of its seeds.
+type SeedStatus struct {
+	Seed      string    // as in Config.Join
+	Failures  int       // consecutive failed attempts; 0 once it answers
+	LastError string    // the last failed attempt's error and likely cause; empty once it answers
+	LastOK    time.Time // when it last answered, or was seen as an alive member; zero if never
 }
 
 // New validates cfg, binds the gossip listeners, starts discovery and
@@ -229,7 +245,7 @@ func (n *Node) memberlistConfig() *memberlist.Config {
 	mc.Events = (*eventDelegate)(n)
 	mc.Alive = (*aliveDelegate)(n)
 	mc.Conflict = (*conflictDelegate)(n)
-	mc.Logger = log.New(&logBridge{log: n.log, closed: &n.isClosed}, "", 0)
+	mc.Logger = log.New(&logBridge{log: n.log, closed: &n.isClosed, domain: c.Domain}, "", 0)
 	mc.DNSConfigPath = "" // seeds are resolved by Node, not memberlist
 	// Gossip packets are a few hundred bytes, which LZW does not shrink,
 	// and compressing one allocates a fresh 64 KiB table. Receivers read
@@ -333,6 +349,10 @@ func (n *Node) Join(addrs ...string) (int, error) {
 	}
 	k, jerr := n.ml.Join(resolved)
 	if k == 0 {
+		jerr = joinError(jerr)
+		if c := n.cause(problemOf(jerr)); c != "" {
+			return 0, fmt.Errorf("membership: join %v: %w (%s)", resolved, jerr, c)
+		}
 		return 0, fmt.Errorf("membership: join %v: %w", resolved, jerr)
 	}
 	return k, nil
@@ -375,6 +395,17 @@ func (n *Node) localMeta() []byte {
 // Stats returns a snapshot of the node's counters.
 func (n *Node) Stats() Stats {
 	s := &n.stats
+	n.joinMu.Lock()
+	lastErr, lastAt := n.lastJoinErr, n.lastJoinAt
+	seeds := make([]SeedStatus, 0, len(n.cfg.Join))
+	for _, seed := range n.cfg.Join {
+		ss := SeedStatus{Seed: seed}
+		if st := n.seeds[seed]; st != nil {
+			ss.Failures, ss.LastError, ss.LastOK = st.failures, st.lastErr, st.lastOK
+		}
+		seeds = append(seeds, ss)
+	}
+	n.joinMu.Unlock()
 	return Stats{
 		BeaconsSent:      s.beaconsSent.Load(),
 		BeaconSendErrors: s.beaconSendErrors.Load(),
@@ -385,11 +416,14 @@ func (n *Node) Stats() Stats {
 		BeaconJoins:      s.beaconJoins.Load(),
 		SeedJoins:        s.seedJoins.Load(),
 		JoinErrors:       s.joinErrors.Load(),
+		LastJoinError:    lastErr,
+		LastJoinErrorAt:  lastAt,
 		SeedLookupErrors: s.seedLookupErrors.Load(),
 		PeersRefused:     s.peersRefused.Load(),
 		MemberJoins:      s.memberJoins.Load(),
 		MemberLeaves:     s.memberLeaves.Load(),
 		MemberFailures:   s.memberFailures.Load(),
+		Seeds:            seeds,
 	}
 }
 
@@ -398,11 +432,17 @@ func (n *Node) Stats() Stats {
 // report the node as left, at once, rather than failed after DropTime.
 // From the start of Leave the node sends no beacons and joins no one.
 //
+// Leave does not wait when no other member is alive and staying: every
+// peer has failed, left, or is leaving too, as when a whole cluster stops
+// at once. memberlist's messages would then have no one to go to, and
+// each of its two waits (the leaving flag, then the leave itself) would
+// last the whole timeout.
+//
 // A leave that no peer confirms within timeout is not returned as an
 // error: it is logged, as a warning while some peer is still seen alive
 // (it reports a failure instead, DropTime later), and at Info when every
-// peer has left too, as when a whole cluster stops at once. Leave returns
-// an error only when the node could not be stopped, or ErrClosed.
+// peer has left too. Leave returns an error only when the node could not
+// be stopped, or ErrClosed.
 func (n *Node) Leave(timeout time.Duration) error {
 	n.closeMu.Lock()
 	if n.isClosed.Load() {
@@ -411,14 +451,29 @@ func (n *Node) Leave(timeout time.Duration) error {
 	}
 	n.leaving.Store(true)
 	deadline := time.Now().Add(timeout)
+	// wait is the time left for a step: none when no peer stays to hear it.
+	alone := false
+	wait := func() time.Duration {
+		if alone = !n.peerStaying(); alone {
+			return time.Nanosecond // memberlist reads 0 as no timeout
+		}
+		return until(deadline)
+	}
 	// Mark the metadata first: memberlist reports a leave and a failure
-	// through the same callback, and peers tell them apart by this flag.
-	err := n.setMeta(func(m *Meta) { m.Leaving = true }, until(deadline))
-	if lerr := n.ml.Leave(until(deadline)); err == nil {
+	// through the same callback, and peers tell them apart by this flag. A
+	// step that did not wait times out at once: that is no error.
+	var err error
+	if merr := n.setMeta(func(m *Meta) { m.Leaving = true }, wait()); !alone {
+		err = merr
+	}
+	// Checked again: the peers may have started leaving meanwhile.
+	if lerr := n.ml.Leave(wait()); !alone && err == nil {
 		err = lerr
 	}
 	n.closeMu.Unlock()
 	switch {
+	case alone:
+		n.log.Info("left the cluster; no peer was left to tell")
 	case err == nil:
 		n.log.Info("left the cluster")
 	case n.NumAlive() == 0: // the peers left too, and so has this node
@@ -428,6 +483,18 @@ func (n *Node) Leave(timeout time.Duration) error {
 			"timeout", timeout, "err", err)
 	}
 	return n.Close()
+}
+
+// peerStaying reports whether another member is alive and not leaving.
+func (n *Node) peerStaying() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, m := range n.view {
+		if m.Name != n.cfg.Route && m.State == StateAlive && !m.Meta.Leaving {
+			return true
+		}
+	}
+	return false
 }
 
 // until returns the time left before deadline, at least 1ns: memberlist
@@ -582,9 +649,25 @@ func (e *eventDelegate) NotifyUpdate(node *memberlist.Node) {
 	}
 	m := n.member(node, StateAlive)
 	if m.Name != n.cfg.Route {
-		n.log.Info("member updated", "peer", m.Name, "addr", m.Addr, "replication", m.Meta.ReplicationAddr, "manager", m.Meta.Manager)
+		n.log.Info(n.updateMessage(m), "peer", m.Name, "addr", m.Addr, "replication", m.Meta.ReplicationAddr, "manager", m.Meta.Manager)
 	}
 	n.record(Event{Type: EventUpdate, Member: m})
+}
+
+// updateMessage is the log message of an update of m: whether it is
+// leaving, restarted (another start time or address than this node knew
+// it by), or only changed its metadata.
+func (n *Node) updateMessage(m Member) string {
+	if m.Meta.Leaving {
+		return "member leaving"
+	}
+	n.mu.Lock()
+	prev := n.view[m.Name]
+	n.mu.Unlock()
+	if prev != nil && (prev.Addr != m.Addr || !prev.Meta.Started.Equal(m.Meta.Started)) {
+		return "member restarted"
+	}
+	return "member updated"
 }
 
 // NotifyAlive decides whether a node may be a peer: its metadata must

@@ -67,8 +67,13 @@ func (j *joiner) run() {
 // join contacts one address and counts a failure.
 func (n *Node) join(addr string) error {
 	if _, err := n.ml.Join([]string{addr}); err != nil {
+		err = joinError(err)
 		n.stats.joinErrors.Add(1)
-		return joinError(err)
+		text := n.describe(err)
+		n.joinMu.Lock()
+		n.lastJoinErr, n.lastJoinAt = text, time.Now()
+		n.joinMu.Unlock()
+		return err
 	}
 	return nil
 }
@@ -107,33 +112,108 @@ func (n *Node) beaconJoin(addr, route string) {
 // seedWarnEvery rate-limits the warning about a seed that keeps failing.
 const seedWarnEvery = time.Minute
 
-// seedState tracks a seed that does not answer.
+// seedState tracks a seed.
 type seedState struct {
-	failures int       // consecutive failed attempts
-	since    time.Time // first failure of the run
-	warned   time.Time // last warning
+	failures int         // consecutive failed attempts
+	since    time.Time   // first failure of the run
+	warned   time.Time   // last warning
+	problem  seedProblem // the cause last warned about
+	lastErr  string      // the last failure, with its likely cause
+	lastOK   time.Time   // last answer
 }
 
 // seedFailed counts a failed attempt on seed at now: the first is logged,
-// then at most one every seedWarnEvery while the seed keeps failing.
+// then at most one every seedWarnEvery while the seed keeps failing for the
+// same cause; a new cause is logged at once.
 func (n *Node) seedFailed(seed string, err error, now time.Time) {
+	p := problemOf(err)
+	n.joinMu.Lock()
 	st := n.seeds[seed]
 	if st == nil {
-		st = &seedState{since: now}
+		st = &seedState{}
 		n.seeds[seed] = st
 	}
+	if st.failures == 0 {
+		st.since = now
+	}
 	st.failures++
-	if st.failures > 1 && now.Sub(st.warned) < seedWarnEvery {
+	st.lastErr = n.describe(err)
+	if st.failures > 1 && p == st.problem && now.Sub(st.warned) < seedWarnEvery {
+		n.joinMu.Unlock()
 		return
 	}
-	st.warned = now
+	st.warned, st.problem = now, p
 	args := []any{"seed", seed, "err", err,
 		"failures", st.failures, "failing_for", now.Sub(st.since).Round(time.Second), "every", n.cfg.RejoinInterval}
-	if keyMismatch(err) {
-		// memberlist's words for a seed that answered under another key.
-		args = append(args, "hint", "the seed answered but could not be read: its cluster key (-key, COHORT_KEY) differs from this node's")
+	n.joinMu.Unlock()
+	msg, hint := n.seedWarning(p)
+	if hint != "" {
+		args = append(args, "hint", hint)
 	}
-	n.log.Warn("seed did not answer; retrying", args...)
+	n.log.Warn(msg, args...)
+}
+
+// seedProblem is the likely cause of a failed attempt on a seed, as its
+// error tells it.
+type seedProblem int
+
+const (
+	seedSilent     seedProblem = iota // no answer: nothing listens there, or the packets are dropped
+	seedUnresolved                    // the seed's host name did not resolve
+	seedUnreadable                    // it answered in a way this node could not read: another cluster key
+	seedHungUp                        // it closed the connection unanswered, as a node of another domain does
+)
+
+// problemOf classifies the error of a failed attempt on a seed.
+func problemOf(err error) seedProblem {
+	var le *lookupError
+	switch {
+	case errors.As(err, &le):
+		return seedUnresolved
+	case keyMismatch(err):
+		return seedUnreadable
+	case hungUp(err):
+		return seedHungUp
+	}
+	return seedSilent
+}
+
+// seedWarning is the warning about a seed failing for p, and a hint at
+// what to check.
+func (n *Node) seedWarning(p seedProblem) (msg, hint string) {
+	switch p {
+	case seedUnresolved:
+		return "seed lookup failed; retrying", ""
+	case seedUnreadable:
+		// memberlist's words for a seed that answered under another key.
+		return "seed answered but could not be read; retrying",
+			"likely another cluster key: the seed's -key (COHORT_KEY) differs from this node's"
+	case seedHungUp:
+		return "seed closed the connection without answering; retrying",
+			fmt.Sprintf("likely another domain: a node drops connections from nodes of other domains unanswered; the seed's -domain (COHORT_DOMAIN) must be this node's, %q", n.cfg.Domain)
+	}
+	return "seed did not answer; retrying", "check that the seed runs and that its gossip port (TCP and UDP) is reachable from this node"
+}
+
+// cause names the likely cause p of a failed join, for an error or a
+// status; it is empty for a seed that did not answer or resolve, whose
+// error says it all.
+func (n *Node) cause(p seedProblem) string {
+	switch p {
+	case seedUnreadable:
+		return "likely another cluster key"
+	case seedHungUp:
+		return fmt.Sprintf("likely another domain than this node's %q", n.cfg.Domain)
+	}
+	return ""
+}
+
+// describe is err with its likely cause, for a status.
+func (n *Node) describe(err error) string {
+	if c := n.cause(problemOf(err)); c != "" {
+		return err.Error() + " (" + c + ")"
+	}
+	return err.Error()
 }
 
 // keyMismatch reports whether err is memberlist's failure to decrypt or
@@ -147,16 +227,34 @@ func keyMismatch(err error) bool {
 		strings.Contains(msg, "remote state is encrypted and encryption is not configured")
 }
 
-// seedAnswered ends, at now, a run of failures of seed, logging the
-// recovery.
+// hungUp reports whether err says that the remote end closed the
+// connection before answering: memberlist closes a stream of another
+// label, that is another domain, without a word.
+func hungUp(err error) bool {
+	if err == nil {
+		return false
+	}
+	msg := err.Error()
+	return strings.HasSuffix(msg, ": EOF") || strings.Contains(msg, ": EOF\n") ||
+		strings.Contains(msg, "connection reset by peer") || strings.Contains(msg, "broken pipe")
+}
+
+// seedAnswered notes that seed answered at now, and logs the end of a run
+// of failures.
 func (n *Node) seedAnswered(seed string, now time.Time) {
+	n.joinMu.Lock()
 	st := n.seeds[seed]
 	if st == nil {
-		return
+		st = &seedState{}
+		n.seeds[seed] = st
 	}
-	delete(n.seeds, seed)
-	n.log.Info("seed answered", "seed", seed, "failures", st.failures,
-		"failing_for", now.Sub(st.since).Round(time.Second))
+	failures, since := st.failures, st.since
+	st.failures, st.lastErr, st.lastOK = 0, "", now
+	n.joinMu.Unlock()
+	if failures > 0 {
+		n.log.Info("seed answered", "seed", seed, "failures", failures,
+			"failing_for", now.Sub(since).Round(time.Second))
+	}
 }
 
 // rejoin joins every seed address that is not an alive member and every
@@ -298,7 +396,7 @@ func (n *Node) resolveSeed(seed string) ([]string, error) {
 	cancel()
 	if err != nil {
 		n.stats.seedLookupErrors.Add(1)
-		return nil, fmt.Errorf("resolve seed %s: %w", host, err)
+		return nil, &lookupError{host: host, err: err}
 	}
 	out := make([]string, 0, len(ips))
 	for _, ip := range ips {
@@ -306,3 +404,12 @@ func (n *Node) resolveSeed(seed string) ([]string, error) {
 	}
 	return out, nil
 }
+
+// lookupError is a seed host name that did not resolve.
+type lookupError struct {
+	host string
+	err  error
+}
+
+func (e *lookupError) Error() string { return "resolve seed " + e.host + ": " + e.err.Error() }
+func (e *lookupError) Unwrap() error { return e.err }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -96,11 +97,11 @@ func freeAddr(t testing.TB) string {
 
 // TestSilentSeedsAreReported starts a node whose seeds do not answer: an
 // address nothing listens on yet and a name that does not resolve. Each
-// seed is warned about once, named with its error, while the node keeps
-// retrying; the first seed's recovery is logged once.
+// seed is warned about once, named with its error and for its own cause,
+// while the node keeps retrying; the first seed's recovery is logged once.
 func TestSilentSeedsAreReported(t *testing.T) {
 	leaktest.Check(t)
-	const warning = "seed did not answer; retrying"
+	const warning, lookup = "seed did not answer; retrying", "seed lookup failed; retrying"
 	seedAddr := freeAddr(t)
 	c2 := testConfig(t, "node2")
 	rec := record(t, &c2)
@@ -109,14 +110,30 @@ func TestSilentSeedsAreReported(t *testing.T) {
 	n2 := start(t, c2)
 
 	// New made the first attempt.
-	warns := rec.Records(warning)
-	if len(warns) != 2 {
-		t.Fatalf("%d warnings after New, want one per seed: %+v", len(warns), warns)
-	}
-	for i, w := range warns {
-		if w.Level != slog.LevelWarn || w.Attrs["seed"] != c2.Join[i] || w.Attrs["err"] == "" {
+	for i, msg := range []string{warning, lookup} {
+		warns := rec.Records(msg)
+		if len(warns) != 1 {
+			t.Fatalf("%d warnings %q after New, want one: %+v", len(warns), msg, warns)
+		}
+		if w := warns[0]; w.Level != slog.LevelWarn || w.Attrs["seed"] != c2.Join[i] || w.Attrs["err"] == "" {
 			t.Errorf("warning %+v, want seed %s with its error", w, c2.Join[i])
 		}
+	}
+	// Stats says so too.
+	st := n2.Stats()
+	if st.JoinErrors == 0 || !strings.Contains(st.LastJoinError, seedAddr) || st.LastJoinErrorAt.IsZero() {
+		t.Errorf("Stats() join errors %d, last %q at %v; want the failed join to %s", st.JoinErrors, st.LastJoinError, st.LastJoinErrorAt, seedAddr)
+	}
+	if len(st.Seeds) != 2 {
+		t.Fatalf("Stats().Seeds = %+v, want both seeds", st.Seeds)
+	}
+	for i, ss := range st.Seeds {
+		if ss.Seed != c2.Join[i] || ss.Failures == 0 || ss.LastError == "" || !ss.LastOK.IsZero() {
+			t.Errorf("Stats().Seeds[%d] = %+v, want %s failing with its error", i, ss, c2.Join[i])
+		}
+	}
+	if e := st.Seeds[1].LastError; !strings.Contains(e, "cohort-seed.test") {
+		t.Errorf("lookup failure given as %q", e)
 	}
 	waitFor(t, 10*time.Second, func() error {
 		if s := n2.Stats(); s.JoinErrors < 3 {
@@ -124,7 +141,7 @@ func TestSilentSeedsAreReported(t *testing.T) {
 		}
 		return nil
 	})
-	if got := len(rec.Records(warning)); got != 2 {
+	if got := len(rec.Records(warning)) + len(rec.Records(lookup)); got != 2 {
 		t.Errorf("%d warnings after retries, want still 2: at most one a minute", got)
 	}
 
@@ -141,11 +158,14 @@ func TestSilentSeedsAreReported(t *testing.T) {
 	if got := rec.Records("seed answered"); len(got) != 1 || got[0].Level != slog.LevelInfo || got[0].Attrs["seed"] != seedAddr {
 		t.Errorf("recovery logged as %+v, want one Info naming %s", got, seedAddr)
 	}
+	if ss := n2.Stats().Seeds[0]; ss.Failures != 0 || ss.LastError != "" || ss.LastOK.IsZero() {
+		t.Errorf("Stats().Seeds[0] = %+v after the recovery, want no failure and when it answered", ss)
+	}
 	if got := rec.Records("joined the cluster through seeds"); len(got) != 1 ||
 		got[0].Attrs["contacted"] != "1" || got[0].Attrs["members"] != "2" {
 		t.Errorf("join logged as %+v, want one with contacted=1 members=2", got)
 	}
-	if got := len(rec.Records(warning)); got != 2 {
+	if got := len(rec.Records(warning)) + len(rec.Records(lookup)); got != 2 {
 		t.Errorf("%d warnings in all, want 2", got)
 	}
 }

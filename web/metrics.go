@@ -54,6 +54,7 @@ func desc(name, help string, labels ...string) *prometheus.Desc {
 var (
 	mMembers          = desc("members", "Members of the cluster as this node sees them, by state.", "state")
 	mReady            = desc("ready", "1 when the node has its sessions and is not shutting down.")
+	mJoinErrors       = desc("membership_join_errors_total", "Join attempts that failed: to seeds, to nodes found by their beacons, to failed members.")
 	mSessions         = desc("sessions", "Sessions held by this node, by role: primary (served here) or backup.", "role")
 	mSessionsMax      = desc("sessions_max", "Most sessions held at once (Tomcat maxActive).")
 	mCreated          = desc("sessions_created_total", "Sessions created on this node (Tomcat sessionCounter).")
@@ -126,6 +127,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		ready = 1
 	}
 	gauge(mReady, ready)
+	counter(mJoinErrors, c.Membership().Stats().JoinErrors)
 	_, primary, backup := c.SessionCounts()
 	gauge(mSessions, float64(primary), "primary")
 	gauge(mSessions, float64(backup), "backup")

@@ -68,6 +68,7 @@ func TestMetricsReportTheCluster(t *testing.T) {
 	}{
 		{`cohort_members{state="alive"}`, func(v float64) bool { return v == 2 }},
 		{`cohort_ready`, func(v float64) bool { return v == 1 }},
+		{`cohort_membership_join_errors_total`, func(v float64) bool { return v == 0 }},
 		{`cohort_sessions{role="primary"}`, func(v float64) bool { return v == 1 }},
 		{`cohort_sessions_created_total`, func(v float64) bool { return v == 1 }},
 		{`cohort_replication_changes_total`, func(v float64) bool { return v == 1 }},

@@ -382,6 +382,7 @@ type status struct {
 	Ready       bool             `json:"ready"`
 	Members     []memberStatus   `json:"members"`
 	Sessions    sessionCounts    `json:"sessions"`
+	Join        joinStatus       `json:"join"`
 	Replication replicationStats `json:"replication"`
 	Peers       []peerStatus     `json:"peers,omitempty"` // the replication channel's peers
 }
@@ -399,6 +400,30 @@ type sessionCounts struct {
 	Total   int `json:"total"`
 	Primary int `json:"primary"`
 	Backup  int `json:"backup"`
+}
+
+// joinStatus is how the node's joins went: the failed attempts, the last
+// one's error with its likely cause, and each seed (-join).
+type joinStatus struct {
+	Errors      int64        `json:"errors"`
+	LastError   string       `json:"last_error,omitempty"`
+	LastErrorAt time.Time    `json:"last_error_at,omitzero"`
+	Seeds       []seedStatus `json:"seeds"`
+}
+
+type seedStatus struct {
+	Seed      string    `json:"seed"`
+	Failures  int       `json:"failures"` // consecutive; 0 once it answers
+	LastError string    `json:"last_error,omitempty"`
+	LastOK    time.Time `json:"last_ok,omitzero"`
+}
+
+func newJoinStatus(ms membership.Stats) joinStatus {
+	js := joinStatus{Errors: ms.JoinErrors, LastError: ms.LastJoinError, LastErrorAt: ms.LastJoinErrorAt, Seeds: []seedStatus{}}
+	for _, s := range ms.Seeds {
+		js.Seeds = append(js.Seeds, seedStatus{Seed: s.Seed, Failures: s.Failures, LastError: s.LastError, LastOK: s.LastOK})
+	}
+	return js
 }
 
 func newMux(cfg *config, cluster *manager.Cluster, sessions *web.Sessions, dash *web.Dashboard, hub *web.Hub) *http.ServeMux {
@@ -453,6 +478,7 @@ func newMux(cfg *config, cluster *manager.Cluster, sessions *web.Sessions, dash 
 				Replication: m.Meta.ReplicationAddr, HTTP: m.Meta.HTTPAddr, Local: m.Name == cfg.Route,
 			})
 		}
+		st.Join = newJoinStatus(cluster.Membership().Stats())
 		rs := cluster.Stats()
 		st.Replication = replicationStats{
 			Replicated: rs.Replicated, Received: rs.Received, Conflicts: rs.Conflicts, Resyncs: rs.Resyncs,

@@ -1,0 +1,73 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cohort-cluster/cohort/internal/testcluster"
+	"github.com/cohort-cluster/cohort/manager"
+	"github.com/cohort-cluster/cohort/web"
+)
+
+// TestStatusReportsJoinErrors starts a node whose only seed does not
+// answer: it becomes ready alone, and GET /cluster/status says why, with
+// the failed joins, the last error and the seed's state.
+func TestStatusReportsJoinErrors(t *testing.T) {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	dead := fmt.Sprintf("127.0.0.1:%d", freePort(t, false))
+	cluster := testcluster.Start(t, nil, quiet, func(c *manager.ClusterConfig) {
+		c.Membership.Join = []string{dead}
+	}, "a")[0]
+	sessions, err := web.New(cluster.Manager(), web.DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	hub, err := web.NewHub(cluster, web.DefaultHubConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hub.Close()
+	dash := web.NewDashboard(cluster, sessions, quiet)
+	defer dash.Close()
+	srv := httptest.NewServer(newMux(&config{Route: "a", Manager: "delta"}, cluster, sessions, dash, hub))
+	defer srv.Close()
+
+	resp, err := http.Get(srv.URL + "/cluster/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		Ready bool
+		Join  struct {
+			Errors      int64
+			LastError   string    `json:"last_error"`
+			LastErrorAt time.Time `json:"last_error_at"`
+			Seeds       []struct {
+				Seed      string
+				Failures  int
+				LastError string     `json:"last_error"`
+				LastOK    *time.Time `json:"last_ok"`
+			}
+		}
+	}
+	err = json.NewDecoder(resp.Body).Decode(&st)
+	_ = resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := st.Join
+	if !st.Ready || j.Errors == 0 || !strings.Contains(j.LastError, dead) || j.LastErrorAt.IsZero() {
+		t.Errorf("status: ready %v, join %+v; want ready with the failed joins to %s", st.Ready, j, dead)
+	}
+	if len(j.Seeds) != 1 || j.Seeds[0].Seed != dead || j.Seeds[0].Failures == 0 ||
+		!strings.Contains(j.Seeds[0].LastError, "connection refused") || j.Seeds[0].LastOK != nil {
+		t.Errorf("status: seeds %+v, want %s failing, never answered", j.Seeds, dead)
+	}
+}
