@@ -461,6 +461,9 @@ func (c *Cluster) syncLoop() {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+	if !c.waitWhileRefused() {
+		return
+	}
 	backoff := 250 * time.Millisecond
 	for {
 		err := c.repl.Sync(c.ctx)
@@ -479,6 +482,43 @@ func (c *Cluster) syncLoop() {
 		}
 		backoff = min(2*backoff, 5*time.Second)
 	}
+}
+
+// waitWhileRefused keeps a node with no peer from getting ready while a
+// seed answers it but refuses it (another cluster key or domain): its
+// cluster runs but is out of reach, and ready alone it would answer its
+// users with new, empty sessions in place of theirs. A seed that does not
+// answer at all is another matter: the node may be the first, and gets
+// ready alone. It returns false if the cluster closed meanwhile.
+func (c *Cluster) waitWhileRefused() bool {
+	warned := time.Time{}
+	for len(c.ch.Peers()) == 0 {
+		var refused []string
+		st := c.node.Stats()
+		for _, s := range st.Seeds {
+			if s.Refused {
+				refused = append(refused, s.Seed)
+			}
+		}
+		if len(refused) == 0 {
+			break
+		}
+		if time.Since(warned) > time.Minute {
+			c.log.Error("not ready: a seed answers but refuses this node, so its cluster is out of reach; "+
+				"ready alone, this node would give its users new, empty sessions. Check -key and -domain against the seed's",
+				"seeds", refused, "err", st.LastJoinError)
+			warned = time.Now()
+		}
+		select {
+		case <-c.ctx.Done():
+			return false
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	if !warned.IsZero() {
+		c.log.Info("no seed refuses this node any more", "peers", len(c.ch.Peers()))
+	}
+	return true
 }
 
 // Drain makes the node report not ready, so that balancers and

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/cohort-cluster/cohort/internal/testlog"
 	"log/slog"
 	"strings"
 	"sync"
@@ -301,6 +302,47 @@ func TestCloseKeepsTheLeaveItsShare(t *testing.T) {
 	})
 	if state != membership.StateLeft {
 		t.Fatalf("n3 reports n1 %v, want left: the flush left the leave no time", state)
+	}
+}
+
+// TestRefusedNodeIsNotReady starts a node whose seed runs under another
+// cluster key, or in another domain: it must not get ready alone, which
+// would give the users sent to it new, empty sessions in place of theirs.
+func TestRefusedNodeIsNotReady(t *testing.T) {
+	leaktest.Check(t)
+	rc := newRealCluster(t, KindDelta, "n1")
+	for _, tc := range []struct {
+		name string
+		set  func(*membership.Config)
+	}{
+		{"key", func(c *membership.Config) { c.Key = membership.Key("0123456789abcdef") }}, // n1 has none
+		{"domain", func(c *membership.Config) { c.Domain = "other" }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var logs testlog.Buffer
+			cfg := DefaultClusterConfig()
+			cfg.Membership = membership.DefaultLocalConfig()
+			cfg.Membership.Route = "n2"
+			cfg.Membership.Join = []string{rc.nodes["n1"].Membership().Addr().String()}
+			cfg.Membership.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+			tc.set(&cfg.Membership)
+			cfg.Replication.Addr = "127.0.0.1:0"
+			cfg.JoinWait = 100 * time.Millisecond
+			n2, err := StartCluster(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer n2.Close(context.Background())
+			waitUntil(t, "n2 to report its seed refusing it", func() bool {
+				return strings.Contains(logs.String(), "not ready: a seed answers but refuses this node")
+			})
+			if n2.Ready() {
+				t.Fatal("a node whose seed refuses it is ready alone")
+			}
+			if st := n2.Membership().Stats(); len(st.Seeds) != 1 || !st.Seeds[0].Refused {
+				t.Errorf("seed status %+v, want the seed refused", st.Seeds)
+			}
+		})
 	}
 }
 

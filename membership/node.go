@@ -108,6 +108,10 @@ type SeedStatus struct {
 	Failures  int       // consecutive failed attempts; 0 once it answers
 	LastError string    // the last failed attempt's error and likely cause; empty once it answers
 	LastOK    time.Time // when it last answered, or was seen as an alive member; zero if never
+	// Refused says that its last attempt was answered but refused: the
+	// seed runs, under another cluster key or domain, so this node cannot
+	// join the cluster it was pointed at.
+	Refused bool
 }
 
 // New validates cfg, binds the gossip listeners, starts discovery and
@@ -402,6 +406,7 @@ func (n *Node) Stats() Stats {
 		ss := SeedStatus{Seed: seed}
 		if st := n.seeds[seed]; st != nil {
 			ss.Failures, ss.LastError, ss.LastOK = st.failures, st.lastErr, st.lastOK
+			ss.Refused = st.failures > 0 && (st.lastProblem == seedUnreadable || st.lastProblem == seedHungUp)
 		}
 		seeds = append(seeds, ss)
 	}

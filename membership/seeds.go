@@ -114,12 +114,13 @@ const seedWarnEvery = time.Minute
 
 // seedState tracks a seed.
 type seedState struct {
-	failures int         // consecutive failed attempts
-	since    time.Time   // first failure of the run
-	warned   time.Time   // last warning
-	problem  seedProblem // the cause last warned about
-	lastErr  string      // the last failure, with its likely cause
-	lastOK   time.Time   // last answer
+	failures    int         // consecutive failed attempts
+	since       time.Time   // first failure of the run
+	warned      time.Time   // last warning
+	problem     seedProblem // the cause last warned about
+	lastErr     string      // the last failure, with its likely cause
+	lastProblem seedProblem // its cause
+	lastOK      time.Time   // last answer
 }
 
 // seedFailed counts a failed attempt on seed at now: the first is logged,
@@ -137,7 +138,7 @@ func (n *Node) seedFailed(seed string, err error, now time.Time) {
 		st.since = now
 	}
 	st.failures++
-	st.lastErr = n.describe(err)
+	st.lastErr, st.lastProblem = n.describe(err), p
 	if st.failures > 1 && p == st.problem && now.Sub(st.warned) < seedWarnEvery {
 		n.joinMu.Unlock()
 		return

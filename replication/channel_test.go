@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/cohort-cluster/cohort/internal/testlog"
 	"io"
 	"log/slog"
 	"net"
@@ -589,7 +590,7 @@ func TestStalledPeerFailsFastUntilItAnswers(t *testing.T) {
 	c.Handle(testType, func(string, []byte) error { return nil })
 	ca := testConfig(t, "a")
 	ca.SendTimeout = time.Hour // a send that waited for the stalled peer would hang the test
-	var logs syncLog
+	var logs testlog.Buffer
 	ca.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	a := newChannel(t, ca)
 	a.AddPeer("b", b.Addr().String())
@@ -836,7 +837,7 @@ func TestQueueOverflowWhileConnectedResyncs(t *testing.T) {
 // debug and not counted; later it is counted and logged at warn.
 func TestNoHandler(t *testing.T) {
 	leaktest.Check(t)
-	var log syncLog
+	var log testlog.Buffer
 	cfg := testConfig(t, "b")
 	cfg.Logger = slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	a, b := newChannel(t, testConfig(t, "a")), newChannel(t, cfg)
@@ -863,22 +864,4 @@ func TestNoHandler(t *testing.T) {
 	if s := log.String(); !strings.Contains(s, "level=WARN msg=\"no handler for message type") {
 		t.Errorf("after starting, log = %s; want the drop at warn", s)
 	}
-}
-
-// syncLog is a log destination safe for concurrent writers.
-type syncLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *syncLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *syncLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
 }

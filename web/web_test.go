@@ -3,6 +3,7 @@ package web_test
 import (
 	"context"
 	"fmt"
+	"github.com/cohort-cluster/cohort/internal/testlog"
 	"io"
 	"log/slog"
 	"net/http"
@@ -403,7 +404,7 @@ func TestClientHangUpDoesNotCutCommitShort(t *testing.T) {
 	nodes := testcluster.Start(t, nil, log, func(c *manager.ClusterConfig) {
 		c.Kind, c.Manager.Mode = manager.KindDelta, manager.Ack
 	}, "n1", "n2")
-	var warnings syncBuffer
+	var warnings testlog.Buffer
 	quietOn := func(c *web.Config) { c.Logger = slog.New(slog.NewTextHandler(&warnings, nil)) }
 	ss := middleware(t, nodes[0].Manager(), "n1", quietOn)
 	cfg := web.DefaultConfig()
@@ -453,24 +454,6 @@ func TestClientHangUpDoesNotCutCommitShort(t *testing.T) {
 			}
 		})
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent use.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // TestNewRefusesBadCookieName: a cookie name net/http would neither send

@@ -416,12 +416,13 @@ type seedStatus struct {
 	Failures  int       `json:"failures"` // consecutive; 0 once it answers
 	LastError string    `json:"last_error,omitempty"`
 	LastOK    time.Time `json:"last_ok,omitzero"`
+	Refused   bool      `json:"refused"` // it answered but refused this node: another -key or -domain
 }
 
 func newJoinStatus(ms membership.Stats) joinStatus {
 	js := joinStatus{Errors: ms.JoinErrors, LastError: ms.LastJoinError, LastErrorAt: ms.LastJoinErrorAt, Seeds: []seedStatus{}}
 	for _, s := range ms.Seeds {
-		js.Seeds = append(js.Seeds, seedStatus{Seed: s.Seed, Failures: s.Failures, LastError: s.LastError, LastOK: s.LastOK})
+		js.Seeds = append(js.Seeds, seedStatus{Seed: s.Seed, Failures: s.Failures, LastError: s.LastError, LastOK: s.LastOK, Refused: s.Refused})
 	}
 	return js
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/cohort-cluster/cohort/internal/testlog"
 	"github.com/cohort-cluster/cohort/membership"
 	"io"
 	"log/slog"
@@ -17,7 +18,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -47,28 +47,10 @@ func nodeEnv(extra ...string) []string {
 	return append(append(env, runMainEnv+"=1"), extra...)
 }
 
-// syncBuffer is a log sink that a process and the test share.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // proc is a node process.
 type proc struct {
 	cmd  *exec.Cmd
-	log  *syncBuffer
+	log  *testlog.Buffer
 	done chan struct{}
 	err  error // once done
 }
@@ -81,7 +63,7 @@ func startProc(t *testing.T, stderr io.Writer, env []string, args ...string) *pr
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &proc{cmd: exec.Command(self, args...), log: &syncBuffer{}, done: make(chan struct{})}
+	p := &proc{cmd: exec.Command(self, args...), log: &testlog.Buffer{}, done: make(chan struct{})}
 	p.cmd.Env = nodeEnv(env...)
 	p.cmd.Stdout = p.log
 	p.cmd.Stderr = p.log
@@ -383,7 +365,7 @@ func TestStartClusterPortInUse(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var log syncBuffer
+			var log testlog.Buffer
 			logger := newLogger(cfg, &log)
 			c, err := startCluster(context.Background(), cfg, logger, 700*time.Millisecond)
 			if err == nil {
