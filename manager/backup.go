@@ -489,8 +489,8 @@ func (m *replicated) takeover(s *Session, term uint64) {
 // handOff gives each session this node is the primary of to its first
 // backup, which becomes its primary and restores its backups, before the
 // node leaves: Backup's graceful shutdown. Copies go in ack mode, a stream
-// per new primary.
-func (m *replicated) handOff() {
+// per new primary, until ctx ends.
+func (m *replicated) handOff(ctx context.Context) {
 	start := time.Now()
 	members := m.members()
 	to := make(map[string]bool)
@@ -505,7 +505,7 @@ func (m *replicated) handOff() {
 	}
 	total := 0
 	for peer := range to {
-		n, _ := m.streamTo(peer, kindHandoff, func(s *Session) bool {
+		n, _ := m.streamTo(ctx, peer, kindHandoff, func(s *Session) bool {
 			if s.ownerRoute() != m.cfg.Route {
 				return false
 			}

@@ -684,9 +684,10 @@ func (m *replicated) Count() int { return m.st.count() }
 func (m *replicated) AddListener(l Listener) { m.h.addListener(l) }
 
 // Close sends the pending access times, invalidates every session
-// cluster-wide if ExpireOnShutdown is set, and stops. Replication already
-// handed to the transport is the transport's to flush. Close is
-// idempotent.
+// cluster-wide if ExpireOnShutdown is set (Backup: hands its primaries
+// over to their backups), and stops; ctx bounds the invalidations and the
+// hand-over. Replication already handed to the transport is the
+// transport's to flush. Close is idempotent.
 func (m *replicated) Close(ctx context.Context) error {
 	var err error
 	m.once.Do(func() {
@@ -696,7 +697,7 @@ func (m *replicated) Close(ctx context.Context) error {
 				err = errors.Join(err, m.Invalidate(ctx, s.ID()))
 			}
 		} else if m.backup != nil {
-			m.handOff()
+			m.handOff(ctx)
 		}
 		m.closed.Store(true)
 		close(m.stop)
@@ -1047,7 +1048,7 @@ func (m *replicated) onRename(r rename) {
 // serveSync streams every session to peer, then says how many.
 func (m *replicated) serveSync(peer string) {
 	start := time.Now()
-	n, ok := m.streamTo(peer, kindSyncChunk, nil)
+	n, ok := m.streamTo(context.Background(), peer, kindSyncChunk, nil)
 	if !ok {
 		return
 	}
@@ -1056,7 +1057,7 @@ func (m *replicated) serveSync(peer string) {
 	// this node's view yet.
 	msg, err := encodeMsg(kindSyncDone, syncDone{Count: n})
 	if err == nil {
-		err = m.sendPatiently(peer, msg)
+		err = m.sendPatiently(context.Background(), peer, msg)
 	}
 	if err != nil {
 		m.h.log.Warn("state transfer end not sent", "peer", peer, "err", err)
@@ -1094,7 +1095,7 @@ func (m *replicated) catchUp(peer string, since time.Time) {
 		}
 		return s.ownerRoute() == m.cfg.Route && slices.Contains(m.targets(s), peer)
 	}
-	if n, ok := m.streamTo(peer, kindSyncChunk, filter); ok && n > 0 {
+	if n, ok := m.streamTo(context.Background(), peer, kindSyncChunk, filter); ok && n > 0 {
 		if since.IsZero() {
 			m.h.log.Info("peer caught up", "peer", peer, "sessions", n, "duration", time.Since(start))
 		} else {
@@ -1107,8 +1108,8 @@ func (m *replicated) catchUp(peer string, since time.Time) {
 // SyncTimeout while the peer is unknown or unreachable: a node that asks
 // for a state transfer as soon as it starts may not be in this node's
 // view of the membership yet.
-func (m *replicated) sendPatiently(peer string, msg []byte) error {
-	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.SyncTimeout)
+func (m *replicated) sendPatiently(ctx context.Context, peer string, msg []byte) error {
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.SyncTimeout)
 	defer cancel()
 	backoff := 20 * time.Millisecond
 	for {
@@ -1132,11 +1133,11 @@ func (m *replicated) sendPatiently(peer string, msg []byte) error {
 // ack mode so that a slow receiver slows the stream instead of
 // overflowing its queue. It reports how many it sent and whether all
 // went.
-func (m *replicated) streamTo(peer string, k kind, filter func(*Session) bool) (int, bool) {
+func (m *replicated) streamTo(ctx context.Context, peer string, k kind, filter func(*Session) bool) (int, bool) {
 	var batch []Full
 	n := 0
 	var stream chunkStream
-	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.SyncTimeout)
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.SyncTimeout)
 	defer cancel()
 	defer func() {
 		if stream != nil {
@@ -1156,7 +1157,7 @@ func (m *replicated) streamTo(peer string, k kind, filter func(*Session) bool) (
 			// The first chunk waits until the peer is in view and
 			// reachable; the rest go through a stream, when the
 			// transport has them, with a window of chunks in flight.
-			if err = m.sendPatiently(peer, msg); err == nil {
+			if err = m.sendPatiently(ctx, peer, msg); err == nil {
 				if s, err := m.t.openStream(peer); err == nil {
 					stream = s
 				}
