@@ -70,17 +70,7 @@ func TestHungPeerIsNotWaitedFor(t *testing.T) {
 	// A graceful stop meanwhile: node2's flush cannot reach the hung node,
 	// yet node2 still leaves, and node1 reports it left, not alive (it
 	// would be, for the 2m drop time, had the flush eaten the leave's time).
-	if err := n2.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-n2.done:
-		if n2.err != nil {
-			t.Errorf("node2 exited with %v after SIGTERM, want 0", n2.err)
-		}
-	case <-time.After(time.Minute):
-		t.Fatal("node2 did not exit after SIGTERM")
-	}
+	stopGracefully(t, n2, time.Minute)
 	waitState(t, "node2", "left", n1)
 
 	if err := n3.cmd.Process.Signal(syscall.SIGCONT); err != nil {

@@ -251,17 +251,7 @@ func TestNodesFailLeaveAndRejoin(t *testing.T) {
 	waitState(t, "node3", "dead", n1, n2)
 
 	// SIGTERM: a graceful leave, reported as such, and a clean exit.
-	if err := n2.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-n2.done:
-		if n2.err != nil {
-			t.Errorf("node2 exited with %v after SIGTERM, want 0", n2.err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("node2 did not exit after SIGTERM")
-	}
+	stopGracefully(t, n2, 20*time.Second)
 	waitState(t, "node2", "left", n1)
 
 	// The killed node restarts with its route and ports and is alive again.
@@ -278,6 +268,22 @@ func TestBadFlagIsReported(t *testing.T) {
 	}
 	if !strings.Contains(string(out), "-drop-time") || !strings.Contains(string(out), "at least twice -frequency") {
 		t.Errorf("output %q does not name the flag and the accepted form", out)
+	}
+}
+
+// stopGracefully sends p SIGTERM and checks that it exits 0 within limit.
+func stopGracefully(t *testing.T, p *proc, limit time.Duration) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.done:
+		if p.err != nil {
+			t.Errorf("%s exited with %v after SIGTERM, want 0", p.route, p.err)
+		}
+	case <-time.After(limit):
+		t.Fatalf("%s did not exit after SIGTERM", p.route)
 	}
 }
 

@@ -558,33 +558,7 @@ func (s *Session) Set(name string, v any) error {
 // its caller may be changing. The gorilla/sessions Store saves values so.
 // A local-only attribute is stored as by Set.
 func (s *Session) SetCopy(name string, v any) (changed bool, err error) {
-	if s.host.localOnly(name) {
-		return true, s.Set(name, v)
-	}
-	raw, err := s.host.types.encode(v)
-	if err != nil {
-		return false, &NotDistributableError{Key: name, Type: fmt.Sprintf("%T", v), Err: err}
-	}
-	s.mu.Lock()
-	if !s.valid {
-		s.mu.Unlock()
-		return false, ErrInvalidated
-	}
-	if a, ok := s.attrs.get(name); ok {
-		if cur, err := a.wire(s.host.types); err == nil && bytes.Equal(cur, raw) {
-			s.mu.Unlock()
-			return false, nil
-		}
-	}
-	if err := s.fits(name, raw, v); err != nil {
-		s.mu.Unlock()
-		return false, err
-	}
-	old, had := s.attrs.set(name, attr{raw: raw})
-	s.pending.op(name, raw)
-	s.mu.Unlock()
-	s.fireSet(name, old, had, v)
-	return true, nil
+	return s.SetCopies(map[string]any{name: v}, nil)
 }
 
 // SetCopies stores copies of the values of set, as SetCopy stores each,

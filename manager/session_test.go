@@ -387,27 +387,33 @@ func TestSetCopiesIsAllOrNothing(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			h := testHost(t)
 			h.maxSize = 100
-			var events []string
-			h.addListener(Listener{
-				AttributeAdded:    func(_ *Session, n string, _ any) { events = append(events, "added "+n) },
-				AttributeReplaced: func(_ *Session, n string, _, _ any) { events = append(events, "replaced "+n) },
-				AttributeRemoved:  func(_ *Session, n string, _ any) { events = append(events, "removed "+n) },
-			})
+			events := recordEvents(h)
 			s := newStore(h, 0).newSession("node1", time.Hour)
 			_ = s.Set("a", "x")
 			_ = s.Set("keep", "k")
 			_, _ = s.commit()
-			events = nil
+			*events = nil
 			changed, err := s.SetCopies(tc.set, tc.remove)
 			var nd *NotDistributableError
 			if changed || !errors.As(err, &nd) || nd.Key != tc.wantKey || tc.wantErr != nil && !errors.Is(err, tc.wantErr) {
 				t.Errorf("SetCopies = %v, %v; want false and a NotDistributableError for %q wrapping %v", changed, err, tc.wantKey, tc.wantErr)
 			}
-			if a, _ := s.GetString("a"); a != "x" || !reflect.DeepEqual(s.Names(), []string{"a", "keep"}) || s.Changed() || events != nil {
-				t.Errorf("after a refused SetCopies: a=%q, names %v, changed %v, events %v; want a=x, [a keep], nothing changed", a, s.Names(), s.Changed(), events)
+			if a, _ := s.GetString("a"); a != "x" || !reflect.DeepEqual(s.Names(), []string{"a", "keep"}) || s.Changed() || *events != nil {
+				t.Errorf("after a refused SetCopies: a=%q, names %v, changed %v, events %v; want a=x, [a keep], nothing changed", a, s.Names(), s.Changed(), *events)
 			}
 		})
 	}
+}
+
+// recordEvents records the attribute events of h's sessions.
+func recordEvents(h *host) *[]string {
+	var events []string
+	h.addListener(Listener{
+		AttributeAdded:    func(_ *Session, n string, _ any) { events = append(events, "added "+n) },
+		AttributeReplaced: func(_ *Session, n string, _, _ any) { events = append(events, "replaced "+n) },
+		AttributeRemoved:  func(_ *Session, n string, _ any) { events = append(events, "removed "+n) },
+	})
+	return &events
 }
 
 // TestSetCopies stores copies, skips values that did not change, removes,
@@ -416,18 +422,13 @@ func TestSetCopiesIsAllOrNothing(t *testing.T) {
 func TestSetCopies(t *testing.T) {
 	h := testHost(t)
 	h.maxSize = 110
-	var events []string
-	h.addListener(Listener{
-		AttributeAdded:    func(_ *Session, n string, _ any) { events = append(events, "added "+n) },
-		AttributeReplaced: func(_ *Session, n string, _, _ any) { events = append(events, "replaced "+n) },
-		AttributeRemoved:  func(_ *Session, n string, _ any) { events = append(events, "removed "+n) },
-	})
+	events := recordEvents(h)
 	st := newStore(h, 0)
 	s := st.newSession("node1", time.Hour)
 	_ = s.Set("same", "x")
 	_, _ = s.SetCopy("big", string(bytes.Repeat([]byte{'b'}, 50)))
 	_, _ = s.commit()
-	events = nil
+	*events = nil
 	items := map[string]int{"apple": 1}
 	conn := make(chan int)
 	changed, err := s.SetCopies(map[string]any{
@@ -449,8 +450,8 @@ func TestSetCopies(t *testing.T) {
 	if want := []string{"items", "local.conn", "other", "same"}; !reflect.DeepEqual(s.Names(), want) {
 		t.Errorf("names %v, want %v", s.Names(), want)
 	}
-	if want := []string{"added items", "added local.conn", "added other", "removed big"}; !reflect.DeepEqual(events, want) {
-		t.Errorf("events %q, want %q", events, want)
+	if want := []string{"added items", "added local.conn", "added other", "removed big"}; !reflect.DeepEqual(*events, want) {
+		t.Errorf("events %q, want %q", *events, want)
 	}
 	d, _ := s.commit()
 	var ops []string

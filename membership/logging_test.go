@@ -271,9 +271,9 @@ func TestRepeatKey(t *testing.T) {
 	}
 }
 
-// TestSeedWarnings checks that a failing seed is reported at once, then at
-// most once per seedWarnEvery, and its recovery once.
-func TestSeedWarnings(t *testing.T) {
+// recordedNode starts a lone node1 whose log is recorded.
+func recordedNode(t *testing.T) (*Node, *LogRecorder) {
+	t.Helper()
 	rec := NewLogRecorder(slog.NewTextHandler(t.Output(), nil))
 	c := DefaultLocalConfig()
 	c.Route = "node1"
@@ -283,6 +283,13 @@ func TestSeedWarnings(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = n.Close() })
+	return n, rec
+}
+
+// TestSeedWarnings checks that a failing seed is reported at once, then at
+// most once per seedWarnEvery, and its recovery once.
+func TestSeedWarnings(t *testing.T) {
+	n, rec := recordedNode(t)
 
 	t0 := time.Now()
 	refused := errors.New("connection refused")
@@ -319,15 +326,7 @@ func TestSeedWarnings(t *testing.T) {
 // TestSeedWarningCauses checks that each cause of a failing seed has its
 // own warning, and that a new cause is warned about at once.
 func TestSeedWarningCauses(t *testing.T) {
-	rec := NewLogRecorder(slog.NewTextHandler(t.Output(), nil))
-	c := DefaultLocalConfig()
-	c.Route = "node1"
-	c.Logger = slog.New(rec)
-	n, err := New(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = n.Close() })
+	n, rec := recordedNode(t)
 
 	t0 := time.Now()
 	const seed = "seed.example:7946"
