@@ -211,14 +211,16 @@ func (b *logBridge) admit(key string) (suppressed int, ok bool) {
 	return suppressed, true
 }
 
-// repeatKey is msg without the ports that change from one copy of a
-// message to the next: those of "from=" addresses, where memberlist names
-// the remote end of a stream, and that of the local end of a connection
-// in a Go network error ("read tcp 127.0.0.1:51234->127.0.0.1:7946: i/o
-// timeout"), which a failed TCP ping or push/pull gives. The same problem
-// with the same peer then reads as the same message.
+// repeatKey is msg without what changes from one copy of a message to the
+// next: the ports of "from=" addresses, where memberlist names the remote
+// end of a stream; that of the local end of a connection in a Go network
+// error ("read tcp 127.0.0.1:51234->127.0.0.1:7946: i/o timeout"), which a
+// failed TCP ping or push/pull gives; and the probe timeout of a failed
+// TCP ping ("timeout 466ms:"), which memberlist stretches while it doubts
+// its own health. The same problem with the same peer then reads as the
+// same message.
 func repeatKey(msg string) string {
-	if !strings.Contains(msg, "from=") && !strings.Contains(msg, "->") {
+	if !strings.Contains(msg, "from=") && !strings.Contains(msg, "->") && !strings.Contains(msg, "timeout ") {
 		return msg
 	}
 	words := strings.Split(msg, " ")
@@ -227,6 +229,10 @@ func repeatKey(msg string) string {
 			words[i] = "from=" + withoutPort(addr)
 		} else if local, remote, ok := strings.Cut(w, "->"); ok {
 			words[i] = withoutPort(local) + "->" + remote
+		} else if d, ok := strings.CutSuffix(w, ":"); ok && i > 0 && words[i-1] == "timeout" {
+			if _, err := time.ParseDuration(d); err == nil {
+				words[i] = "…:"
+			}
 		}
 	}
 	return strings.Join(words, " ")
