@@ -18,6 +18,11 @@ var (
 	// ErrSessionTooLarge is wrapped by the error of a Set that would make
 	// a replicated session larger than DeltaConfig.MaxSessionSize.
 	ErrSessionTooLarge = errors.New("session too large to replicate")
+	// ErrNotConfirmed is wrapped by the error of an Invalidate that
+	// destroyed the session on this node but that some peer did not
+	// confirm in time (it is failing, or hangs): the live peers have the
+	// invalidation or will, and a peer that stays silent is dropped.
+	ErrNotConfirmed = errors.New("manager: done on this node, not confirmed by every peer")
 )
 
 // Manager is what every manager kind offers the web layer. All methods are
@@ -29,7 +34,9 @@ type Manager interface {
 	// recently replaced by ChangeID still finds the session for a grace
 	// period. Find records an access.
 	Find(ctx context.Context, id string) (*Session, error)
-	// Invalidate destroys a session, on every node that holds it.
+	// Invalidate destroys a session, on every node that holds it. An
+	// error wrapping ErrNotConfirmed says it is destroyed here but not
+	// confirmed by every peer; any other error, that it was not destroyed.
 	Invalidate(ctx context.Context, id string) error
 	// ChangeID gives a session a new id and returns it: a new random base
 	// when base is "" (RenewID after login), or the given base (route

@@ -598,22 +598,28 @@ func (m *replicated) destroyed(s *Session, why Reason, local bool) {
 func (m *replicated) Invalidate(ctx context.Context, id string) error {
 	s := m.st.get(id)
 	if s == nil && m.backup != nil {
-		s, _ = m.fetch(ctx, id)
+		var err error
+		if s, err = m.fetch(ctx, id); err != nil {
+			return err // ErrNotFound, or its holders did not answer: not destroyed
+		}
 	}
 	if s == nil {
 		return ErrNotFound
 	}
 	id = s.ID()
 	to := m.recipients(s)
-	if r := m.st.bury(id); r != nil {
-		m.stats.invalidated.Add(1)
-		m.destroyed(r, Invalidated, true)
-	}
 	msg, err := encodeMsg(kindInvalidate, idMsg{ID: id})
 	if err != nil {
 		return err
 	}
-	return m.send(ctx, to, msg, m.cfg.Mode, nil)
+	if r := m.st.bury(id); r != nil {
+		m.stats.invalidated.Add(1)
+		m.destroyed(r, Invalidated, true)
+	}
+	if err := m.send(ctx, to, msg, m.cfg.Mode, nil); err != nil {
+		return fmt.Errorf("%w: %w", ErrNotConfirmed, err)
+	}
+	return nil
 }
 
 // ChangeID renames the session here and on every peer; the old id keeps

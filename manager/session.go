@@ -423,6 +423,45 @@ func (s *Session) GetCopy(name string) (any, bool) {
 	return nil, false
 }
 
+// GetCopies returns a copy of every attribute, as GetCopy does, all read
+// at one moment: a concurrent SetCopies is seen whole or not at all.
+func (s *Session) GetCopies() map[string]any {
+	type wire struct {
+		name string
+		raw  []byte
+	}
+	s.mu.Lock()
+	out := make(map[string]any, len(s.attrs))
+	wires := make([]wire, 0, len(s.attrs))
+	var bad []string
+	for _, name := range s.attrs.names() {
+		a, _ := s.attrs.get(name)
+		if s.host.localOnly(name) {
+			out[name] = a.val
+			continue
+		}
+		raw, err := a.wire(s.host.types)
+		if err != nil {
+			bad = append(bad, name)
+			continue
+		}
+		wires = append(wires, wire{name, raw})
+	}
+	s.mu.Unlock()
+	for _, w := range wires {
+		v, err := s.host.types.decode(w.raw)
+		if err != nil {
+			bad = append(bad, w.name)
+			continue
+		}
+		out[w.name] = v
+	}
+	for _, name := range bad {
+		s.host.log.Warn("unreadable attribute", "session", RedactID(s.ID()), "attribute", name)
+	}
+	return out
+}
+
 // GetString returns a string attribute; ok is false when it is missing or
 // not a string.
 func (s *Session) GetString(name string) (v string, ok bool) {

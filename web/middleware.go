@@ -465,7 +465,10 @@ func Commit(r *http.Request) http.Header {
 }
 
 // Invalidate destroys the request's session on every node and deletes its
-// cookie.
+// cookie. When the session could not be destroyed (its holders did not
+// answer, with the Backup manager), it returns the error and the session
+// and its cookie stay. An invalidation that some peer did not confirm is
+// done, as a commit is: counted and logged, not returned.
 func Invalidate(r *http.Request) error {
 	st := mustState(r)
 	st.mu.Lock()
@@ -473,12 +476,31 @@ func Invalidate(r *http.Request) error {
 	if st.s == nil {
 		return nil
 	}
-	err := st.ss.m.Invalidate(st.ctx, st.s.ID())
-	st.s, st.cleared = nil, true
-	if errors.Is(err, manager.ErrNotFound) {
-		err = nil
+	if err := st.ss.invalidate(st.ctx, st.s.ID()); err != nil {
+		return err
 	}
-	return err
+	st.s, st.cleared = nil, true
+	return nil
+}
+
+// invalidate destroys the session of id everywhere. It returns nil when
+// the session is gone from this node: it was, or it is now, even if some
+// peer did not confirm it (counted and logged, as a failed commit).
+func (ss *Sessions) invalidate(ctx context.Context, id string) error {
+	err := ss.m.Invalidate(ctx, id)
+	switch {
+	case err == nil, errors.Is(err, manager.ErrNotFound):
+		return nil
+	case errors.Is(err, manager.ErrNotConfirmed):
+		ss.commitErrors.Add(1)
+		if ok, n := ss.commitWarn.allow(); ok {
+			ss.log.Warn("session invalidation not confirmed by every peer", "session", manager.RedactID(id), "err", err, "suppressed", n)
+		}
+		return nil
+	default:
+		ss.unavailable.Add(1)
+		return fmt.Errorf("web: session %s: %w", manager.RedactID(id), err)
+	}
 }
 
 func mustState(r *http.Request) *state {

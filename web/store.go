@@ -1,6 +1,7 @@
 package web
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -21,7 +22,18 @@ import (
 // Unlike gorilla's own stores, the cookie is not signed: its value is the
 // session id, <id>.<route>, which balancers read to route requests (the id
 // is 192 random bits, so it needs no signature). Options.MaxAge < 0
-// invalidates the session on every node. Store is safe for concurrent use.
+// invalidates the session on every node. Options.MaxAge > 0 is the
+// cookie's lifetime only: how long a session lives unused is the
+// manager's Config.MaxInactive, or the session's own
+// (manager.Session.SetMaxInactive), on every node. Store is safe for
+// concurrent use.
+//
+// Values keep their types across nodes when the types are registered
+// (manager.Types), as gob needs them registered for gorilla's own stores.
+// Inside a value of an interface type, such as the []interface{} that
+// holds flashes, a string, bool or float64 comes back as itself, but an
+// int comes back as an int64 and a struct as a map[string]any: store
+// flashes as strings, or a registered struct in a value of its own.
 //
 // Route binding: a session whose cookie names another node's route (the
 // balancer failed the user over) is renamed to this node's route only
@@ -103,13 +115,11 @@ func (st *Store) New(r *http.Request, name string) (*sessions.Session, error) {
 	if !sameBase(s.ID(), c.Value) {
 		gs.ID = c.Value // renewed after a login: the old id's holder must not learn the new one
 	}
-	// Copies: a handler that changes a value in place (a map, a slice, a
-	// struct through a pointer) changes only its copy, so Save sees the
-	// difference and replicates it.
-	for _, k := range s.Names() {
-		if v, ok := s.GetCopy(k); ok {
-			gs.Values[k] = v
-		}
+	// Copies, all read at one moment: a handler that changes a value in
+	// place (a map, a slice, a struct through a pointer) changes only its
+	// copy, so Save sees the difference and replicates it.
+	for k, v := range s.GetCopies() {
+		gs.Values[k] = v
 	}
 	return gs, nil
 }
@@ -223,7 +233,14 @@ func setCookie(r *http.Request, w http.ResponseWriter, c *http.Cookie) {
 // again).
 //
 // A session that may exist but cannot be looked up (as for New) is not
-// replaced: Save returns the error and sets no cookie. A commit that some
+// replaced: Save returns the error and sets no cookie. The same holds for
+// a gs that New returned with such an error (gorilla's documented idiom,
+// `session, _ := store.Get(r, name)`, ignores it): it is empty, and Save
+// refuses to put it in place of the session the request's cookie names,
+// unless that session is gone. A logout (MaxAge < 0) through such a gs
+// still destroys the session the cookie names. A logout that some peer
+// did not confirm is done, as an unconfirmed commit is (below); one that
+// could not destroy the session returns the error and keeps the cookie. A commit that some
 // peer did not confirm (it has just failed and is not yet declared gone,
 // or it hangs) is kept on this node, its cookie set, and counted
 // ([Store.Stats] CommitErrors) and logged, as through the middleware, and
@@ -233,15 +250,35 @@ func setCookie(r *http.Request, w http.ResponseWriter, c *http.Cookie) {
 func (st *Store) Save(r *http.Request, w http.ResponseWriter, gs *sessions.Session) error {
 	ctx := r.Context()
 	m := st.ss.m
+	// The session the request's cookie names, when Get did not load it
+	// (it could not be looked up, or it is gone).
+	unloaded := ""
+	if gs.ID == "" {
+		if c, err := r.Cookie(gs.Name()); err == nil {
+			unloaded = c.Value
+		}
+	}
 	if gs.Options.MaxAge < 0 {
-		if gs.ID != "" {
-			if err := m.Invalidate(ctx, gs.ID); err != nil && err != manager.ErrNotFound {
-				return err
+		if id := cmp.Or(gs.ID, unloaded); id != "" {
+			if err := st.ss.invalidate(ctx, id); err != nil {
+				return err // not destroyed: the session and its cookie stay
 			}
 		}
 		gs.ID = ""
 		setCookie(r, w, sessions.NewCookie(gs.Name(), "", gs.Options))
 		return nil
+	}
+	if unloaded != "" {
+		// Get could not load the session (gorilla's documented idiom
+		// ignores its error): gs is empty, and saving it would replace
+		// the user's session. Only one that is gone is replaced.
+		if _, err := m.Find(ctx, unloaded); !errors.Is(err, manager.ErrNotFound) {
+			st.ss.unavailable.Add(1)
+			if err == nil {
+				err = errors.New("it exists but Get could not load it; answer 503 so that the client retries")
+			}
+			return fmt.Errorf("web: session %s not replaced: %w", manager.RedactID(unloaded), err)
+		}
 	}
 	set := make(map[string]any, len(gs.Values))
 	for k, v := range gs.Values {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -18,6 +19,7 @@ import (
 	"github.com/cohort-cluster/cohort/internal/testcluster"
 	"github.com/cohort-cluster/cohort/manager"
 	"github.com/cohort-cluster/cohort/web"
+	"github.com/gorilla/sessions"
 )
 
 // store returns a gorilla Store for m on route.
@@ -408,6 +410,209 @@ func TestStoreSaveLookupFailureIsAnError(t *testing.T) {
 	}
 }
 
+// savedSession saves a new session of name "s" holding vals and returns
+// its cookie.
+func savedSession(t *testing.T, st *web.Store, vals map[string]any) *http.Cookie {
+	t.Helper()
+	req, rec := httptest.NewRequest("GET", "/", nil), httptest.NewRecorder()
+	gs, _ := st.Get(req, "s")
+	for k, v := range vals {
+		gs.Values[k] = v
+	}
+	if err := gs.Save(req, rec); err != nil {
+		t.Fatal(err)
+	}
+	return rec.Result().Cookies()[0]
+}
+
+// A handler written as gorilla's README shows, `session, _ :=
+// store.Get(r, name)`, ignores Get's error. When the lookup failed, the
+// session it saves is empty: saving it, or saving every session of the
+// request through sessions.Save, must not replace the user's session.
+func TestStoreSaveAfterFailedGetKeepsTheSession(t *testing.T) {
+	for _, via := range []string{"Session.Save", "sessions.Save"} {
+		t.Run(via, func(t *testing.T) {
+			m := standard(t, "node1", "")
+			var fail atomic.Bool
+			st := store(t, lookupFails{m, &fail}, "node1", nil)
+			cookie := savedSession(t, st, map[string]any{"user": "alice"})
+			fail.Store(true)
+			req, rec := httptest.NewRequest("GET", "/", nil), httptest.NewRecorder()
+			req.AddCookie(cookie)
+			gs, _ := st.Get(req, "s") // the error ignored
+			gs.Values["page"] = "/x"
+			fail.Store(false) // the session can be found again, but gs is empty
+			var err error
+			if via == "Session.Save" {
+				err = gs.Save(req, rec)
+			} else {
+				err = sessions.Save(req, rec)
+			}
+			if err == nil {
+				t.Error("Save = nil; want an error: the user's session was not loaded")
+			}
+			if cs := rec.Result().Cookies(); len(cs) != 0 || m.Count() != 1 {
+				t.Errorf("Save set cookies %v, %d sessions; want no cookie and the user's session alone", cs, m.Count())
+			}
+			s, err := m.Find(context.Background(), cookie.Value)
+			if u, _ := s.GetString("user"); err != nil || u != "alice" {
+				t.Errorf("the user's session: user=%q (%v); want alice", u, err)
+			}
+		})
+	}
+}
+
+// A Save of a session whose cookie names one that is gone (expired, or
+// logged out) makes a new session, as before.
+func TestStoreSaveReplacesAGoneSession(t *testing.T) {
+	m := standard(t, "node1", "")
+	st := store(t, m, "node1", nil)
+	cookie := savedSession(t, st, map[string]any{"user": "alice"})
+	if err := m.Invalidate(context.Background(), cookie.Value); err != nil {
+		t.Fatal(err)
+	}
+	req, rec := httptest.NewRequest("GET", "/", nil), httptest.NewRecorder()
+	req.AddCookie(cookie)
+	gs, err := st.Get(req, "s")
+	if err != nil || !gs.IsNew {
+		t.Fatalf("Get = %v, IsNew %v; want a new session", err, gs.IsNew)
+	}
+	gs.Values["user"] = "bob"
+	if err := gs.Save(req, rec); err != nil {
+		t.Fatalf("Save = %v", err)
+	}
+	if v, n := storeCookie(rec.Result(), "s"); n != 1 || v == cookie.Value || m.Count() != 1 {
+		t.Errorf("cookie %q (%d set), %d sessions; want one new session's cookie", v, n, m.Count())
+	}
+}
+
+// A logout (MaxAge < 0) after a Get whose lookup failed still destroys
+// the session the cookie names, everywhere.
+func TestStoreLogoutAfterFailedGetInvalidates(t *testing.T) {
+	m := standard(t, "node1", "")
+	var fail atomic.Bool
+	st := store(t, lookupFails{m, &fail}, "node1", nil)
+	cookie := savedSession(t, st, map[string]any{"user": "alice"})
+	fail.Store(true)
+	req, rec := httptest.NewRequest("GET", "/logout", nil), httptest.NewRecorder()
+	req.AddCookie(cookie)
+	gs, _ := st.Get(req, "s")
+	fail.Store(false)
+	gs.Options.MaxAge = -1
+	if err := gs.Save(req, rec); err != nil {
+		t.Fatalf("Save = %v", err)
+	}
+	if _, err := m.Find(context.Background(), cookie.Value); !errors.Is(err, manager.ErrNotFound) {
+		t.Errorf("after the logout, Find = %v; want ErrNotFound", err)
+	}
+	if cs := rec.Result().Cookies(); len(cs) != 1 || cs[0].MaxAge >= 0 {
+		t.Errorf("cookies %v; want the session's cookie deleted", cs)
+	}
+}
+
+// invalidationFailures are the two ways an invalidation fails: it is done
+// on this node but some peer did not confirm it, or the session could not
+// be destroyed; with what each leaves and counts.
+var invalidationFailures = []struct {
+	name      string
+	err       error
+	wantGone  bool
+	wantStats web.Stats
+}{
+	{"not confirmed", fmt.Errorf("%w: %w", manager.ErrNotConfirmed, errPeer), true, web.Stats{CommitErrors: 1}},
+	{"not destroyed", manager.ErrNotReady, false, web.Stats{Unavailable: 1}},
+}
+
+// invalidateFails is a manager whose invalidations end with err, after
+// destroying the session when err wraps ErrNotConfirmed (a peer did not
+// confirm) and without touching it otherwise (its holders did not answer).
+type invalidateFails struct {
+	manager.Manager
+	err error
+}
+
+func (f invalidateFails) Invalidate(ctx context.Context, id string) error {
+	if errors.Is(f.err, manager.ErrNotConfirmed) {
+		_ = f.Manager.Invalidate(ctx, id)
+	}
+	return f.err
+}
+
+// A logout that some peer did not confirm is done: the cookie is deleted,
+// the failure counted, and Save returns nil, as for a commit. One that
+// could not destroy the session returns the error and keeps the cookie.
+func TestStoreLogoutThatFails(t *testing.T) {
+	for _, tc := range invalidationFailures {
+		t.Run(tc.name, func(t *testing.T) {
+			m := standard(t, "node1", "")
+			st := store(t, invalidateFails{m, tc.err}, "node1", nil)
+			cookie := savedSession(t, st, map[string]any{"user": "alice"})
+			req, rec := httptest.NewRequest("GET", "/logout", nil), httptest.NewRecorder()
+			req.AddCookie(cookie)
+			gs, _ := st.Get(req, "s")
+			gs.Options.MaxAge = -1
+			err := gs.Save(req, rec)
+			_, ferr := m.Find(context.Background(), cookie.Value)
+			deleted := len(rec.Result().Cookies()) == 1 && rec.Result().Cookies()[0].MaxAge < 0
+			if tc.wantGone {
+				if err != nil || !deleted || !errors.Is(ferr, manager.ErrNotFound) {
+					t.Errorf("Save = %v, cookie deleted %v, Find = %v; want nil, deleted, ErrNotFound", err, deleted, ferr)
+				}
+			} else if !errors.Is(err, tc.err) || deleted || ferr != nil {
+				t.Errorf("Save = %v, cookie deleted %v, Find = %v; want the error, the cookie and the session kept", err, deleted, ferr)
+			}
+			if got := st.Stats(); got != tc.wantStats {
+				t.Errorf("Stats() = %+v, want %+v", got, tc.wantStats)
+			}
+		})
+	}
+}
+
+// Get reads all of a session's values at one moment: a concurrent Save of
+// several values is seen whole or not at all, so a reader that saves
+// afterwards never writes back a mix that never was.
+func TestStoreGetIsOneSnapshot(t *testing.T) {
+	m := standard(t, "node1", "")
+	st := store(t, m, "node1", nil)
+	cookie := savedSession(t, st, map[string]any{"a": 0, "b": 0})
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	wg.Go(func() {
+		for i := 1; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			req := httptest.NewRequest("GET", "/", nil)
+			req.AddCookie(cookie)
+			gs, _ := st.Get(req, "s")
+			gs.Values["a"], gs.Values["b"] = i, i
+			if err := gs.Save(req, httptest.NewRecorder()); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	})
+	torn := 0
+	for range 5000 {
+		req := httptest.NewRequest("GET", "/", nil)
+		req.AddCookie(cookie)
+		gs, err := st.New(req, "s")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if gs.Values["a"] != gs.Values["b"] {
+			torn++
+		}
+	}
+	close(stop)
+	wg.Wait()
+	if torn > 0 {
+		t.Errorf("%d of 5000 reads saw a != b: a Save seen half done", torn)
+	}
+}
+
 // storeCookie returns the value of the response's cookie of name, and how
 // many it set.
 func storeCookie(resp *http.Response, name string) (string, int) {
@@ -502,5 +707,29 @@ func TestStoreRebindsOnlyWhenTheCookieIsSent(t *testing.T) {
 				t.Errorf("response set %d cookies, %q; session %q; want none, and the session still %q", n, got, s.ID(), id)
 			}
 		})
+	}
+}
+
+// Flashes are one []interface{} value: a string flash comes back as a
+// string, an int as an int64 (as the Store's doc says).
+func TestStoreFlashTypes(t *testing.T) {
+	m := standard(t, "node1", "")
+	st := store(t, m, "node1", nil)
+	req, rec := httptest.NewRequest("GET", "/", nil), httptest.NewRecorder()
+	gs, _ := st.Get(req, "s")
+	gs.AddFlash("saved")
+	gs.AddFlash(true)
+	gs.AddFlash(42)
+	if err := gs.Save(req, rec); err != nil {
+		t.Fatal(err)
+	}
+	req = httptest.NewRequest("GET", "/", nil)
+	req.AddCookie(rec.Result().Cookies()[0])
+	back, err := st.Get(req, "s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := back.Flashes(); !reflect.DeepEqual(got, []any{"saved", true, int64(42)}) {
+		t.Errorf("flashes %#v, want saved, true, int64(42)", got)
 	}
 }

@@ -2,6 +2,7 @@ package web_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"github.com/cohort-cluster/cohort/internal/testlog"
 	"io"
@@ -278,6 +279,48 @@ func TestRenewIDAndInvalidate(t *testing.T) {
 	}
 	if body, _ := get(t, c, srv.URL+"/counter"); !strings.HasPrefix(body, "count=1 ") {
 		t.Errorf("after logout: %q, want a new session", body)
+	}
+}
+
+// An invalidation that some peer did not confirm is done: the cookie is
+// deleted, Invalidate returns nil and the failure is counted. One that
+// could not destroy the session returns the error and keeps the session
+// and its cookie.
+func TestInvalidateThatFails(t *testing.T) {
+	for _, tc := range invalidationFailures {
+		t.Run(tc.name, func(t *testing.T) {
+			m := standard(t, "node1", "")
+			ss := middleware(t, invalidateFails{m, tc.err}, "node1", nil)
+			var got error
+			h := ss.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				s, _ := web.Get(r)
+				if r.URL.Path == "/logout" {
+					got = web.Invalidate(r)
+				} else {
+					_ = s.Set("user", "alice")
+				}
+			}))
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, httptest.NewRequest("GET", "/login", nil))
+			cookie := rec.Result().Cookies()[0]
+			rec = httptest.NewRecorder()
+			req := httptest.NewRequest("GET", "/logout", nil)
+			req.AddCookie(cookie)
+			h.ServeHTTP(rec, req)
+			_, ferr := m.Find(context.Background(), cookie.Value)
+			cs := rec.Result().Cookies()
+			deleted := len(cs) == 1 && cs[0].MaxAge < 0
+			if tc.wantGone {
+				if got != nil || !deleted || !errors.Is(ferr, manager.ErrNotFound) {
+					t.Errorf("Invalidate = %v, cookies %v, Find = %v; want nil, a deletion, ErrNotFound", got, cs, ferr)
+				}
+			} else if !errors.Is(got, tc.err) || deleted || ferr != nil {
+				t.Errorf("Invalidate = %v, cookies %v, Find = %v; want the error, no deletion, the session kept", got, cs, ferr)
+			}
+			if st := ss.Stats(); st != tc.wantStats {
+				t.Errorf("Stats() = %+v, want %+v", st, tc.wantStats)
+			}
+		})
 	}
 }
 
