@@ -377,9 +377,10 @@ func (c *Channel) send(ctx context.Context, timeout time.Duration, to []string, 
 				errs = append(errs, &PeerError{Peer: f.peer.route, Op: op, Err: f.err})
 			}
 		default:
+			seen := f.peer.answers.Load()
 			f.peer.forget(f)
 			if errors.Is(gaveUp, context.DeadlineExceeded) {
-				f.peer.stall(time.Since(now))
+				f.peer.stall(f, seen, time.Since(now))
 			}
 			errs = append(errs, &PeerError{Peer: f.peer.route, Op: op, Err: gaveUp})
 		}

@@ -2,6 +2,7 @@ package replication
 
 import (
 	"bufio"
+	"context"
 	"crypto/hmac"
 	"fmt"
 	"net"
@@ -69,10 +70,15 @@ type peer struct {
 	addr  string
 	queue chan *outFrame
 	stop  chan struct{}
-	kick  chan struct{} // capacity 1: try to connect now, not after the backoff
-	wake  chan struct{} // capacity 1: the writer has a resync to look at
-	once  sync.Once
-	seq   atomic.Uint64
+	// stopped is done once stop is closed: it ends a dial, a handshake
+	// or a write in progress, which a hung peer would otherwise make
+	// last until their timeouts.
+	stopped context.Context
+	cancel  context.CancelFunc
+	kick    chan struct{} // capacity 1: try to connect now, not after the backoff
+	wake    chan struct{} // capacity 1: the writer has a resync to look at
+	once    sync.Once
+	seq     atomic.Uint64
 
 	wmu     sync.Mutex
 	waiters map[uint64]*outFrame // written, awaiting an ack or reply
@@ -81,13 +87,15 @@ type peer struct {
 	down                                   atomic.Bool // the last dial failed
 	stalled                                atomic.Bool // a wait for its answer ended unanswered, and none came since
 	stalls                                 atomic.Int64
+	answers                                atomic.Uint64 // answers and handshakes, for stall's second look
 	resync                                 atomic.Bool
 	overflowed                             atomic.Bool // the queue overflowed while connected: resync once drained
 	framesSent, bytesSent, errs, queueFull atomic.Int64
 }
 
 func newPeer(c *Channel, route, addr string) *peer {
-	return &peer{c: c, route: route, addr: addr, queue: make(chan *outFrame, c.cfg.QueueSize),
+	stopped, cancel := context.WithCancel(context.Background())
+	return &peer{c: c, route: route, addr: addr, queue: make(chan *outFrame, c.cfg.QueueSize), stopped: stopped, cancel: cancel,
 		stop: make(chan struct{}), kick: make(chan struct{}, 1), wake: make(chan struct{}, 1), waiters: make(map[uint64]*outFrame)}
 }
 
@@ -140,8 +148,17 @@ func (p *peer) markResync(why string) {
 
 // stall records that a send gave up waiting for the peer after waited:
 // until it answers, later sends do not wait for it (see ErrPeerStalled).
-func (p *peer) stall(waited time.Duration) {
+//
+// f is the frame left unanswered and seen the peer's answer count read
+// after f was found unanswered: an answer read since (f's, late, or any
+// other) means the peer is not hung, and answered, which it may have run
+// before the stall was set, could not clear it.
+func (p *peer) stall(f *outFrame, seen uint64, waited time.Duration) {
 	if p.stalled.Swap(true) {
+		return
+	}
+	if f.done.Load() || p.answers.Load() != seen {
+		p.stalled.CompareAndSwap(true, false)
 		return
 	}
 	p.stalls.Add(1)
@@ -151,6 +168,7 @@ func (p *peer) stall(waited time.Duration) {
 
 // answered records that the peer answered: it is no longer stalled.
 func (p *peer) answered() {
+	p.answers.Add(1)
 	if p.stalled.Load() && p.stalled.CompareAndSwap(true, false) {
 		p.c.log.Info("stalled peer answers again; sends wait for it again", "peer", p.route)
 	}
@@ -178,7 +196,10 @@ func (p *peer) forget(f *outFrame) {
 }
 
 func (p *peer) close() {
-	p.once.Do(func() { close(p.stop) })
+	p.once.Do(func() {
+		close(p.stop)
+		p.cancel()
+	})
 }
 
 // run keeps a connection to the peer up until the peer is removed, then
@@ -187,7 +208,7 @@ func (p *peer) run() {
 	defer p.failAll(ErrClosed)
 	backoff := 20 * time.Millisecond
 	for {
-		conn, open, seal, err := p.dial()
+		conn, open, seal, release, err := p.dial()
 		if err != nil {
 			p.down.Store(true)
 			if n := p.failQueued(ErrPeerDown); n > 0 {
@@ -221,6 +242,7 @@ func (p *peer) run() {
 		}()
 		err = p.writeLoop(conn, seal, readerDone)
 		_ = conn.Close()
+		release()
 		if rerr := <-readerDone; err == nil {
 			err = rerr
 		}
@@ -257,42 +279,49 @@ func (p *peer) run() {
 	}
 }
 
-// dial connects and runs the client side of the handshake.
-func (p *peer) dial() (net.Conn, *sealer, *sealer, error) {
+// dial connects and runs the client side of the handshake. The
+// connection is closed when the peer is removed, which ends any write or
+// read on it; release undoes that once the connection is closed.
+func (p *peer) dial() (conn net.Conn, open, seal *sealer, release func() bool, err error) {
 	c := p.c
 	d := net.Dialer{Timeout: c.cfg.DialTimeout}
-	conn, err := d.Dial("tcp", p.addr)
+	nc, err := d.DialContext(p.stopped, "tcp", p.addr)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
+	conn = nc
+	unwatch := context.AfterFunc(p.stopped, func() { _ = nc.Close() })
+	release = unwatch
+	defer func() {
+		if err != nil { // the results are nil by now
+			nc.Close()
+			unwatch()
+		}
+	}()
 	_ = conn.SetDeadline(time.Now().Add(c.cfg.DialTimeout))
 	mine := hello{Version: ProtocolVersion, Domain: c.cfg.Domain, Route: c.cfg.Route, Nonce: randomNonce()}
 	b, _ := encodeHello(&mine)
-	if _, err := conn.Write(appendFrame(nil, b)); err != nil {
-		conn.Close()
-		return nil, nil, nil, err
+	if _, err = conn.Write(appendFrame(nil, b)); err != nil {
+		return nil, nil, nil, nil, err
 	}
 	payload, err := readFrame(conn, nil, 4096)
 	if err != nil {
-		conn.Close()
-		return nil, nil, nil, fmt.Errorf("handshake: %w", err)
+		return nil, nil, nil, nil, fmt.Errorf("handshake: %w", err)
 	}
 	theirs, err := decodeHello(payload)
 	if err == nil && theirs.Route != p.route {
 		err = fmt.Errorf("peer at %s is %q, not %q", p.addr, theirs.Route, p.route)
 	}
 	if err != nil {
-		conn.Close()
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
-	var open, seal *sealer
 	if len(c.cfg.Key) > 0 {
 		if !hmac.Equal(theirs.MAC, helloMAC(c.cfg.Key, &mine, &theirs)) {
-			conn.Close()
 			c.drops.add(dropAuth)
-			return nil, nil, nil, fmt.Errorf("%w: peer does not hold the cluster key", ErrAuth)
+			return nil, nil, nil, nil, fmt.Errorf("%w: peer does not hold the cluster key", ErrAuth)
 		}
-		c2s, s2c, err := connKeys(c.cfg.Key, mine.Nonce, theirs.Nonce)
+		var c2s, s2c []byte
+		c2s, s2c, err = connKeys(c.cfg.Key, mine.Nonce, theirs.Nonce)
 		if err == nil {
 			seal, err = newSealer(c2s)
 		}
@@ -300,15 +329,14 @@ func (p *peer) dial() (net.Conn, *sealer, *sealer, error) {
 			open, err = newSealer(s2c)
 		}
 		if err != nil {
-			conn.Close()
-			return nil, nil, nil, err
+			return nil, nil, nil, nil, err
 		}
 	}
 	_ = conn.SetDeadline(time.Time{})
 	if tc, ok := conn.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
-	return conn, open, seal, nil
+	return conn, open, seal, release, nil
 }
 
 // writeLoop writes queued frames until the connection fails, the reader
@@ -438,7 +466,6 @@ func (p *peer) readAnswers(conn net.Conn, open *sealer) error {
 			p.c.drops.add(dropGarbage)
 			return fmt.Errorf("%w: unexpected message type %d on an outbound connection", ErrMalformed, env.Type)
 		}
-		p.answered()
 		p.wmu.Lock()
 		f := p.waiters[env.Seq]
 		delete(p.waiters, env.Seq)
@@ -447,6 +474,7 @@ func (p *peer) readAnswers(conn net.Conn, open *sealer) error {
 			p.c.histogram.observe(time.Since(f.queued))
 			f.finish(result)
 		}
+		p.answered() // after finish: see stall
 	}
 }
 

@@ -1,0 +1,133 @@
+package replication
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cohort-cluster/cohort/internal/leaktest"
+)
+
+// fakePeer accepts connections as route: it runs the server side of the
+// plaintext handshake, then serve with the connection.
+func fakePeer(t *testing.T, route string, serve func(net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer conn.Close()
+				if _, err := readFrame(conn, nil, 4096); err != nil {
+					return
+				}
+				b, _ := encodeHello(&hello{Version: ProtocolVersion, Domain: "cohort", Route: route, Nonce: randomNonce()})
+				if _, err := conn.Write(appendFrame(nil, b)); err != nil {
+					return
+				}
+				serve(conn)
+			})
+		}
+	})
+	return ln.Addr().String()
+}
+
+// Close ends a writer stuck writing to a hung peer whose socket buffers
+// are full, instead of waiting for its write timeout (here an hour).
+func TestCloseEndsAWriteToAHungPeer(t *testing.T) {
+	leaktest.Check(t)
+	hang := make(chan struct{})
+	addr := fakePeer(t, "b", func(conn net.Conn) { <-hang }) // never reads
+	defer close(hang)
+	c := testConfig(t, "a")
+	c.WriteTimeout = time.Hour
+	a, err := New(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.AddPeer("b", addr)
+	waitFor(t, "b connected", func() bool { return peerStats(a, "b").Connected })
+	big := make([]byte, 1<<20)
+	for range 64 {
+		_ = a.Send(context.Background(), nil, testType, big, Async)
+	}
+	// The writer is stuck once it stops sending while frames are queued.
+	last := int64(-1)
+	waitFor(t, "the writer stuck", func() bool {
+		n := peerStats(a, "b").BytesSent
+		stuck := n == last && peerStats(a, "b").QueueDepth > 0
+		last = n
+		time.Sleep(100 * time.Millisecond)
+		return stuck
+	})
+	closed := make(chan error, 1)
+	go func() { closed <- a.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Errorf("Close = %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Close still waits for a writer stuck on a hung peer")
+	}
+}
+
+// An answer read after the sender gave up on its frame, but before it
+// marked the peer stalled, still counts: the peer, which answered
+// everything, is not left stalled. The peer answers about when the
+// sender gives up, so that a few thousand sends meet every interleaving
+// (under -race, the window was hit about once in a few hundred timeouts).
+func TestLateAnswerLeavesNoStall(t *testing.T) {
+	leaktest.Check(t)
+	addr := fakePeer(t, "b", func(conn net.Conn) {
+		var out []byte
+		for {
+			payload, err := readFrame(conn, nil, 1<<20)
+			if err != nil {
+				return
+			}
+			env, err := parseEnvelope(payload)
+			if err != nil || env.Mode != Ack {
+				continue
+			}
+			time.Sleep(time.Millisecond) // about when the sender gives up
+			e := Envelope{Version: ProtocolVersion, Type: typeAck, From: "b", Domain: "cohort", Seq: env.Seq}
+			out = appendFrame(out[:0], appendEnvelope(nil, &e))
+			if _, err := conn.Write(out); err != nil {
+				return
+			}
+		}
+	})
+	a := newChannel(t, testConfig(t, "a"))
+	a.AddPeer("b", addr)
+	waitFor(t, "b connected", func() bool { return peerStats(a, "b").Connected })
+	a.mu.Lock()
+	p := a.peers["b"]
+	a.mu.Unlock()
+	timeouts := 0
+	for range 3000 {
+		p.stalled.Store(false)
+		before := p.answers.Load()
+		if err := a.SendWithin(context.Background(), time.Millisecond, nil, testType, []byte("x"), Ack); !errors.Is(err, context.DeadlineExceeded) {
+			continue
+		}
+		timeouts++
+		waitFor(t, "the late answer read", func() bool { return p.answers.Load() > before })
+		// answered clears a stall just after counting the answer.
+		waitFor(t, "b, which answered every frame, not stalled", func() bool { return !p.stalled.Load() })
+	}
+	if timeouts == 0 {
+		t.Error("no send timed out: the test did not run its case")
+	}
+}
