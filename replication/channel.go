@@ -27,7 +27,9 @@ var (
 	ErrNoHandler   = errors.New("replication: no handler for message type")
 	ErrPeerDown    = errors.New("replication: peer unreachable")
 	// ErrPeerStalled fails at once an Ack or Sync send to a peer that let
-	// an earlier one time out and has not answered since: the frame is
+	// an earlier one time out (its SendWithin timeout, or a context
+	// deadline at least Config.SendTimeout away) and has not answered
+	// since: the frame is
 	// still queued to it, in order, but nobody waits for its answer. The
 	// peer stops being stalled when any answer of its comes in, or when a
 	// connection to it is made again.
@@ -365,9 +367,14 @@ func (c *Channel) send(ctx context.Context, timeout time.Duration, to []string, 
 			gaveUp = ctx.Err()
 		}
 	}
-	if ring != nil && ring.stop() && gaveUp == nil {
+	rang := ring != nil && ring.stop()
+	if rang && gaveUp == nil {
 		gaveUp = context.DeadlineExceeded
 	}
+	// A peer that let the send timeout pass unanswered hangs; one that
+	// only missed a caller's shorter deadline may just be slower than
+	// that caller's patience.
+	hung := rang || errors.Is(gaveUp, context.DeadlineExceeded) && time.Since(now) >= c.cfg.SendTimeout
 	for i := range all {
 		f := &all[i]
 		switch {
@@ -379,7 +386,7 @@ func (c *Channel) send(ctx context.Context, timeout time.Duration, to []string, 
 		default:
 			seen := f.peer.answers.Load()
 			f.peer.forget(f)
-			if errors.Is(gaveUp, context.DeadlineExceeded) {
+			if hung {
 				f.peer.stall(f, seen, time.Since(now))
 			}
 			errs = append(errs, &PeerError{Peer: f.peer.route, Op: op, Err: gaveUp})

@@ -20,8 +20,9 @@
 // handler has returned, its error included. Every wait is bounded by the
 // context or Config.SendTimeout; [Channel.SendWithin] takes the bound as an
 // argument, which costs a request path less than a context with a timeout
-// of its own. A peer that lets a wait end unanswered (a hung process, a
-// stopped VM) is stalled: until it answers again, sends still queue its
+// of its own. A peer that lets a wait's timeout pass unanswered (a hung
+// process, a stopped VM) is stalled (a caller's context deadline shorter
+// than Config.SendTimeout does not count): until it answers again, sends still queue its
 // frames but fail it at once with [ErrPeerStalled] rather than each wait
 // the whole bound for it. Frames from one sender to one receiver are
 // handled in send order, whatever their modes. [Stream] sends long

@@ -131,3 +131,30 @@ func TestLateAnswerLeavesNoStall(t *testing.T) {
 		t.Error("no send timed out: the test did not run its case")
 	}
 }
+
+// A send that a caller's own deadline ends, shorter than the send
+// timeout, does not mark the peer stalled: only the send timeout passing
+// unanswered does.
+func TestCallerDeadlineDoesNotStall(t *testing.T) {
+	leaktest.Check(t)
+	addr := fakePeer(t, "b", func(conn net.Conn) {
+		for { // reads, never answers
+			if _, err := readFrame(conn, nil, 1<<20); err != nil {
+				return
+			}
+		}
+	})
+	a := newChannel(t, testConfig(t, "a"))
+	a.AddPeer("b", addr)
+	waitFor(t, "b connected", func() bool { return peerStats(a, "b").Connected })
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	err := a.Send(ctx, nil, testType, []byte("x"), Ack)
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) || peerStats(a, "b").Stalled {
+		t.Errorf("Send past the caller's deadline = %v, stalled %v; want DeadlineExceeded, not stalled", err, peerStats(a, "b").Stalled)
+	}
+	err = a.SendWithin(context.Background(), 50*time.Millisecond, nil, testType, []byte("x"), Ack)
+	if !errors.Is(err, context.DeadlineExceeded) || !peerStats(a, "b").Stalled {
+		t.Errorf("SendWithin past its timeout = %v, stalled %v; want DeadlineExceeded, stalled", err, peerStats(a, "b").Stalled)
+	}
+}
