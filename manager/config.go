@@ -23,6 +23,11 @@ var (
 	// confirm in time (it is failing, or hangs): the live peers have the
 	// invalidation or will, and a peer that stays silent is dropped.
 	ErrNotConfirmed = errors.New("manager: done on this node, not confirmed by every peer")
+	// ErrRecentlyInvalidated is Find's error for a session invalidated
+	// within the last minute (a logout). It wraps ErrNotFound: a caller that may
+	// create a session in place of a missing one can tell this case
+	// apart, and must not bring back a logged-out user's state.
+	ErrRecentlyInvalidated = fmt.Errorf("%w: invalidated", ErrNotFound)
 )
 
 // Manager is what every manager kind offers the web layer. All methods are

@@ -392,6 +392,9 @@ func (m *replicated) Find(ctx context.Context, id string) (*Session, error) {
 	}
 	s := m.st.get(id)
 	if s == nil {
+		if m.st.buried(id) {
+			return nil, ErrRecentlyInvalidated
+		}
 		if !m.Ready() {
 			return nil, ErrNotReady
 		}

@@ -108,6 +108,9 @@ func (m *Standard) Find(ctx context.Context, id string) (*Session, error) {
 	}
 	s := m.st.get(id)
 	if s == nil {
+		if m.st.buried(id) {
+			return nil, ErrRecentlyInvalidated
+		}
 		return nil, ErrNotFound
 	}
 	now := m.h.now()
@@ -127,7 +130,7 @@ func (m *Standard) Invalidate(ctx context.Context, id string) error {
 	if s == nil {
 		return ErrNotFound
 	}
-	if r := m.st.remove(s.ID()); r != nil {
+	if r := m.st.bury(s.ID()); r != nil {
 		m.destroyed(r, Invalidated)
 	}
 	return nil

@@ -124,6 +124,16 @@ func TestStandardLifecycle(t *testing.T) {
 	if m.Count() != 0 {
 		t.Errorf("Count = %d after invalidate, want 0", m.Count())
 	}
+	// An invalidated session is told apart from an expired one for a
+	// while, then is just not found.
+	if _, err := m.Find(ctx, s2.ID()); !errors.Is(err, ErrRecentlyInvalidated) || !errors.Is(err, ErrNotFound) {
+		t.Errorf("Find after Invalidate = %v, want ErrRecentlyInvalidated, an ErrNotFound", err)
+	}
+	clock.advance(2 * time.Minute)
+	m.sweep()
+	if _, err := m.Find(ctx, s2.ID()); err != ErrNotFound {
+		t.Errorf("Find a while after Invalidate = %v, want ErrNotFound", err)
+	}
 	mu.Lock()
 	want := map[string]int{"created": 2, "expired": 1, "invalidated": 1, "id": 1}
 	for k, v := range want {

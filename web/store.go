@@ -237,7 +237,10 @@ func setCookie(r *http.Request, w http.ResponseWriter, c *http.Cookie) {
 // a gs that New returned with such an error (gorilla's documented idiom,
 // `session, _ := store.Get(r, name)`, ignores it): it is empty, and Save
 // refuses to put it in place of the session the request's cookie names,
-// unless that session is gone. A logout (MaxAge < 0) through such a gs
+// unless that session is gone. A Save of a session that another request
+// invalidated since Get (a logout in another tab) saves nothing and
+// deletes the cookie, returning nil: making a new session of its values
+// would log the user back in. A logout (MaxAge < 0) through such a gs
 // still destroys the session the cookie names. A logout that some peer
 // did not confirm is done, as an unconfirmed commit is (below); one that
 // could not destroy the session returns the error and keeps the cookie. A commit that some
@@ -300,6 +303,15 @@ func (st *Store) Save(r *http.Request, w http.ResponseWriter, gs *sessions.Sessi
 		if s, err = m.Find(ctx, gs.ID); err != nil && !errors.Is(err, manager.ErrNotFound) {
 			st.ss.unavailable.Add(1)
 			return fmt.Errorf("web: session %s: %w", manager.RedactID(gs.ID), err)
+		}
+		if errors.Is(err, manager.ErrRecentlyInvalidated) {
+			// Logged out by another request since Get: saving a new
+			// session of gs's values would log the user back in.
+			gone := *gs.Options
+			gone.MaxAge = -1
+			gs.ID = ""
+			setCookie(r, w, sessions.NewCookie(gs.Name(), "", &gone))
+			return nil
 		}
 	}
 	// Reached through an id renewed after a login: whoever holds that id

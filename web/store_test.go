@@ -733,3 +733,28 @@ func TestStoreFlashTypes(t *testing.T) {
 		t.Errorf("flashes %#v, want saved, true, int64(42)", got)
 	}
 }
+
+// A request that read the session before another request of the user
+// logged out does not bring the logged-out session back when it saves.
+func TestStoreSaveAfterConcurrentLogoutSavesNothing(t *testing.T) {
+	m := standard(t, "node1", "")
+	st := store(t, m, "node1", nil)
+	cookie := savedSession(t, st, map[string]any{"user": "alice"})
+	poll, pollRec := httptest.NewRequest("GET", "/poll", nil), httptest.NewRecorder()
+	poll.AddCookie(cookie)
+	b, _ := st.Get(poll, "s")
+	logout, logoutRec := httptest.NewRequest("GET", "/logout", nil), httptest.NewRecorder()
+	logout.AddCookie(cookie)
+	a, _ := st.Get(logout, "s")
+	a.Options.MaxAge = -1
+	if err := a.Save(logout, logoutRec); err != nil {
+		t.Fatal(err)
+	}
+	b.Values["seen"] = "now"
+	if err := b.Save(poll, pollRec); err != nil {
+		t.Errorf("Save after the logout = %v, want nil", err)
+	}
+	if cs := pollRec.Result().Cookies(); len(cs) != 1 || cs[0].MaxAge >= 0 || m.Count() != 0 {
+		t.Errorf("cookies %v, %d sessions; want the cookie deleted and no session", cs, m.Count())
+	}
+}
