@@ -66,6 +66,11 @@ func NewStore(m manager.Manager, cfg Config) (*Store, error) {
 	}}, nil
 }
 
+// MaxAge sets Options.MaxAge, the lifetime of new sessions' cookies in
+// seconds, as gorilla's stores' MaxAge does. It does not change how long
+// a session lives unused on the nodes (see Store).
+func (st *Store) MaxAge(age int) { st.Options.MaxAge = age }
+
 // Stats returns the Store's counters: its own, apart from any
 // middleware's (Sessions.Stats).
 func (st *Store) Stats() Stats { return st.ss.Stats() }
@@ -209,6 +214,19 @@ func (rc *storeCookies) commit(h http.Header) {
 	rc.cookies, rc.started = nil, true
 }
 
+// responseStarted reports whether, behind Store.Middleware, the response
+// has started: a cookie set now would not reach the client, so the
+// session must not be rebound (see Store).
+func responseStarted(r *http.Request) bool {
+	rc, _ := r.Context().Value(storeCookiesKey{}).(*storeCookies)
+	if rc == nil {
+		return false
+	}
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	return rc.started
+}
+
 // setCookie sets the cookie of a saved session, in place of any that
 // Middleware would set for it.
 func setCookie(r *http.Request, w http.ResponseWriter, c *http.Cookie) {
@@ -344,7 +362,7 @@ func (st *Store) Save(r *http.Request, w http.ResponseWriter, gs *sessions.Sessi
 		}
 		return err
 	}
-	if !renewed {
+	if !renewed && !responseStarted(r) {
 		// Another node's route: the cookie set below names this node's.
 		if err := st.ss.rebind(ctx, s); err != nil {
 			return fmt.Errorf("web: session %s: %w", manager.RedactID(s.ID()), err)

@@ -656,6 +656,10 @@ func TestStoreRebindsOnlyWhenTheCookieIsSent(t *testing.T) {
 		_, _ = io.WriteString(w, "started")
 		read(w, r)
 	})
+	writeThenSave := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "started")
+		save(w, r)
+	})
 	failedSave := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		gs, _ := st2.Get(r, "s")
 		gs.Values["bad"] = unregistered{}
@@ -674,6 +678,7 @@ func TestStoreRebindsOnlyWhenTheCookieIsSent(t *testing.T) {
 		{"save behind Store.Middleware", st2.Middleware(save), true},
 		{"failed save behind Store.Middleware", st2.Middleware(failedSave), true},
 		{"read after the response started, behind Store.Middleware", st2.Middleware(readThenWrite), false},
+		{"save after the response started, behind Store.Middleware", st2.Middleware(writeThenSave), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			req, rec := httptest.NewRequest("GET", "/", nil), httptest.NewRecorder()
@@ -756,5 +761,14 @@ func TestStoreSaveAfterConcurrentLogoutSavesNothing(t *testing.T) {
 	}
 	if cs := pollRec.Result().Cookies(); len(cs) != 1 || cs[0].MaxAge >= 0 || m.Count() != 0 {
 		t.Errorf("cookies %v, %d sessions; want the cookie deleted and no session", cs, m.Count())
+	}
+}
+
+// MaxAge sets the cookies' Max-Age, as gorilla's own stores' MaxAge does.
+func TestStoreMaxAge(t *testing.T) {
+	st := store(t, standard(t, "node1", ""), "node1", nil)
+	st.MaxAge(3600)
+	if cs := savedSession(t, st, map[string]any{"a": "x"}); cs.MaxAge != 3600 {
+		t.Errorf("cookie Max-Age %d, want 3600", cs.MaxAge)
 	}
 }
