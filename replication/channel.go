@@ -134,9 +134,10 @@ func (c *Channel) Handle(t MsgType, h Handler) {
 }
 
 // OnResync registers f to be called when a peer that may have missed
-// frames (its queue overflowed, it was unreachable, or its connection broke
-// with frames in flight) is connected again, or, when its queue overflowed
-// while it stayed connected, once the queue has drained. The higher layer
+// frames (its queue overflowed, it was unreachable, its connection broke
+// with frames in flight, or a frame nobody waited for was too large to
+// send) is connected again, or, when it missed them while it stayed
+// connected, once its queue has drained. The higher layer
 // then sends that peer a full state and calls ClearResync. f runs on the
 // peer's writer goroutine and must not block.
 func (c *Channel) OnResync(f func(route string)) {

@@ -158,3 +158,37 @@ func TestCallerDeadlineDoesNotStall(t *testing.T) {
 		t.Errorf("SendWithin past its timeout = %v, stalled %v; want DeadlineExceeded, stalled", err, peerStats(a, "b").Stalled)
 	}
 }
+
+// A frame too large to send fails the sender that waits for it; one that
+// nobody waits for (Async) marks the peer for a resync instead of
+// vanishing.
+func TestFrameTooLargeIsNotLostSilently(t *testing.T) {
+	leaktest.Check(t)
+	ca := testConfig(t, "a")
+	ca.MaxFrameSize = 4096
+	a, b := newChannel(t, ca), newChannel(t, testConfig(t, "b"))
+	resynced := make(chan string, 1)
+	a.OnResync(func(r string) { resynced <- r })
+	var in inbox
+	b.Handle(testType, in.handler(""))
+	mesh(a, b)
+	waitFor(t, "b connected", func() bool { return peerStats(a, "b").Connected })
+	big := make([]byte, 8192)
+	if err := a.SendWithin(context.Background(), 5*time.Second, nil, testType, big, Ack); !errors.Is(err, ErrFrameTooLarge) {
+		t.Errorf("Ack send of a frame too large = %v, want ErrFrameTooLarge", err)
+	}
+	if a.NeedsResync("b") {
+		t.Error("b marked for a resync although the sender heard of the failure")
+	}
+	if err := a.Send(context.Background(), nil, testType, big, Async); err != nil {
+		t.Fatal(err)
+	}
+	select { // connected all along: the higher layer hears of it once the queue drains
+	case r := <-resynced:
+		if r != "b" {
+			t.Errorf("resync of %q, want b", r)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the higher layer never heard that b missed a frame")
+	}
+}

@@ -89,7 +89,7 @@ type peer struct {
 	stalls                                 atomic.Int64
 	answers                                atomic.Uint64 // answers and handshakes, for stall's second look
 	resync                                 atomic.Bool
-	overflowed                             atomic.Bool // the queue overflowed while connected: resync once drained
+	overflowed                             atomic.Bool // it missed frames while connected (its queue overflowed, or one was too large): resync once drained
 	framesSent, bytesSent, errs, queueFull atomic.Int64
 }
 
@@ -355,10 +355,16 @@ func (p *peer) writeLoop(conn net.Conn, seal *sealer, readerDone chan error) err
 			plain = nil // do not keep a huge buffer for one large frame
 		}
 		if len(b) > c.cfg.MaxFrameSize {
+			// Refused locally; the connection is fine. A sender that waits
+			// hears why; otherwise (Async, or a stalled peer) the peer
+			// misses the frame, and only a resync makes up for it.
 			if f.group != nil {
 				f.finish(fmt.Errorf("%w: %d bytes", ErrFrameTooLarge, len(b)))
+			} else {
+				p.markResync(fmt.Sprintf("a frame of %d bytes, over the %d-byte limit, was not sent", len(b), c.cfg.MaxFrameSize))
+				p.overflowed.Store(true)
 			}
-			return nil // refused locally; the connection is fine
+			return nil
 		}
 		if seal != nil {
 			sealed = seal.seal(sealed[:0], b)
