@@ -213,11 +213,12 @@ func (c *Channel) Peers() []string {
 // handler has returned. Waits end at ctx's deadline, or after
 // Config.SendTimeout when ctx has none. A peer whose queue is full fails at
 // once with ErrQueueFull and is marked for a resync; a slow peer never
-// delays the others' queueing. A peer that lets a wait end unanswered is
-// stalled: later sends queue its frames but fail it at once with
-// ErrPeerStalled instead of waiting for it again, until it answers. The error joins a *PeerError per failed
-// peer. body must not be modified until Send returns in Ack and Sync modes,
-// or ever in Async mode.
+// delays the others' queueing. A peer that lets the send timeout pass
+// unanswered is stalled: later sends queue its frames but fail it at once
+// with ErrPeerStalled instead of waiting for it again, until it answers.
+// The error joins a *PeerError per failed peer. body must never be
+// modified: a frame whose wait ended (a timeout, a stalled peer) is still
+// queued, and written later.
 func (c *Channel) Send(ctx context.Context, to []string, t MsgType, body []byte, mode SendMode) error {
 	return c.SendQueued(ctx, 0, to, t, body, mode, nil)
 }
