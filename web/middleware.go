@@ -151,9 +151,15 @@ type state struct {
 	s          *manager.Session
 	originalID string // the id the request arrived with
 	cookieID   string // the id the client holds; a cookie is sent when s's differs
-	hidden     string // the session's id, found through its old id (renewed elsewhere): never sent
-	cleared    bool   // the session was invalidated: the cookie is deleted
-	committed  bool   // the response has started and the session was committed
+	// known is an id of the session this request may reveal: the one it
+	// found it by, made or renewed it to. A cookie is sent only for an id
+	// of that base: not for one that another request's RenewID (a login)
+	// gave the session meanwhile, nor for one found through the old id
+	// within the grace period, which whoever holds the old id must not
+	// learn.
+	known     string
+	cleared   bool // the session was invalidated: the cookie is deleted
+	committed bool // the response has started and the session was committed
 }
 
 // Middleware finds the request's session, from the cookie or a
@@ -183,11 +189,8 @@ func (ss *Sessions) Middleware(next http.Handler) http.Handler {
 			switch {
 			case err == nil:
 				st.s = s
-				if !sameBase(s.ID(), id) {
-					// Found by an id renewed after a login, within the
-					// manager's grace period: whoever holds the old id
-					// must not learn the new one.
-					st.hidden = s.ID()
+				if sameBase(s.ID(), id) {
+					st.known = s.ID() // else found by an id renewed after a login (see known)
 				}
 			case errors.Is(err, manager.ErrNotFound):
 			default:
@@ -406,7 +409,7 @@ func Get(r *http.Request) (*manager.Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	st.s, st.cleared = s, false
+	st.s, st.cleared, st.known = s, false, s.ID()
 	return s, nil
 }
 
@@ -438,7 +441,11 @@ func OriginalID(r *http.Request) string {
 // id change: call it after a login, against session fixation, and before
 // writing the response, which carries the new id's cookie
 // (ErrResponseStarted otherwise, and the id is kept). A request without a
-// session gets manager.ErrNotFound.
+// session gets manager.ErrNotFound. A renewal that some peer did not
+// confirm is done, as a commit is: counted and logged, not returned.
+// Only this request's response carries the new id: another request of the
+// session that is still running (one that arrived with the old id, which
+// may be an attacker's) never sends it.
 func RenewID(r *http.Request) (string, error) {
 	st := mustState(r)
 	st.mu.Lock()
@@ -449,7 +456,20 @@ func RenewID(r *http.Request) (string, error) {
 	if st.committed {
 		return "", ErrResponseStarted
 	}
-	return st.ss.m.ChangeID(st.ctx, st.s, "")
+	id, err := st.ss.m.ChangeID(st.ctx, st.s, "")
+	if id == "" {
+		return "", err
+	}
+	st.known = id
+	if err != nil {
+		// Renewed here, but not every peer confirmed it: the login goes
+		// on, as a commit does.
+		st.ss.commitErrors.Add(1)
+		if ok, n := st.ss.commitWarn.allow(); ok {
+			st.ss.log.Warn("session id renewal not confirmed by every peer", "session", manager.RedactID(id), "err", err, "suppressed", n)
+		}
+	}
+	return id, nil
 }
 
 // Commit commits the request's session now, as the middleware does before
@@ -525,7 +545,7 @@ func (st *state) commit(h http.Header) {
 			st.detached = context.WithoutCancel(st.ctx)
 		}
 		_ = st.ss.commit(st.detached, st.s) // counted and logged; the response goes on
-		if id := st.s.ID(); id != st.cookieID && id != st.hidden && h != nil {
+		if id := st.s.ID(); id != st.cookieID && sameBase(id, st.known) && h != nil {
 			h.Add("Set-Cookie", st.ss.cookie(id, 0).String())
 			st.cookieID = id
 		}

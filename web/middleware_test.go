@@ -182,6 +182,41 @@ func TestResponseStartedRefusesNewIDs(t *testing.T) {
 	}
 }
 
+// A request that arrived with the planted id and is still running when
+// the victim logs in (RenewID) is not handed the new id by its response:
+// only the request that renewed it sends it.
+func TestRenewIDDefeatsFixationOfARequestInFlight(t *testing.T) {
+	m := standard(t, "node1", "")
+	ss := middleware(t, m, "node1", nil)
+	entered, release := make(chan struct{}), make(chan struct{})
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /start", func(w http.ResponseWriter, r *http.Request) { _, _ = web.Get(r) })
+	mux.Handle("GET /login", login(t))
+	mux.HandleFunc("POST /slow", func(w http.ResponseWriter, r *http.Request) {
+		close(entered)
+		<-release // as while its client trickles the body
+		if _, err := web.Get(r); err != nil {
+			t.Error(err)
+		}
+		_, _ = io.WriteString(w, "ok")
+	})
+	h := ss.Middleware(mux)
+	planted := serveWithID(h, "/start", "").Cookies()[0].Value
+	done := make(chan *http.Response)
+	go func() {
+		rec, req := httptest.NewRecorder(), httptest.NewRequest("POST", "/slow", nil)
+		req.AddCookie(&http.Cookie{Name: "JSESSIONID", Value: planted})
+		h.ServeHTTP(rec, req)
+		done <- rec.Result()
+	}()
+	<-entered
+	renewed := serveWithID(h, "/login", planted).Cookies()[0].Value
+	close(release)
+	if cs := (<-done).Cookies(); len(cs) != 0 {
+		t.Errorf("the request in flight with the planted id %s got cookies %v (the login renewed it to %s); want none", planted, cs, renewed)
+	}
+}
+
 // serveWithID serves a GET of path through h, with the session cookie id
 // unless it is empty.
 func serveWithID(h http.Handler, path, id string) *http.Response {
@@ -191,4 +226,47 @@ func serveWithID(h http.Handler, path, id string) *http.Response {
 	}
 	h.ServeHTTP(rec, req)
 	return rec.Result()
+}
+
+// renewUnconfirmed is a manager whose id changes some peer does not
+// confirm: done here, with an error.
+type renewUnconfirmed struct{ manager.Manager }
+
+func (m renewUnconfirmed) ChangeID(ctx context.Context, s *manager.Session, base string) (string, error) {
+	id, _ := m.Manager.ChangeID(ctx, s, base)
+	return id, errPeer
+}
+
+// A RenewID that some peer did not confirm is done, as a commit is: the
+// handler gets the new id and no error, the response its cookie, and the
+// failure is counted.
+func TestRenewIDNotConfirmed(t *testing.T) {
+	m := standard(t, "node1", "")
+	ss := middleware(t, renewUnconfirmed{m}, "node1", nil)
+	var got string
+	h := ss.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := web.Get(r); err != nil {
+			t.Fatal(err)
+		}
+		if r.URL.Path == "/login" {
+			var err error
+			if got, err = web.RenewID(r); err != nil {
+				t.Errorf("RenewID = %v, want nil", err)
+			}
+		}
+	}))
+	first := serveWithID(h, "/", "").Cookies()[0].Value
+	cs := serveWithID(h, "/login", first).Cookies()
+	if len(cs) != 1 || cs[0].Value != got || got == "" || sameBaseID(got, first) {
+		t.Errorf("cookies %v, RenewID gave %q (was %q); want the new id's cookie", cs, got, first)
+	}
+	if n := ss.Stats().CommitErrors; n != 1 {
+		t.Errorf("Stats().CommitErrors = %d, want 1", n)
+	}
+}
+
+func sameBaseID(a, b string) bool {
+	ba, _ := manager.SplitID(a)
+	bb, _ := manager.SplitID(b)
+	return ba == bb
 }
