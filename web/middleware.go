@@ -644,10 +644,14 @@ func (w *responseWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // Unwrap lets http.ResponseController reach the underlying writer.
 func (w *responseWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-// Flush commits, then flushes.
-func (w *responseWriter) Flush() {
+// Flush commits, then flushes, through any writers the middleware wraps.
+func (w *responseWriter) Flush() { _ = w.FlushError() }
+
+// FlushError is Flush that returns the flush's error, as
+// http.ResponseController's Flush does: a streaming handler learns that
+// its client went away, or that no writer below can flush
+// (http.ErrNotSupported).
+func (w *responseWriter) FlushError() error {
 	w.start()
-	if f, ok := w.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
-	}
+	return http.NewResponseController(w.ResponseWriter).Flush()
 }

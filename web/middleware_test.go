@@ -270,3 +270,29 @@ func sameBaseID(a, b string) bool {
 	bb, _ := manager.SplitID(b)
 	return ba == bb
 }
+
+// unwrapOnly is another middleware's writer that offers only Unwrap, as
+// writers meant for http.ResponseController do.
+type unwrapOnly struct{ http.ResponseWriter }
+
+func (u unwrapOnly) Unwrap() http.ResponseWriter { return u.ResponseWriter }
+
+// A flush through the middleware reaches a writer below another wrapper,
+// and reports a writer that cannot flush.
+func TestFlushReachesWrappedWriters(t *testing.T) {
+	ss := middleware(t, standard(t, "node1", ""), "node1", nil)
+	var flushErr error
+	h := ss.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "data: 1\n\n")
+		flushErr = http.NewResponseController(w).Flush()
+	}))
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(unwrapOnly{rec}, httptest.NewRequest("GET", "/events", nil))
+	if !rec.Flushed || flushErr != nil {
+		t.Errorf("flushed %v, Flush = %v; want flushed, nil", rec.Flushed, flushErr)
+	}
+	h.ServeHTTP(struct{ http.ResponseWriter }{httptest.NewRecorder()}, httptest.NewRequest("GET", "/events", nil))
+	if !errors.Is(flushErr, http.ErrNotSupported) {
+		t.Errorf("Flush to a writer that cannot flush = %v, want ErrNotSupported", flushErr)
+	}
+}
