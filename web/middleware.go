@@ -186,6 +186,12 @@ func (ss *Sessions) Middleware(next http.Handler) http.Handler {
 		st.ctx = ctx
 		if id != "" {
 			s, err := ss.find(ctx, id)
+			if errors.Is(err, manager.ErrNotFound) {
+				if alt, as, aerr := ss.findOther(ctx, r, id); !errors.Is(aerr, manager.ErrNotFound) {
+					s, err = as, aerr // found, or may exist: as for the first
+					st.originalID, st.cookieID, id = alt, alt, alt
+				}
+			}
 			switch {
 			case err == nil:
 				st.s = s
@@ -241,6 +247,26 @@ func (ss *Sessions) skip(path string) bool {
 		return false
 	}
 	return ss.cfg.Skip.MatchString(path)
+}
+
+// findOther finds the session of another of the request's cookies named
+// like the session cookie, after the first, id, named none: a browser
+// sends a stale cookie of a parent domain or path first as readily as the
+// live one. As in Tomcat, the first cookie that names a session wins.
+func (ss *Sessions) findOther(ctx context.Context, r *http.Request, id string) (string, *manager.Session, error) {
+	lines := r.Header["Cookie"]
+	if len(lines) == 0 || len(lines) == 1 && strings.Count(lines[0], ss.cfg.CookieName+"=") < 2 {
+		return "", nil, manager.ErrNotFound // one cookie at most: the usual case, parsed no further
+	}
+	for _, c := range r.CookiesNamed(ss.cfg.CookieName) {
+		if c.Value == id || c.Value == "" {
+			continue
+		}
+		if s, err := ss.find(ctx, c.Value); !errors.Is(err, manager.ErrNotFound) {
+			return c.Value, s, err
+		}
+	}
+	return "", nil, manager.ErrNotFound
 }
 
 // requestID returns the session id of the request and the request with

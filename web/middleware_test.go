@@ -3,6 +3,7 @@ package web_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -294,5 +295,26 @@ func TestFlushReachesWrappedWriters(t *testing.T) {
 	h.ServeHTTP(struct{ http.ResponseWriter }{httptest.NewRecorder()}, httptest.NewRequest("GET", "/events", nil))
 	if !errors.Is(flushErr, http.ErrNotSupported) {
 		t.Errorf("Flush to a writer that cannot flush = %v, want ErrNotSupported", flushErr)
+	}
+}
+
+// Of several session cookies (a stale one of a parent domain sent
+// first), the first that names a session is the request's, as in Tomcat.
+func TestSeveralSessionCookies(t *testing.T) {
+	m := standard(t, "node1", "")
+	ss := middleware(t, m, "node1", nil)
+	h := ss.Middleware(counter("node1"))
+	live := serveWithID(h, "/", "").Cookies()[0].Value
+	for i, header := range []string{
+		"JSESSIONID=stale.node9; JSESSIONID=" + live,
+		"JSESSIONID=" + live + "; JSESSIONID=stale.node9",
+	} {
+		rec, req := httptest.NewRecorder(), httptest.NewRequest("GET", "/", nil)
+		req.Header.Set("Cookie", header)
+		h.ServeHTTP(rec, req)
+		want := fmt.Sprintf("count=%d ", i+2)
+		if body := rec.Body.String(); !strings.HasPrefix(body, want) || len(rec.Result().Cookies()) != 0 || m.Count() != 1 {
+			t.Errorf("Cookie: %s: %q, cookies %v, %d sessions; want %q of the live session, no cookie, one session", header, body, rec.Result().Cookies(), m.Count(), want)
+		}
 	}
 }
