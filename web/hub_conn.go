@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/cohort-cluster/cohort/manager"
 	"github.com/gorilla/websocket"
@@ -145,7 +146,11 @@ func (c *Conn) closeWith(code int, reason string, abort bool) bool {
 	c.closeOnce.Do(func() {
 		decided = true
 		if len(reason) > maxReasonLength {
-			reason = reason[:maxReasonLength]
+			cut := maxReasonLength // on a character's first byte: a close frame's reason is UTF-8
+			for cut > 0 && !utf8.RuneStart(reason[cut]) {
+				cut--
+			}
+			reason = reason[:cut]
 		}
 		c.closeCode, c.closeReason = code, reason
 		close(c.closing)
@@ -196,13 +201,15 @@ func (c *Conn) readLoop() {
 		return ws.SetReadDeadline(time.Now().Add(cfg.PongWait))
 	})
 	for {
+		// Set before each read, not on arrival: an OnMessage that blocks
+		// longer than PongWait must not make the next read fail at once.
+		_ = ws.SetReadDeadline(time.Now().Add(cfg.PongWait))
 		typ, msg, err := ws.ReadMessage()
 		if err != nil {
 			c.readFailed(err)
 			return
 		}
 		now := time.Now()
-		_ = ws.SetReadDeadline(now.Add(cfg.PongWait))
 		c.lastActive.Store(now.UnixNano())
 		if now.Sub(c.lastTouch) >= cfg.TouchInterval {
 			c.lastTouch = now

@@ -695,3 +695,50 @@ func TestHubConfigValidation(t *testing.T) {
 		})
 	}
 }
+
+// Conn.Close cuts a long reason on a character boundary: a reason cut
+// inside a character is invalid UTF-8, and the client would see a protocol
+// error instead of the close code.
+func TestCloseReasonCutOnACharacter(t *testing.T) {
+	nodes := startHubCluster(t, nil, "a")
+	a := nodes["a"]
+	cl := dial(t, a, "u")
+	waitFor(t, "the socket registered", func() bool { return a.conn("u") != nil })
+	a.conn("u").Close(4001, "xx"+strings.Repeat("é", 100)) // byte 123 is inside an é
+	<-cl.done
+	var ce *websocket.CloseError
+	if !errors.As(cl.err, &ce) || ce.Code != 4001 {
+		t.Errorf("client saw %v, want a close with 4001", cl.err)
+	}
+}
+
+// An OnMessage that blocks longer than PongWait holds back its socket's
+// later messages only: the socket, whose client answers pings, stays open.
+func TestBlockingOnMessageKeepsTheSocket(t *testing.T) {
+	nodes := startHubCluster(t, func(_ string, c *web.HubConfig) {
+		c.PongWait = 400 * time.Millisecond
+		c.PingPeriod = 100 * time.Millisecond
+		prev := c.OnMessage
+		c.OnMessage = func(cn *web.Conn, msg []byte) {
+			if string(msg) == "slow" {
+				time.Sleep(time.Second)
+			}
+			prev(cn, msg)
+		}
+	}, "a")
+	a := nodes["a"]
+	cl := dial(t, a, "u") // its reader answers pings
+	cl.write("slow")
+	cl.write("after")
+	waitFor(t, "the message after the slow one read", func() bool {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return slices.Contains(a.messages, "u:after")
+	})
+	a.mu.Lock()
+	ds := append([]disconnect(nil), a.disconnects...)
+	a.mu.Unlock()
+	if len(ds) > 0 {
+		t.Errorf("the socket closed while OnMessage blocked past PongWait: %+v", ds)
+	}
+}
