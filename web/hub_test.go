@@ -729,7 +729,12 @@ func TestBlockingOnMessageKeepsTheSocket(t *testing.T) {
 	a := nodes["a"]
 	cl := dial(t, a, "u") // its reader answers pings
 	cl.write("slow")
-	cl.write("after")
+	waitFor(t, "the slow message handled", func() bool {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return slices.Contains(a.messages, "u:slow")
+	})
+	cl.write("after") // sent once the reader reads the socket again
 	waitFor(t, "the message after the slow one read", func() bool {
 		a.mu.Lock()
 		defer a.mu.Unlock()
