@@ -758,12 +758,16 @@ func (h *Hub) receive(from string, body []byte) error {
 		h.log.Warn("bad hub message from peer", "peer", from, "err", err)
 		return err
 	}
-	if h.isClosed() {
+	closed := h.isClosed()
+	if closed && m.Kind != kindOp {
 		return ErrHubClosed
 	}
 	switch m.Kind {
 	case kindOp:
-		n := h.local(m.Op, m.Name, bytes.Clone(m.Payload))
+		n := 0 // a closed hub reaches no socket, and says so: its caller waits for every count
+		if !closed {
+			n = h.local(m.Op, m.Name, bytes.Clone(m.Payload))
+		}
 		reply := appendHubMsg(nil, &hubMsg{Kind: kindCount, Req: m.Req, N: uint64(n)})
 		if err := h.ch.Send(context.Background(), []string{from}, HubMsgType, reply, replication.Async); err != nil {
 			h.log.Debug("count not sent", "peer", from, "err", err)

@@ -2,6 +2,7 @@ package web_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -745,5 +746,28 @@ func TestBlockingOnMessageKeepsTheSocket(t *testing.T) {
 	a.mu.Unlock()
 	if len(ds) > 0 {
 		t.Errorf("the socket closed while OnMessage blocked past PongWait: %+v", ds)
+	}
+}
+
+// A node whose hub is closed while its cluster still runs (a node
+// stopping: its hub closes first) answers a cluster-wide operation with
+// no socket reached, so the caller does not wait out DeliverTimeout.
+func TestClosedHubAnswersOperations(t *testing.T) {
+	nodes := startHubCluster(t, func(_ string, c *web.HubConfig) { c.DeliverTimeout = time.Hour }, "a", "b")
+	a, b := nodes["a"], nodes["b"]
+	cl := dial(t, a, "u")
+	waitOnline(t, "u", 1, a, b)
+	if err := b.hub.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	n, err := a.hub.SendToUser(ctx, "u", []byte("still here"))
+	if n != 1 || err != nil {
+		t.Errorf("SendToUser with b's hub closed = %d, %v; want 1, nil", n, err)
+	}
+	cl.expect("still here")
+	if n, err := a.hub.Publish(ctx, "news", []byte("x")); n != 0 || err != nil {
+		t.Errorf("Publish with b's hub closed = %d, %v; want 0, nil", n, err)
 	}
 }
