@@ -70,7 +70,21 @@ func (h *Hub) applyPresence(from string, reset bool, entries []presenceEntry) {
 		return
 	}
 	if reset {
-		h.purgeLocked(from)
+		// Replace the node's counts, without first forgetting them: a
+		// user it still holds must not be reported gone and back.
+		keep := make(map[string]struct{}, len(entries))
+		for _, e := range entries {
+			if e.Sockets > 0 {
+				keep[e.User] = struct{}{}
+			}
+		}
+		for user, nodes := range h.presence {
+			if _, held := nodes[from]; held {
+				if _, ok := keep[user]; !ok {
+					h.setCount(user, from, 0)
+				}
+			}
+		}
 	}
 	for _, e := range entries {
 		h.setCount(e.User, from, int(min(e.Sockets, 1<<31)))

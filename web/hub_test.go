@@ -771,3 +771,30 @@ func TestClosedHubAnswersOperations(t *testing.T) {
 		t.Errorf("Publish with b's hub closed = %d, %v; want 0, nil", n, err)
 	}
 }
+
+// A peer's periodic refresh of its whole presence replaces its counts
+// without reporting its users gone and back: OnPresence hears a user who
+// connected once, and never left, come online once.
+func TestPresenceRefreshDoesNotFlap(t *testing.T) {
+	var mu sync.Mutex
+	var calls []bool
+	nodes := startHubCluster(t, func(route string, c *web.HubConfig) {
+		c.PresenceRefresh = 100 * time.Millisecond
+		if route == "a" {
+			c.OnPresence = func(user string, online bool) {
+				mu.Lock()
+				calls = append(calls, online)
+				mu.Unlock()
+			}
+		}
+	}, "a", "b")
+	a, b := nodes["a"], nodes["b"]
+	dial(t, b, "zoe")
+	waitOnline(t, "zoe", 1, a)
+	time.Sleep(1500 * time.Millisecond) // about fifteen refreshes both ways
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(calls, []bool{true}) {
+		t.Errorf("OnPresence(zoe) on a: %v; want one true", calls)
+	}
+}
