@@ -171,11 +171,18 @@ type state struct {
 // matches Config.Skip pass straight through.
 func (ss *Sessions) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if ss.skip(r.URL.Path) {
+		// Static paths pass straight through, tested without a
+		// ;jsessionid= parameter (a URL-rewriting client's are as static).
+		param := strings.IndexByte(r.URL.Path, ';') >= 0
+		if !param && ss.skip(r.URL.Path) {
 			next.ServeHTTP(w, r)
 			return
 		}
 		r, id := ss.requestID(r)
+		if param && ss.skip(r.URL.Path) {
+			next.ServeHTTP(w, r)
+			return
+		}
 		// The request's state and its response writer, in one allocation.
 		both := &struct {
 			st state
@@ -270,25 +277,40 @@ func (ss *Sessions) findOther(ctx context.Context, r *http.Request, id string) (
 }
 
 // requestID returns the session id of the request and the request with
-// any ;jsessionid= path parameter removed from its path.
+// any ;jsessionid= path parameter removed from its path (and from its
+// encoded form, which keeps the rest of the path as it came: an encoded
+// slash stays one).
 func (ss *Sessions) requestID(r *http.Request) (*http.Request, string) {
-	id := cookieValue(r, ss.cfg.CookieName)
 	param := ";" + ss.cfg.CookieName + "="
-	if i := indexFoldASCII(r.URL.Path, param); i >= 0 {
-		rest := r.URL.Path[i+len(param):]
-		end := strings.IndexAny(rest, ";/")
-		if end < 0 {
-			end = len(rest)
-		}
-		if id == "" {
-			id = rest[:end]
-		}
-		r2 := r.Clone(r.Context())
-		r2.URL.Path = r.URL.Path[:i] + rest[end:]
-		r2.URL.RawPath = ""
-		r = r2
+	id := cookieValue(r, ss.cfg.CookieName)
+	path, value, ok := cutParam(r.URL.Path, param)
+	if !ok {
+		return r, id
 	}
-	return r, id
+	if id == "" {
+		id = value
+	}
+	r2 := r.Clone(r.Context())
+	r2.URL.Path = path
+	if r.URL.RawPath != "" {
+		r2.URL.RawPath, _, _ = cutParam(r.URL.RawPath, param)
+	}
+	return r2, id
+}
+
+// cutParam returns path without its first param (";jsessionid=") and the
+// param's value, which ends at the next ';' or '/'.
+func cutParam(path, param string) (rest, value string, ok bool) {
+	i := indexFoldASCII(path, param)
+	if i < 0 {
+		return path, "", false
+	}
+	after := path[i+len(param):]
+	end := strings.IndexAny(after, ";/")
+	if end < 0 {
+		end = len(after)
+	}
+	return path[:i] + after[end:], after[:end], true
 }
 
 // cookieValue returns the value of the request's first cookie named name,

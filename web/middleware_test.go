@@ -318,3 +318,37 @@ func TestSeveralSessionCookies(t *testing.T) {
 		}
 	}
 }
+
+// Removing a ;jsessionid= parameter keeps the rest of the path as it came
+// (an encoded slash stays one, for a route's wildcard), and a static path
+// that carries one still skips the session.
+func TestPathParameterRemovedCleanly(t *testing.T) {
+	m := standard(t, "node1", "")
+	ss := middleware(t, m, "node1", nil)
+	s, err := m.Create(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /files/{name}", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, r.PathValue("name"))
+	})
+	mux.HandleFunc("GET /app.css", func(w http.ResponseWriter, r *http.Request) {
+		if web.Existing(r) != nil {
+			t.Error("a static path got the session")
+		}
+		_, _ = io.WriteString(w, "css")
+	})
+	h := ss.Middleware(mux)
+	for target, want := range map[string]string{
+		"/files/a%2Fb":                      "a/b",
+		"/files/a%2Fb;jsessionid=" + s.ID(): "a/b",
+		"/app.css;jsessionid=" + s.ID():     "css",
+	} {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", target, nil))
+		if rec.Code != http.StatusOK || rec.Body.String() != want {
+			t.Errorf("GET %s: %d %q, want 200 %q", target, rec.Code, rec.Body.String(), want)
+		}
+	}
+}
