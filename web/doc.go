@@ -13,7 +13,10 @@
 // first byte, so that a response the client sees reflects a committed
 // change; changes made after the response started are committed when the
 // handler returns. Paths matching Config.Skip (static resources) bypass
-// the middleware.
+// the middleware. Wrap the whole router (the standard mux, chi's or
+// gorilla/mux's) rather than registering the middleware with the router's
+// own Use: those routers match a route before their middleware runs, so a
+// path that still carries ;jsessionid= would match none.
 //
 // [Store] implements gorilla/sessions' Store over the same managers, for
 // applications written against gorilla/sessions; wrap their handlers in
