@@ -208,6 +208,7 @@ type Hub struct {
 	presence map[string]map[string]int // user -> node -> sockets, this node included
 	dirty    map[string]struct{}       // local users whose count peers have not heard yet
 	down     map[string]bool           // failed or left nodes: their late presence is ignored
+	hubs     map[string]bool           // peers whose hub has spoken since they joined: cluster-wide operations go to them
 	asked    map[string]bool           // peers that asked for our whole presence
 	notes    []presenceNote            // OnPresence calls for the run goroutine
 
@@ -278,6 +279,7 @@ func NewHub(c *manager.Cluster, cfg HubConfig) (*Hub, error) {
 		presence: make(map[string]map[string]int),
 		dirty:    make(map[string]struct{}),
 		down:     make(map[string]bool),
+		hubs:     make(map[string]bool),
 		asked:    make(map[string]bool),
 		waiters:  make(map[uint64]*waiter),
 		wake:     make(chan struct{}, 1),
@@ -549,7 +551,10 @@ func (h *Hub) SendToSession(ctx context.Context, sessionID string, msg []byte) (
 }
 
 // Publish delivers msg to every socket subscribed to topic, on every node,
-// and returns how many sockets it reached.
+// and returns how many sockets it reached. "Every node" is every node
+// whose hub runs: one whose hub has not yet sent this node its presence
+// (it is starting; it does within moments of its hub's start) is not
+// waited for, and holds no socket yet.
 func (h *Hub) Publish(ctx context.Context, topic string, msg []byte) (int, error) {
 	return h.cluster(ctx, opTopic, topic, msg)
 }
@@ -587,7 +592,7 @@ func (h *Hub) cluster(ctx context.Context, op byte, name string, payload []byte)
 	if op == opUser {
 		to = h.nodesOf(name)
 	} else {
-		to = h.ch.Peers()
+		to = h.hubPeers()
 	}
 	if len(to) == 0 {
 		return n, nil
@@ -787,6 +792,9 @@ func (h *Hub) receive(from string, body []byte) error {
 		h.applyPresence(from, m.Reset, m.Entries)
 	case kindAskPresence:
 		h.pmu.Lock()
+		if !h.down[from] {
+			h.hubs[from] = true
+		}
 		h.asked[from] = true
 		h.pmu.Unlock()
 		h.poke()

@@ -2,6 +2,7 @@ package web
 
 import (
 	"context"
+	"slices"
 	"time"
 
 	"github.com/cohort-cluster/cohort/membership"
@@ -69,6 +70,7 @@ func (h *Hub) applyPresence(from string, reset bool, entries []presenceEntry) {
 		h.pmu.Unlock()
 		return
 	}
+	h.hubs[from] = true
 	if reset {
 		// Replace the node's counts, without first forgetting them: a
 		// user it still holds must not be reported gone and back.
@@ -103,6 +105,16 @@ func (h *Hub) purgeLocked(node string) {
 			h.setCount(user, node, 0)
 		}
 	}
+}
+
+// hubPeers returns the replication peers whose hub has spoken since they
+// joined: a node whose hub is not running yet would drop an operation,
+// and its caller wait DeliverTimeout for the count.
+func (h *Hub) hubPeers() []string {
+	peers := h.ch.Peers()
+	h.pmu.Lock()
+	defer h.pmu.Unlock()
+	return slices.DeleteFunc(peers, func(p string) bool { return !h.hubs[p] })
 }
 
 // nodesOf returns the peers that presence says hold sockets of user.
@@ -152,6 +164,7 @@ func (h *Hub) run() {
 			if ev.Type == membership.EventLeave || ev.Type == membership.EventFail {
 				h.pmu.Lock()
 				h.down[ev.Member.Name] = true
+				delete(h.hubs, ev.Member.Name)
 				h.purgeLocked(ev.Member.Name)
 				h.pmu.Unlock()
 				delete(synced, ev.Member.Name)
@@ -193,6 +206,7 @@ func (h *Hub) syncMembers(synced map[string]time.Time) (retry bool) {
 				delete(synced, m.Name)
 				h.pmu.Lock()
 				h.down[m.Name] = true
+				delete(h.hubs, m.Name)
 				h.purgeLocked(m.Name)
 				h.pmu.Unlock()
 			}

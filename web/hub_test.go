@@ -123,6 +123,11 @@ func startHubCluster(t testing.TB, edit func(route string, c *web.HubConfig), ro
 			n.srv.Close()
 		})
 	}
+	// Every hub knows every other is running: cluster-wide operations go
+	// only to those (see TestNodeWithoutAHubIsNotWaitedFor).
+	for _, n := range nodes {
+		waitFor(t, n.route+"'s hub hearing every other hub", func() bool { return len(web.HubPeers(n.hub)) == len(routes)-1 })
+	}
 	return nodes
 }
 
@@ -796,5 +801,30 @@ func TestPresenceRefreshDoesNotFlap(t *testing.T) {
 	defer mu.Unlock()
 	if !slices.Equal(calls, []bool{true}) {
 		t.Errorf("OnPresence(zoe) on a: %v; want one true", calls)
+	}
+}
+
+// A node of the cluster whose hub is not running (not started yet) is
+// left out of cluster-wide operations: it would drop them, and the caller
+// wait out DeliverTimeout for its count.
+func TestNodeWithoutAHubIsNotWaitedFor(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	clusters := testcluster.Start(t, nil, log, func(c *manager.ClusterConfig) { c.Kind = manager.KindDelta }, "a", "b")
+	hc := web.DefaultHubConfig()
+	hc.Logger, hc.DeliverTimeout = log, time.Hour
+	hub, err := web.NewHub(clusters[0], hc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = hub.Close() })
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	for _, op := range []func() (int, error){
+		func() (int, error) { return hub.Publish(ctx, "news", []byte("x")) },
+		func() (int, error) { return hub.CloseUser(ctx, "u") },
+	} {
+		if n, err := op(); n != 0 || err != nil {
+			t.Errorf("with b's hub not running: %d, %v; want 0, nil", n, err)
+		}
 	}
 }
