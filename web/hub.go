@@ -554,7 +554,7 @@ func (h *Hub) SendToSession(ctx context.Context, sessionID string, msg []byte) (
 // and returns how many sockets it reached. "Every node" is every node
 // whose hub runs: one whose hub has not yet sent this node its presence
 // (it is starting; it does within moments of its hub's start) is not
-// waited for, and holds no socket yet.
+// waited for: its first sockets may miss a message published meanwhile.
 func (h *Hub) Publish(ctx context.Context, topic string, msg []byte) (int, error) {
 	return h.cluster(ctx, opTopic, topic, msg)
 }
