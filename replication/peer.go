@@ -69,15 +69,14 @@ type peer struct {
 	route string
 	addr  string
 	queue chan *outFrame
-	stop  chan struct{}
-	// stopped is done once stop is closed: it ends a dial, a handshake
-	// or a write in progress, which a hung peer would otherwise make
-	// last until their timeouts.
+	// stopped ends when the peer is removed (close): with it a dial, a
+	// handshake or a write in progress, which a hung peer would otherwise
+	// make last until their timeouts. stop is its Done channel.
 	stopped context.Context
-	cancel  context.CancelFunc
+	close   context.CancelFunc
+	stop    <-chan struct{}
 	kick    chan struct{} // capacity 1: try to connect now, not after the backoff
 	wake    chan struct{} // capacity 1: the writer has a resync to look at
-	once    sync.Once
 	seq     atomic.Uint64
 
 	wmu     sync.Mutex
@@ -94,9 +93,9 @@ type peer struct {
 }
 
 func newPeer(c *Channel, route, addr string) *peer {
-	stopped, cancel := context.WithCancel(context.Background())
-	return &peer{c: c, route: route, addr: addr, queue: make(chan *outFrame, c.cfg.QueueSize), stopped: stopped, cancel: cancel,
-		stop: make(chan struct{}), kick: make(chan struct{}, 1), wake: make(chan struct{}, 1), waiters: make(map[uint64]*outFrame)}
+	stopped, stop := context.WithCancel(context.Background())
+	return &peer{c: c, route: route, addr: addr, queue: make(chan *outFrame, c.cfg.QueueSize), stopped: stopped, close: stop,
+		stop: stopped.Done(), kick: make(chan struct{}, 1), wake: make(chan struct{}, 1), waiters: make(map[uint64]*outFrame)}
 }
 
 // enqueue queues f without blocking.
@@ -195,13 +194,6 @@ func (p *peer) forget(f *outFrame) {
 	p.wmu.Unlock()
 }
 
-func (p *peer) close() {
-	p.once.Do(func() {
-		close(p.stop)
-		p.cancel()
-	})
-}
-
 // run keeps a connection to the peer up until the peer is removed, then
 // fails every frame still queued or awaiting an answer.
 func (p *peer) run() {
@@ -283,45 +275,46 @@ func (p *peer) run() {
 // connection is closed when the peer is removed, which ends any write or
 // read on it; release undoes that once the connection is closed.
 func (p *peer) dial() (conn net.Conn, open, seal *sealer, release func() bool, err error) {
-	c := p.c
-	d := net.Dialer{Timeout: c.cfg.DialTimeout}
-	nc, err := d.DialContext(p.stopped, "tcp", p.addr)
-	if err != nil {
+	d := net.Dialer{Timeout: p.c.cfg.DialTimeout}
+	if conn, err = d.DialContext(p.stopped, "tcp", p.addr); err != nil {
 		return nil, nil, nil, nil, err
 	}
-	conn = nc
-	unwatch := context.AfterFunc(p.stopped, func() { _ = nc.Close() })
-	release = unwatch
-	defer func() {
-		if err != nil { // the results are nil by now
-			nc.Close()
-			unwatch()
-		}
-	}()
+	nc := conn // not the result, which the returns below may set to nil
+	release = context.AfterFunc(p.stopped, func() { _ = nc.Close() })
+	if open, seal, err = p.handshake(conn); err != nil {
+		conn.Close()
+		release()
+		return nil, nil, nil, nil, err
+	}
+	return conn, open, seal, release, nil
+}
+
+// handshake runs the client side of the handshake on conn.
+func (p *peer) handshake(conn net.Conn) (open, seal *sealer, err error) {
+	c := p.c
 	_ = conn.SetDeadline(time.Now().Add(c.cfg.DialTimeout))
 	mine := hello{Version: ProtocolVersion, Domain: c.cfg.Domain, Route: c.cfg.Route, Nonce: randomNonce()}
 	b, _ := encodeHello(&mine)
-	if _, err = conn.Write(appendFrame(nil, b)); err != nil {
-		return nil, nil, nil, nil, err
+	if _, err := conn.Write(appendFrame(nil, b)); err != nil {
+		return nil, nil, err
 	}
 	payload, err := readFrame(conn, nil, 4096)
 	if err != nil {
-		return nil, nil, nil, nil, fmt.Errorf("handshake: %w", err)
+		return nil, nil, fmt.Errorf("handshake: %w", err)
 	}
 	theirs, err := decodeHello(payload)
 	if err == nil && theirs.Route != p.route {
 		err = fmt.Errorf("peer at %s is %q, not %q", p.addr, theirs.Route, p.route)
 	}
 	if err != nil {
-		return nil, nil, nil, nil, err
+		return nil, nil, err
 	}
 	if len(c.cfg.Key) > 0 {
 		if !hmac.Equal(theirs.MAC, helloMAC(c.cfg.Key, &mine, &theirs)) {
 			c.drops.add(dropAuth)
-			return nil, nil, nil, nil, fmt.Errorf("%w: peer does not hold the cluster key", ErrAuth)
+			return nil, nil, fmt.Errorf("%w: peer does not hold the cluster key", ErrAuth)
 		}
-		var c2s, s2c []byte
-		c2s, s2c, err = connKeys(c.cfg.Key, mine.Nonce, theirs.Nonce)
+		c2s, s2c, err := connKeys(c.cfg.Key, mine.Nonce, theirs.Nonce)
 		if err == nil {
 			seal, err = newSealer(c2s)
 		}
@@ -329,14 +322,14 @@ func (p *peer) dial() (conn net.Conn, open, seal *sealer, release func() bool, e
 			open, err = newSealer(s2c)
 		}
 		if err != nil {
-			return nil, nil, nil, nil, err
+			return nil, nil, err
 		}
 	}
 	_ = conn.SetDeadline(time.Time{})
 	if tc, ok := conn.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
-	return conn, open, seal, release, nil
+	return open, seal, nil
 }
 
 // writeLoop writes queued frames until the connection fails, the reader
