@@ -406,60 +406,63 @@ func (s *Session) GetCopy(name string) (any, bool) {
 		s.mu.Unlock()
 		return nil, false
 	}
-	if s.host.localOnly(name) {
-		v := a.val
-		s.mu.Unlock()
-		return v, true
-	}
-	raw, err := a.wire(s.host.types)
+	c := s.copyOf(name, a)
 	s.mu.Unlock()
-	if err == nil {
-		var v any
-		if v, err = s.host.types.decode(raw); err == nil {
-			return v, true
-		}
-	}
-	s.host.log.Warn("unreadable attribute", "session", RedactID(s.ID()), "attribute", name, "err", err)
-	return nil, false
+	return c.value(s)
 }
 
 // GetCopies returns a copy of every attribute, as GetCopy does, all read
 // at one moment: a concurrent SetCopies is seen whole or not at all.
 func (s *Session) GetCopies() map[string]any {
-	type wire struct {
-		name string
-		raw  []byte
-	}
 	s.mu.Lock()
-	out := make(map[string]any, len(s.attrs))
-	wires := make([]wire, 0, len(s.attrs))
-	var bad []string
+	copies := make([]attrCopy, 0, len(s.attrs))
 	for _, name := range s.attrs.names() {
 		a, _ := s.attrs.get(name)
-		if s.host.localOnly(name) {
-			out[name] = a.val
-			continue
-		}
-		raw, err := a.wire(s.host.types)
-		if err != nil {
-			bad = append(bad, name)
-			continue
-		}
-		wires = append(wires, wire{name, raw})
+		copies = append(copies, s.copyOf(name, a))
 	}
 	s.mu.Unlock()
-	for _, w := range wires {
-		v, err := s.host.types.decode(w.raw)
-		if err != nil {
-			bad = append(bad, w.name)
-			continue
+	out := make(map[string]any, len(copies))
+	for _, c := range copies {
+		if v, ok := c.value(s); ok {
+			out[c.name] = v
 		}
-		out[w.name] = v
-	}
-	for _, name := range bad {
-		s.host.log.Warn("unreadable attribute", "session", RedactID(s.ID()), "attribute", name)
 	}
 	return out
+}
+
+// attrCopy is what a copy of an attribute is made from, read under the
+// session's lock and decoded after it.
+type attrCopy struct {
+	name  string
+	local bool   // a local-only attribute: val as is
+	val   any    // local
+	raw   []byte // else its wire form
+	err   error  // or why it has none
+}
+
+// copyOf reads a's copy. s.mu must be held.
+func (s *Session) copyOf(name string, a *attr) attrCopy {
+	if s.host.localOnly(name) {
+		return attrCopy{name: name, local: true, val: a.val}
+	}
+	raw, err := a.wire(s.host.types)
+	return attrCopy{name: name, raw: raw, err: err}
+}
+
+// value decodes the copy, logging an attribute that cannot be read.
+func (c attrCopy) value(s *Session) (any, bool) {
+	if c.local {
+		return c.val, true
+	}
+	err := c.err
+	if err == nil {
+		var v any
+		if v, err = s.host.types.decode(c.raw); err == nil {
+			return v, true
+		}
+	}
+	s.host.log.Warn("unreadable attribute", "session", RedactID(s.ID()), "attribute", c.name, "err", err)
+	return nil, false
 }
 
 // GetString returns a string attribute; ok is false when it is missing or

@@ -22,9 +22,9 @@
 // argument, which costs a request path less than a context with a timeout
 // of its own. A peer that lets a wait's timeout pass unanswered (a hung
 // process, a stopped VM) is stalled (a caller's context deadline shorter
-// than Config.SendTimeout does not count): until it answers again, sends still queue its
-// frames but fail it at once with [ErrPeerStalled] rather than each wait
-// the whole bound for it. Frames from one sender to one receiver are
+// than Config.SendTimeout does not count): until it answers again, sends
+// still queue its frames but fail it at once with [ErrPeerStalled] rather
+// than each wait the whole bound for it. Frames from one sender to one receiver are
 // handled in send order, whatever their modes. [Stream] sends long
 // sequences with a window of unacknowledged frames.
 //

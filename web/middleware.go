@@ -173,13 +173,13 @@ func (ss *Sessions) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// Static paths pass straight through, tested without a
 		// ;jsessionid= parameter (a URL-rewriting client's are as static).
-		param := strings.IndexByte(r.URL.Path, ';') >= 0
-		if !param && ss.skip(r.URL.Path) {
+		hasParam := strings.IndexByte(r.URL.Path, ';') >= 0
+		if !hasParam && ss.skip(r.URL.Path) {
 			next.ServeHTTP(w, r)
 			return
 		}
 		r, id := ss.requestID(r)
-		if param && ss.skip(r.URL.Path) {
+		if hasParam && ss.skip(r.URL.Path) {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -512,10 +512,7 @@ func RenewID(r *http.Request) (string, error) {
 	if err != nil {
 		// Renewed here, but not every peer confirmed it: the login goes
 		// on, as a commit does.
-		st.ss.commitErrors.Add(1)
-		if ok, n := st.ss.commitWarn.allow(); ok {
-			st.ss.log.Warn("session id renewal not confirmed by every peer", "session", manager.RedactID(id), "err", err, "suppressed", n)
-		}
+		st.ss.notConfirmed("session id renewal not confirmed by every peer", id, err)
 	}
 	return id, nil
 }
@@ -560,10 +557,7 @@ func (ss *Sessions) invalidate(ctx context.Context, id string) error {
 	case err == nil, errors.Is(err, manager.ErrNotFound):
 		return nil
 	case errors.Is(err, manager.ErrNotConfirmed):
-		ss.commitErrors.Add(1)
-		if ok, n := ss.commitWarn.allow(); ok {
-			ss.log.Warn("session invalidation not confirmed by every peer", "session", manager.RedactID(id), "err", err, "suppressed", n)
-		}
+		ss.notConfirmed("session invalidation not confirmed by every peer", id, err)
 		return nil
 	default:
 		ss.unavailable.Add(1)
@@ -621,12 +615,19 @@ var ErrResponseStarted = errors.New("web: the response has started, so a new ses
 func (ss *Sessions) commit(ctx context.Context, s *manager.Session) error {
 	err := ss.m.Commit(ctx, s)
 	if err != nil {
-		ss.commitErrors.Add(1)
-		if ok, n := ss.commitWarn.allow(); ok {
-			ss.log.Warn("session commit failed", "session", manager.RedactID(s.ID()), "err", err, "suppressed", n)
-		}
+		ss.notConfirmed("session commit failed", s.ID(), err)
 	}
 	return err
+}
+
+// notConfirmed counts, and logs at a bounded rate, a change to the session
+// of id that is done on this node but that some peer did not confirm (or
+// a commit that failed): the request goes on.
+func (ss *Sessions) notConfirmed(msg, id string, err error) {
+	ss.commitErrors.Add(1)
+	if ok, n := ss.commitWarn.allow(); ok {
+		ss.log.Warn(msg, "session", manager.RedactID(id), "err", err, "suppressed", n)
+	}
 }
 
 func (ss *Sessions) cookie(id string, maxAge int) *http.Cookie {

@@ -255,17 +255,20 @@ func setCookie(r *http.Request, w http.ResponseWriter, c *http.Cookie) {
 // a gs that New returned with such an error (gorilla's documented idiom,
 // `session, _ := store.Get(r, name)`, ignores it): it is empty, and Save
 // refuses to put it in place of the session the request's cookie names,
-// unless that session is gone. A Save of a session that another request
-// invalidated since Get (a logout in another tab) saves nothing and
-// deletes the cookie, returning nil: making a new session of its values
-// would log the user back in. A logout (MaxAge < 0) through such a gs
-// still destroys the session the cookie names. A logout that some peer
-// did not confirm is done, as an unconfirmed commit is (below); one that
-// could not destroy the session returns the error and keeps the cookie. A commit that some
-// peer did not confirm (it has just failed and is not yet declared gone,
-// or it hangs) is kept on this node, its cookie set, and counted
-// ([Store.Stats] CommitErrors) and logged, as through the middleware, and
-// Save returns nil: the session is saved, the live peers have it or will,
+// unless that session is gone. A logout (MaxAge < 0) through such a gs
+// still destroys the session the cookie names.
+//
+// A Save of a session that another request invalidated since Get (a
+// logout in another tab) saves nothing and deletes the cookie, returning
+// nil: making a new session of its values would log the user back in. A
+// logout that some peer did not confirm is done, as an unconfirmed commit
+// is (below); one that could not destroy the session returns the error
+// and keeps the cookie.
+//
+// A commit that some peer did not confirm (it has just failed and is not
+// yet declared gone, or it hangs) is kept on this node, its cookie set,
+// and counted ([Store.Stats] CommitErrors) and logged, as through the
+// middleware, and Save returns nil: the session is saved, the live peers have it or will,
 // and a gorilla handler that answers a Save error with 500 must not fail
 // every write of the seconds a node takes to be declared gone.
 func (st *Store) Save(r *http.Request, w http.ResponseWriter, gs *sessions.Session) error {
