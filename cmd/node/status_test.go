@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -21,7 +22,7 @@ import (
 // the failed joins, the last error and the seed's state.
 func TestStatusReportsJoinErrors(t *testing.T) {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	dead := fmt.Sprintf("127.0.0.1:%d", freePort(t, false))
+	dead := refusingAddr(t)
 	cluster := testcluster.Start(t, nil, quiet, func(c *manager.ClusterConfig) {
 		c.Membership.Join = []string{dead}
 	}, "a")[0]
@@ -70,4 +71,24 @@ func TestStatusReportsJoinErrors(t *testing.T) {
 		!strings.Contains(j.Seeds[0].LastError, "connection refused") || j.Seeds[0].LastOK != nil {
 		t.Errorf("status: seeds %+v, want %s failing, never answered", j.Seeds, dead)
 	}
+}
+
+// refusingAddr returns a 127.0.0.1 address that refuses connections for
+// as long as the test runs: a TCP socket bound to it but not listening
+// holds the port, so that no other test's node can take it and answer.
+func refusingAddr(t *testing.T) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
 }
