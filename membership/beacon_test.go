@@ -181,6 +181,9 @@ func TestBeaconsNotJoined(t *testing.T) {
 		if _, err := n1.Join(n2.Addr().String()); err != nil {
 			t.Fatal(err)
 		}
+		// Join returns once node1 has node2's state, which may be before
+		// node2 has node1's: leaving then, node2 would tell no one.
+		waitFor("node2 to take node1 in", func() bool { return n2.NumAlive() == 2 })
 		if err := n2.Leave(5 * time.Second); err != nil {
 			t.Fatal(err)
 		}

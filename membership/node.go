@@ -470,6 +470,13 @@ func (n *Node) Leave(timeout time.Duration) error {
 	var err error
 	if merr := n.setMeta(func(m *Meta) { m.Leaving = true }, wait()); !alone {
 		err = merr
+	} else if n.peerStaying() {
+		// A peer took this node in meanwhile, with its metadata of before,
+		// and the leave would replace the flag's broadcast, not yet sent:
+		// the peer would see a failure. The flag goes again, waited for.
+		if merr := n.setMeta(func(*Meta) {}, wait()); !alone {
+			err = merr
+		}
 	}
 	// Checked again: the peers may have started leaving meanwhile.
 	if lerr := n.ml.Leave(wait()); !alone && err == nil {
