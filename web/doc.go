@@ -91,8 +91,10 @@
 // cluster. A node sends its changed counts to every peer as they change
 // (absolute counts, batched, in order), its whole presence to each member
 // that joins (and asks for theirs), and again to everyone every
-// HubConfig.PresenceRefresh. When membership reports a node failed or
-// left, its sockets are forgotten at once. [Hub.Online],
+// HubConfig.PresenceRefresh. Such a snapshot, in messages of about 64
+// KiB at most, replaces the sender's counts once its last message is in,
+// so a refresh reports no user gone and back. When membership reports a
+// node failed or left, its sockets are forgotten at once. [Hub.Online],
 // [Hub.OnlineUsers] and [Hub.Presence] read it; HubConfig.OnPresence
 // hears a user come online or go offline cluster-wide. Presence is
 // eventually consistent: a socket opened a moment ago on another node may

@@ -205,12 +205,13 @@ type Hub struct {
 	closed bool
 
 	pmu      sync.Mutex
-	presence map[string]map[string]int // user -> node -> sockets, this node included
-	dirty    map[string]struct{}       // local users whose count peers have not heard yet
-	down     map[string]bool           // failed or left nodes: their late presence is ignored
-	hubs     map[string]bool           // peers whose hub has spoken since they joined: cluster-wide operations go to them
-	asked    map[string]bool           // peers that asked for our whole presence
-	notes    []presenceNote            // OnPresence calls for the run goroutine
+	presence map[string]map[string]int  // user -> node -> sockets, this node included
+	dirty    map[string]struct{}        // local users whose count peers have not heard yet
+	down     map[string]bool            // failed or left nodes: their late presence is ignored
+	hubs     map[string]bool            // peers whose hub has spoken since they joined: cluster-wide operations go to them
+	asked    map[string]bool            // peers that asked for our whole presence
+	keeping  map[string]map[string]bool // peer -> users its snapshot in progress holds so far
+	notes    []presenceNote             // OnPresence calls for the run goroutine
 
 	wmu     sync.Mutex
 	waiters map[uint64]*waiter
@@ -280,6 +281,7 @@ func NewHub(c *manager.Cluster, cfg HubConfig) (*Hub, error) {
 		dirty:    make(map[string]struct{}),
 		down:     make(map[string]bool),
 		hubs:     make(map[string]bool),
+		keeping:  make(map[string]map[string]bool),
 		asked:    make(map[string]bool),
 		waiters:  make(map[uint64]*waiter),
 		wake:     make(chan struct{}, 1),
@@ -789,7 +791,7 @@ func (h *Hub) receive(from string, body []byte) error {
 			}
 		}
 	case kindPresence:
-		h.applyPresence(from, m.Reset, m.Entries)
+		h.applyPresence(from, m.Reset, m.More, m.Entries)
 	case kindAskPresence:
 		h.pmu.Lock()
 		if !h.down[from] {

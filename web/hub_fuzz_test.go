@@ -16,6 +16,8 @@ var hubMsgCases = []hubMsg{
 	{Kind: kindOp, Req: 8, Op: opCloseUser, Name: "bob", Payload: []byte("closed by the server")},
 	{Kind: kindCount, Req: 9, N: 3},
 	{Kind: kindPresence, Reset: true},
+	{Kind: kindPresence, Reset: true, More: true, Entries: []presenceEntry{{"alice", 1}}},
+	{Kind: kindPresence, More: true, Entries: []presenceEntry{{"bob", 2}}},
 	{Kind: kindPresence, Entries: []presenceEntry{{"alice", 1}, {"bob", 0}, {"carol", 300}}},
 	{Kind: kindAskPresence},
 }
@@ -49,7 +51,7 @@ func TestHubMsgRoundTrip(t *testing.T) {
 		{1, 99},                          // unknown kind
 		{1, kindOp, 1, 9, 1, 'a', 0},     // unknown op
 		{1, kindOp, 1, opUser, 0, 0},     // empty name
-		{1, kindPresence, 2, 0},          // bad reset flag
+		{1, kindPresence, 4, 0},          // unknown presence flag
 		{1, kindPresence, 0, 200, 1},     // more entries than bytes
 		{1, kindPresence, 0, 1, 0, 1},    // empty user
 		{1, kindOp, 1, opUser, 5, 'a'},   // name longer than the body

@@ -2,6 +2,7 @@ package web
 
 import (
 	"context"
+	"encoding/binary"
 	"slices"
 	"time"
 
@@ -9,8 +10,12 @@ import (
 	"github.com/cohort-cluster/cohort/replication"
 )
 
-// presenceChunk bounds the entries of one presence message.
-const presenceChunk = 4096
+// A presence message holds at most presenceChunk entries and about
+// presenceChunkBytes of them.
+const (
+	presenceChunk      = 4096
+	presenceChunkBytes = 64 << 10
+)
 
 // presenceRetry is how soon the run goroutine tries again to send its
 // presence to a member that is not yet, or no longer, a channel peer.
@@ -59,8 +64,12 @@ func (h *Hub) setCount(user, node string, n int) {
 	}
 }
 
-// applyPresence applies a peer's presence message.
-func (h *Hub) applyPresence(from string, reset bool, entries []presenceEntry) {
+// applyPresence applies a peer's presence message. The messages of a
+// snapshot, from reset to the last with more unset, replace the peer's
+// counts without first forgetting them: a user it still holds must not be
+// reported gone and back. Their counts apply as they come, and the users
+// none of them holds are forgotten at the last.
+func (h *Hub) applyPresence(from string, reset, more bool, entries []presenceEntry) {
 	if from == h.route {
 		return
 	}
@@ -71,25 +80,28 @@ func (h *Hub) applyPresence(from string, reset bool, entries []presenceEntry) {
 		return
 	}
 	h.hubs[from] = true
+	keep, snapshot := h.keeping[from]
 	if reset {
-		// Replace the node's counts, without first forgetting them: a
-		// user it still holds must not be reported gone and back.
-		keep := make(map[string]struct{}, len(entries))
-		for _, e := range entries {
-			if e.Sockets > 0 {
-				keep[e.User] = struct{}{}
-			}
-		}
-		for user, nodes := range h.presence {
-			if _, held := nodes[from]; held {
-				if _, ok := keep[user]; !ok {
-					h.setCount(user, from, 0)
-				}
-			}
-		}
+		keep, snapshot = make(map[string]bool, len(entries)), true
 	}
 	for _, e := range entries {
-		h.setCount(e.User, from, int(min(e.Sockets, 1<<31)))
+		n := int(min(e.Sockets, 1<<31))
+		h.setCount(e.User, from, n)
+		if snapshot {
+			keep[e.User] = n > 0
+		}
+	}
+	switch {
+	case !snapshot:
+	case more:
+		h.keeping[from] = keep
+	default:
+		delete(h.keeping, from)
+		for user, nodes := range h.presence {
+			if _, held := nodes[from]; held && !keep[user] {
+				h.setCount(user, from, 0)
+			}
+		}
 	}
 	notes := len(h.notes) > 0
 	h.pmu.Unlock()
@@ -100,6 +112,7 @@ func (h *Hub) applyPresence(from string, reset bool, entries []presenceEntry) {
 
 // purgeLocked forgets every socket of node. pmu must be held.
 func (h *Hub) purgeLocked(node string) {
+	delete(h.keeping, node)
 	for user, nodes := range h.presence {
 		if _, ok := nodes[node]; ok {
 			h.setCount(user, node, 0)
@@ -268,20 +281,35 @@ func (h *Hub) sendSnapshot(peer string, ask bool) error {
 		}
 	}
 	to := []string{peer}
-	first := true
-	for first || len(entries) > 0 {
-		k := min(len(entries), presenceChunk)
-		body := appendHubMsg(nil, &hubMsg{Kind: kindPresence, Reset: first, Entries: entries[:k]})
+	for _, body := range presenceMsgs(entries, true) {
 		if err := h.ch.Send(context.Background(), to, HubMsgType, body, replication.Async); err != nil {
 			return err
 		}
-		entries, first = entries[k:], false
 	}
 	if ask {
 		body := appendHubMsg(nil, &hubMsg{Kind: kindAskPresence})
 		return h.ch.Send(context.Background(), to, HubMsgType, body, replication.Async)
 	}
 	return nil
+}
+
+// presenceMsgs encodes entries as presence messages within the chunk
+// bounds. With snapshot set they are one snapshot, of at least one
+// message; otherwise updates, none when entries is empty.
+func presenceMsgs(entries []presenceEntry, snapshot bool) [][]byte {
+	var msgs [][]byte
+	for first := true; len(entries) > 0 || (first && snapshot); first = false {
+		k, size := 0, 0
+		for k < len(entries) && k < presenceChunk && (k == 0 || size < presenceChunkBytes) {
+			size += len(entries[k].User) + binary.MaxVarintLen64
+			k++
+		}
+		m := hubMsg{Kind: kindPresence, Entries: entries[:k]}
+		entries = entries[k:]
+		m.Reset, m.More = snapshot && first, snapshot && len(entries) > 0
+		msgs = append(msgs, appendHubMsg(nil, &m))
+	}
+	return msgs
 }
 
 // flushDirty sends every peer this node's counts of the users that
@@ -299,10 +327,7 @@ func (h *Hub) flushDirty(synced map[string]time.Time) (retry bool) {
 		entries = append(entries, presenceEntry{user, uint64(h.presence[user][h.route])})
 	}
 	clear(h.dirty)
-	for len(entries) > 0 {
-		k := min(len(entries), presenceChunk)
-		body := appendHubMsg(nil, &hubMsg{Kind: kindPresence, Entries: entries[:k]})
-		entries = entries[k:]
+	for _, body := range presenceMsgs(entries, false) {
 		err := h.ch.Send(context.Background(), nil, HubMsgType, body, replication.Async)
 		for peer := range failedPeers(err) {
 			delete(synced, peer)

@@ -19,11 +19,23 @@ import (
 //
 //	kindOp        req, op (1 byte), name, payload
 //	kindCount     req, n
-//	kindPresence  reset (1 byte, 0 or 1), entries, then entries × (user, sockets)
+//	kindPresence  flags (1 byte), entries, then entries × (user, sockets)
 //	kindAskPresence  (nothing)
+//
+// A presence message's flags are presenceReset, set on the first message
+// of a snapshot of the sender's whole presence, and presenceMore, set on
+// every message of a snapshot but its last. A snapshot replaces what the
+// receiver holds for the sender once its last message is in; a message
+// with neither flag outside a snapshot updates the counts it carries.
 //
 // The whole body must be consumed: trailing bytes are an error.
 const hubWireVersion = 1
+
+// Flags of a kindPresence message.
+const (
+	presenceReset byte = 1 << iota
+	presenceMore
+)
 
 // Message kinds.
 const (
@@ -58,7 +70,8 @@ type hubMsg struct {
 	Name    string
 	Payload []byte
 	N       uint64
-	Reset   bool
+	Reset   bool // the first message of a presence snapshot
+	More    bool // a message of a presence snapshot that more follow
 	Entries []presenceEntry
 }
 
@@ -83,11 +96,14 @@ func appendHubMsg(dst []byte, m *hubMsg) []byte {
 		dst = binary.AppendUvarint(dst, m.Req)
 		dst = binary.AppendUvarint(dst, m.N)
 	case kindPresence:
-		reset := byte(0)
+		var flags byte
 		if m.Reset {
-			reset = 1
+			flags |= presenceReset
 		}
-		dst = append(dst, reset)
+		if m.More {
+			flags |= presenceMore
+		}
+		dst = append(dst, flags)
 		dst = binary.AppendUvarint(dst, uint64(len(m.Entries)))
 		for _, e := range m.Entries {
 			dst = appendWireString(dst, e.User)
@@ -130,13 +146,11 @@ func decodeHubMsg(b []byte) (hubMsg, error) {
 		m.Req = r.uvarint()
 		m.N = r.uvarint()
 	case kindPresence:
-		switch r.byte() {
-		case 0:
-		case 1:
-			m.Reset = true
-		default:
-			r.fail("reset flag")
+		flags := r.byte()
+		if flags&^(presenceReset|presenceMore) != 0 {
+			r.fail("presence flags")
 		}
+		m.Reset, m.More = flags&presenceReset != 0, flags&presenceMore != 0
 		n := r.uvarint()
 		// Each entry takes at least 2 bytes: bound n before allocating.
 		if r.err == nil && n > uint64(r.remaining()/2) {
