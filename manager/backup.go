@@ -199,6 +199,7 @@ func (b *backupState) onPrincipalReply(r principalReply) {
 type fetchCall struct {
 	done    chan struct{}
 	pending int // replies awaited
+	waiters int // requests awaiting it (ask, await)
 	full    *Full
 }
 
@@ -363,6 +364,7 @@ func (m *replicated) ask(id string) *fetchCall {
 	b := m.backup
 	b.fetchMu.Lock()
 	if call, ok := b.fetches[id]; ok {
+		call.waiters++
 		b.fetchMu.Unlock()
 		return call
 	}
@@ -372,7 +374,7 @@ func (m *replicated) ask(id string) *fetchCall {
 		b.fetchMu.Unlock()
 		return nil
 	}
-	call := &fetchCall{done: make(chan struct{}), pending: len(holders)}
+	call := &fetchCall{done: make(chan struct{}), pending: len(holders), waiters: 1}
 	b.fetches[id] = call
 	b.fetchMu.Unlock()
 
@@ -420,28 +422,35 @@ func failedPeers(err error, to []string) []string {
 }
 
 // await waits for the replies of a fetch and returns the newest copy
-// found, or nil.
+// found, or nil. A fetch that its last waiter gives up on (its request's
+// context ended) is forgotten: replies that come in later would otherwise
+// complete it, and a request of the session long after would get that
+// copy, however the session changed since.
 func (m *replicated) await(ctx context.Context, id string, call *fetchCall) (*Full, error) {
 	b := m.backup
 
 	timer := time.NewTimer(b.fetchTimeout)
 	defer timer.Stop()
+	var err error
 	select {
 	case <-call.done:
 	case <-timer.C:
 		m.h.log.Warn("fetch of a session timed out", "session", RedactID(id), "after", b.fetchTimeout)
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		err = ctx.Err()
 	case <-m.stop:
-		return nil, ErrClosed
+		err = ErrClosed
 	}
 	b.fetchMu.Lock()
-	if b.fetches[id] == call {
+	defer b.fetchMu.Unlock()
+	call.waiters--
+	if b.fetches[id] == call && (err == nil || call.waiters == 0) {
 		delete(b.fetches, id)
 	}
-	full := call.full
-	b.fetchMu.Unlock()
-	return full, nil
+	if err != nil {
+		return nil, err
+	}
+	return call.full, nil
 }
 
 // onFetchReply completes a fetch.

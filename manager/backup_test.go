@@ -532,3 +532,85 @@ func TestBackupCopiesCappedBySmallCluster(t *testing.T) {
 	c.kill("n3")
 	copies(1)
 }
+
+// heldReplies holds the fetch replies sent to one node until released,
+// as a holder's answer that comes in after the request gave up waiting.
+type heldReplies struct {
+	mu      sync.Mutex
+	to      string
+	holding bool
+	held    []heldMsg
+}
+
+type heldMsg struct {
+	from string
+	msg  []byte
+}
+
+func (h *heldReplies) drop(from, to string, msg []byte) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.holding && to == h.to && len(msg) > 0 && kind(msg[0]) == kindFetchReply {
+		h.held = append(h.held, heldMsg{from, msg})
+		return true
+	}
+	return false
+}
+
+// release stops holding replies and returns those held.
+func (h *heldReplies) release() []heldMsg {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.holding = false
+	return h.held
+}
+
+// TestBackupFetchAbandonedByItsRequest: a request whose context ends while
+// it fetches a session leaves no fetch behind. The holders' answers that
+// come in later must not be what a later request of the session gets, once
+// the session has changed on its primary.
+func TestBackupFetchAbandonedByItsRequest(t *testing.T) {
+	leaktest.Check(t)
+	c := newBackupCluster(t, 1, "n1", "n2", "n3", "n4", "n5")
+	n1 := c.nodes["n1"]
+	id := c.createReplicated(n1, 1)[0]
+	var xr string
+	for _, r := range c.routes() {
+		if c.nodes[r].st.get(id) == nil {
+			xr = r
+			break
+		}
+	}
+	x := c.nodes[xr]
+	h := &heldReplies{to: xr, holding: true}
+	c.net.drop = h.drop
+	ctx, cancel := context.WithCancel(bg)
+	cancel() // the client went away
+	if _, err := x.Find(ctx, id); err == nil {
+		t.Fatal("Find with a canceled context found the session")
+	}
+	late := h.release()
+	if len(late) == 0 {
+		t.Fatal("no fetch reply held")
+	}
+	for _, r := range late {
+		_ = x.Receive(r.from, r.msg)
+	}
+
+	s, err := n1.Find(bg, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = s.Set("n", 7)
+	if err := n1.Commit(bg, s); err != nil {
+		t.Fatal(err)
+	}
+	c.waitReplicated([]string{id})
+	s, err = x.Find(bg, id)
+	if err != nil {
+		t.Fatalf("Find on %s: %v", xr, err)
+	}
+	if got, _ := s.GetInt("n"); got != 7 {
+		t.Fatalf("%s serves n=%d, want the primary's n=7 (%s)", xr, got, c.holdersOf(id))
+	}
+}
