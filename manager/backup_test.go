@@ -614,3 +614,52 @@ func TestBackupFetchAbandonedByItsRequest(t *testing.T) {
 		t.Fatalf("%s serves n=%d, want the primary's n=7 (%s)", xr, got, c.holdersOf(id))
 	}
 }
+
+// TestBackupRenewIDMovesTheCopies: a new base (RenewID after a login) has a
+// placement of its own. The renewed session is on 1+k nodes under its new
+// id at once, not only after its next change; no node keeps a copy under
+// the old id, which an attacker who planted it could take over; and the
+// session survives a kill -9 of its primary right after the renewal.
+func TestBackupRenewIDMovesTheCopies(t *testing.T) {
+	leaktest.Check(t)
+	c := newBackupCluster(t, 1, "n1", "n2", "n3", "n4", "n5")
+	n1 := c.nodes["n1"]
+	old := c.createReplicated(n1, 8)
+	var renewed []string
+	for _, id := range old {
+		newID, err := n1.ChangeID(bg, n1.st.get(id), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		renewed = append(renewed, newID)
+	}
+	c.waitReplicated(renewed)
+	for _, id := range old {
+		if n := c.copies(id); n != 0 {
+			t.Errorf("%d nodes keep a copy under the old id", n)
+		}
+	}
+	// kill -9 of n1: gone from the network, no hand-off.
+	c.net.drop = func(from, to string, msg []byte) bool { return from == "n1" || to == "n1" }
+	c.net.remove("n1")
+	delete(c.nodes, "n1")
+	t.Cleanup(func() { _ = n1.Close(bg) })
+	for _, m := range c.nodes {
+		m.PeersChanged()
+	}
+	c.waitReplicated(renewed)
+	for i, id := range renewed {
+		s, err := c.nodes["n2"].Find(bg, id)
+		if err != nil {
+			t.Fatalf("renewed session lost with its primary: %v", err)
+		}
+		if got, _ := s.GetInt("n"); got != int64(i) {
+			t.Errorf("n=%d, want %d", got, i)
+		}
+		for _, r := range c.routes() {
+			if _, err := c.nodes[r].Find(bg, old[i]); err != ErrNotFound {
+				t.Errorf("Find of the old id on %s: %v, want ErrNotFound", r, err)
+			}
+		}
+	}
+}

@@ -648,7 +648,35 @@ func (m *replicated) ChangeID(ctx context.Context, s *Session, base string) (str
 	if err != nil {
 		return "", err
 	}
-	return newID, m.send(ctx, m.recipients(s), msg, m.cfg.Mode, nil)
+	to := m.recipients(s)
+	// Backup: a new base has a placement of its own. The holders of the
+	// old base hear of the rename too, and those the new placement leaves
+	// out then drop their copy, which the old id (one planted before a
+	// login) would otherwise still find there; the new backups get a copy
+	// now, not with the next change, so the session survives its primary.
+	moved := m.backup != nil && baseOf(oldID) != base
+	var old []string
+	if moved {
+		old = m.holders(oldID, s.ownerRoute())
+		for _, r := range old {
+			if !slices.Contains(to, r) {
+				to = append(to, r)
+			}
+		}
+	}
+	err = m.send(ctx, to, msg, m.cfg.Mode, nil)
+	if moved {
+		targets := m.targets(s)
+		full, ferr := encodeMsg(kindFull, s.full())
+		if ferr == nil {
+			ferr = m.send(ctx, targets, full, m.cfg.Mode, nil)
+		}
+		err = errors.Join(err, ferr)
+		if drop := slices.DeleteFunc(old, func(r string) bool { return slices.Contains(targets, r) }); len(drop) > 0 {
+			m.sendAsync(drop, kindDrop, idMsg{ID: newID})
+		}
+	}
+	return newID, err
 }
 
 // FindByPrincipal returns the sessions logged in as principal, cluster
