@@ -197,8 +197,11 @@ func (b *backupState) onPrincipalReply(r principalReply) {
 }
 
 type fetchCall struct {
-	done    chan struct{}
-	pending int // replies awaited
+	done chan struct{}
+	// awaited are the holders whose replies are awaited: not one that the
+	// send failed for, which may still answer (a stalled peer is slow, not
+	// gone) but must not count twice.
+	awaited []string
 	waiters int // requests awaiting it (ask, await)
 	full    *Full
 }
@@ -374,7 +377,7 @@ func (m *replicated) ask(id string) *fetchCall {
 		b.fetchMu.Unlock()
 		return nil
 	}
-	call := &fetchCall{done: make(chan struct{}), pending: len(holders), waiters: 1}
+	call := &fetchCall{done: make(chan struct{}), awaited: slices.Clone(holders), waiters: 1}
 	b.fetches[id] = call
 	b.fetchMu.Unlock()
 
@@ -383,8 +386,8 @@ func (m *replicated) ask(id string) *fetchCall {
 	failed := failedPeers(m.t.Send(ctx, holders, msg, Ack), holders)
 	if len(failed) > 0 {
 		b.fetchMu.Lock()
-		call.pending -= len(failed)
-		if call.pending <= 0 {
+		call.awaited = slices.DeleteFunc(call.awaited, func(r string) bool { return slices.Contains(failed, r) })
+		if len(call.awaited) == 0 {
 			select {
 			case <-call.done:
 			default:
@@ -453,8 +456,9 @@ func (m *replicated) await(ctx context.Context, id string, call *fetchCall) (*Fu
 	return call.full, nil
 }
 
-// onFetchReply completes a fetch.
-func (m *replicated) onFetchReply(r fetchReply) {
+// onFetchReply records holder from's answer to a fetch, and completes the
+// fetch when every awaited holder has answered.
+func (m *replicated) onFetchReply(from string, r fetchReply) {
 	b := m.backup
 	if b == nil {
 		return
@@ -476,9 +480,11 @@ func (m *replicated) onFetchReply(r fetchReply) {
 		f := r.Full
 		call.full = &f
 	}
-	call.pending--
-	if call.pending <= 0 {
-		close(call.done)
+	if i := slices.Index(call.awaited, from); i >= 0 {
+		call.awaited = slices.Delete(call.awaited, i, i+1)
+		if len(call.awaited) == 0 {
+			close(call.done)
+		}
 	}
 }
 

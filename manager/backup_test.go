@@ -2,6 +2,7 @@ package manager
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cohort-cluster/cohort/internal/leaktest"
+	"github.com/cohort-cluster/cohort/replication"
 )
 
 type backupCluster struct {
@@ -36,12 +38,18 @@ func newBackupCluster(t *testing.T, k int, routes ...string) *backupCluster {
 
 func (c *backupCluster) start(route string) *Backup {
 	c.t.Helper()
+	return c.startOn(route, c.net.transport(route))
+}
+
+// startOn starts node route on transport t.
+func (c *backupCluster) startOn(route string, t Transport) *Backup {
+	c.t.Helper()
 	cfg := DefaultBackupConfig()
 	cfg.Route = route
 	cfg.Backups = c.k
 	cfg.SweepInterval = time.Hour
 	cfg.Logger = slog.New(slog.NewTextHandler(c.t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-	m, err := NewBackup(cfg, c.net.transport(route))
+	m, err := NewBackup(cfg, t)
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -661,5 +669,98 @@ func TestBackupRenewIDMovesTheCopies(t *testing.T) {
 				t.Errorf("Find of the old id on %s: %v, want ErrNotFound", r, err)
 			}
 		}
+	}
+}
+
+// stallingTransport reports peer stalled in every Send that waits, as the
+// replication channel does for a peer that let an earlier send time out:
+// the message is still delivered, and answered, but not waited for.
+type stallingTransport struct {
+	*memTransport
+	peer string
+}
+
+func (t stallingTransport) Send(ctx context.Context, to []string, msg []byte, mode SendMode) error {
+	err := t.memTransport.Send(ctx, to, msg, mode)
+	if mode != Async && slices.Contains(to, t.peer) {
+		err = errors.Join(err, &replication.PeerError{Peer: t.peer, Op: "ack", Err: replication.ErrPeerStalled})
+	}
+	return err
+}
+
+// TestBackupFetchCountsAStalledHolderOnce: after its primary failed, a
+// session is fetched from its holders, one of which the channel reports
+// stalled. That holder is not waited for, but it is slow, not dead: its
+// "not here" comes in, and must not end the fetch before the backup that
+// holds the session answers.
+func TestBackupFetchCountsAStalledHolderOnce(t *testing.T) {
+	leaktest.Check(t)
+	c := newBackupCluster(t, 1, "n1", "n2", "n3", "n4")
+	n1 := c.nodes["n1"]
+	var id, backup, x, stalled string
+	for id == "" {
+		s, _ := n1.Create(bg)
+		_ = s.Set("n", 1)
+		if err := n1.Commit(bg, s); err != nil {
+			t.Fatal(err)
+		}
+		c.waitReplicated([]string{s.ID()})
+		backup = n1.targets(s)[0]
+		// x, a node without a copy, asks the backup and one more node.
+		for _, r := range []string{"n2", "n3", "n4"} {
+			if r == backup {
+				continue
+			}
+			others := slices.DeleteFunc([]string{"n2", "n3", "n4"}, func(o string) bool { return o == r })
+			if h := placement(baseOf(s.ID()), "", others, 2); slices.Contains(h, backup) {
+				x, id = r, s.ID()
+				stalled = slices.DeleteFunc(h, func(o string) bool { return o == backup })[0]
+				break
+			}
+		}
+	}
+	// x restarts on a transport that reports the other holder stalled.
+	_ = c.nodes[x].Close(bg)
+	c.net.remove(x)
+	delete(c.nodes, x)
+	c.startOn(x, stallingTransport{c.net.transport(x), stalled})
+	waitUntil(t, "the network idle", c.net.idleNow)
+	// kill -9 of n1, before any repair has run.
+	h := &heldReplies{to: x, holding: true}
+	c.net.drop = func(from, to string, msg []byte) bool {
+		return from == "n1" || to == "n1" || h.drop(from, to, msg)
+	}
+	c.net.remove("n1")
+	delete(c.nodes, "n1")
+	t.Cleanup(func() { _ = n1.Close(bg) })
+
+	m := c.nodes[x]
+	call := m.ask(id)
+	if call == nil {
+		t.Fatal("no holder asked")
+	}
+	waitUntil(t, "both holders to answer", func() bool {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		return len(h.held) == 2
+	})
+	// The stalled holder's "not here" comes in first, the backup's copy
+	// last.
+	late := h.release()
+	slices.SortFunc(late, func(a, b heldMsg) int {
+		switch {
+		case a.from == b.from:
+			return 0
+		case a.from == stalled:
+			return -1
+		}
+		return 1
+	})
+	for _, r := range late {
+		_ = m.Receive(r.from, r.msg)
+	}
+	full, err := m.await(bg, id, call)
+	if err != nil || full == nil {
+		t.Fatalf("fetch on %s (backup %s, stalled %s): %v, %v", x, backup, stalled, full, err)
 	}
 }

@@ -860,7 +860,7 @@ func (m *replicated) Receive(from string, msg []byte) error {
 	case kindFetchReply:
 		var r fetchReply
 		if err = decodeBody(body, &r); err == nil {
-			m.onFetchReply(r)
+			m.onFetchReply(from, r)
 		}
 	case kindTakeover:
 		var e idMsg
