@@ -42,6 +42,16 @@ func newDeltaCluster(t *testing.T, routes ...string) *deltaCluster {
 // start adds a node and runs its state transfer.
 func (c *deltaCluster) start(route string) *Delta {
 	c.t.Helper()
+	m := c.join(route)
+	if err := m.Sync(context.Background()); err != nil {
+		c.t.Fatal(err)
+	}
+	return m
+}
+
+// join adds a node that has not run its state transfer: not ready.
+func (c *deltaCluster) join(route string) *Delta {
+	c.t.Helper()
 	cfg := DefaultDeltaConfig()
 	cfg.Route = route
 	cfg.Clock = c.clock.now
@@ -55,9 +65,6 @@ func (c *deltaCluster) start(route string) *Delta {
 	}
 	c.net.add(route, m)
 	c.nodes[route] = m
-	if err := m.Sync(context.Background()); err != nil {
-		c.t.Fatal(err)
-	}
 	return m
 }
 
@@ -699,5 +706,61 @@ func TestCheckAttributes(t *testing.T) {
 	}
 	if n := delta.Count() + standard.Count(); n != 0 {
 		t.Errorf("CheckAttributes left %d sessions", n)
+	}
+}
+
+// A change of a session the joining node does not hold yet waits for the
+// end of the state transfer. When the transfer does not bring the session
+// (its sender did not hold it), the change must still get it: the joining
+// node asks the change's maker for a full copy, instead of holding the
+// change back for a transfer that is already over.
+func TestDeltaChangeBufferedDuringTransferIsApplied(t *testing.T) {
+	leaktest.Check(t)
+	c := newDeltaCluster(t, "a", "c")
+	a, cn := c.nodes["a"], c.nodes["c"]
+	// c creates a session whose first change a misses.
+	c.net.drop = func(from, to string, msg []byte) bool {
+		return from == "c" && to == "a" && kind(msg[0]) == kindChange
+	}
+	s, _ := cn.Create(bg)
+	_ = s.Set("n", 1)
+	_ = cn.Commit(bg, s)
+	id := s.ID()
+
+	// d joins and fetches from a; a's end of the transfer waits until c's
+	// next change has reached d.
+	hold, held := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	c.net.drop = func(from, to string, msg []byte) bool {
+		if from == "a" && to == "d" && kind(msg[0]) == kindSyncDone {
+			once.Do(func() { close(held); <-hold })
+		}
+		return false
+	}
+	d := c.join("d")
+	synced := make(chan error, 1)
+	go func() { synced <- d.syncFrom(bg, "a") }()
+	<-held
+	_ = s.Set("n", 2)
+	if err := cn.Commit(bg, s); err != nil { // ack: d has it, for a session it lacks
+		t.Fatal(err)
+	}
+	close(hold)
+	if err := <-synced; err != nil {
+		t.Fatal(err)
+	}
+	c.settle()
+	if !d.Ready() {
+		t.Fatal("d not ready after its transfer")
+	}
+	got := d.st.get(id)
+	if got == nil {
+		t.Fatal("d lost the change made during its transfer: it does not hold the session")
+	}
+	if n, _ := got.GetInt("n"); n != 2 {
+		t.Errorf("d reads n=%d, want 2", n)
+	}
+	if a.st.get(id) == nil {
+		t.Error("a did not fetch the session it missed")
 	}
 }

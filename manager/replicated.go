@@ -352,10 +352,12 @@ func (m *replicated) syncFrom(ctx context.Context, peer string) error {
 }
 
 // setReady marks the node ready and applies the changes buffered during a
-// transfer, in arrival order.
+// transfer, in arrival order. The transfer is over from here: a change of
+// a session still unknown, buffered or arriving now, makes the node ask
+// for a full copy instead of waiting for a transfer that has ended.
 func (m *replicated) setReady() {
 	m.syncMu.Lock()
-	m.ready = true
+	m.ready, m.syncing = true, false
 	buf := m.buffered
 	m.buffered = nil
 	m.syncMu.Unlock()
