@@ -52,6 +52,12 @@ func (c *deltaCluster) start(route string) *Delta {
 // join adds a node that has not run its state transfer: not ready.
 func (c *deltaCluster) join(route string) *Delta {
 	c.t.Helper()
+	return c.joinVia(route, c.net.transport(route))
+}
+
+// joinVia is join with the node's transport t.
+func (c *deltaCluster) joinVia(route string, t Transport) *Delta {
+	c.t.Helper()
 	cfg := DefaultDeltaConfig()
 	cfg.Route = route
 	cfg.Clock = c.clock.now
@@ -59,7 +65,7 @@ func (c *deltaCluster) join(route string) *Delta {
 	cfg.Types = NewTypes()
 	cfg.Types.MustRegister("test.cart", cart{})
 	cfg.Logger = slog.New(slog.NewTextHandler(c.t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-	m, err := NewDelta(cfg, c.net.transport(route))
+	m, err := NewDelta(cfg, t)
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -762,5 +768,62 @@ func TestDeltaChangeBufferedDuringTransferIsApplied(t *testing.T) {
 	}
 	if a.st.get(id) == nil {
 		t.Error("a did not fetch the session it missed")
+	}
+}
+
+// fixedPeers is a node's transport that sees only the given peers.
+type fixedPeers struct {
+	*memTransport
+	peers []string
+}
+
+func (t fixedPeers) Peers() []string { return slices.Clone(t.peers) }
+
+// Two nodes join at once (a scale-up, or a restart of several): one asks
+// the other, still without its sessions, for the state transfer. The node
+// asked must not hand over the nothing it holds as every session, which
+// would make the asker ready without the cluster's sessions; the asker
+// fetches them from a node that has them. Nodes that all start together
+// (a new cluster) still get ready, each with none.
+func TestDeltaStateTransferNotFromAJoiningNode(t *testing.T) {
+	leaktest.Check(t)
+	c := newDeltaCluster(t, "a")
+	a := c.nodes["a"]
+	const n = 20
+	for i := range n {
+		s, _ := a.Create(bg)
+		_ = s.Set("i", i)
+		_ = a.Commit(bg, s)
+	}
+	c.join("j") // joining, its own transfer not begun
+	for i := range 20 {
+		r := fmt.Sprint("d", i)
+		d := c.joinVia(r, fixedPeers{c.net.transport(r), []string{"a", "j"}})
+		if err := d.Sync(bg); err != nil {
+			t.Fatal(err)
+		}
+		if !d.Ready() || d.Count() != n {
+			t.Fatalf("%s ready %v with %d sessions, want %d: it took the transfer of a node that has none yet", r, d.Ready(), d.Count(), n)
+		}
+	}
+
+	fresh := newDeltaCluster(t)
+	var nodes []*Delta
+	for _, r := range []string{"x", "y", "z"} {
+		nodes = append(nodes, fresh.join(r))
+	}
+	var wg sync.WaitGroup
+	for _, m := range nodes {
+		wg.Go(func() {
+			if err := m.Sync(bg); err != nil {
+				t.Errorf("%s: %v", m.Route(), err)
+			}
+		})
+	}
+	wg.Wait()
+	for _, m := range nodes {
+		if !m.Ready() {
+			t.Errorf("%s, started with the others of a new cluster, is not ready", m.Route())
+		}
 	}
 }

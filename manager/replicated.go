@@ -99,7 +99,8 @@ type replicated struct {
 	syncMu   sync.Mutex
 	ready    bool
 	syncing  bool
-	syncDone chan int         // receives the session count when a transfer ends
+	syncDone chan syncDone    // receives the end of a transfer
+	syncPeer string           // the peer it comes from
 	buffered []bufferedChange // changes of unknown sessions during a transfer
 
 	stats         deltaCounters
@@ -287,10 +288,12 @@ func (m *replicated) Stats() Stats {
 
 // Sync fetches every session from a peer (state transfer) and makes the
 // node ready. Peers are tried in random order, each for at most
-// SyncTimeout; with no peer, the node is ready at once. Changes that
-// arrive during the transfer are applied in order once it ends. Sync
-// returns an error, and the node stays not ready, only when every peer
-// failed.
+// SyncTimeout; a peer that is not ready itself (it is joining too) has no
+// sessions to give and is passed over. With no peer, or only peers that
+// are all joining (a new cluster starting at once), the node is ready at
+// once. Changes that arrive during the transfer are applied in order once
+// it ends. Sync returns an error, and the node stays not ready, only when
+// every peer failed or was not ready and one at least failed.
 func (m *replicated) Sync(ctx context.Context) error {
 	peers := m.t.Peers()
 	if m.backup != nil {
@@ -304,10 +307,16 @@ func (m *replicated) Sync(ctx context.Context) error {
 	}
 	rand.Shuffle(len(peers), func(i, j int) { peers[i], peers[j] = peers[j], peers[i] })
 	var errs []error
+	notReady := 0
 	for _, p := range peers {
 		err := m.syncFrom(ctx, p)
 		if err == nil {
 			return nil
+		}
+		if errors.Is(err, errPeerNotReady) {
+			notReady++
+			m.h.log.Info("peer has no sessions to transfer yet (joining too); trying another", "peer", p)
+			continue
 		}
 		m.stats.transferFailures.Add(1)
 		m.h.log.Warn("state transfer failed; trying another peer", "peer", p, "err", err)
@@ -316,17 +325,26 @@ func (m *replicated) Sync(ctx context.Context) error {
 			break
 		}
 	}
+	if notReady == len(peers) {
+		m.setReady()
+		m.h.log.Info("every peer is joining too: ready with the sessions held (a new cluster starting at once)", "peers", len(peers), "sessions", m.st.count())
+		return nil
+	}
 	return fmt.Errorf("manager: state transfer: %w", errors.Join(errs...))
 }
 
+// errPeerNotReady is syncFrom's error for a peer that answered that it has
+// not got its own sessions yet.
+var errPeerNotReady = errors.New("peer not ready")
+
 func (m *replicated) syncFrom(ctx context.Context, peer string) error {
-	done := make(chan int, 1)
+	done := make(chan syncDone, 1)
 	m.syncMu.Lock()
-	m.syncing, m.syncDone = true, done
+	m.syncing, m.syncDone, m.syncPeer = true, done, peer
 	m.syncMu.Unlock()
 	defer func() {
 		m.syncMu.Lock()
-		m.syncing, m.syncDone = false, nil
+		m.syncing, m.syncDone, m.syncPeer = false, nil, ""
 		m.syncMu.Unlock()
 	}()
 	start := time.Now()
@@ -337,8 +355,11 @@ func (m *replicated) syncFrom(ctx context.Context, peer string) error {
 		return err
 	}
 	select {
-	case n := <-done:
-		d := time.Since(start)
+	case sd := <-done:
+		if sd.NotReady {
+			return errPeerNotReady
+		}
+		n, d := sd.Count, time.Since(start)
 		m.stats.transfers.Add(1)
 		m.stats.transferNanos.Store(int64(d))
 		m.setReady()
@@ -842,9 +863,9 @@ func (m *replicated) Receive(from string, msg []byte) error {
 		var d syncDone
 		if err = decodeBody(body, &d); err == nil {
 			m.syncMu.Lock()
-			if m.syncDone != nil {
+			if m.syncDone != nil && from == m.syncPeer {
 				select {
-				case m.syncDone <- d.Count:
+				case m.syncDone <- d:
 				default:
 				}
 			}
@@ -1084,8 +1105,20 @@ func (m *replicated) onRename(r rename) {
 	}
 }
 
-// serveSync streams every session to peer, then says how many.
+// serveSync streams every session to peer, then says how many. A node
+// that is not ready answers that it is not instead: what it holds is not
+// every session yet.
 func (m *replicated) serveSync(peer string) {
+	if !m.Ready() {
+		msg, err := encodeMsg(kindSyncDone, syncDone{NotReady: true})
+		if err == nil {
+			err = m.sendPatiently(context.Background(), peer, msg)
+		}
+		if err != nil {
+			m.h.log.Warn("state transfer refusal not sent", "peer", peer, "err", err)
+		}
+		return
+	}
 	start := time.Now()
 	n, ok := m.streamTo(context.Background(), peer, kindSyncChunk, nil)
 	if !ok {

@@ -115,6 +115,9 @@ type rename struct {
 
 type syncDone struct {
 	Count int `msgpack:"c"`
+	// NotReady says the sender has no state transfer to give: it has not
+	// got its own sessions yet.
+	NotReady bool `msgpack:"r,omitempty"`
 }
 
 // encodeMsg frames a manager message: its kind, then its msgpack body,
