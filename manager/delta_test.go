@@ -827,3 +827,45 @@ func TestDeltaStateTransferNotFromAJoiningNode(t *testing.T) {
 		}
 	}
 }
+
+// A peer that missed an invalidation (its queue overflowed, or it was
+// unreachable for a moment) is resynchronised with a full copy of every
+// session: the invalidated session is not among them, and the peer must
+// not keep its own copy, logged in still, which its users' next access
+// would bring back to every node once the others forget the id.
+func TestDeltaResyncCarriesMissedInvalidation(t *testing.T) {
+	leaktest.Check(t)
+	c := newDeltaCluster(t, "a", "b")
+	a, b := c.nodes["a"], c.nodes["b"]
+	var destroyed atomic.Int64
+	b.AddListener(Listener{Destroyed: func(*Session, Reason) { destroyed.Add(1) }})
+	s, _ := a.Create(bg)
+	_ = s.SetPrincipal("alice")
+	_ = a.Commit(bg, s)
+	keep, _ := a.Create(bg)
+	_ = a.Commit(bg, keep)
+	c.settle()
+	id := s.ID()
+
+	c.net.drop = func(from, to string, msg []byte) bool {
+		return from == "a" && to == "b" && kind(msg[0]) == kindInvalidate
+	}
+	if err := a.Invalidate(bg, id); err != nil {
+		t.Fatal(err)
+	}
+	c.net.drop = nil
+	a.resync("b") // as the channel asks once b may have missed frames
+	c.settle()
+	if got := b.st.get(id); got != nil {
+		t.Fatalf("b still holds the session invalidated on a (principal %q)", got.Principal())
+	}
+	if _, err := b.Find(bg, id); !errors.Is(err, ErrRecentlyInvalidated) {
+		t.Errorf("b Find = %v, want ErrRecentlyInvalidated", err)
+	}
+	if n := destroyed.Load(); n != 1 {
+		t.Errorf("Destroyed fired %d times on b, want once", n)
+	}
+	if b.st.get(keep.ID()) == nil {
+		t.Error("b lost a live session")
+	}
+}

@@ -1155,7 +1155,15 @@ func (m *replicated) resync(peer string) {
 // serve a stale copy after a failover. So each node, when it adds a new
 // member as a peer, sends it the sessions changed since that member
 // started (less a margin for clock skew).
+//
+// Either way peer also hears again of the sessions invalidated lately: a
+// copy of them cannot go, and an invalidation it missed would leave it
+// holding a logged-out session (a new member may hold one from its state
+// transfer, sent before the invalidation reached its sender).
 func (m *replicated) catchUp(peer string, since time.Time) {
+	for _, id := range m.st.graveIDs() {
+		m.sendAsync([]string{peer}, kindInvalidate, idMsg{ID: id})
+	}
 	start := time.Now()
 	sinceMs := since.UnixMilli()
 	filter := func(s *Session) bool {

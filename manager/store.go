@@ -133,6 +133,20 @@ func (st *store) buried(id string) bool {
 	return ok && st.h.now().Before(until)
 }
 
+// graveIDs returns the bases of the sessions invalidated lately.
+func (st *store) graveIDs() []string {
+	now := st.h.now()
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	var out []string
+	for base, until := range st.graves {
+		if now.Before(until) {
+			out = append(out, base)
+		}
+	}
+	return out
+}
+
 // rename gives s the id newID. When the base changes, the old base stays
 // an alias for the grace period. It reports false when s is no longer
 // stored.
