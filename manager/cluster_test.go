@@ -480,3 +480,43 @@ func TestClusterBoundsSessionsByFrameSize(t *testing.T) {
 		t.Errorf("Set of 150 KiB with 256 KiB frames = %v", err)
 	}
 }
+
+// TestStateTransferOfLargeSessionsFitsFrames transfers sessions each
+// within the bound derived from a small frame size, though two of them
+// together are larger than a frame: each chunk must still fit in one, or
+// the joining node never gets its sessions and never gets ready.
+func TestStateTransferOfLargeSessionsFitsFrames(t *testing.T) {
+	leaktest.Check(t)
+	start := func(route string, join ...string) *Cluster {
+		cfg := DefaultClusterConfig()
+		cfg.Membership = membership.DefaultLocalConfig()
+		cfg.Membership.Route = route
+		cfg.Membership.Join = join
+		cfg.Membership.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})).With("node", route)
+		cfg.Replication.Addr = "127.0.0.1:0"
+		cfg.Replication.MaxFrameSize = 256 << 10
+		cfg.JoinWait = 300 * time.Millisecond
+		c, err := StartCluster(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close(context.Background()) })
+		return c
+	}
+	n1 := start("n1")
+	waitUntil(t, "n1 ready", n1.Ready)
+	for range 2 {
+		s, err := n1.Manager().Create(bg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Set("big", strings.Repeat("x", 150<<10)); err != nil {
+			t.Fatal(err)
+		}
+		if err := n1.Manager().Commit(bg, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n2 := start("n2", n1.Membership().Addr().String())
+	waitUntil(t, "n2 ready with both sessions", func() bool { return n2.Ready() && n2.Manager().Count() == 2 })
+}

@@ -34,7 +34,10 @@ type DeltaConfig struct {
 	// it closes (Tomcat's expireSessionsOnShutdown). Default false: the
 	// sessions live on in the other nodes.
 	ExpireOnShutdown bool
-	// ChunkBytes is the size of state transfer chunks. Default 256 KiB.
+	// ChunkBytes bounds the size of state transfer chunks, and of the
+	// chunks that catch a peer up; a chunk also holds no more than
+	// MaxSessionSize, so that it fits in a frame, and a session larger
+	// than ChunkBytes goes alone. Default 256 KiB.
 	ChunkBytes int
 	// MaxSessionSize bounds a session's attributes, names and encoded
 	// values together, in bytes: Set and SetCopy refuse a value that would
@@ -1251,6 +1254,14 @@ func (m *replicated) streamTo(ctx context.Context, peer string, k kind, filter f
 		batch = batch[:0]
 		return true
 	}
+	// A chunk holds sessions up to ChunkBytes, and never more than one
+	// session may take (MaxSessionSize, a frame less room for the message
+	// around it): a chunk over the frame size is not sent at all. A
+	// session goes into the next chunk when it would take this one over.
+	limit := m.cfg.ChunkBytes
+	if m.cfg.MaxSessionSize > 0 {
+		limit = min(limit, m.cfg.MaxSessionSize)
+	}
 	size := 0
 	for _, s := range m.st.all() {
 		select {
@@ -1262,17 +1273,18 @@ func (m *replicated) streamTo(ctx context.Context, peer string, k kind, filter f
 			continue
 		}
 		f := s.full()
-		batch = append(batch, f)
-		size += len(f.ID) + 64
-		for _, v := range f.Attrs {
-			size += len(v)
+		fsize := len(f.ID) + 64
+		for name, v := range f.Attrs {
+			fsize += len(name) + len(v)
 		}
-		if size >= m.cfg.ChunkBytes {
+		if len(batch) > 0 && size+fsize > limit {
 			if !flush() {
 				return n, false
 			}
 			size = 0
 		}
+		batch = append(batch, f)
+		size += fsize
 	}
 	if !flush() {
 		return n, false
