@@ -1,6 +1,7 @@
 package membership
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log"
@@ -47,6 +48,8 @@ type Node struct {
 	beacon   *beaconer // nil when multicast is off
 	joins    *joiner
 	stop     chan struct{}
+	ctx      context.Context // ends with stop: bounds the node's seed lookups
+	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	closeMu  sync.Mutex // serialises Close and Leave
 	isClosed atomic.Bool
@@ -146,12 +149,14 @@ func New(cfg Config) (*Node, error) {
 		rivals:    make(map[string]bool),
 		conflicts: make(map[string]time.Time),
 	}
+	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.meta, _ = encodeMeta(cfg.meta(n.started)) // checked by validate
 	n.manager = cfg.Manager
 
 	mc := n.memberlistConfig()
 	ml, err := memberlist.Create(mc)
 	if err != nil {
+		n.cancel()
 		return nil, fmt.Errorf("membership: start gossip on %s: %w", cfg.BindAddr, err)
 	}
 	n.ml = ml
@@ -525,6 +530,7 @@ func (n *Node) Close() error {
 		return nil
 	}
 	close(n.stop)
+	n.cancel() // a seed lookup in flight ends now, not at its timeout
 	if n.beacon != nil {
 		n.beacon.close()
 	}

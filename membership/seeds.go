@@ -295,6 +295,9 @@ func (n *Node) rejoin() {
 	tried := make(map[string]bool)
 	for _, seed := range n.cfg.Join {
 		addrs, err := n.resolveSeed(seed)
+		if stopped() {
+			return // a lookup that Close cut short is no failure of the seed
+		}
 		if err != nil {
 			n.seedFailed(seed, err, time.Now())
 			continue
@@ -392,9 +395,12 @@ func (n *Node) resolveSeed(seed string) ([]string, error) {
 	if r == nil {
 		r = net.DefaultResolver
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.DropTime)
+	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.DropTime)
 	ips, err := r.LookupHost(ctx, host)
 	cancel()
+	if err != nil && n.ctx.Err() != nil {
+		return nil, err // the node stopped
+	}
 	if err != nil {
 		n.stats.seedLookupErrors.Add(1)
 		return nil, &lookupError{host: host, err: err}

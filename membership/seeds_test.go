@@ -169,3 +169,56 @@ func TestSilentSeedsAreReported(t *testing.T) {
 		t.Errorf("%d warnings in all, want 2", got)
 	}
 }
+
+// hangingDNS is a Resolver that answers its first lookup at once, with no
+// address, and holds every later one until its context ends, as a DNS
+// server that stopped answering does.
+type hangingDNS struct {
+	mu      sync.Mutex
+	lookups int
+	held    chan struct{} // receives each held lookup
+}
+
+func (r *hangingDNS) LookupHost(ctx context.Context, host string) ([]string, error) {
+	r.mu.Lock()
+	r.lookups++
+	first := r.lookups == 1
+	r.mu.Unlock()
+	if first {
+		return nil, errors.New("no such host")
+	}
+	select {
+	case r.held <- struct{}{}:
+	default:
+	}
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// TestCloseDuringSeedLookup closes a node while it re-resolves a seed
+// whose DNS server does not answer: Close ends the lookup rather than
+// waiting for its timeout, a drop time that here is a minute.
+func TestCloseDuringSeedLookup(t *testing.T) {
+	leaktest.Check(t)
+	c := testConfig(t, "node1")
+	c.DropTime = time.Minute
+	c.Join = []string{"cohort-seed.test:7946"}
+	dns := &hangingDNS{held: make(chan struct{}, 1)}
+	c.Resolver = dns
+	n := start(t, c)
+	select {
+	case <-dns.held:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the seed was not re-resolved")
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- n.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Errorf("Close = %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close waits for a seed lookup in flight")
+	}
+}
