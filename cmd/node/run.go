@@ -159,7 +159,7 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	ln, err := net.Listen("tcp", cfg.HTTP)
+	ln, err := listenHTTP("tcp", cfg.HTTP)
 	if err != nil {
 		_ = hub.Close()
 		_ = cluster.Close(context.Background())
@@ -175,10 +175,12 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
 	go func() { serveErr <- srv.Serve(ln) }()
 	logger.Info("serving", "http", ln.Addr().String(), "advertised", advertisedHTTP(cfg.HTTP, cfg.Bind))
 
+	served := false // Serve has returned, its error read
 	select {
 	case <-ctx.Done():
 		logger.Info("shutting down")
 	case err = <-serveErr:
+		served = true
 		logger.Error("http server stopped", "err", err)
 	}
 	// Not ready first, then keep serving for the drain time, so balancers
@@ -193,7 +195,9 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
 	herr := srv.Shutdown(shutdownCtx)
 	dash.Close()
 	_ = hub.Close()
-	<-serveErr
+	if !served {
+		<-serveErr
+	}
 	// The cluster's stop has a budget of its own, which requests that were
 	// slow to finish cannot eat into: the flush takes at most the send
 	// timeout and the leave the drop time (see Cluster.Close).
@@ -262,6 +266,9 @@ func (h *routeHandler) WithGroup(name string) slog.Handler {
 	}
 	return &routeHandler{plain: h.plain.WithGroup(name), routed: h.routed.WithGroup(name), group: true}
 }
+
+// listenHTTP opens the HTTP listener; tests replace it.
+var listenHTTP = net.Listen
 
 // portRetry is how long a start retries a port that is still in use.
 const portRetry = 15 * time.Second

@@ -514,3 +514,42 @@ func TestStandardSessionFileSurvivesRestart(t *testing.T) {
 	}
 	stop(p)
 }
+
+// brokenListener is a listener whose Accept fails for good, as one does
+// when the kernel runs out of memory for new connections (ENOBUFS).
+type brokenListener struct{ net.Listener }
+
+func (l brokenListener) Accept() (net.Conn, error) {
+	return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.Addr(), Err: syscall.ENOBUFS}
+}
+
+// A node whose HTTP server stops on its own still stops the cluster and
+// returns the server's error, rather than waiting for it a second time.
+func TestServeReturnsWhenHTTPFails(t *testing.T) {
+	defer func(f func(string, string) (net.Listener, error)) { listenHTTP = f }(listenHTTP)
+	listenHTTP = func(network, addr string) (net.Listener, error) {
+		l, err := net.Listen(network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return brokenListener{l}, nil
+	}
+	cfg, err := parseFlags(nodeArgs("n1", freePort(t, false), 0), env(nil), "testhost", io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var log testlog.Buffer
+	done := make(chan error, 1)
+	go func() { done <- serve(context.Background(), cfg, newLogger(cfg, &log)) }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, syscall.ENOBUFS) {
+			t.Errorf("serve = %v, want the accept error", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("serve still running after its HTTP server stopped:\n%s", log.String())
+	}
+	if !strings.Contains(log.String(), "http server stopped") {
+		t.Errorf("log lacks the server's stop:\n%s", log.String())
+	}
+}
