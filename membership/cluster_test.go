@@ -430,6 +430,47 @@ func TestRestartWithSameRouteRejoins(t *testing.T) {
 	})
 }
 
+// TestRestartOnNewAddressIsTakenInAtFailure restarts node3 on a new
+// address before its peers have noticed the old one fail, as a pod that
+// is deleted by force comes back on a new IP. The peers ignore the new
+// address while the old is alive; once they declare the old one failed,
+// they join the new address themselves rather than waiting for the
+// restarted node's next push-pull, which comes only every 60 Frequency.
+func TestRestartOnNewAddressIsTakenInAtFailure(t *testing.T) {
+	leaktest.Check(t)
+	slow := func(_ int, c *membership.Config) {
+		c.Frequency, c.DropTime = 2*time.Second, 4*time.Second // push-pull every 2 minutes
+	}
+	nodes := startCluster(t, 3, slow)
+	subs := []*membership.Subscription{nodes[0].Subscribe(), nodes[1].Subscribe()}
+	for _, s := range subs {
+		defer s.Close()
+	}
+	_ = nodes[2].Close()
+	c := testConfig(t, "node3")
+	slow(2, &c)
+	c.Join = []string{nodes[1].Addr().String()}
+	n3 := start(t, c)
+	for i, s := range subs {
+		for ev := nextEvent(t, s, "node3", 20*time.Second); ev.Type != membership.EventFail; ev = nextEvent(t, s, "node3", 20*time.Second) {
+			if ev.Type == membership.EventJoin && ev.Member.Addr == n3.Addr().String() {
+				break // taken in already
+			}
+			t.Logf("%s: %v of node3 at %s", nodes[i].Route(), ev.Type, ev.Member.Addr)
+		}
+	}
+	waitFor(t, 5*time.Second, func() error {
+		for _, n := range nodes[:2] {
+			for _, m := range n.Members() {
+				if m.Name == "node3" && (m.State != membership.StateAlive || m.Addr != n3.Addr().String()) {
+					return fmt.Errorf("%s sees node3 %v at %s, want alive at %s", n.Route(), m.State, m.Addr, n3.Addr())
+				}
+			}
+		}
+		return nil
+	})
+}
+
 func TestFailedMemberIsReconnected(t *testing.T) {
 	leaktest.Check(t)
 	// node2 has no seeds: when it comes back alone on its old address, only

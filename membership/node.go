@@ -67,6 +67,10 @@ type Node struct {
 	view    map[string]*Member
 	subs    map[*Subscription]struct{}
 	refused map[string]string // peer -> last refusal reason logged
+	// claims is, by member, the last other address that claimed its name
+	// while it was alive: a restart on a new address, which the peers
+	// ignore until the old one fails, and rejoin then joins.
+	claims map[string]string
 	// While checking, that is until New returns, rivals collects the
 	// addresses of nodes that claim this node's route, for New to verify.
 	// Later claims are logged, rate-limited through conflicts.
@@ -142,6 +146,7 @@ func New(cfg Config) (*Node, error) {
 		view:    make(map[string]*Member),
 		subs:    make(map[*Subscription]struct{}),
 		refused: make(map[string]string),
+		claims:  make(map[string]string),
 		seeds:   make(map[string]*seedState),
 		// Until New returns, a node claiming this route is a reason to
 		// fail rather than something to log.
@@ -567,6 +572,9 @@ func (n *Node) record(ev Event) {
 		return
 	}
 	delete(n.refused, m.Name)
+	if m.State == StateAlive && n.claims[m.Name] == m.Addr {
+		delete(n.claims, m.Name) // taken in at the address that claimed it
+	}
 	for s := range n.subs {
 		s.push(ev)
 	}
@@ -596,6 +604,7 @@ func (n *Node) reap() {
 	for name, m := range n.view {
 		if (m.State == StateDead || m.State == StateLeft) && m.Since.Before(cutoff) {
 			delete(n.view, name)
+			delete(n.claims, name)
 		}
 	}
 }
@@ -725,6 +734,9 @@ func (c *conflictDelegate) NotifyConflict(existing, other *memberlist.Node) {
 		n.claimed(addr)
 		return
 	}
+	n.mu.Lock()
+	n.claims[existing.Name] = addr
+	n.mu.Unlock()
 	if n.noteConflict(existing.Name, addr) {
 		n.log.Info("ignoring a second address for a member until the first fails",
 			"peer", existing.Name, "addr", nodeAddr(existing), "other", addr)

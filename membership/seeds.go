@@ -259,7 +259,9 @@ func (n *Node) seedAnswered(seed string, now time.Time) {
 }
 
 // rejoin joins every seed address that is not an alive member and every
-// member that failed (not left) within DeadRetention. It runs in New and
+// member that failed (not left) within DeadRetention, at its address and
+// at any other address that claimed its name while it was alive (it
+// restarted there). It runs in New and
 // then every RejoinInterval, which is how a node that started before its
 // seeds finds them, and how the two sides of a healed partition, which
 // have each declared the other dead and stopped probing, merge again. It
@@ -277,6 +279,9 @@ func (n *Node) rejoin() {
 			alive[m.Addr] = true
 		case StateDead:
 			failed = append(failed, m.Addr)
+			if a := n.claims[m.Name]; a != "" {
+				failed = append(failed, a)
+			}
 		}
 	}
 	wasAlone := len(alive) <= 1
