@@ -297,7 +297,7 @@ func (n *Node) rejoin() {
 		}
 	}
 	seedsContacted, contacted := 0, 0 // addresses that answered
-	tried := make(map[string]bool)
+	tried := make(map[string]error)   // this round's joins: address -> failure, nil if it answered
 	for _, seed := range n.cfg.Join {
 		addrs, err := n.resolveSeed(seed)
 		if stopped() {
@@ -310,15 +310,20 @@ func (n *Node) rejoin() {
 		answered := false
 		var errs []error
 		for _, a := range addrs {
-			if alive[a] || tried[a] {
-				answered = answered || alive[a]
+			if err, ok := tried[a]; ok && err != nil {
+				errs = append(errs, err) // another seed's address too, failed already
+				continue
+			}
+			if alive[a] {
+				answered = true
 				continue
 			}
 			if stopped() {
 				return
 			}
-			tried[a] = true
-			if err := n.join(a); err != nil {
+			err := n.join(a)
+			tried[a] = err
+			if err != nil {
 				errs = append(errs, err)
 				continue
 			}
@@ -336,7 +341,7 @@ func (n *Node) rejoin() {
 	}
 	slices.Sort(failed)
 	for _, a := range slices.Compact(failed) {
-		if alive[a] || tried[a] {
+		if _, ok := tried[a]; ok || alive[a] {
 			continue
 		}
 		if stopped() {

@@ -222,3 +222,21 @@ func TestCloseDuringSeedLookup(t *testing.T) {
 		t.Fatal("Close waits for a seed lookup in flight")
 	}
 }
+
+// TestSeedsSharingAnAddress gives a node two seeds for one address that
+// does not answer, a name and the address itself: each seed is reported
+// failing, though the address is tried once a round.
+func TestSeedsSharingAnAddress(t *testing.T) {
+	leaktest.Check(t)
+	dead := freeAddr(t)
+	host, port, _ := net.SplitHostPort(dead)
+	c := testConfig(t, "node1")
+	c.Join = []string{"cohort-seed.test:" + port, dead}
+	c.Resolver = &fakeDNS{answers: map[string][]string{"cohort-seed.test": {host}}}
+	n := start(t, c)
+	for i, ss := range n.Stats().Seeds {
+		if ss.Seed != c.Join[i] || ss.Failures == 0 || !strings.Contains(ss.LastError, dead) {
+			t.Errorf("Stats().Seeds[%d] = %+v, want %s failing with the error of %s", i, ss, c.Join[i], dead)
+		}
+	}
+}
