@@ -488,20 +488,7 @@ func TestClusterBoundsSessionsByFrameSize(t *testing.T) {
 func TestStateTransferOfLargeSessionsFitsFrames(t *testing.T) {
 	leaktest.Check(t)
 	start := func(route string, join ...string) *Cluster {
-		cfg := DefaultClusterConfig()
-		cfg.Membership = membership.DefaultLocalConfig()
-		cfg.Membership.Route = route
-		cfg.Membership.Join = join
-		cfg.Membership.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})).With("node", route)
-		cfg.Replication.Addr = "127.0.0.1:0"
-		cfg.Replication.MaxFrameSize = 256 << 10
-		cfg.JoinWait = 300 * time.Millisecond
-		c, err := StartCluster(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = c.Close(context.Background()) })
-		return c
+		return startLocal(t, route, func(c *ClusterConfig) { c.Replication.MaxFrameSize = 256 << 10 }, join...)
 	}
 	n1 := start("n1")
 	waitUntil(t, "n1 ready", n1.Ready)
@@ -519,4 +506,56 @@ func TestStateTransferOfLargeSessionsFitsFrames(t *testing.T) {
 	}
 	n2 := start("n2", n1.Membership().Addr().String())
 	waitUntil(t, "n2 ready with both sessions", func() bool { return n2.Ready() && n2.Manager().Count() == 2 })
+}
+
+// TestCatchUpWithManyInvalidationsFitsTheQueue catches a peer up after a
+// busy minute of logouts: the invalidations sent again must not overflow
+// its queue, which would mark it for a resync, and so another round.
+func TestCatchUpWithManyInvalidationsFitsTheQueue(t *testing.T) {
+	leaktest.Check(t)
+	start := func(route string, join ...string) *Cluster {
+		return startLocal(t, route, func(c *ClusterConfig) { c.Replication.QueueSize = 64 }, join...)
+	}
+	n1 := start("n1")
+	waitUntil(t, "n1 ready", n1.Ready)
+	n2 := start("n2", n1.Membership().Addr().String())
+	waitUntil(t, "n2 ready and a peer of n1", func() bool { return n2.Ready() && len(n1.ch.Peers()) == 1 })
+	for range 640 {
+		s, err := n1.Manager().Create(bg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := n1.Manager().Commit(bg, s); err != nil {
+			t.Fatal(err)
+		}
+		if err := n1.Manager().Invalidate(bg, s.ID()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n1.repl.resync("n2")
+	for _, p := range n1.ch.Stats().Peers {
+		if p.QueueFull != 0 || p.NeedsResync {
+			t.Errorf("catching n2 up: %d sends refused by a full queue, needs resync %v", p.QueueFull, p.NeedsResync)
+		}
+	}
+}
+
+// startLocal starts a Delta cluster node on loopback, edited by edit, and
+// closes it when the test ends.
+func startLocal(t *testing.T, route string, edit func(*ClusterConfig), join ...string) *Cluster {
+	t.Helper()
+	cfg := DefaultClusterConfig()
+	cfg.Membership = membership.DefaultLocalConfig()
+	cfg.Membership.Route = route
+	cfg.Membership.Join = join
+	cfg.Membership.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})).With("node", route)
+	cfg.Replication.Addr = "127.0.0.1:0"
+	cfg.JoinWait = 300 * time.Millisecond
+	edit(&cfg)
+	c, err := StartCluster(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close(context.Background()) })
+	return c
 }

@@ -1164,9 +1164,7 @@ func (m *replicated) resync(peer string) {
 // holding a logged-out session (a new member may hold one from its state
 // transfer, sent before the invalidation reached its sender).
 func (m *replicated) catchUp(peer string, since time.Time) {
-	for _, id := range m.st.graveIDs() {
-		m.sendAsync([]string{peer}, kindInvalidate, idMsg{ID: id})
-	}
+	m.sendGraves(peer)
 	start := time.Now()
 	sinceMs := since.UnixMilli()
 	filter := func(s *Session) bool {
@@ -1183,6 +1181,32 @@ func (m *replicated) catchUp(peer string, since time.Time) {
 			m.h.log.Info("peer caught up", "peer", peer, "sessions", n, "duration", time.Since(start))
 		} else {
 			m.h.log.Info("peer caught up", "peer", peer, "sessions", n, "changed_since", since, "duration", time.Since(start))
+		}
+	}
+}
+
+// gravesPerAck is how many invalidations sendGraves queues before it
+// waits for the peer to take them.
+const gravesPerAck = 32
+
+// sendGraves sends peer the invalidations of the last minute, in ack mode
+// every gravesPerAck of them so that a busy minute of logouts does not
+// overflow the peer's queue, which would ask for a resync, and so another
+// round of them.
+func (m *replicated) sendGraves(peer string) {
+	ids := m.st.graveIDs()
+	for i, id := range ids {
+		mode := Async
+		if (i+1)%gravesPerAck == 0 || i == len(ids)-1 {
+			mode = Ack
+		}
+		msg, err := encodeMsg(kindInvalidate, idMsg{ID: id})
+		if err == nil {
+			err = m.send(context.Background(), []string{peer}, msg, mode, nil)
+		}
+		if err != nil {
+			m.h.log.Warn("invalidations not sent again to a peer catching up", "peer", peer, "sent", i, "of", len(ids), "err", err)
+			return
 		}
 	}
 }

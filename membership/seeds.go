@@ -310,8 +310,12 @@ func (n *Node) rejoin() {
 		answered := false
 		var errs []error
 		for _, a := range addrs {
-			if err, ok := tried[a]; ok && err != nil {
-				errs = append(errs, err) // another seed's address too, failed already
+			if err, ok := tried[a]; ok { // another seed's address too, joined already
+				if err != nil {
+					errs = append(errs, err)
+				} else {
+					answered = true
+				}
 				continue
 			}
 			if alive[a] {
