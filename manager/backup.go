@@ -108,7 +108,10 @@ type backupState struct {
 
 // principalCall is a FindByPrincipal waiting for its peers' answers.
 type principalCall struct {
-	pending int
+	// awaited are the peers whose answers are awaited: not one that the
+	// send failed for, which may still answer (a stalled peer is slow, not
+	// gone) but must not count twice.
+	awaited []string
 	fulls   map[string]Full // newest copy by id base
 	done    chan struct{}
 }
@@ -121,7 +124,7 @@ func (m *replicated) askPrincipal(ctx context.Context, principal string) ([]Full
 	if len(peers) == 0 {
 		return nil, nil
 	}
-	call := &principalCall{pending: len(peers), fulls: make(map[string]Full), done: make(chan struct{})}
+	call := &principalCall{awaited: slices.Clone(peers), fulls: make(map[string]Full), done: make(chan struct{})}
 	b.fetchMu.Lock()
 	b.queryN++
 	q := b.queryN
@@ -142,16 +145,18 @@ func (m *replicated) askPrincipal(ctx context.Context, principal string) ([]Full
 	sctx, cancel := context.WithTimeout(ctx, b.fetchTimeout)
 	defer cancel()
 	failed := failedPeers(m.t.Send(sctx, peers, msg, Ack), peers)
-	b.fetchMu.Lock()
-	call.pending -= len(failed)
-	if call.pending <= 0 {
-		select {
-		case <-call.done: // the last answer came in first
-		default:
-			close(call.done)
+	if len(failed) > 0 {
+		b.fetchMu.Lock()
+		call.awaited = slices.DeleteFunc(call.awaited, func(r string) bool { return slices.Contains(failed, r) })
+		if len(call.awaited) == 0 {
+			select {
+			case <-call.done: // the last answer came in first
+			default:
+				close(call.done)
+			}
 		}
+		b.fetchMu.Unlock()
 	}
-	b.fetchMu.Unlock()
 	var werr error
 	select {
 	case <-call.done:
@@ -172,8 +177,9 @@ func (m *replicated) askPrincipal(ctx context.Context, principal string) ([]Full
 	return out, werr
 }
 
-// onPrincipalReply records one peer's answer to a FindByPrincipal.
-func (b *backupState) onPrincipalReply(r principalReply) {
+// onPrincipalReply records peer from's answer to a FindByPrincipal, and
+// completes it when every awaited peer has answered.
+func (b *backupState) onPrincipalReply(from string, r principalReply) {
 	b.fetchMu.Lock()
 	defer b.fetchMu.Unlock()
 	call := b.queries[r.Q]
@@ -191,8 +197,11 @@ func (b *backupState) onPrincipalReply(r principalReply) {
 			call.fulls[base] = f
 		}
 	}
-	if call.pending--; call.pending <= 0 {
-		close(call.done)
+	if i := slices.Index(call.awaited, from); i >= 0 {
+		call.awaited = slices.Delete(call.awaited, i, i+1)
+		if len(call.awaited) == 0 {
+			close(call.done)
+		}
 	}
 }
 

@@ -541,11 +541,13 @@ func TestBackupCopiesCappedBySmallCluster(t *testing.T) {
 	copies(1)
 }
 
-// heldReplies holds the fetch replies sent to one node until released,
-// as a holder's answer that comes in after the request gave up waiting.
+// heldReplies holds the fetch replies (or the replies of another kind)
+// sent to one node until released, as a holder's answer that comes in
+// after the request gave up waiting.
 type heldReplies struct {
 	mu      sync.Mutex
 	to      string
+	kind    kind // the replies held: fetch replies when zero
 	holding bool
 	held    []heldMsg
 }
@@ -558,7 +560,11 @@ type heldMsg struct {
 func (h *heldReplies) drop(from, to string, msg []byte) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.holding && to == h.to && len(msg) > 0 && kind(msg[0]) == kindFetchReply {
+	k := h.kind
+	if k == 0 {
+		k = kindFetchReply
+	}
+	if h.holding && to == h.to && len(msg) > 0 && kind(msg[0]) == k {
 		h.held = append(h.held, heldMsg{from, msg})
 		return true
 	}
@@ -762,5 +768,97 @@ func TestBackupFetchCountsAStalledHolderOnce(t *testing.T) {
 	full, err := m.await(bg, id, call)
 	if err != nil || full == nil {
 		t.Fatalf("fetch on %s (backup %s, stalled %s): %v, %v", x, backup, stalled, full, err)
+	}
+}
+
+// earlyAnswers is a stallingTransport whose Send runs answered once the
+// peers have handled msg, before it reports the stalled peer: answers
+// that come in while the sender still waits for the channel.
+type earlyAnswers struct {
+	stallingTransport
+	answered func(msg []byte)
+}
+
+func (t earlyAnswers) Send(ctx context.Context, to []string, msg []byte, mode SendMode) error {
+	err := t.stallingTransport.Send(ctx, to, msg, mode)
+	t.answered(msg)
+	return err
+}
+
+// TestBackupFindByPrincipalCountsAStalledPeerOnce: a user's session is
+// left on one node, its backup, by a kill -9 of its primary, and another
+// node asks for the user's sessions ("log out everywhere") while the
+// channel reports a third peer stalled. That peer is not waited for, but
+// it is slow, not dead: its empty answer comes in, and must not end the
+// query before the backup that holds the session answers.
+func TestBackupFindByPrincipalCountsAStalledPeerOnce(t *testing.T) {
+	leaktest.Check(t)
+	c := newBackupCluster(t, 1, "n1", "n2", "n3", "n4", "n5")
+	n1 := c.nodes["n1"]
+	s, _ := n1.Create(bg)
+	_ = s.SetPrincipal("alice")
+	if err := n1.Commit(bg, s); err != nil {
+		t.Fatal(err)
+	}
+	id := s.ID()
+	c.waitReplicated([]string{id})
+	backup := n1.targets(s)[0]
+	others := slices.DeleteFunc(c.routes(), func(r string) bool { return r == "n1" || r == backup })
+	x, stalled := others[0], others[1]
+
+	// x restarts on a transport that reports the stalled peer, and on
+	// which the answers of that peer and of the third one come in before
+	// Send returns; the backup's is held for the test.
+	h := &heldReplies{to: x, kind: kindPrincipalReply, holding: true}
+	last := make(chan heldMsg, 1)
+	var m *Backup
+	answered := func(msg []byte) {
+		if kind(msg[0]) != kindPrincipalQuery {
+			return
+		}
+		for _, r := range h.release() {
+			if r.from == backup {
+				last <- r
+			} else {
+				_ = m.Receive(r.from, r.msg)
+			}
+		}
+	}
+	_ = c.nodes[x].Close(bg)
+	c.net.remove(x)
+	delete(c.nodes, x)
+	m = c.startOn(x, earlyAnswers{stallingTransport{c.net.transport(x), stalled}, answered})
+	m.backup.fetchTimeout = time.Minute
+	c.waitReplicated([]string{id})
+	// kill -9 of n1, before any repair has run: the backup holds the only
+	// copy.
+	c.net.drop = func(from, to string, msg []byte) bool {
+		return from == "n1" || to == "n1" || h.drop(from, to, msg)
+	}
+	c.net.remove("n1")
+	delete(c.nodes, "n1")
+	t.Cleanup(func() { _ = n1.Close(bg) })
+
+	type result struct {
+		found []*Session
+		err   error
+	}
+	res := make(chan result, 1)
+	go func() {
+		found, err := m.FindByPrincipal(bg, "alice")
+		res <- result{found, err}
+	}()
+	r := <-last
+	// Counted twice, the stalled peer's answer would end the query now,
+	// without the backup's.
+	var got result
+	select {
+	case got = <-res:
+	case <-time.After(200 * time.Millisecond):
+		_ = m.Receive(r.from, r.msg)
+		got = <-res
+	}
+	if len(got.found) != 1 || got.found[0].ID() != id {
+		t.Fatalf("FindByPrincipal on %s (backup %s, stalled %s) found %d sessions, want alice's one (err %v)", x, backup, stalled, len(got.found), got.err)
 	}
 }

@@ -905,7 +905,7 @@ func (m *replicated) Receive(from string, msg []byte) error {
 	case kindPrincipalReply:
 		var r principalReply
 		if err = decodeBody(body, &r); err == nil && m.backup != nil {
-			m.backup.onPrincipalReply(r)
+			m.backup.onPrincipalReply(from, r)
 		}
 	case kindDrop:
 		var e idMsg
