@@ -325,6 +325,7 @@ func (m *replicated) fetch(ctx context.Context, id string) (*Session, error) {
 		var seen uint64
 		if full != nil {
 			s.replace(*full)
+			s.touchAt(time.UnixMilli(full.Access))
 			seen = full.Term
 		}
 		if s.ownerRoute() == m.cfg.Route {
@@ -355,16 +356,18 @@ func (m *replicated) claimHeld(s *Session, seen uint64) (uint64, bool) {
 }
 
 // refresh brings a backup copy that is about to serve requests up to the
-// newest revision its other holders have: the balancer failed a user over
-// to a backup, which may have missed the last change sent to another
-// holder while membership had not yet declared a member failed.
+// newest revision its other holders have, and the latest access: the
+// balancer failed a user over to a backup, which may have missed the last
+// change or batch of access times sent to another holder while
+// membership had not yet declared a member failed.
 func (m *replicated) refresh(ctx context.Context, s *Session) {
 	call := m.ask(s.ID())
 	if call == nil {
 		return
 	}
-	if full, err := m.await(ctx, s.ID(), call); err == nil && full != nil && s.Rev().Less(full.Rev) {
+	if full, err := m.await(ctx, s.ID(), call); err == nil && full != nil {
 		s.replace(*full)
+		s.touchAt(time.UnixMilli(full.Access))
 	}
 }
 
@@ -484,10 +487,22 @@ func (m *replicated) onFetchReply(from string, r fetchReply) {
 	default:
 	}
 	// Every holder answers, so the newest copy wins: a holder may have
-	// missed the last change.
-	if r.Found && (call.full == nil || call.full.Rev.Less(r.Full.Rev)) {
-		f := r.Full
-		call.full = &f
+	// missed the last change. Its access time is the latest any holder
+	// has, whatever its revision: access times reach the holders in
+	// batches, one may have missed the last, and with an older one the
+	// session would look expired.
+	if r.Found {
+		switch {
+		case call.full == nil:
+			f := r.Full
+			call.full = &f
+		case call.full.Rev.Less(r.Full.Rev):
+			f := r.Full
+			f.Access = max(f.Access, call.full.Access)
+			call.full = &f
+		default:
+			call.full.Access = max(call.full.Access, r.Full.Access)
+		}
 	}
 	if i := slices.Index(call.awaited, from); i >= 0 {
 		call.awaited = slices.Delete(call.awaited, i, i+1)

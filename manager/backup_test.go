@@ -862,3 +862,103 @@ func TestBackupFindByPrincipalCountsAStalledPeerOnce(t *testing.T) {
 		t.Fatalf("FindByPrincipal on %s (backup %s, stalled %s) found %d sessions, want alice's one (err %v)", x, backup, stalled, len(got.found), got.err)
 	}
 }
+
+// staleAccessCluster is 4 nodes whose clocks tests move, and a session
+// with 10 minutes of max inactivity, created on n1, read there 9 minutes
+// later, and now 11 minutes old: n1's batch of access times reached its
+// backup fresh but not its backup stale, whose copy, at the same
+// revision, looks expired. n1 is then killed -9, before any repair; x is
+// the node without a copy.
+func staleAccessCluster(t *testing.T) (c *backupCluster, id, fresh, stale, x string) {
+	t.Helper()
+	c = newBackupCluster(t, 2, "n1", "n2", "n3", "n4")
+	clock := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	for _, m := range c.nodes {
+		m.h.clock = clock.now
+	}
+	n1 := c.nodes["n1"]
+	s, _ := n1.Create(bg)
+	_ = s.SetMaxInactive(10 * time.Minute)
+	_ = s.Set("cart", 1)
+	if err := n1.Commit(bg, s); err != nil {
+		t.Fatal(err)
+	}
+	id = s.ID()
+	c.waitReplicated([]string{id})
+	backups := n1.targets(s)
+	fresh, stale = backups[0], backups[1]
+	x = slices.DeleteFunc(c.routes(), func(r string) bool { return r == "n1" || slices.Contains(backups, r) })[0]
+
+	clock.advance(9 * time.Minute)
+	if _, err := n1.Find(bg, id); err != nil {
+		t.Fatal(err)
+	}
+	_ = n1.Commit(bg, s)
+	c.net.drop = func(from, to string, msg []byte) bool {
+		return from == "n1" && to == stale && kind(msg[0]) == kindTouch
+	}
+	n1.flushTouches()
+	waitUntil(t, "the network idle", c.net.idleNow)
+	clock.advance(2 * time.Minute)
+	if s := c.nodes[stale].st.get(id); s == nil || !s.expiredAt(clock.now()) {
+		t.Fatalf("%s's copy: %v, want one that looks expired", stale, s)
+	}
+
+	c.net.drop = func(from, to string, msg []byte) bool { return from == "n1" || to == "n1" }
+	c.net.remove("n1")
+	delete(c.nodes, "n1")
+	t.Cleanup(func() { _ = n1.Close(bg) })
+	return c, id, fresh, stale, x
+}
+
+// TestBackupFetchTakesTheLatestAccess: a node without a copy fetches a
+// session whose backups hold it at the same revision, one with an older
+// access time, whose answer comes in first. The session was used 2
+// minutes ago: it is found, not expired.
+func TestBackupFetchTakesTheLatestAccess(t *testing.T) {
+	leaktest.Check(t)
+	c, id, fresh, stale, x := staleAccessCluster(t)
+	h := &heldReplies{to: x, holding: true}
+	c.net.drop = func(from, to string, msg []byte) bool {
+		return from == "n1" || to == "n1" || h.drop(from, to, msg)
+	}
+	m := c.nodes[x]
+	found := make(chan error, 1)
+	go func() {
+		_, err := m.Find(bg, id)
+		found <- err
+	}()
+	waitUntil(t, "both backups to answer", func() bool {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		return len(h.held) == 2
+	})
+	late := h.release()
+	slices.SortFunc(late, func(a, b heldMsg) int {
+		switch {
+		case a.from == b.from:
+			return 0
+		case a.from == stale:
+			return -1
+		}
+		return 1
+	})
+	for _, r := range late {
+		_ = m.Receive(r.from, r.msg)
+	}
+	if err := <-found; err != nil {
+		t.Fatalf("Find on %s (fresh %s, stale %s): %v", x, fresh, stale, err)
+	}
+}
+
+// TestBackupRefreshTakesTheLatestAccess: the user fails over to the
+// backup whose copy has the older access time. Its refresh from the other
+// holders finds the same revision, with the latest access: the session is
+// served, not expired.
+func TestBackupRefreshTakesTheLatestAccess(t *testing.T) {
+	leaktest.Check(t)
+	c, id, fresh, stale, _ := staleAccessCluster(t)
+	if _, err := c.nodes[stale].Find(bg, id); err != nil {
+		t.Fatalf("Find on %s (fresh %s): %v", stale, fresh, err)
+	}
+}
