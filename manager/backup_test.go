@@ -383,8 +383,8 @@ func TestBackupGracefulCloseHandsOff(t *testing.T) {
 }
 
 // The backup's sweep comes before the primary's batch of access times: the
-// backup expires its copy, and the primary, which saw a later access,
-// sends it a full copy back, so the session survives the primary's kill -9.
+// backup keeps its copy until the batch can have come in, so the session
+// survives the primary's kill -9.
 func TestBackupExpiryBeforeThePrimarysAccess(t *testing.T) {
 	c := newBackupCluster(t, 1, "a", "b", "c")
 	clock := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
@@ -410,7 +410,7 @@ func TestBackupExpiryBeforeThePrimarysAccess(t *testing.T) {
 	clock.advance(3 * time.Second)
 	c.nodes[backup].sweep() // the backup sweeps first
 	time.Sleep(50 * time.Millisecond)
-	a.sweep() // then the primary, whose touch now finds no copy
+	a.sweep() // then the primary, whose batch has the access
 	time.Sleep(50 * time.Millisecond)
 	if n := c.copies(id); n != 2 {
 		t.Errorf("%d copies of a session accessed 1s ago, want 2 (primary+backup)", n)
@@ -960,5 +960,77 @@ func TestBackupRefreshTakesTheLatestAccess(t *testing.T) {
 	c, id, fresh, stale, _ := staleAccessCluster(t)
 	if _, err := c.nodes[stale].Find(bg, id); err != nil {
 		t.Fatalf("Find on %s (fresh %s): %v", stale, fresh, err)
+	}
+}
+
+// TestBackupSweepWaitsForThePrimarysAccesses: a backup sweeps after the
+// session's deadline by the access times it has, but before the batch
+// with the primary's last access arrives. The session, used a second ago,
+// is not destroyed there: no Destroyed fires, the copy stays. When it
+// does expire, on its primary, the backup, which never heard (the expiry
+// was lost), ends its copy too, a little later.
+func TestBackupSweepWaitsForThePrimarysAccesses(t *testing.T) {
+	leaktest.Check(t)
+	c := newBackupCluster(t, 1, "a", "b", "c")
+	clock := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	for _, m := range c.nodes {
+		m.h.clock = clock.now
+	}
+	a := c.nodes["a"]
+	s, _ := a.Create(bg)
+	_ = s.SetMaxInactive(10 * time.Minute)
+	_ = s.Set("cart", 1)
+	if err := a.Commit(bg, s); err != nil {
+		t.Fatal(err)
+	}
+	id := s.ID()
+	c.waitReplicated([]string{id})
+	b := c.nodes[a.targets(s)[0]]
+	var mu sync.Mutex
+	var gone []string
+	b.AddListener(Listener{Destroyed: func(s *Session, why Reason) {
+		mu.Lock()
+		defer mu.Unlock()
+		gone = append(gone, why.String())
+	}})
+	destroyedOnB := func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(gone)
+	}
+
+	clock.advance(10*time.Minute - 2*time.Second)
+	if _, err := a.Find(bg, id); err != nil { // read on the primary
+		t.Fatal(err)
+	}
+	_ = a.Commit(bg, s)
+	clock.advance(3 * time.Second)
+	b.sweep() // the backup sweeps first
+	waitUntil(t, "the network idle", c.net.idleNow)
+	if got := destroyedOnB(); len(got) != 0 {
+		t.Fatalf("the backup destroyed a session used 1s ago: %v", got)
+	}
+	if b.st.get(id) == nil {
+		t.Fatal("the backup dropped the copy of a session used 1s ago")
+	}
+	a.sweep() // the primary's batch
+	waitUntil(t, "the network idle", c.net.idleNow)
+
+	// The primary expires the session; its word does not reach the backup.
+	c.net.drop = func(from, to string, msg []byte) bool { return kind(msg[0]) == kindExpire }
+	clock.advance(11 * time.Minute)
+	a.sweep()
+	if a.st.get(id) != nil {
+		t.Fatal("the primary kept a session idle past its deadline")
+	}
+	for range 3 {
+		clock.advance(a.cfg.SweepInterval)
+		b.sweep()
+	}
+	if b.st.get(id) != nil {
+		t.Fatal("the backup keeps a copy whose primary expired it, sweeps later")
+	}
+	if got := destroyedOnB(); !slices.Equal(got, []string{"expired"}) {
+		t.Errorf("Destroyed on the backup: %v, want one expiry", got)
 	}
 }

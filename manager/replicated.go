@@ -582,17 +582,29 @@ func (m *replicated) recipients(s *Session) []string {
 
 // sweep sends the batched touches, then expires idle sessions. Touches go
 // first so peers hear of the last accesses before they judge expiry.
+//
+// A Backup copy of another node's session hears of its accesses in the
+// primary's batches, one each SweepInterval, so its last access may be
+// older here than on the primary: it expires here only once idle for
+// two more intervals, by when any batch sent before the deadline has
+// come in. The primary expires the session on time and its holders with
+// it; this only ends a copy whose primary's word never came.
 func (m *replicated) sweep() {
 	start := time.Now()
 	defer func() { m.stats.sweepNanos.Add(int64(time.Since(start))) }()
 	m.flushTouches()
 	now := m.h.now()
+	late := now.Add(-2 * m.cfg.SweepInterval)
 	for _, s := range m.st.all() {
-		if s.expiredAt(now) {
+		at := now
+		if m.backup != nil && s.ownerRoute() != m.cfg.Route {
+			at = late
+		}
+		if s.expiredAt(at) {
 			m.expire(s)
 		}
 	}
-	m.st.expired(now) // forget old aliases
+	m.st.forget(now)
 }
 
 // expire removes an idle session here and tells the peers, who remove

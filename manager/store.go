@@ -207,6 +207,12 @@ func (st *store) expired(now time.Time) []*Session {
 			}
 		}
 	}
+	st.forget(now)
+	return out
+}
+
+// forget forgets the aliases and graves past their time at now.
+func (st *store) forget(now time.Time) {
 	st.mu.Lock()
 	for id, a := range st.alias {
 		if !now.Before(a.until) {
@@ -219,7 +225,6 @@ func (st *store) expired(now time.Time) []*Session {
 		}
 	}
 	st.mu.Unlock()
-	return out
 }
 
 // byPrincipal returns the sessions logged in as p. It scans: principals
