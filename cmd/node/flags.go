@@ -47,6 +47,8 @@ type config struct {
 	// Ignored lists the settings given that the chosen manager does not
 	// use; the node starts anyway and logs a warning for each.
 	Ignored []ignoredSetting
+	// replDerived is whether Replication was derived from Bind.
+	replDerived bool
 	// envNames are the COHORT_ variables that set a flag.
 	envNames []string
 	// source says where each flag's value came from, for messages:
@@ -198,6 +200,7 @@ func parseFlags(args []string, getenv func(string) string, host string, stderr i
 	}
 	c.Replication = *repl
 	derived := c.Replication == ""
+	c.replDerived = derived
 	if derived {
 		p, _ := strconv.Atoi(bindPort)
 		if p != 0 {

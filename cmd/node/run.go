@@ -15,6 +15,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -122,7 +123,7 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
 	// joins.
 	probe, err := net.Listen("tcp", cfg.HTTP)
 	if err != nil {
-		return fmt.Errorf("listen on %s %s: %w", cfg.source["http"], cfg.HTTP, err)
+		return newListenError(cfg, "http", cfg.HTTP, err)
 	}
 	_ = probe.Close()
 	cluster, err := startCluster(ctx, cfg, logger, portRetry)
@@ -163,7 +164,7 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
 	if err != nil {
 		_ = hub.Close()
 		_ = cluster.Close(context.Background())
-		return fmt.Errorf("listen on %s %s: %w", cfg.source["http"], cfg.HTTP, err)
+		return newListenError(cfg, "http", cfg.HTTP, err)
 	}
 	dash := web.NewDashboard(cluster, sessions, logger)
 	srv := &http.Server{
@@ -285,6 +286,10 @@ func startCluster(ctx context.Context, cfg *config, logger *slog.Logger, retryFo
 		if rc := (*membership.RouteConflictError)(nil); errors.As(err, &rc) {
 			return nil, fmt.Errorf("%s %q: %w: give every node a route of its own", cfg.source["route"], cfg.Route, err)
 		}
+		if err != nil && !addrInUse(err) && listenFailed(err) {
+			name, addr := takenFlag(cfg, err)
+			return nil, newListenError(cfg, name, addr, err)
+		}
 		if err == nil || !addrInUse(err) {
 			return c, err
 		}
@@ -319,10 +324,101 @@ func (e *portInUseError) Error() string {
 	if e.After > 0 {
 		msg += ", still after " + e.After.String()
 	}
-	return msg
+	return msg + "; stop that process (ss -tulpn names it) or choose another port"
 }
 
 func (e *portInUseError) Unwrap() error { return e.Err }
+
+// listenError is a listener that cannot open for a reason other than a
+// port in use, such as an address that is not one of this host's. Its
+// message names the flag the address came from and what to set it to.
+type listenError struct {
+	Source string // the flag, or where the address came from
+	Addr   string // what the listener was to open; may say where it came from
+	Cause  string
+	Fix    string // "" when there is nothing better than the cause
+	Err    error
+}
+
+func (e *listenError) Error() string {
+	msg := e.Source + ": cannot listen on " + e.Addr + ": " + e.Cause
+	if e.Fix != "" {
+		msg += "; " + e.Fix
+	}
+	return msg
+}
+
+func (e *listenError) Unwrap() error { return e.Err }
+
+// newListenError explains err, the failure of the listener of flag name
+// (http, bind or replication) on addr.
+func newListenError(cfg *config, name, addr string, err error) error {
+	if addrInUse(err) {
+		return &portInUseError{Source: cfg.source[name], Addr: addr, Err: err}
+	}
+	e := &listenError{Source: cfg.source[name], Addr: addr, Err: err}
+	host, p, _ := net.SplitHostPort(addr)
+	reach := " that the other nodes can reach"
+	if name == "http" {
+		reach = ", or 0.0.0.0:" + p + " for all of them"
+	}
+	var dns *net.DNSError
+	switch {
+	case hasErrno(err, syscall.EADDRNOTAVAIL):
+		e.Cause = host + " is not an IP address of this host"
+		e.Fix = "set it to an IP address of one of this host's interfaces (ip addr lists them)" + reach
+		if name == "replication" && cfg.replDerived {
+			// The IP is -bind's: that is the setting to change.
+			e.Source, e.Addr = cfg.source["bind"], addr+", the replication address derived from it"
+		}
+	case hasErrno(err, syscall.EACCES):
+		e.Cause = "permission denied"
+		if n, _ := strconv.Atoi(p); n > 0 && n < 1024 {
+			e.Cause = "permission denied: a port below 1024 needs root or CAP_NET_BIND_SERVICE"
+			e.Fix = "set it to a port of 1024 or more"
+		}
+	case errors.As(err, &dns):
+		e.Cause = fmt.Sprintf("host %q not found", dns.Name)
+		if !dns.IsNotFound {
+			e.Cause = fmt.Sprintf("host %q could not be looked up: %s", dns.Name, dns.Err)
+		}
+		e.Fix = "set it to an IP address of this host" + reach
+	default:
+		e.Cause = innermost(err)
+	}
+	return e
+}
+
+// listenFailed reports whether err from StartCluster is a listener's: the
+// replication channel's, which wraps its *net.OpError, or the gossip
+// listener's, which memberlist formats with %v.
+func listenFailed(err error) bool {
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Op == "listen" {
+		return true
+	}
+	msg := err.Error()
+	return strings.Contains(msg, "failed to start TCP listener") || strings.Contains(msg, "failed to start UDP listener")
+}
+
+// hasErrno reports whether err is, or for memberlist's errors says, errno.
+func hasErrno(err error, errno syscall.Errno) bool {
+	return errors.Is(err, errno) || strings.HasSuffix(err.Error(), errno.Error())
+}
+
+// innermost is the system's own words for err, such as "permission
+// denied", without the addresses its wrappers repeat.
+func innermost(err error) string {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return errno.Error()
+	}
+	msg := err.Error()
+	if i := strings.LastIndex(msg, ": "); i >= 0 {
+		return msg[i+2:]
+	}
+	return msg
+}
 
 // addrInUse reports whether err is a listener's "address already in use".
 // memberlist formats its listener errors with %v, so for the gossip port

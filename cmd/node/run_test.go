@@ -553,3 +553,82 @@ func TestServeReturnsWhenHTTPFails(t *testing.T) {
 		t.Errorf("log lacks the server's stop:\n%s", log.String())
 	}
 }
+
+// A listener that cannot open on its address, here a TEST-NET address
+// that is no host's, stops the start at once with one line that names the
+// flag the address came from and what to set it to.
+func TestListenErrorNamesFlag(t *testing.T) {
+	const notHere = "192.0.2.1"
+	free := func() string { return fmt.Sprintf("127.0.0.1:%d", freePort(t, false)) }
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{"derived replication", []string{"-bind", notHere + ":7946"}, nil,
+			"flag -bind: cannot listen on 192.0.2.1:8946, the replication address derived from it: 192.0.2.1 is not an IP address of this host; set it to"},
+		{"derived replication from env", nil, map[string]string{"COHORT_BIND": notHere + ":7946"},
+			"COHORT_BIND (flag -bind): cannot listen on 192.0.2.1:8946, the replication address derived from it: 192.0.2.1 is not"},
+		{"gossip", []string{"-bind", notHere + ":7946", "-replication", free()}, nil,
+			"flag -bind: cannot listen on 192.0.2.1:7946: 192.0.2.1 is not an IP address of this host; set it to"},
+		{"gossip standard", []string{"-bind", notHere + ":7946", "-manager", "standard"}, nil,
+			"flag -bind: cannot listen on 192.0.2.1:7946: 192.0.2.1 is not an IP address of this host; set it to"},
+		{"replication", []string{"-bind", fmt.Sprintf("127.0.0.1:%d", freePort(t, false)), "-replication", notHere + ":8946"}, nil,
+			"flag -replication: cannot listen on 192.0.2.1:8946: 192.0.2.1 is not an IP address of this host; set it to"},
+		{"http", []string{"-bind", "127.0.0.1:0", "-http", notHere + ":8080"}, nil,
+			"flag -http: cannot listen on 192.0.2.1:8080: 192.0.2.1 is not an IP address of this host; set it to an IP address of one of this host's interfaces (ip addr lists them), or 0.0.0.0:8080 for all of them"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"-route", "n1", "-http", free(), "-multicast", "off", "-frequency", "100ms", "-drop-time", "1s"}, tc.args...)
+			cfg, err := parseFlags(args, env(tc.env), "testhost", io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var log testlog.Buffer
+			done := make(chan error, 1)
+			go func() { done <- serve(context.Background(), cfg, newLogger(cfg, &log)) }()
+			select {
+			case err = <-done:
+			case <-time.After(portRetry / 2):
+				t.Fatalf("serve still running, retrying an address that is not this host's:\n%s", log.String())
+			}
+			if err == nil || !strings.HasPrefix(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
+				t.Errorf("serve = %v\nwant one line starting %q", err, tc.want)
+			}
+			if !errors.Is(err, syscall.EADDRNOTAVAIL) && !strings.Contains(fmt.Sprint(errors.Unwrap(err)), "cannot assign") {
+				t.Errorf("error %q does not wrap the listener's", err)
+			}
+		})
+	}
+
+	// The HTTP listener opened once the node is ready fails the same way.
+	t.Run("http when ready", func(t *testing.T) {
+		defer func(f func(string, string) (net.Listener, error)) { listenHTTP = f }(listenHTTP)
+		listenHTTP = func(network, addr string) (net.Listener, error) {
+			return nil, &net.OpError{Op: "listen", Net: network, Err: os.NewSyscallError("bind", syscall.EADDRNOTAVAIL)}
+		}
+		cfg, err := parseFlags(nodeArgs("n1", freePort(t, false), 0), env(nil), "testhost", io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = serve(context.Background(), cfg, newLogger(cfg, io.Discard))
+		if want := "flag -http: cannot listen on " + cfg.HTTP + ": 127.0.0.1 is not an IP address of this host; set it to"; err == nil || !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("serve = %v, want %q...", err, want)
+		}
+	})
+
+	// The node exits with status 2 and the error as its last line.
+	t.Run("process", func(t *testing.T) {
+		p := startProc(t, nil, nil, "-route", "n1", "-http", free(), "-bind", notHere+":7946", "-multicast", "off")
+		err := p.wait(t, portRetry/2)
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+			t.Errorf("-bind %s: %v, want exit status 2", notHere, err)
+		}
+		lines := strings.Split(strings.TrimSpace(p.log.String()), "\n")
+		if last := lines[len(lines)-1]; !strings.HasPrefix(last, "cohort-node: flag -bind: cannot listen on 192.0.2.1:8946") {
+			t.Errorf("last line %q, want the error naming -bind", last)
+		}
+	})
+}
