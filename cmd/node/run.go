@@ -127,6 +127,10 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
 	}
 	_ = probe.Close()
 	cluster, err := startCluster(ctx, cfg, logger, portRetry)
+	if err != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		logger.Info("stopped")
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -277,7 +281,8 @@ const portRetry = 15 * time.Second
 // startCluster starts the node's cluster. A port still held, as when the
 // previous process of a restarted node has closed its HTTP port but not
 // yet left the cluster, is retried for up to retryFor; the wait is logged
-// once, and the final error names the flag of the port.
+// once, and the final error names the flag of the port. The end of ctx
+// ends the wait, and startCluster returns ctx's error.
 func startCluster(ctx context.Context, cfg *config, logger *slog.Logger, retryFor time.Duration) (*manager.Cluster, error) {
 	deadline := time.Now().Add(retryFor)
 	warned := false
@@ -303,7 +308,9 @@ func startCluster(ctx context.Context, cfg *config, logger *slog.Logger, retryFo
 		}
 		select {
 		case <-ctx.Done():
-			return nil, &portInUseError{Source: cfg.source[name], Addr: addr, Err: err}
+			// Told to stop while waiting: a stop, not a failed start.
+			logger.Info("shutting down before start: no longer waiting for the port", "flag", "-"+name, "addr", addr)
+			return nil, ctx.Err()
 		case <-time.After(200 * time.Millisecond):
 		}
 	}

@@ -632,3 +632,24 @@ func TestListenErrorNamesFlag(t *testing.T) {
 		}
 	})
 }
+
+// A SIGTERM while the start waits for a port still in use stops the node
+// as a SIGTERM after the start does: exit status 0, no error.
+func TestSignalWhileWaitingForPort(t *testing.T) {
+	bindPort := freePort(t, true)
+	l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", bindPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	p := startProc(t, nil, nil, nodeArgs("n1", freePort(t, false), bindPort)...)
+	waitFor(t, 10*time.Second, "the retry", func() bool { return strings.Contains(p.log.String(), "a port is still in use; retrying") })
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	// Well before the retry ends: an exit now is the signal's.
+	if err := p.wait(t, portRetry/2); err != nil {
+		t.Errorf("SIGTERM while waiting for the port: %v, want exit status 0", err)
+	}
+	if log := p.log.String(); strings.Contains(log, "cohort-node:") || !strings.Contains(log, "msg=stopped") {
+		t.Errorf("log reports an error, or lacks the stop:\n%s", log)
+	}
+}
