@@ -126,9 +126,17 @@ func parseFlags(args []string, getenv func(string) string, host string, stderr i
 		logFormat = fs.String("log-format", "text", "log format: `text|json`")
 		version   = fs.Bool("version", false, "print the version and exit")
 	)
-	fs.Usage = func() { printUsage(stderr, fs) }
+	// The flag package prints its error and the whole usage on a bad
+	// command line; only -help gets the usage, and an error is one line
+	// (parseError).
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
 	if err := fs.Parse(args); err != nil {
-		return nil, err
+		if errors.Is(err, flag.ErrHelp) {
+			printUsage(stderr, fs)
+			return nil, err
+		}
+		return nil, parseError(fs, err)
 	}
 	if *version {
 		return nil, errVersion
@@ -226,7 +234,9 @@ func parseFlags(args []string, getenv func(string) string, host string, stderr i
 			c.Join = append(c.Join, s)
 		}
 	}
-	if *multicast != "off" && *multicast != "" {
+	// An empty -multicast is refused rather than taken as off: an empty
+	// COHORT_MULTICAST, like every empty variable, leaves the default.
+	if *multicast != "off" {
 		a, err := net.ResolveUDPAddr("udp4", *multicast)
 		if err != nil || !a.IP.IsMulticast() || a.Port == 0 {
 			return fail(bad("multicast", *multicast, "an IPv4 multicast group addr:port such as 228.0.0.4:45564, or off"))
@@ -319,6 +329,42 @@ func parseFlags(args []string, getenv func(string) string, host string, stderr i
 		ignore("large-session", "the standard manager does not replicate sessions, and only replicated changes are measured")
 	}
 	return c, nil
+}
+
+// parseError rewrites an error of the flag package's Parse so that it
+// names the flag and the accepted form: "flag needs an argument: -bind"
+// becomes "flag -bind needs a value: want IP:port", and an unknown flag
+// gets the one it was probably meant to be. Other errors are returned as
+// they are.
+func parseError(fs *flag.FlagSet, err error) error {
+	msg := err.Error()
+	if name, ok := strings.CutPrefix(msg, "flag provided but not defined: -"); ok {
+		// closest compares variable names: COHORT_DROP_TIME for -drop-time.
+		var names []string
+		byEnv := map[string]string{}
+		fs.VisitAll(func(f *flag.Flag) { names = append(names, envName(f.Name)); byEnv[envName(f.Name)] = f.Name })
+		hint := ""
+		if m := closest(envName(strings.TrimLeft(name, "-")), names); m != "" {
+			hint = ": did you mean -" + byEnv[m] + "?"
+		}
+		return fmt.Errorf("unknown flag -%s%s (cohort-node -help lists the flags)", name, hint)
+	}
+	if name, ok := strings.CutPrefix(msg, "flag needs an argument: -"); ok {
+		if f := fs.Lookup(strings.TrimLeft(name, "-")); f != nil {
+			form, _ := flag.UnquoteUsage(f)
+			if f.DefValue != "" {
+				form += ", as in -" + f.Name + "=" + f.DefValue
+			}
+			return fmt.Errorf("flag -%s needs a value: want %s", f.Name, form)
+		}
+	}
+	if rest, ok := strings.CutPrefix(msg, "invalid boolean value "); ok {
+		if v, name, ok := strings.Cut(rest, " for -"); ok {
+			name, _, _ = strings.Cut(name, ":")
+			return fmt.Errorf("invalid value %s for flag -%s: want no value, -%s=true or -%s=false", v, name, name, name)
+		}
+	}
+	return err
 }
 
 // unknownEnv returns the COHORT_ variables of environ ("NAME=value") that

@@ -339,3 +339,38 @@ func TestUnknownEnv(t *testing.T) {
 		t.Errorf("unknownEnv = %v, want %v", got, want)
 	}
 }
+
+// A command line the flag package refuses gets one line that names the
+// flag and the accepted form, and no usage dump.
+func TestParseFlagsCommandLine(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-bind"}, "flag -bind needs a value: want IP:port, as in -bind=127.0.0.1:7946"},
+		{[]string{"-replication"}, "flag -replication needs a value: want IP:port"},
+		{[]string{"-version=maybe"}, `invalid value "maybe" for flag -version: want no value, -version=true or -version=false`},
+		{[]string{"-bnd", "10.0.0.1:7946"}, "unknown flag -bnd: did you mean -bind? (cohort-node -help lists the flags)"},
+		{[]string{"-droptime", "5s"}, "did you mean -drop-time?"},
+		{[]string{"-colour", "blue"}, "unknown flag -colour (cohort-node -help lists the flags)"},
+		{[]string{"-multicast="}, `invalid value "" for flag -multicast: want an IPv4 multicast group addr:port such as 228.0.0.4:45564, or off`},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			var out strings.Builder
+			_, err := parseFlags(append([]string{"-route", "n1"}, tc.args...), env(nil), "testhost", &out)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("parseFlags(%q) = %v, want %q", tc.args, err, tc.want)
+			}
+			if out.Len() > 0 {
+				first, _, _ := strings.Cut(out.String(), "\n")
+				t.Errorf("parseFlags(%q) printed %d bytes, from %q; want nothing", tc.args, out.Len(), first)
+			}
+		})
+	}
+	// An empty variable leaves its flag's default, as it does for every
+	// other flag; only an empty -multicast itself is refused.
+	c, err := parseFlags([]string{"-route", "n1"}, env(map[string]string{"COHORT_MULTICAST": ""}), "testhost", io.Discard)
+	if err != nil || c.Multicast != "228.0.0.4:45564" {
+		t.Errorf("empty COHORT_MULTICAST: %+v, %v; want the default group", c, err)
+	}
+}
