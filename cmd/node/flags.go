@@ -106,7 +106,7 @@ func parseFlags(args []string, getenv func(string) string, host string, stderr i
 		httpAddr  = fs.String("http", "127.0.0.1:8080", "app and admin HTTP listener, `host:port`; with 0.0.0.0 or no host it listens on every interface and peers are told the -bind IP")
 		bind      = fs.String("bind", "127.0.0.1:7946", "gossip address (UDP and TCP), `IP:port`: an address the other nodes can reach, not 0.0.0.0 or ::")
 		repl      = fs.String("replication", "", "replication channel TCP address, `IP:port` (default: the -bind IP with the -bind port + 1000)")
-		join      = fs.String("join", "", "comma-separated seeds, `host:port,...`: IP addresses or DNS names")
+		join      = fs.String("join", "", "comma-separated seeds, `host[:port],...`: IP addresses or DNS names; without a port, -bind's")
 		multicast = fs.String("multicast", membership.DefaultMulticastAddr, "multicast beacon group `addr:port`, or off")
 		frequency = fs.String("frequency", "500ms", "heartbeat and beacon interval, a `duration`")
 		dropTime  = fs.String("drop-time", "3s", "silence after which a member is dropped, a `duration` of at least twice -frequency")
@@ -227,11 +227,12 @@ func parseFlags(args []string, getenv func(string) string, host string, stderr i
 	}
 	for _, s := range strings.Split(*join, ",") {
 		if s = strings.TrimSpace(s); s != "" {
-			if h, p, err := net.SplitHostPort(s); err != nil || h == "" || !validPort(p, false) {
-				return fail(bad("join", *join, fmt.Sprintf("comma-separated host:port seeds, such as 10.0.0.1:7946,cohort.default.svc:7946; "+
-					"%q is not a host and a port from 1 to 65535", s)))
+			seed, ok := seedAddr(s, bindPort)
+			if !ok {
+				return fail(bad("join", *join, fmt.Sprintf("comma-separated seeds, host or host:port, such as 10.0.0.1:7946,cohort.default.svc; "+
+					"%q is not a host name or IP address, with a port from 1 to 65535 or none for -bind's", s)))
 			}
-			c.Join = append(c.Join, s)
+			c.Join = append(c.Join, seed)
 		}
 	}
 	// An empty -multicast is refused rather than taken as off: an empty
@@ -554,6 +555,44 @@ func parseSize(s string) (int, error) {
 		return 0, fmt.Errorf("bad size %q", s)
 	}
 	return n * mult, nil
+}
+
+// seedAddr returns seed as host:port: a seed without a port, such as a
+// headless service's name, has the gossip port of -bind, which the nodes
+// of a cluster share. It reports false for a seed that is not a host name
+// or IP address with a port from 1 to 65535, or without one when -bind's
+// port is 0.
+func seedAddr(seed, bindPort string) (string, bool) {
+	if h, p, err := net.SplitHostPort(seed); err == nil {
+		return seed, validHost(h) && validPort(p, false)
+	}
+	h := seed
+	if inner, ok := strings.CutPrefix(h, "["); ok {
+		h, ok = strings.CutSuffix(inner, "]")
+		if !ok || net.ParseIP(h) == nil {
+			return "", false
+		}
+	}
+	if !validHost(h) || !validPort(bindPort, false) {
+		return "", false
+	}
+	return net.JoinHostPort(h, bindPort), true
+}
+
+// validHost reports whether h is an IP address or a DNS name.
+func validHost(h string) bool {
+	if net.ParseIP(h) != nil {
+		return true
+	}
+	if h == "" || len(h) > 253 || strings.HasPrefix(h, ".") || strings.Contains(h, "..") {
+		return false
+	}
+	for _, r := range h {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '.' || r == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 func validPort(s string, zeroOK bool) bool {

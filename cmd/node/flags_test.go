@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -55,6 +56,19 @@ func TestParseFlagsPrecedence(t *testing.T) {
 	}
 }
 
+// A seed without a port has -bind's: the nodes of a cluster share their
+// gossip port, and a headless service's name is given as it is.
+func TestJoinSeedsWithoutPort(t *testing.T) {
+	c, err := parseFlags([]string{"-route=n1", "-bind=10.1.1.1:7000", "-join=cohort-gossip, 10.0.0.2, fd00::3, [fd00::4], seed:7946"}, env(nil), "testhost", io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"cohort-gossip:7000", "10.0.0.2:7000", "[fd00::3]:7000", "[fd00::4]:7000", "seed:7946"}
+	if !slices.Equal(c.Join, want) {
+		t.Errorf("join = %q, want %q", c.Join, want)
+	}
+}
+
 func TestParseFlagsErrors(t *testing.T) {
 	for _, tc := range []struct {
 		args []string
@@ -66,8 +80,12 @@ func TestParseFlagsErrors(t *testing.T) {
 		{[]string{"-bind", "localhost:7946"}, nil, "-bind"},
 		{[]string{"-bind", "127.0.0.1:70000"}, nil, "-bind"},
 		{[]string{"-replication", "x"}, nil, "-replication"},
-		{[]string{"-join", "10.0.0.1"}, nil, "-join"},
-		{[]string{"-join", "10.0.0.1:7946,seed-2"}, nil, `"seed-2" is not`}, // the bad element, named
+		{[]string{"-join", "10.0.0.1:0"}, nil, "-join"},
+		{[]string{"-join", "10.0.0.1:7946,seed 2"}, nil, `"seed 2" is not`}, // the bad element, named
+		{[]string{"-join", ":7946"}, nil, "-join"},
+		{[]string{"-join", "seed:x"}, nil, "-join"},
+		{[]string{"-join", "[seed]"}, nil, "-join"},
+		{[]string{"-join", "seed", "-bind", "127.0.0.1:0"}, nil, "-join"}, // no port to take
 		{[]string{"-multicast", "10.0.0.1:45564"}, nil, "-multicast"},
 		{[]string{"-frequency", "fast"}, nil, "-frequency"},
 		{[]string{"-frequency", "0s"}, nil, "-frequency"},
