@@ -244,6 +244,8 @@ func typeName(t replication.MsgType) string {
 	switch t {
 	case manager.MsgType:
 		return "session"
+	case HubMsgType:
+		return "hub"
 	case 1, 2, 3, 4:
 		return [...]string{"", "hello", "ack", "reply", "noop"}[t]
 	}
