@@ -62,7 +62,9 @@
 // sending its batched access times, so a session expires on every node
 // within one sweep interval of the others. An expiry is replicated with the
 // last access the expiring node knew; a node that saw a later access keeps
-// the session and re-sends that access.
+// the session and re-sends that access. With Backup the primary's expiry
+// ends the backup copies: a backup's own sweep ends a copy only two sweep
+// intervals past its deadline, when the primary died before telling it.
 //
 // Listeners ([Listener]) hear of sessions created and destroyed (expired
 // or invalidated), attributes added, replaced and removed, and id changes.
