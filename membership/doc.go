@@ -12,7 +12,8 @@
 //     headless Service). Seeds are re-resolved until the node has joined and
 //     after members fail, so partitions heal.
 //   - Metadata: every node advertises its route, replication address,
-//     domain, manager kind, protocol version and start time ([Meta]).
+//     HTTP address, domain, manager kind, protocol version and start time
+//     ([Meta]).
 //   - Events: [Node.Subscribe] delivers Join, Leave, Fail and Update events
 //     in order without ever blocking memberlist.
 //   - Two operator knobs, Frequency and DropTime, mapped onto memberlist's
