@@ -11,10 +11,12 @@ import (
 	"time"
 )
 
-// nodeShutdownTimeout bounds a node's shutdown after its drain time: the
-// in-flight requests, the replication flush and leaving the cluster
-// (cmd/node/run.go).
-const nodeShutdownTimeout = 10 * time.Second
+// nodeShutdownTimeout bounds a node's shutdown after its drain time, with
+// the default -send-timeout and -drop-time: 10 s for the in-flight
+// requests, then the replication flush (-send-timeout, 5 s), leaving the
+// cluster (-drop-time, 3 s) and 2 s for a Backup hand-over
+// (cmd/node/run.go, clusterCloseBudget).
+const nodeShutdownTimeout = 20 * time.Second
 
 // The names the manifests and README agree on.
 const (
