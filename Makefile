@@ -28,7 +28,7 @@ bench: ## side-by-side benchmarks; results go in docs/benchmarks.md. The HTTP on
 		COHORT_LOADGEN=wrk $(GO) test -run '^$$' -bench 'Middleware|Compare' -benchtime $(BENCHTIME) -timeout 30m ./web/ ./internal/compare/; \
 	else echo '*** make bench: wrk not installed (Debian package wrk): the wrk rounds of the HTTP benchmarks are left out' >&2; fi
 
-fuzz: ## run each fuzz target for $(FUZZTIME)
+fuzz: ## run each fuzz target for FUZZTIME (default 10s; FUZZTIME=1m make fuzz)
 	@for pkg in $$($(GO) list $(PKGS)); do \
 		for target in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
 			echo "== $$pkg $$target"; \
