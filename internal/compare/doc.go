@@ -14,7 +14,7 @@
 //   - standard: web.NewStore over a Standard manager (no replication),
 //   - cookie: gorilla's sessions.NewCookieStore.
 //
-// Each store has a read and a write sub-benchmark, driven by about 24
+// Each store has a read and a write sub-benchmark, driven by about 96
 // client goroutines that each hold their own session cookie. Each reports
 // req/s and x-redis, its req/s over the redis store's for the same
 // operation in the same run (redis runs first).
