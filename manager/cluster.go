@@ -529,7 +529,8 @@ func (c *Cluster) Drain() {
 }
 
 // Close shuts the node down gracefully: it stops being ready, stops the
-// manager (which sends its pending access times), waits until the peers
+// manager (which sends its pending access times and, with Backup, hands
+// its primaries to their first backups), waits until the peers
 // have read everything queued for them, leaves the cluster so peers see a
 // leave rather than a failure, and closes the channel. ctx bounds the
 // whole shutdown; the flush takes at most the channel's send timeout, and
