@@ -559,3 +559,65 @@ func startLocal(t *testing.T, route string, edit func(*ClusterConfig), join ...s
 	t.Cleanup(func() { _ = c.Close(context.Background()) })
 	return c
 }
+
+// TestTouchesOfManySessionsFitFrames reads more sessions between two
+// sweeps than one frame of access times holds: the touches must go in
+// several messages, each within a frame, or the channel refuses them,
+// the peer never hears of the accesses and is resynchronised at every
+// sweep instead.
+func TestTouchesOfManySessionsFitFrames(t *testing.T) {
+	leaktest.Check(t)
+	const frame, sessions = 16 << 10, 1000 // about 400 touches to a frame
+	// n2's clock is a minute ahead, so that its reads are later accesses
+	// than n1's commits.
+	ahead := func() time.Time { return time.Now().Add(time.Minute) }
+	n1 := startLocal(t, "n1", func(c *ClusterConfig) { c.Replication.MaxFrameSize = frame })
+	waitUntil(t, "n1 ready", n1.Ready)
+	n2 := startLocal(t, "n2", func(c *ClusterConfig) {
+		c.Replication.MaxFrameSize = frame
+		c.Manager.Clock = ahead
+	}, n1.Membership().Addr().String())
+	waitUntil(t, "n2 ready and a peer of n1", func() bool { return n2.Ready() && len(n1.ch.Peers()) == 1 })
+	var ids []string
+	for range sessions {
+		s, err := n1.Manager().Create(bg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := n1.Manager().Commit(bg, s); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, s.ID())
+	}
+	waitUntil(t, "n2 to hold every session", func() bool { return n2.Manager().Count() == sessions })
+	read := time.Now().Add(30 * time.Second)
+	for _, id := range ids {
+		s, err := n2.Manager().Find(bg, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := n2.Manager().Commit(bg, s); err != nil { // read only: a touch
+			t.Fatal(err)
+		}
+	}
+	resyncs := n2.Stats().Sent[kindSyncChunk.String()]
+	n2.repl.flushTouches()
+	accessed := func() int {
+		n := 0
+		for _, id := range ids {
+			if s := n1.Lookup(id); s != nil && s.LastAccess().After(read) {
+				n++
+			}
+		}
+		return n
+	}
+	waitUntil(t, "n1 to hear of n2's reads, or n2 to resync n1", func() bool {
+		return accessed() == sessions || n2.Stats().Sent[kindSyncChunk.String()] > resyncs
+	})
+	if n := accessed(); n != sessions {
+		t.Errorf("n1 heard of %d of n2's %d reads", n, sessions)
+	}
+	if n := n2.Stats().Sent[kindSyncChunk.String()] - resyncs; n > 0 {
+		t.Errorf("n2 resynchronised n1 (%d chunks) after sending its touches", n)
+	}
+}

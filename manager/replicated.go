@@ -555,7 +555,7 @@ func (m *replicated) flushTouches() {
 	clear(m.touches)
 	m.touchMu.Unlock()
 	if m.backup == nil {
-		m.sendAsync(nil, kindTouch, all)
+		m.sendTouches(nil, all)
 		return
 	}
 	perPeer := make(map[string][]touch)
@@ -567,8 +567,30 @@ func (m *replicated) flushTouches() {
 		}
 	}
 	for p, batch := range perPeer {
-		m.sendAsync([]string{p}, kindTouch, batch)
+		m.sendTouches([]string{p}, batch)
 	}
+}
+
+// sendTouches sends access times to peers to, in messages of up to
+// ChunkBytes and never more than MaxSessionSize, as streamTo bounds its
+// chunks: the accesses of many sessions read between two sweeps would
+// otherwise make a message larger than a frame, which the channel
+// refuses, so that the peers never hear of them and need a resync.
+func (m *replicated) sendTouches(to []string, all []touch) {
+	limit := m.cfg.ChunkBytes
+	if m.cfg.MaxSessionSize > 0 {
+		limit = min(limit, m.cfg.MaxSessionSize)
+	}
+	start, size := 0, 0
+	for i, t := range all {
+		tsize := len(t.ID) + 32 // the id, the time and their framing
+		if i > start && size+tsize > limit {
+			m.sendAsync(to, kindTouch, all[start:i])
+			start, size = i, 0
+		}
+		size += tsize
+	}
+	m.sendAsync(to, kindTouch, all[start:])
 }
 
 // recipients returns who must hear of an expiry, invalidation, rename or
