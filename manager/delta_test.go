@@ -869,3 +869,48 @@ func TestDeltaResyncCarriesMissedInvalidation(t *testing.T) {
 		t.Error("b lost a live session")
 	}
 }
+
+// A session that a peer's copy brings in while a sweep runs, idle past its
+// deadline already, is expired like any other: by a sweep that fires
+// Destroyed, counts it and tells the peers, never removed in passing
+// without a word.
+func TestDeltaSweepExpiresEverySessionItRemoves(t *testing.T) {
+	leaktest.Check(t)
+	c := newDeltaCluster(t, "a", "b")
+	a, b := c.nodes["a"], c.nodes["b"]
+	x, _ := a.Create(bg)
+	_ = a.Commit(bg, x)
+	// b makes a session whose first change a misses.
+	c.net.drop = func(from, to string, msg []byte) bool {
+		return from == "b" && to == "a" && kind(msg[0]) == kindChange
+	}
+	y, _ := b.Create(bg)
+	_ = b.Commit(bg, y)
+	c.settle()
+	c.net.drop = nil
+	// b's full copy of y reaches a as a's sweep expires x.
+	yFull, err := encodeMsg(kindFull, y.full())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var destroyed []string
+	var once sync.Once
+	a.AddListener(Listener{Destroyed: func(s *Session, why Reason) {
+		destroyed = append(destroyed, s.ID())
+		once.Do(func() { _ = a.Receive("b", yFull) })
+	}})
+	c.clock.advance(DefaultConfig().MaxInactive + time.Minute)
+	a.sweep()
+	c.settle()
+	a.sweep()
+	c.settle()
+	if a.Count() != 0 {
+		t.Errorf("a holds %d sessions, idle past their deadline", a.Count())
+	}
+	if len(destroyed) != 2 || a.Stats().Expired != 2 {
+		t.Errorf("a removed x and y, fired Destroyed for %d of them and counted %d expired", len(destroyed), a.Stats().Expired)
+	}
+	if b.st.get(y.ID()) != nil {
+		t.Error("b still holds y: a removed it without telling the peers")
+	}
+}
