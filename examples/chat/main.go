@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"strings"
@@ -193,14 +194,22 @@ func userName(r *http.Request) string {
 	return u
 }
 
-// checkOrigin accepts the page of this node and of the -failover nodes.
+// checkOrigin accepts the page of this node and of the -failover nodes,
+// over http or https: a balancer in front may end TLS.
 func (n *node) checkOrigin(r *http.Request) bool {
 	origin := r.Header.Get("Origin")
-	if origin == "" || origin == "http://"+r.Host {
+	if origin == "" {
+		return true
+	}
+	u, err := url.Parse(origin)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Path != "" {
+		return false
+	}
+	if strings.EqualFold(u.Host, r.Host) {
 		return true
 	}
 	for _, a := range n.cfg.failover {
-		if origin == "http://"+a {
+		if strings.EqualFold(u.Host, a) {
 			return true
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
 	"testing"
@@ -115,5 +116,34 @@ func TestChat(t *testing.T) {
 	// A name the chat refuses.
 	if _, resp, err := websocket.DefaultDialer.Dial("ws://"+n1.Addr()+"/ws?user=", nil); err == nil || resp.StatusCode != http.StatusUnauthorized {
 		t.Errorf("dial without a name: %v, want 401", err)
+	}
+}
+
+// The page's own origin is accepted over http and https (a balancer in
+// front may end TLS), as are the -failover nodes'; others are not.
+func TestCheckOrigin(t *testing.T) {
+	n := &node{cfg: config{failover: []string{"127.0.0.2:8081"}}}
+	for _, tc := range []struct {
+		origin string
+		ok     bool
+	}{
+		{"", true},
+		{"http://chat.example:8080", true},
+		{"https://chat.example:8080", true},
+		{"https://CHAT.example:8080", true},
+		{"http://127.0.0.2:8081", true},
+		{"https://127.0.0.2:8081", true},
+		{"http://evil.example", false},
+		{"https://chat.example:8080.evil.example", false},
+		{"ftp://chat.example:8080", false},
+		{"null", false},
+	} {
+		r := httptest.NewRequest("GET", "http://chat.example:8080/ws", nil)
+		if tc.origin != "" {
+			r.Header.Set("Origin", tc.origin)
+		}
+		if got := n.checkOrigin(r); got != tc.ok {
+			t.Errorf("checkOrigin(Origin %q) = %v, want %v", tc.origin, got, tc.ok)
+		}
 	}
 }
