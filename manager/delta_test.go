@@ -914,3 +914,24 @@ func TestDeltaSweepExpiresEverySessionItRemoves(t *testing.T) {
 		t.Error("b still holds y: a removed it without telling the peers")
 	}
 }
+
+// State transfer requests keep coming while the node closes (the channel
+// delivers until it is closed, after the manager): none may start a
+// transfer once Close waits for the manager's goroutines, nor after.
+// Run with -race.
+func TestDeltaSyncRequestDuringClose(t *testing.T) {
+	leaktest.Check(t)
+	c := newDeltaCluster(t, "a", "b")
+	a := c.nodes["a"]
+	req, _ := encodeMsg(kindSyncRequest, struct{}{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for range 2000 {
+			_ = a.Receive("b", req)
+		}
+	})
+	if err := a.Close(bg); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+}

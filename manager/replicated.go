@@ -91,10 +91,14 @@ type replicated struct {
 	order     [1024]sync.Mutex
 	orderSeed maphash.Seed
 
-	stop   chan struct{}
-	wg     sync.WaitGroup
-	closed atomic.Bool
-	once   sync.Once
+	stop chan struct{}
+	wg   sync.WaitGroup
+	// closed is set under closeMu, which goBackground holds while it
+	// checks closed and adds to wg: no goroutine starts once Close waits
+	// for them.
+	closeMu sync.Mutex
+	closed  atomic.Bool
+	once    sync.Once
 
 	touchMu sync.Mutex
 	touches map[string]int64 // id -> access, Unix ms, not yet sent
@@ -796,11 +800,30 @@ func (m *replicated) Close(ctx context.Context) error {
 		} else if m.backup != nil {
 			m.handOff(ctx)
 		}
+		m.closeMu.Lock()
 		m.closed.Store(true)
+		m.closeMu.Unlock()
 		close(m.stop)
 		m.wg.Wait()
 	})
 	return err
+}
+
+// goBackground runs f in a goroutine that Close waits for, unless the
+// manager is closing: the transport delivers messages until it is closed
+// itself, after the manager, and work a message asks for then is not
+// done.
+func (m *replicated) goBackground(f func()) {
+	m.closeMu.Lock()
+	defer m.closeMu.Unlock()
+	if m.closed.Load() {
+		return
+	}
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		f()
+	}()
 }
 
 // Receive handles one message from peer from. The transport calls it for
@@ -869,11 +892,7 @@ func (m *replicated) Receive(from string, msg []byte) error {
 			m.onFull(from, f)
 		}
 	case kindSyncRequest:
-		m.wg.Add(1)
-		go func() {
-			defer m.wg.Done()
-			m.serveSync(from)
-		}()
+		m.goBackground(func() { m.serveSync(from) })
 	case kindHandoff:
 		var fs []Full
 		if fs, err = decodeFulls(body); err != nil {
