@@ -935,3 +935,37 @@ func TestDeltaSyncRequestDuringClose(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// A node still waiting for its state transfer cannot say whether a session
+// it does not hold yet exists: an Invalidate of one (a logout through a
+// session its request could not load) answers ErrNotReady, as Find does,
+// not ErrNotFound, which the web layer takes for a session already gone
+// and reports logged out while the session lives on every other node.
+func TestDeltaInvalidateNotReady(t *testing.T) {
+	leaktest.Check(t)
+	c := newDeltaCluster(t, "a")
+	a := c.nodes["a"]
+	s, _ := a.Create(bg)
+	_ = s.SetPrincipal("alice")
+	_ = a.Commit(bg, s)
+	j := c.join("j")
+	if err := j.Invalidate(bg, s.ID()); !errors.Is(err, ErrNotReady) {
+		t.Errorf("Invalidate on a node not ready = %v, want ErrNotReady", err)
+	}
+	if _, err := j.Find(bg, s.ID()); !errors.Is(err, ErrNotReady) {
+		t.Errorf("Find on a node not ready = %v, want ErrNotReady", err)
+	}
+	if err := j.Sync(bg); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Invalidate(bg, s.ID()); err != nil {
+		t.Fatalf("Invalidate once ready: %v", err)
+	}
+	c.settle()
+	if a.st.get(s.ID()) != nil {
+		t.Error("a still holds the invalidated session")
+	}
+	if err := j.Invalidate(bg, "nosuch.a"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Invalidate of an unknown session once ready = %v, want ErrNotFound", err)
+	}
+}

@@ -14,10 +14,10 @@ import (
 	"github.com/cohort-cluster/cohort/replication"
 )
 
-// ErrNotReady is returned by Find on a node that has not finished its
-// state transfer, for a session it does not hold yet: the node cannot say
-// whether the session exists. The web layer answers 503 so the balancer
-// tries another node.
+// ErrNotReady is returned by Find and Invalidate on a node that has not
+// finished its state transfer, for a session it does not hold yet: the
+// node cannot say whether the session exists. The web layer answers 503
+// so the balancer tries another node.
 var ErrNotReady = errors.New("manager: node not ready (state transfer in progress)")
 
 // DeltaConfig adds the Delta manager's settings to Config.
@@ -661,7 +661,9 @@ func (m *replicated) destroyed(s *Session, why Reason, local bool) {
 	})
 }
 
-// Invalidate destroys the session here and on every peer.
+// Invalidate destroys the session here and on every peer. On a node that
+// has not finished its state transfer, a session it does not hold yet
+// gets ErrNotReady, as with Find.
 func (m *replicated) Invalidate(ctx context.Context, id string) error {
 	s := m.st.get(id)
 	if s == nil && m.backup != nil {
@@ -671,6 +673,11 @@ func (m *replicated) Invalidate(ctx context.Context, id string) error {
 		}
 	}
 	if s == nil {
+		if !m.st.buried(id) && !m.Ready() {
+			// Not received yet, perhaps: not destroyed, and the caller
+			// must not take it for gone.
+			return ErrNotReady
+		}
 		return ErrNotFound
 	}
 	id = s.ID()

@@ -531,8 +531,8 @@ func Commit(r *http.Request) http.Header {
 
 // Invalidate destroys the request's session on every node and deletes its
 // cookie. When the session could not be destroyed (its holders did not
-// answer, with the Backup manager), it returns the error and the session
-// and its cookie stay. An invalidation that some peer did not confirm is
+// answer, with the Backup manager, or this node is still fetching its
+// sessions), it returns the error and the session and its cookie stay. An invalidation that some peer did not confirm is
 // done, as a commit is: counted and logged, not returned.
 func Invalidate(r *http.Request) error {
 	st := mustState(r)
