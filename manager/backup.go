@@ -623,9 +623,11 @@ func (m *replicated) onTakeover(from string, e idMsg) {
 // PeersChanged tells the manager the membership changed. For Backup it
 // starts a background repair: copies go to the backups the new placement
 // names, and the sessions of a failed primary get a new one. For Delta it
-// does nothing: a joining node fetches every session itself.
+// gives up a state transfer from a peer that is no longer one, so that
+// the next peer is tried at once.
 func (m *replicated) PeersChanged() {
 	if m.backup == nil {
+		m.dropLostSync()
 		return
 	}
 	select {

@@ -969,3 +969,44 @@ func TestDeltaInvalidateNotReady(t *testing.T) {
 		t.Errorf("Invalidate of an unknown session once ready = %v, want ErrNotFound", err)
 	}
 }
+
+// The peer a joining node fetches its sessions from dies before it has
+// sent them: once the peer is gone from the membership, the node gives up
+// on it at once and fetches them from another, instead of waiting out
+// SyncTimeout first.
+func TestDeltaStateTransferFromAPeerThatDies(t *testing.T) {
+	leaktest.Check(t)
+	c := newDeltaCluster(t, "a", "b")
+	const n = 10
+	for i := range n {
+		s, _ := c.nodes["a"].Create(bg)
+		_ = s.Set("i", i)
+		_ = c.nodes["a"].Commit(bg, s)
+	}
+	c.settle()
+	d := c.join("d")
+	d.cfg.SyncTimeout = time.Hour
+	// The first peer asked dies on the request: it never answers, and
+	// leaves the network and d's peers.
+	var once sync.Once
+	c.net.drop = func(from, to string, msg []byte) bool {
+		dies := false
+		if from == "d" && kind(msg[0]) == kindSyncRequest {
+			once.Do(func() {
+				dies = true
+				c.net.remove(to)
+				d.PeersChanged() // as the cluster does when membership reports the failure
+			})
+		}
+		return dies
+	}
+	synced := make(chan error, 1)
+	go func() { synced <- d.Sync(bg) }()
+	waitUntil(t, "d to get ready from the surviving peer", d.Ready)
+	if err := <-synced; err != nil {
+		t.Fatal(err)
+	}
+	if d.Count() != n {
+		t.Errorf("d holds %d sessions, want %d", d.Count(), n)
+	}
+}

@@ -28,7 +28,8 @@ type DeltaConfig struct {
 	// SendTimeout bounds one wait for the peers. Default 5s.
 	SendTimeout time.Duration
 	// SyncTimeout bounds a state transfer from one peer before another is
-	// tried. Default 30s.
+	// tried. Default 30s. A transfer from a peer that leaves the peers
+	// (membership reports it failed or left) is given up at once.
 	SyncTimeout time.Duration
 	// ExpireOnShutdown invalidates this node's sessions cluster-wide when
 	// it closes (Tomcat's expireSessionsOnShutdown). Default false: the
@@ -108,6 +109,7 @@ type replicated struct {
 	syncing  bool
 	syncDone chan syncDone    // receives the end of a transfer
 	syncPeer string           // the peer it comes from
+	syncLost chan struct{}    // closed when syncPeer leaves the peers
 	buffered []bufferedChange // changes of unknown sessions during a transfer
 
 	stats         deltaCounters
@@ -219,7 +221,8 @@ type Stats struct {
 var _ Manager = (*Delta)(nil)
 
 // NewDelta returns a Delta manager that sends through t. It is not ready
-// until Sync has run. The caller delivers peers' messages to Receive.
+// until Sync has run. The caller delivers peers' messages to Receive and
+// calls PeersChanged when the membership changes.
 func NewDelta(cfg DeltaConfig, t Transport) (*Delta, error) {
 	r, err := newReplicated(cfg, t)
 	if err != nil {
@@ -295,7 +298,8 @@ func (m *replicated) Stats() Stats {
 
 // Sync fetches every session from a peer (state transfer) and makes the
 // node ready. Peers are tried in random order, each for at most
-// SyncTimeout; a peer that is not ready itself (it is joining too) has no
+// SyncTimeout, or until it is no longer a peer (PeersChanged); a peer
+// that is not ready itself (it is joining too) has no
 // sessions to give and is passed over. With no peer, or only peers that
 // are all joining (a new cluster starting at once), the node is ready at
 // once. Changes that arrive during the transfer are applied in order once
@@ -344,16 +348,21 @@ func (m *replicated) Sync(ctx context.Context) error {
 // not got its own sessions yet.
 var errPeerNotReady = errors.New("peer not ready")
 
+// errPeerGone is syncFrom's error for a peer that left the peers (it
+// failed or left the cluster) before the transfer ended.
+var errPeerGone = errors.New("peer gone before the transfer ended")
+
 func (m *replicated) syncFrom(ctx context.Context, peer string) error {
-	done := make(chan syncDone, 1)
+	done, lost := make(chan syncDone, 1), make(chan struct{})
 	m.syncMu.Lock()
-	m.syncing, m.syncDone, m.syncPeer = true, done, peer
+	m.syncing, m.syncDone, m.syncPeer, m.syncLost = true, done, peer, lost
 	m.syncMu.Unlock()
 	defer func() {
 		m.syncMu.Lock()
-		m.syncing, m.syncDone, m.syncPeer = false, nil, ""
+		m.syncing, m.syncDone, m.syncPeer, m.syncLost = false, nil, "", nil
 		m.syncMu.Unlock()
 	}()
+	m.dropLostSync() // gone already: PeersChanged may have come before
 	start := time.Now()
 	msg, _ := encodeMsg(kindSyncRequest, struct{}{})
 	sctx, cancel := context.WithTimeout(ctx, m.cfg.SyncTimeout)
@@ -372,10 +381,25 @@ func (m *replicated) syncFrom(ctx context.Context, peer string) error {
 		m.setReady()
 		m.h.log.Info("state transfer done", "peer", peer, "sessions", n, "duration", d)
 		return nil
+	case <-lost:
+		return errPeerGone
 	case <-sctx.Done():
 		return sctx.Err()
 	case <-m.stop:
 		return ErrClosed
+	}
+}
+
+// dropLostSync gives up the state transfer under way when its peer is no
+// longer one: a peer that died will not send the rest, and waiting out
+// SyncTimeout would keep the node from its sessions that long.
+func (m *replicated) dropLostSync() {
+	peers := m.t.Peers()
+	m.syncMu.Lock()
+	defer m.syncMu.Unlock()
+	if m.syncLost != nil && !slices.Contains(peers, m.syncPeer) {
+		close(m.syncLost)
+		m.syncLost = nil
 	}
 }
 
