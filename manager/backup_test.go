@@ -571,6 +571,32 @@ func (h *heldReplies) drop(from, to string, msg []byte) bool {
 	return false
 }
 
+// deliver waits until n replies are held, then hands them to m, those of
+// first before the others.
+func (h *heldReplies) deliver(t *testing.T, m *Backup, n int, first string) {
+	t.Helper()
+	waitUntil(t, fmt.Sprintf("%d replies held", n), func() bool {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		return len(h.held) == n
+	})
+	late := h.release()
+	slices.SortStableFunc(late, func(a, b heldMsg) int {
+		switch {
+		case a.from == b.from:
+			return 0
+		case a.from == first:
+			return -1
+		case b.from == first:
+			return 1
+		}
+		return 0
+	})
+	for _, r := range late {
+		_ = m.Receive(r.from, r.msg)
+	}
+}
+
 // release stops holding replies and returns those held.
 func (h *heldReplies) release() []heldMsg {
 	h.mu.Lock()
@@ -745,26 +771,9 @@ func TestBackupFetchCountsAStalledHolderOnce(t *testing.T) {
 	if call == nil {
 		t.Fatal("no holder asked")
 	}
-	waitUntil(t, "both holders to answer", func() bool {
-		h.mu.Lock()
-		defer h.mu.Unlock()
-		return len(h.held) == 2
-	})
 	// The stalled holder's "not here" comes in first, the backup's copy
 	// last.
-	late := h.release()
-	slices.SortFunc(late, func(a, b heldMsg) int {
-		switch {
-		case a.from == b.from:
-			return 0
-		case a.from == stalled:
-			return -1
-		}
-		return 1
-	})
-	for _, r := range late {
-		_ = m.Receive(r.from, r.msg)
-	}
+	h.deliver(t, m, 2, stalled)
 	full, err := m.await(bg, id, call)
 	if err != nil || full == nil {
 		t.Fatalf("fetch on %s (backup %s, stalled %s): %v, %v", x, backup, stalled, full, err)
@@ -928,24 +937,7 @@ func TestBackupFetchTakesTheLatestAccess(t *testing.T) {
 		_, err := m.Find(bg, id)
 		found <- err
 	}()
-	waitUntil(t, "both backups to answer", func() bool {
-		h.mu.Lock()
-		defer h.mu.Unlock()
-		return len(h.held) == 2
-	})
-	late := h.release()
-	slices.SortFunc(late, func(a, b heldMsg) int {
-		switch {
-		case a.from == b.from:
-			return 0
-		case a.from == stale:
-			return -1
-		}
-		return 1
-	})
-	for _, r := range late {
-		_ = m.Receive(r.from, r.msg)
-	}
+	h.deliver(t, m, 2, stale)
 	if err := <-found; err != nil {
 		t.Fatalf("Find on %s (fresh %s, stale %s): %v", x, fresh, stale, err)
 	}

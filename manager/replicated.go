@@ -1197,11 +1197,7 @@ func (m *replicated) onRename(r rename) {
 // every session yet.
 func (m *replicated) serveSync(peer string) {
 	if !m.Ready() {
-		msg, err := encodeMsg(kindSyncDone, syncDone{NotReady: true})
-		if err == nil {
-			err = m.sendPatiently(context.Background(), peer, msg)
-		}
-		if err != nil {
+		if err := m.sendSyncDone(peer, syncDone{NotReady: true}); err != nil {
 			m.h.log.Warn("state transfer refusal not sent", "peer", peer, "err", err)
 		}
 		return
@@ -1211,14 +1207,7 @@ func (m *replicated) serveSync(peer string) {
 	if !ok {
 		return
 	}
-	// The end goes like the chunks: patiently, since with no session to
-	// send this is the first message, and the joining node may not be in
-	// this node's view yet.
-	msg, err := encodeMsg(kindSyncDone, syncDone{Count: n})
-	if err == nil {
-		err = m.sendPatiently(context.Background(), peer, msg)
-	}
-	if err != nil {
+	if err := m.sendSyncDone(peer, syncDone{Count: n}); err != nil {
 		m.h.log.Warn("state transfer end not sent", "peer", peer, "err", err)
 		return
 	}
@@ -1293,6 +1282,17 @@ func (m *replicated) sendGraves(peer string) {
 			return
 		}
 	}
+}
+
+// sendSyncDone ends, or refuses, a state transfer to peer. It goes like
+// the chunks, patiently: with no session to send it is the first message,
+// and the joining node may not be in this node's view yet.
+func (m *replicated) sendSyncDone(peer string, d syncDone) error {
+	msg, err := encodeMsg(kindSyncDone, d)
+	if err != nil {
+		return err
+	}
+	return m.sendPatiently(context.Background(), peer, msg)
 }
 
 // sendPatiently sends msg to peer in ack mode, retrying for up to

@@ -538,19 +538,28 @@ func TestServeReturnsWhenHTTPFails(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var log testlog.Buffer
-	done := make(chan error, 1)
-	go func() { done <- serve(context.Background(), cfg, newLogger(cfg, &log)) }()
-	select {
-	case err := <-done:
-		if !errors.Is(err, syscall.ENOBUFS) {
-			t.Errorf("serve = %v, want the accept error", err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatalf("serve still running after its HTTP server stopped:\n%s", log.String())
+	log, err := serveWithin(t, cfg, 20*time.Second, "after its HTTP server stopped")
+	if !errors.Is(err, syscall.ENOBUFS) {
+		t.Errorf("serve = %v, want the accept error", err)
 	}
 	if !strings.Contains(log.String(), "http server stopped") {
 		t.Errorf("log lacks the server's stop:\n%s", log.String())
+	}
+}
+
+// serveWithin runs serve with cfg and returns its log and error, failing
+// the test if it is still running after d.
+func serveWithin(t *testing.T, cfg *config, d time.Duration, why string) (*testlog.Buffer, error) {
+	t.Helper()
+	log := new(testlog.Buffer)
+	done := make(chan error, 1)
+	go func() { done <- serve(context.Background(), cfg, newLogger(cfg, log)) }()
+	select {
+	case err := <-done:
+		return log, err
+	case <-time.After(d):
+		t.Fatalf("serve still running, %s:\n%s", why, log.String())
+		return nil, nil
 	}
 }
 
@@ -585,14 +594,7 @@ func TestListenErrorNamesFlag(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var log testlog.Buffer
-			done := make(chan error, 1)
-			go func() { done <- serve(context.Background(), cfg, newLogger(cfg, &log)) }()
-			select {
-			case err = <-done:
-			case <-time.After(portRetry / 2):
-				t.Fatalf("serve still running, retrying an address that is not this host's:\n%s", log.String())
-			}
+			_, err = serveWithin(t, cfg, portRetry/2, "retrying an address that is not this host's")
 			if err == nil || !strings.HasPrefix(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
 				t.Errorf("serve = %v\nwant one line starting %q", err, tc.want)
 			}
