@@ -325,7 +325,7 @@ func (m *replicated) fetch(ctx context.Context, id string) (*Session, error) {
 		var seen uint64
 		if full != nil {
 			s.replace(*full)
-			s.touchAt(time.UnixMilli(full.Access))
+			s.heardAccess(time.UnixMilli(full.Access))
 			seen = full.Term
 		}
 		if s.ownerRoute() == m.cfg.Route {
@@ -367,7 +367,7 @@ func (m *replicated) refresh(ctx context.Context, s *Session) {
 	}
 	if full, err := m.await(ctx, s.ID(), call); err == nil && full != nil {
 		s.replace(*full)
-		s.touchAt(time.UnixMilli(full.Access))
+		s.heardAccess(time.UnixMilli(full.Access))
 	}
 }
 

@@ -167,7 +167,7 @@ func (h *host) fromFull(f Full) *Session {
 	f.Rev.Node = internName(f.Rev.Node)
 	s := &Session{
 		host: h, id: f.ID, rev: f.Rev, valid: true,
-		created: f.Created * 1e6, lastAccess: f.Access * 1e6,
+		created: f.Created * 1e6, lastAccess: f.Access * 1e6, heard: true,
 		maxInactive: time.Duration(f.MaxInactive) * time.Millisecond, principal: f.Principal,
 		owner: internName(f.Owner), term: f.Term,
 		attrs: make(attrList, 0, len(f.Attrs)),
@@ -197,7 +197,7 @@ func (s *Session) apply(d Change, notify bool) error {
 	}
 	s.rev = d.Rev // its route is the decoder's shared copy (wireNames)
 	if t := d.Access * 1e6; t > s.lastAccess {
-		s.lastAccess = t
+		s.lastAccess, s.heard = t, true
 	}
 	if d.MaxInactive != nil && !s.pending.maxInactive {
 		s.maxInactive = time.Duration(*d.MaxInactive) * time.Millisecond
@@ -281,7 +281,7 @@ func (s *Session) replace(f Full) bool {
 	s.rev.Node = internName(f.Rev.Node)
 	s.created = f.Created * 1e6
 	if t := f.Access * 1e6; t > s.lastAccess {
-		s.lastAccess = t
+		s.lastAccess, s.heard = t, true
 	}
 	if !s.pending.maxInactive {
 		s.maxInactive = time.Duration(f.MaxInactive) * time.Millisecond

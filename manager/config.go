@@ -75,9 +75,10 @@ type Config struct {
 	// Default 30m.
 	MaxInactive time.Duration
 	// SweepInterval is how often expired sessions are removed. A session
-	// expires within one SweepInterval of its deadline; with Backup, a
-	// backup copy whose primary's expiry never came (the primary died)
-	// within three, since it waits two for the primary's last accesses.
+	// expires within one SweepInterval of its deadline; a copy whose
+	// last access came from a peer (with Backup, another node's session)
+	// and whose expiry never came from that peer (it died) within three,
+	// since it waits two for the peer's last accesses.
 	// Default 10s.
 	SweepInterval time.Duration
 	// IDGracePeriod is how long the old id of a session renewed by ChangeID

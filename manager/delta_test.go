@@ -74,6 +74,30 @@ func (c *deltaCluster) joinVia(route string, t Transport) *Delta {
 	return m
 }
 
+// joinHolding adds node route and starts its state transfer from peer
+// from, holding from's first message of kind k to it on its way. It
+// returns once that message is held; release lets it go on and returns
+// the transfer's outcome.
+func (c *deltaCluster) joinHolding(route, from string, k kind) (d *Delta, release func() error) {
+	c.t.Helper()
+	hold, held := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	c.net.drop = func(f, to string, msg []byte) bool {
+		if f == from && to == route && kind(msg[0]) == k {
+			once.Do(func() { close(held); <-hold })
+		}
+		return false
+	}
+	d = c.join(route)
+	synced := make(chan error, 1)
+	go func() { synced <- d.syncFrom(bg, from) }()
+	<-held
+	return d, func() error {
+		close(hold)
+		return <-synced
+	}
+}
+
 // settle waits until every queued message has been delivered.
 func (c *deltaCluster) settle() {
 	c.t.Helper()
@@ -304,7 +328,15 @@ func TestDeltaExpiryEverywhere(t *testing.T) {
 		}
 	}
 	c.clock.advance(6 * time.Minute) // 11 min after the last access
+	// a's last access is b's word, which a later batch of b's could
+	// overtake: a waits two more sweep intervals. b, which served the
+	// access, expires the session on time and tells the others.
 	a.sweep()
+	c.settle()
+	if a.Count() != 1 {
+		t.Fatal("a expired on time a session last used on b")
+	}
+	b.sweep()
 	c.settle()
 	for r, m := range c.nodes {
 		if m.Count() != 0 {
@@ -552,6 +584,91 @@ func TestDeltaExpiryWhileAccessedElsewhere(t *testing.T) {
 	}
 }
 
+// A request fails over to a node that has not heard of the user's last
+// access: the node that served it died before sending its batch of access
+// times. The copy here looks idle past its deadline, but its last access
+// is a peer's word, which a later one may overtake: the node neither
+// sweeps it away nor refuses the request. A copy whose word never comes
+// expires two sweep intervals past its deadline.
+func TestDeltaFailoverJustAfterAnAccessElsewhere(t *testing.T) {
+	leaktest.Check(t)
+	c := newDeltaCluster(t, "a", "b")
+	a, b := c.nodes["a"], c.nodes["b"]
+	var ids []string
+	for range 2 {
+		s, _ := b.Create(bg)
+		_ = s.SetMaxInactive(10 * time.Minute)
+		_ = b.Commit(bg, s)
+		ids = append(ids, s.ID())
+	}
+	c.settle()
+	used, idle := ids[0], ids[1]
+
+	c.clock.advance(9 * time.Minute)
+	s, err := b.Find(bg, used) // the user's last request on b
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = b.Commit(bg, s)                                                        // read only: the access waits for b's next sweep
+	c.net.drop = func(from, to string, msg []byte) bool { return from == "b" } // b dies
+	c.clock.advance(2 * time.Minute)
+	a.sweep()
+	c.settle()
+	if a.st.get(used) == nil {
+		t.Fatal("a's sweep expired a session used on b 2 minutes ago (timeout 10m)")
+	}
+	if _, err := a.Find(bg, used); err != nil {
+		t.Fatalf("a: Find = %v, 2 minutes after the user's last access (timeout 10m)", err)
+	}
+
+	if a.st.get(idle) == nil {
+		t.Fatal("a's sweep expired a session one minute past its deadline, on b's word that may be late")
+	}
+
+	c.clock.advance(2 * a.cfg.SweepInterval)
+	a.sweep()
+	c.settle()
+	if a.st.get(idle) != nil {
+		t.Error("a still holds a session idle two sweep intervals past its deadline")
+	}
+}
+
+// A node receiving its state transfer hears of an access made on a peer
+// to a session that the transfer has not brought yet: it keeps it for the
+// copy the transfer brings, whose access time is older.
+func TestDeltaAccessDuringTransferIsKept(t *testing.T) {
+	leaktest.Check(t)
+	c := newDeltaCluster(t, "a", "b")
+	a, b := c.nodes["a"], c.nodes["b"]
+	s, _ := a.Create(bg)
+	_ = a.Commit(bg, s)
+	c.settle()
+	id := s.ID()
+
+	// d joins and fetches from a; a's chunk, the session's copy in it,
+	// waits until b's batch of access times has reached d.
+	d, release := c.joinHolding("d", "a", kindSyncChunk)
+	c.clock.advance(8 * time.Minute)
+	sb, err := b.Find(bg, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = b.Commit(bg, sb)
+	b.sweep()
+	c.settle()
+	if err := release(); err != nil {
+		t.Fatal(err)
+	}
+	c.settle()
+	got := d.st.get(id)
+	if got == nil {
+		t.Fatal("d does not hold the session after its transfer")
+	}
+	if at, want := got.LastAccess().UnixMilli(), sb.LastAccess().UnixMilli(); at != want {
+		t.Errorf("d's copy was last accessed %v before b's read", time.Duration(want-at)*time.Millisecond)
+	}
+}
+
 func (c *deltaCluster) sweepAll() {
 	for _, m := range c.nodes {
 		m.sweep()
@@ -735,24 +852,12 @@ func TestDeltaChangeBufferedDuringTransferIsApplied(t *testing.T) {
 
 	// d joins and fetches from a; a's end of the transfer waits until c's
 	// next change has reached d.
-	hold, held := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	c.net.drop = func(from, to string, msg []byte) bool {
-		if from == "a" && to == "d" && kind(msg[0]) == kindSyncDone {
-			once.Do(func() { close(held); <-hold })
-		}
-		return false
-	}
-	d := c.join("d")
-	synced := make(chan error, 1)
-	go func() { synced <- d.syncFrom(bg, "a") }()
-	<-held
+	d, release := c.joinHolding("d", "a", kindSyncDone)
 	_ = s.Set("n", 2)
 	if err := cn.Commit(bg, s); err != nil { // ack: d has it, for a session it lacks
 		t.Fatal(err)
 	}
-	close(hold)
-	if err := <-synced; err != nil {
+	if err := release(); err != nil {
 		t.Fatal(err)
 	}
 	c.settle()
@@ -899,7 +1004,8 @@ func TestDeltaSweepExpiresEverySessionItRemoves(t *testing.T) {
 		destroyed = append(destroyed, s.ID())
 		once.Do(func() { _ = a.Receive("b", yFull) })
 	}})
-	c.clock.advance(DefaultConfig().MaxInactive + time.Minute)
+	// Past the deadline of y too, whose last access is b's word.
+	c.clock.advance(DefaultConfig().MaxInactive + 2*a.cfg.SweepInterval + time.Minute)
 	a.sweep()
 	c.settle()
 	a.sweep()

@@ -62,9 +62,11 @@
 // sending its batched access times, so a session expires on every node
 // within one sweep interval of the others. An expiry is replicated with the
 // last access the expiring node knew; a node that saw a later access keeps
-// the session and re-sends that access. With Backup the primary's expiry
-// ends the backup copies: a backup's own sweep ends a copy only two sweep
-// intervals past its deadline, when the primary died before telling it.
+// the session and re-sends that access. A copy whose last access is a
+// peer's report (with Backup, a copy of another node's session) expires
+// only two sweep intervals past its deadline, by when that peer's batch has
+// come in: the node that served the last access, or the Backup primary,
+// expires it on time and tells the others.
 //
 // Listeners ([Listener]) hear of sessions created and destroyed (expired
 // or invalidated), attributes added, replaced and removed, and id changes.

@@ -111,6 +111,9 @@ type replicated struct {
 	syncPeer string           // the peer it comes from
 	syncLost chan struct{}    // closed when syncPeer leaves the peers
 	buffered []bufferedChange // changes of unknown sessions during a transfer
+	// bufferedTouches holds the accesses of unknown sessions reported
+	// during a transfer: id -> access, Unix ms.
+	bufferedTouches map[string]int64
 
 	stats         deltaCounters
 	lastLargeWarn atomic.Int64 // Unix ns of the last large-session warning
@@ -403,18 +406,25 @@ func (m *replicated) dropLostSync() {
 	}
 }
 
-// setReady marks the node ready and applies the changes buffered during a
-// transfer, in arrival order. The transfer is over from here: a change of
-// a session still unknown, buffered or arriving now, makes the node ask
-// for a full copy instead of waiting for a transfer that has ended.
+// setReady marks the node ready and applies the changes and accesses
+// buffered during a transfer, the changes in arrival order. The transfer
+// is over from here: a change of a session still unknown, buffered or
+// arriving now, makes the node ask for a full copy instead of waiting for
+// a transfer that has ended. An access of a session the transfer did not
+// bring is dropped: the session ended, or its next change brings it.
 func (m *replicated) setReady() {
 	m.syncMu.Lock()
 	m.ready, m.syncing = true, false
-	buf := m.buffered
-	m.buffered = nil
+	buf, touches := m.buffered, m.bufferedTouches
+	m.buffered, m.bufferedTouches = nil, nil
 	m.syncMu.Unlock()
 	for _, b := range buf {
 		m.onChange(b.from, b.c)
+	}
+	for id, at := range touches {
+		if s := m.st.get(id); s != nil {
+			s.heardAccess(time.UnixMilli(at))
+		}
 	}
 }
 
@@ -476,7 +486,7 @@ func (m *replicated) Find(ctx context.Context, id string) (*Session, error) {
 		}
 	}
 	now := m.h.now()
-	if s.expiredAt(now) {
+	if m.expiredHere(s, now) {
 		m.expire(s)
 		return nil, ErrNotFound
 	}
@@ -632,29 +642,37 @@ func (m *replicated) recipients(s *Session) []string {
 
 // sweep sends the batched touches, then expires idle sessions. Touches go
 // first so peers hear of the last accesses before they judge expiry.
-//
-// A Backup copy of another node's session hears of its accesses in the
-// primary's batches, one each SweepInterval, so its last access may be
-// older here than on the primary: it expires here only once idle for
-// two more intervals, by when any batch sent before the deadline has
-// come in. The primary expires the session on time and its holders with
-// it; this only ends a copy whose primary's word never came.
 func (m *replicated) sweep() {
 	start := time.Now()
 	defer func() { m.stats.sweepNanos.Add(int64(time.Since(start))) }()
 	m.flushTouches()
 	now := m.h.now()
-	late := now.Add(-2 * m.cfg.SweepInterval)
 	for _, s := range m.st.all() {
-		at := now
-		if m.backup != nil && s.ownerRoute() != m.cfg.Route {
-			at = late
-		}
-		if s.expiredAt(at) {
+		if m.expiredHere(s, now) {
 			m.expire(s)
 		}
 	}
 	m.st.forget(now)
+}
+
+// expiredHere reports whether s is idle past its deadline as this node
+// can tell at now.
+//
+// A node hears of the accesses made on another in that node's batches,
+// one each SweepInterval, so a copy last used elsewhere may look older
+// here than it is: a Backup copy of another node's session, or a Delta
+// copy whose last access known here is a peer's report. Such a copy
+// expires here only once idle for two more intervals, by when any batch
+// sent before the deadline has come in. The node that served the last
+// access expires the session on time and tells the others; the grace
+// only ends a copy whose word never came (that node died), and keeps a
+// request that fails over from it just after an access from finding its
+// session gone.
+func (m *replicated) expiredHere(s *Session, now time.Time) bool {
+	if m.backup != nil && s.ownerRoute() != m.cfg.Route || m.backup == nil && s.accessHeard() {
+		now = now.Add(-2 * m.cfg.SweepInterval)
+	}
+	return s.expiredAt(now)
 }
 
 // expire removes an idle session here and tells the peers, who remove
@@ -883,9 +901,9 @@ func (m *replicated) Receive(from string, msg []byte) error {
 		if err = decodeBody(body, &ts); err == nil {
 			for _, t := range ts {
 				if s := m.st.get(t.ID); s != nil {
-					s.touchAt(time.UnixMilli(t.Access))
+					s.heardAccess(time.UnixMilli(t.Access))
 				} else if m.backup == nil {
-					m.onUnknownTouch(from, t.ID)
+					m.onUnknownTouch(from, t)
 				}
 			}
 		}
@@ -1142,14 +1160,24 @@ func (m *replicated) onFull(from string, f Full) {
 // onUnknownTouch handles an access, reported by a Delta peer, of a session
 // this node does not hold: it removed its copy on another peer's word that
 // the session had expired, before hearing of this later access. It asks
-// the peer for a full copy, unless the session was invalidated or this
-// node is still receiving its state transfer (which brings the session).
-func (m *replicated) onUnknownTouch(from, id string) {
+// the peer for a full copy, unless the session was invalidated. A node
+// still receiving its state transfer keeps the access instead, for the
+// copy the transfer brings, whose access time may be older.
+func (m *replicated) onUnknownTouch(from string, t touch) {
 	m.syncMu.Lock()
-	syncing := m.syncing
+	if m.syncing {
+		if m.bufferedTouches == nil {
+			m.bufferedTouches = make(map[string]int64)
+		}
+		if at, ok := m.bufferedTouches[t.ID]; !ok || t.Access > at {
+			m.bufferedTouches[t.ID] = t.Access
+		}
+		m.syncMu.Unlock()
+		return
+	}
 	m.syncMu.Unlock()
-	if !syncing && !m.st.buried(id) {
-		m.requestFull(from, id)
+	if !m.st.buried(t.ID) {
+		m.requestFull(from, t.ID)
 	}
 }
 

@@ -37,6 +37,7 @@ type Session struct {
 	term        uint64 // Backup manager: the owner's claim (claim, yieldTo)
 	isNew       bool   // created by this request; cleared by Commit
 	valid       bool
+	heard       bool    // lastAccess is a peer's report, not a request here
 	pending     pending // changes since the last Commit
 }
 
@@ -159,7 +160,6 @@ type pending struct {
 	index       map[string]int // position in ops by name, once ops is long
 	principal   bool
 	maxInactive bool
-	touched     bool
 	invalidated bool
 }
 
@@ -354,13 +354,30 @@ func (s *Session) Touch() {
 	s.touchAt(s.host.now())
 }
 
+// touchAt records an access at t by a request on this node.
 func (s *Session) touchAt(t time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if n := t.UnixNano(); n > s.lastAccess {
-		s.lastAccess = n
-		s.pending.touched = true
+		s.lastAccess, s.heard = n, false
 	}
+}
+
+// heardAccess records an access at t that a peer reported.
+func (s *Session) heardAccess(t time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n := t.UnixNano(); n > s.lastAccess {
+		s.lastAccess, s.heard = n, true
+	}
+}
+
+// accessHeard reports whether the last access known here is a peer's
+// report: a later one may still be on its way.
+func (s *Session) accessHeard() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.heard
 }
 
 // expired reports whether the session has been idle longer than its max
