@@ -975,6 +975,53 @@ func TestDeltaResyncCarriesMissedInvalidation(t *testing.T) {
 	}
 }
 
+// b misses a login's renewal of a session id, and catches up: it must
+// not keep the pre-login copy under the old id beside the session's copy
+// under the new one, whether the login's change brought b that copy
+// before the catch-up or the catch-up brings it.
+func TestDeltaResyncCarriesMissedRenewal(t *testing.T) {
+	for _, changeReaches := range []bool{false, true} {
+		t.Run(fmt.Sprintf("login change reaches b=%v", changeReaches), func(t *testing.T) {
+			leaktest.Check(t)
+			c := newDeltaCluster(t, "a", "b")
+			a, b := c.nodes["a"], c.nodes["b"]
+			s, _ := a.Create(bg)
+			_ = s.Set("cart", 1)
+			_ = a.Commit(bg, s)
+			c.settle()
+			oldID := s.ID()
+
+			c.net.drop = func(from, to string, msg []byte) bool {
+				k := kind(msg[0])
+				return from == "a" && to == "b" && (k == kindRename || k == kindChange && !changeReaches)
+			}
+			newID, err := a.ChangeID(bg, s, "") // the login
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = s.SetPrincipal("alice")
+			_ = a.Commit(bg, s)
+			c.settle()
+			c.net.drop = nil
+			a.resync("b")
+			c.settle()
+			if got := b.st.get(oldID); got != nil {
+				t.Fatalf("b still holds the session under its pre-login id %s (principal %q)", got.ID(), got.Principal())
+			}
+			got := b.st.get(newID)
+			if got == nil {
+				t.Fatal("b does not hold the session under its new id")
+			}
+			if got.ID() != newID || got.Principal() != "alice" {
+				t.Errorf("b holds %s as %q, want %s as alice", got.ID(), got.Principal(), newID)
+			}
+			if b.Count() != 1 {
+				t.Errorf("b holds %d sessions, want 1", b.Count())
+			}
+		})
+	}
+}
+
 // A session that a peer's copy brings in while a sweep runs, idle past its
 // deadline already, is expired like any other: by a sweep that fires
 // Destroyed, counts it and tells the peers, never removed in passing

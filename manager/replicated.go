@@ -1206,9 +1206,19 @@ func (m *replicated) onExpire(from string, e idMsg) {
 	}
 }
 
+// onRename gives a session its new id. When the session under its new
+// id is here already (a catch-up brought it before the renewal it had
+// missed), the copy under the old id is what is left of the session
+// before its renewal: removed.
 func (m *replicated) onRename(r rename) {
 	s := m.st.get(r.Old)
 	if s == nil {
+		return
+	}
+	if cur := m.st.get(r.New); cur != nil && cur != s {
+		if baseOf(r.Old) != baseOf(r.New) {
+			m.st.remove(r.Old)
+		}
 		return
 	}
 	if oldID, ok := m.st.rename(s, r.New); ok && oldID != r.New && m.h.notifyReplicated {
@@ -1286,27 +1296,35 @@ func (m *replicated) catchUp(peer string, since time.Time) {
 	}
 }
 
-// gravesPerAck is how many invalidations sendGraves queues before it
-// waits for the peer to take them.
+// gravesPerAck is how many invalidations and renewals sendGraves queues
+// before it waits for the peer to take them.
 const gravesPerAck = 32
 
-// sendGraves sends peer the invalidations of the last minute, in ack mode
-// every gravesPerAck of them so that a busy minute of logouts does not
-// overflow the peer's queue, which would ask for a resync, and so another
-// round of them.
+// sendGraves sends peer the invalidations and the renewals (RenewID) of
+// the last minute, in ack mode every gravesPerAck of them so that a busy
+// minute of logouts and logins does not overflow the peer's queue, which
+// would ask for a resync, and so another round of them. A peer that missed
+// a renewal would otherwise keep the pre-login copy under the old id, the
+// session's copy under the new one coming with the catch-up beside it.
 func (m *replicated) sendGraves(peer string) {
-	ids := m.st.graveIDs()
-	for i, id := range ids {
+	var msgs [][]byte
+	for _, id := range m.st.graveIDs() {
+		if msg, err := encodeMsg(kindInvalidate, idMsg{ID: id}); err == nil {
+			msgs = append(msgs, msg)
+		}
+	}
+	for _, r := range m.st.renames() {
+		if msg, err := encodeMsg(kindRename, r); err == nil {
+			msgs = append(msgs, msg)
+		}
+	}
+	for i, msg := range msgs {
 		mode := Async
-		if (i+1)%gravesPerAck == 0 || i == len(ids)-1 {
+		if (i+1)%gravesPerAck == 0 || i == len(msgs)-1 {
 			mode = Ack
 		}
-		msg, err := encodeMsg(kindInvalidate, idMsg{ID: id})
-		if err == nil {
-			err = m.send(context.Background(), []string{peer}, msg, mode, nil)
-		}
-		if err != nil {
-			m.h.log.Warn("invalidations not sent again to a peer catching up", "peer", peer, "sent", i, "of", len(ids), "err", err)
+		if err := m.send(context.Background(), []string{peer}, msg, mode, nil); err != nil {
+			m.h.log.Warn("invalidations and renewals not sent again to a peer catching up", "peer", peer, "sent", i, "of", len(msgs), "err", err)
 			return
 		}
 	}

@@ -22,7 +22,11 @@ type store struct {
 	byBase map[string]*Session
 	alias  map[string]alias     // old base -> new base, until expiry
 	graves map[string]time.Time // bases of sessions invalidated lately, until when
-	grace  time.Duration
+	// renamed holds the ids given lately to sessions renewed with a new
+	// base, by old id, until graveTime after: a peer catching up hears of
+	// them again.
+	renamed map[string]alias
+	grace   time.Duration
 }
 
 // graveTime is how long the base of an invalidated session is remembered:
@@ -35,7 +39,10 @@ type alias struct {
 }
 
 func newStore(h *host, grace time.Duration) *store {
-	return &store{h: h, byBase: make(map[string]*Session), alias: make(map[string]alias), graves: make(map[string]time.Time), grace: grace}
+	return &store{
+		h: h, byBase: make(map[string]*Session), alias: make(map[string]alias),
+		graves: make(map[string]time.Time), renamed: make(map[string]alias), grace: grace,
+	}
 }
 
 // newSession makes and stores a session with a fresh id.
@@ -147,6 +154,20 @@ func (st *store) graveIDs() []string {
 	return out
 }
 
+// renames returns the renewals of the last graveTime, old id to new.
+func (st *store) renames() []rename {
+	now := st.h.now()
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	var out []rename
+	for old, a := range st.renamed {
+		if now.Before(a.until) {
+			out = append(out, rename{Old: old, New: a.to})
+		}
+	}
+	return out
+}
+
 // rename gives s the id newID. When the base changes, the old base stays
 // an alias for the grace period. It reports false when s is no longer
 // stored.
@@ -171,9 +192,11 @@ func (st *store) rename(s *Session, newID string) (oldID string, ok bool) {
 			other.mu.Unlock()
 		}
 		st.byBase[newBase] = s
+		now := st.h.now()
 		if st.grace > 0 {
-			st.alias[oldBase] = alias{to: newBase, until: st.h.now().Add(st.grace)}
+			st.alias[oldBase] = alias{to: newBase, until: now.Add(st.grace)}
 		}
+		st.renamed[oldID] = alias{to: newID, until: now.Add(graveTime)}
 	}
 	s.id = newID
 	return oldID, true
@@ -211,12 +234,14 @@ func (st *store) expired(now time.Time) []*Session {
 	return out
 }
 
-// forget forgets the aliases and graves past their time at now.
+// forget forgets the aliases, renewals and graves past their time at now.
 func (st *store) forget(now time.Time) {
 	st.mu.Lock()
-	for id, a := range st.alias {
-		if !now.Before(a.until) {
-			delete(st.alias, id)
+	for _, m := range []map[string]alias{st.alias, st.renamed} {
+		for id, a := range m {
+			if !now.Before(a.until) {
+				delete(m, id)
+			}
 		}
 	}
 	for base, until := range st.graves {
