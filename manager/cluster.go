@@ -471,7 +471,7 @@ func (c *Cluster) syncLoop() {
 			c.log.Info("ready", "sessions", c.mgr.Count(), "peers", len(c.ch.Peers()))
 			return
 		}
-		if c.ctx.Err() != nil {
+		if c.ctx.Err() != nil || errors.Is(err, ErrClosed) {
 			return
 		}
 		c.log.Warn("state transfer failed; retrying", "err", err, "in", backoff)

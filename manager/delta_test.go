@@ -1089,6 +1089,36 @@ func TestDeltaSyncRequestDuringClose(t *testing.T) {
 	wg.Wait()
 }
 
+// A node closed while it waits for its state transfer stops there: it
+// does not go on asking the other peers for theirs.
+func TestDeltaSyncStopsAtClose(t *testing.T) {
+	leaktest.Check(t)
+	c := newDeltaCluster(t, "a", "b", "c")
+	var asked atomic.Int64
+	c.net.drop = func(from, to string, msg []byte) bool {
+		if kind(msg[0]) == kindSyncRequest {
+			asked.Add(1)
+			return true // never answered
+		}
+		return false
+	}
+	d := c.join("d")
+	synced := make(chan error, 1)
+	go func() { synced <- d.Sync(bg) }()
+	for asked.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	if err := d.Close(bg); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-synced; !errors.Is(err, ErrClosed) {
+		t.Errorf("Sync = %v, want ErrClosed", err)
+	}
+	if n := asked.Load(); n != 1 {
+		t.Errorf("d asked %d peers for a state transfer, want 1: it went on after Close", n)
+	}
+}
+
 // A node still waiting for its state transfer cannot say whether a session
 // it does not hold yet exists: an Invalidate of one (a logout through a
 // session its request could not load) answers ErrNotReady, as Find does,

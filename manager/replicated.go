@@ -327,6 +327,9 @@ func (m *replicated) Sync(ctx context.Context) error {
 		if err == nil {
 			return nil
 		}
+		if errors.Is(err, ErrClosed) {
+			return fmt.Errorf("manager: state transfer: %w", err)
+		}
 		if errors.Is(err, errPeerNotReady) {
 			notReady++
 			m.h.log.Info("peer has no sessions to transfer yet (joining too); trying another", "peer", p)
