@@ -191,32 +191,37 @@ func (ss *Sessions) Middleware(next http.Handler) http.Handler {
 		st := &both.st
 		ctx := context.WithValue(r.Context(), ctxKey{}, st)
 		st.ctx = ctx
+		// An empty first cookie (one a path or domain left behind, or a
+		// deletion the browser kept) names no session either: the others
+		// are read as after an unknown one.
+		var s *manager.Session
+		err := manager.ErrNotFound
 		if id != "" {
-			s, err := ss.find(ctx, id)
-			if errors.Is(err, manager.ErrNotFound) {
-				if alt, as, aerr := ss.findOther(ctx, r, id); !errors.Is(aerr, manager.ErrNotFound) {
-					s, err = as, aerr // found, or may exist: as for the first
-					st.originalID, st.cookieID, id = alt, alt, alt
-				}
+			s, err = ss.find(ctx, id)
+		}
+		if errors.Is(err, manager.ErrNotFound) {
+			if alt, as, aerr := ss.findOther(ctx, r, id); !errors.Is(aerr, manager.ErrNotFound) {
+				s, err = as, aerr // found, or may exist: as for the first
+				st.originalID, st.cookieID, id = alt, alt, alt
 			}
-			switch {
-			case err == nil:
-				st.s = s
-				if sameBase(s.ID(), id) {
-					st.known = s.ID() // else found by an id renewed after a login (see known)
-				}
-			case errors.Is(err, manager.ErrNotFound):
-			default:
-				// The session may exist (this node is still fetching its
-				// state, or its holders did not answer in time): serving
-				// the request without it would hand the user a new,
-				// empty session. 503 lets the balancer or the client retry.
-				ss.unavailable.Add(1)
-				ss.log.Warn("session lookup failed", "session", manager.RedactID(id), "err", err)
-				w.Header().Set("Retry-After", "1")
-				http.Error(w, "session temporarily unavailable", http.StatusServiceUnavailable)
-				return
+		}
+		switch {
+		case err == nil:
+			st.s = s
+			if sameBase(s.ID(), id) {
+				st.known = s.ID() // else found by an id renewed after a login (see known)
 			}
+		case errors.Is(err, manager.ErrNotFound):
+		default:
+			// The session may exist (this node is still fetching its
+			// state, or its holders did not answer in time): serving
+			// the request without it would hand the user a new,
+			// empty session. 503 lets the balancer or the client retry.
+			ss.unavailable.Add(1)
+			ss.log.Warn("session lookup failed", "session", manager.RedactID(id), "err", err)
+			w.Header().Set("Retry-After", "1")
+			http.Error(w, "session temporarily unavailable", http.StatusServiceUnavailable)
+			return
 		}
 		sw := &both.sw
 		sw.ResponseWriter, sw.st = w, st
@@ -257,9 +262,10 @@ func (ss *Sessions) skip(path string) bool {
 }
 
 // findOther finds the session of another of the request's cookies named
-// like the session cookie, after the first, id, named none: a browser
-// sends a stale cookie of a parent domain or path first as readily as the
-// live one. As in Tomcat, the first cookie that names a session wins.
+// like the session cookie, after the first, id, named none (or was empty,
+// id ""): a browser sends a stale cookie of a parent domain or path first
+// as readily as the live one. As in Tomcat, the first cookie that names a
+// session wins.
 func (ss *Sessions) findOther(ctx context.Context, r *http.Request, id string) (string, *manager.Session, error) {
 	lines := r.Header["Cookie"]
 	if len(lines) == 0 || len(lines) == 1 && strings.Count(lines[0], ss.cfg.CookieName+"=") < 2 {

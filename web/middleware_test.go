@@ -298,8 +298,9 @@ func TestFlushReachesWrappedWriters(t *testing.T) {
 	}
 }
 
-// Of several session cookies (a stale one of a parent domain sent
-// first), the first that names a session is the request's, as in Tomcat.
+// Of several session cookies (a stale or empty one of a parent domain
+// sent first), the first that names a session is the request's, as in
+// Tomcat.
 func TestSeveralSessionCookies(t *testing.T) {
 	m := standard(t, "node1", "")
 	ss := middleware(t, m, "node1", nil)
@@ -308,6 +309,8 @@ func TestSeveralSessionCookies(t *testing.T) {
 	for i, header := range []string{
 		"JSESSIONID=stale.node9; JSESSIONID=" + live,
 		"JSESSIONID=" + live + "; JSESSIONID=stale.node9",
+		"JSESSIONID=; JSESSIONID=" + live,
+		`JSESSIONID=""; JSESSIONID=` + live,
 	} {
 		rec, req := httptest.NewRecorder(), httptest.NewRequest("GET", "/", nil)
 		req.Header.Set("Cookie", header)
