@@ -1,7 +1,6 @@
 package web
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -82,7 +81,9 @@ func (st *Store) Get(r *http.Request, name string) (*sessions.Session, error) {
 }
 
 // New returns the session of name for r without caching it: the Cohort
-// session its cookie names, or a new, empty session when there is none.
+// session its cookie names (of several cookies of the name, the first
+// that names one, as through the middleware), or a new, empty session
+// when there is none.
 // Behind [Store.Middleware], and before the response has started, a
 // session that came from another node is rebound to this node's route and
 // the response sets its new cookie; otherwise Save rebinds it. It never
@@ -99,17 +100,22 @@ func (st *Store) New(r *http.Request, name string) (*sessions.Session, error) {
 	opts := *st.Options
 	gs.Options = &opts
 	gs.IsNew = true
-	c, err := r.Cookie(name)
-	if err != nil || c.Value == "" {
-		return gs, nil
+	// Of several cookies of the name (a stale or empty one of a parent
+	// domain or path sent first), the first that names a session is the
+	// request's, as through the middleware.
+	var s *manager.Session
+	id, err := "", error(manager.ErrNotFound)
+	for _, id = range cookieIDs(r, name) {
+		if s, err = st.lookup(r, name, id, gs.Options); !errors.Is(err, manager.ErrNotFound) {
+			break
+		}
 	}
-	s, err := st.lookup(r, name, c.Value, gs.Options)
 	if errors.Is(err, manager.ErrNotFound) {
-		return gs, nil // unknown or expired: a new session
+		return gs, nil // none, unknown or expired: a new session
 	}
 	if err != nil {
 		st.ss.unavailable.Add(1)
-		return gs, fmt.Errorf("web: session %s: %w", manager.RedactID(c.Value), err)
+		return gs, fmt.Errorf("web: session %s: %w", manager.RedactID(id), err)
 	}
 	// A read-only commit only queues the access for the peers; changes
 	// wait for Save.
@@ -117,8 +123,8 @@ func (st *Store) New(r *http.Request, name string) (*sessions.Session, error) {
 		_ = st.ss.commit(context.WithoutCancel(r.Context()), s)
 	}
 	gs.ID, gs.IsNew = s.ID(), false
-	if !sameBase(s.ID(), c.Value) {
-		gs.ID = c.Value // renewed after a login: the old id's holder must not learn the new one
+	if !sameBase(s.ID(), id) {
+		gs.ID = id // renewed after a login: the old id's holder must not learn the new one
 	}
 	// Copies, all read at one moment: a handler that changes a value in
 	// place (a map, a slice, a struct through a pointer) changes only its
@@ -127,6 +133,30 @@ func (st *Store) New(r *http.Request, name string) (*sessions.Session, error) {
 		gs.Values[k] = v
 	}
 	return gs, nil
+}
+
+// cookieIDs returns the values of r's cookies of name, in the order the
+// browser sent them, leaving out empty ones.
+func cookieIDs(r *http.Request, name string) []string {
+	var ids []string
+	for _, c := range r.CookiesNamed(name) {
+		if c.Value != "" {
+			ids = append(ids, c.Value)
+		}
+	}
+	return ids
+}
+
+// named returns the id of the first of r's cookies of name whose session
+// this node does not answer not found for, the one New would have
+// loaded, and the lookup's error; "" when every one is unknown or gone.
+func (st *Store) named(ctx context.Context, r *http.Request, name string) (string, error) {
+	for _, id := range cookieIDs(r, name) {
+		if _, err := st.ss.m.Find(ctx, id); !errors.Is(err, manager.ErrNotFound) {
+			return id, err
+		}
+	}
+	return "", nil
 }
 
 // lookup finds the session of id, the value of the cookie of name, for
@@ -256,7 +286,7 @@ func setCookie(r *http.Request, w http.ResponseWriter, c *http.Cookie) {
 // `session, _ := store.Get(r, name)`, ignores it): it is empty, and Save
 // refuses to put it in place of the session the request's cookie names,
 // unless that session is gone. A logout (MaxAge < 0) through such a gs
-// still destroys the session the cookie names.
+// still destroys the sessions the request's cookies name.
 //
 // A Save of a session that another request invalidated since Get (a
 // logout in another tab) saves nothing and deletes the cookie, returning
@@ -274,16 +304,14 @@ func setCookie(r *http.Request, w http.ResponseWriter, c *http.Cookie) {
 func (st *Store) Save(r *http.Request, w http.ResponseWriter, gs *sessions.Session) error {
 	ctx := r.Context()
 	m := st.ss.m
-	// The session the request's cookie names, when Get did not load it
-	// (it could not be looked up, or it is gone).
-	unloaded := ""
-	if gs.ID == "" {
-		if c, err := r.Cookie(gs.Name()); err == nil {
-			unloaded = c.Value
-		}
-	}
 	if gs.Options.MaxAge < 0 {
-		if id := cmp.Or(gs.ID, unloaded); id != "" {
+		// Without a session loaded by Get (it could not be looked up, or
+		// it is gone), the sessions the request's cookies name.
+		ids := []string{gs.ID}
+		if gs.ID == "" {
+			ids = cookieIDs(r, gs.Name())
+		}
+		for _, id := range ids {
 			if err := st.ss.invalidate(ctx, id); err != nil {
 				return err // not destroyed: the session and its cookie stay
 			}
@@ -292,11 +320,12 @@ func (st *Store) Save(r *http.Request, w http.ResponseWriter, gs *sessions.Sessi
 		setCookie(r, w, sessions.NewCookie(gs.Name(), "", gs.Options))
 		return nil
 	}
-	if unloaded != "" {
-		// Get could not load the session (gorilla's documented idiom
-		// ignores its error): gs is empty, and saving it would replace
-		// the user's session. Only one that is gone is replaced.
-		if _, err := m.Find(ctx, unloaded); !errors.Is(err, manager.ErrNotFound) {
+	if gs.ID == "" {
+		// Get did not load a session. It may have failed to (gorilla's
+		// documented idiom ignores its error): gs is empty, and saving
+		// it would replace the user's session. Only one that is gone is
+		// replaced.
+		if unloaded, err := st.named(ctx, r, gs.Name()); unloaded != "" {
 			st.ss.unavailable.Add(1)
 			if err == nil {
 				err = errors.New("it exists but Get could not load it; answer 503 so that the client retries")

@@ -772,3 +772,54 @@ func TestStoreMaxAge(t *testing.T) {
 		t.Errorf("cookie Max-Age %d, want 3600", cs.MaxAge)
 	}
 }
+
+// Of several cookies of a session's name (a stale or empty one of a
+// parent domain or path sent first), the first that names a session is
+// the request's, as through the middleware: Get loads it and Save keeps
+// it, instead of giving the user a new, empty session on every request.
+func TestStoreSeveralSessionCookies(t *testing.T) {
+	m := standard(t, "node1", "")
+	st := store(t, m, "node1", nil)
+	live := savedSession(t, st, map[string]any{"user": "alice"}).Value
+	for _, header := range []string{
+		"s=stale.node9; s=" + live,
+		"s=; s=" + live,
+		"s=" + live + "; s=stale.node9",
+	} {
+		req, rec := httptest.NewRequest("GET", "/", nil), httptest.NewRecorder()
+		req.Header.Set("Cookie", header)
+		gs, err := st.Get(req, "s")
+		if u, _ := gs.Values["user"].(string); err != nil || gs.IsNew || gs.ID != live || u != "alice" {
+			t.Errorf("Cookie: %s: Get = %v, IsNew %v, id %q, user %q; want the live session %q of alice", header, err, gs.IsNew, gs.ID, u, live)
+		}
+		gs.Values["page"] = "/x"
+		if err := gs.Save(req, rec); err != nil {
+			t.Errorf("Cookie: %s: Save = %v", header, err)
+		}
+		if v, _ := storeCookie(rec.Result(), "s"); v != live || m.Count() != 1 {
+			t.Errorf("Cookie: %s: Save set the cookie %q, %d sessions; want the live session's alone", header, v, m.Count())
+		}
+	}
+	// A lookup that fails for the live one after a stale one: Save does
+	// not replace it, and a logout destroys it.
+	var fail atomic.Bool
+	st = store(t, lookupFails{m, &fail}, "node1", nil)
+	for _, logout := range []bool{false, true} {
+		fail.Store(true)
+		req, rec := httptest.NewRequest("GET", "/", nil), httptest.NewRecorder()
+		req.Header.Set("Cookie", "s=stale.node9; s="+live)
+		gs, _ := st.Get(req, "s") // the error ignored
+		fail.Store(false)
+		if logout {
+			gs.Options.MaxAge = -1
+		}
+		err := gs.Save(req, rec)
+		_, ferr := m.Find(context.Background(), live)
+		switch {
+		case !logout && (err == nil || ferr != nil || m.Count() != 1):
+			t.Errorf("Save after a failed Get = %v, the live session %v, %d sessions; want an error and the live session alone", err, ferr, m.Count())
+		case logout && (err != nil || !errors.Is(ferr, manager.ErrNotFound)):
+			t.Errorf("logout after a failed Get = %v, the live session %v; want nil and the session gone", err, ferr)
+		}
+	}
+}
