@@ -4,9 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
+	"reflect"
+	"runtime"
 	"slices"
 	"sync"
+	"weak"
 
 	"github.com/cohort-cluster/cohort/manager"
 	"github.com/gorilla/sessions"
@@ -48,6 +52,39 @@ type Store struct {
 	// Options are the defaults for new sessions' cookies: Path "/",
 	// HttpOnly, SameSite Lax, no Max-Age (a browser-session cookie).
 	Options *sessions.Options
+	// read holds what New read for each gorilla session it loaded, or
+	// what Save last stored of it: Save writes only what the handler
+	// changed since.
+	read sync.Map // weak.Pointer[sessions.Session] -> *readValues
+}
+
+// readValues are the values of a Cohort session as one gorilla session
+// last read or stored them: copies of their own, never handed out.
+type readValues struct {
+	id     string // the Cohort session's id then
+	values map[string]any
+}
+
+// remember records values as what gs last read or stored of the Cohort
+// session of id.
+func (st *Store) remember(gs *sessions.Session, id string, values map[string]any) {
+	k := weak.Make(gs)
+	if _, loaded := st.read.Swap(k, &readValues{id: id, values: values}); !loaded {
+		runtime.AddCleanup(gs, func(k weak.Pointer[sessions.Session]) { st.read.Delete(k) }, k)
+	}
+}
+
+// readOf returns what gs last read or stored of s, or nil when it holds
+// nothing of s (a session New did not load, or another session).
+func (st *Store) readOf(gs *sessions.Session, s *manager.Session) map[string]any {
+	v, ok := st.read.Load(weak.Make(gs))
+	if !ok {
+		return nil
+	}
+	if rv := v.(*readValues); sameBase(rv.id, s.ID()) {
+		return rv.values
+	}
+	return nil
 }
 
 var _ sessions.Store = (*Store)(nil)
@@ -132,6 +169,8 @@ func (st *Store) New(r *http.Request, name string) (*sessions.Session, error) {
 	for k, v := range s.GetCopies() {
 		gs.Values[k] = v
 	}
+	// And copies of its own, that Save compares the Values with.
+	st.remember(gs, s.ID(), s.GetCopies())
 	return gs, nil
 }
 
@@ -271,6 +310,15 @@ func setCookie(r *http.Request, w http.ResponseWriter, c *http.Cookie) {
 // Options.MaxAge < 0 it invalidates the session everywhere and deletes the
 // cookie.
 //
+// Save writes what the handler changed in the Values since Get read the
+// session, or since the last Save of gs: the values it set, changed or
+// deleted. A value it left as it read it stays as the session holds it,
+// which another request of the user may have changed meanwhile: a page's
+// request that saves what it read does not undo a login, a logout or a
+// cart change saved by another request at the same time, as each
+// middleware request commits only what it changed. Two requests that
+// change the same value still end with the last one's.
+//
 // Save stores all of the Values or none: when one cannot be stored (a key
 // that is not a string, a value of a type not registered, a session that
 // would grow too large to replicate; a *manager.NotDistributableError),
@@ -379,10 +427,34 @@ func (st *Store) Save(r *http.Request, w http.ResponseWriter, gs *sessions.Sessi
 			return err
 		}
 	}
+	// Only what the handler changed since Get read the session (or the
+	// last Save stored it) is written: a value another request of the
+	// user changed meanwhile (a login, a logout, an item added to the
+	// cart in another tab) stays as that request left it. Without such a
+	// reading the Values are the whole session.
 	var remove []string
-	for _, name := range s.Names() {
-		if _, ok := set[name]; !ok {
-			remove = append(remove, name)
+	read := st.readOf(gs, s)
+	if created {
+		read = nil
+	}
+	if read != nil {
+		for name, old := range read {
+			if v := gs.Values[name]; v == nil {
+				remove = append(remove, name) // deleted since
+			} else if reflect.DeepEqual(v, old) {
+				delete(set, name) // unchanged: the session's value stays
+			}
+		}
+		for k, v := range gs.Values {
+			if _, had := read[k.(string)]; v == nil && !had {
+				remove = append(remove, k.(string))
+			}
+		}
+	} else if !created {
+		for _, name := range s.Names() {
+			if _, ok := set[name]; !ok {
+				remove = append(remove, name)
+			}
 		}
 	}
 	// Copies, compared by their encoded form: a value the handler changes
@@ -394,6 +466,17 @@ func (st *Store) Save(r *http.Request, w http.ResponseWriter, gs *sessions.Sessi
 		}
 		return err
 	}
+	stored := make(map[string]any, len(read)+len(set))
+	maps.Copy(stored, read)
+	for _, name := range remove {
+		delete(stored, name)
+	}
+	for name := range set {
+		if v, ok := s.GetCopy(name); ok {
+			stored[name] = v
+		}
+	}
+	st.remember(gs, s.ID(), stored)
 	if !renewed && !responseStarted(r) {
 		// Another node's route: the cookie set below names this node's.
 		if err := st.ss.rebind(ctx, s); err != nil {

@@ -823,3 +823,64 @@ func TestStoreSeveralSessionCookies(t *testing.T) {
 		}
 	}
 }
+
+// Two requests of one session that read it at the same time and save it,
+// as gorilla handlers do at their end, each write what they changed: a
+// page's request that saves what it read does not undo the login, the
+// logout or the cart change that another request saved meanwhile, and a
+// value deleted between two Saves of one request is removed.
+func TestStoreSaveKeepsAConcurrentRequestsChanges(t *testing.T) {
+	m := standard(t, "node1", "")
+	st := store(t, m, "node1", nil)
+	get := func(c *http.Cookie) (*http.Request, *sessions.Session) {
+		req := httptest.NewRequest("GET", "/", nil)
+		req.AddCookie(c)
+		gs, err := st.Get(req, "s")
+		if err != nil || gs.IsNew {
+			t.Fatalf("Get = %v, IsNew %v", err, gs.IsNew)
+		}
+		return req, gs
+	}
+	save := func(r *http.Request, gs *sessions.Session) {
+		if err := gs.Save(r, httptest.NewRecorder()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check := func(c *http.Cookie, want map[string]any) {
+		t.Helper()
+		s, err := m.Find(context.Background(), c.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := s.GetCopies(); !reflect.DeepEqual(got, want) {
+			t.Errorf("session holds %v, want %v", got, want)
+		}
+	}
+
+	c := savedSession(t, st, map[string]any{"cart": "book", "user": "alice"})
+	pageReq, page := get(c)
+	logoutReq, logout := get(c)
+	delete(logout.Values, "user")
+	logout.Values["cart"] = "book,pen"
+	save(logoutReq, logout)
+	page.Values["seen"] = "/x"
+	save(pageReq, page)
+	check(c, map[string]any{"cart": "book,pen", "seen": "/x"})
+
+	c = savedSession(t, st, map[string]any{"cart": "book"})
+	pageReq, page = get(c)
+	loginReq, login := get(c)
+	login.Values["user"] = "alice"
+	save(loginReq, login)
+	delete(page.Values, "cart")
+	save(pageReq, page)
+	check(c, map[string]any{"user": "alice"})
+
+	req, gs := get(c)
+	gs.Values["step"] = int64(1)
+	save(req, gs)
+	delete(gs.Values, "step")
+	gs.Values["user"] = nil
+	save(req, gs)
+	check(c, map[string]any{})
+}
