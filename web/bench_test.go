@@ -136,6 +136,65 @@ func BenchmarkMiddlewareDirect(b *testing.B) {
 	}
 }
 
+// BenchmarkStoreDirect is the gorilla Store's own cost, as
+// BenchmarkMiddlewareDirect is the middleware's: a handler that reads a
+// session through Get, increments its count and Saves it (write), or
+// reads it only (read), called directly with the session's cookie,
+// through the Standard manager, beside the bare handler.
+//
+//	go test -run '^$' -bench StoreDirect -benchmem ./web/
+func BenchmarkStoreDirect(b *testing.B) {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	c := web.DefaultConfig()
+	c.Route, c.Logger = "node1", quiet
+	st, err := web.NewStore(benchStandard(b, b.Cleanup, quiet), c)
+	if err != nil {
+		b.Fatal(err)
+	}
+	handler := func(write bool) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			gs, _ := st.Get(r, "JSESSIONID")
+			n, _ := gs.Values["count"].(int64)
+			if write {
+				gs.Values["count"] = n + 1
+				if err := gs.Save(r, w); err != nil {
+					http.Error(w, err.Error(), http.StatusInternalServerError)
+					return
+				}
+			}
+			_, _ = w.Write(benchBody)
+		})
+	}
+	first := &discard{h: http.Header{}}
+	handler(true).ServeHTTP(first, httptest.NewRequest(http.MethodGet, "/", nil))
+	req := httptest.NewRequest(http.MethodGet, "/", nil)
+	req.AddCookie((&http.Response{Header: first.h}).Cookies()[0])
+	var bareNs float64
+	for _, c := range []struct {
+		name string
+		h    http.Handler
+	}{
+		{"no-session", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write(benchBody) })},
+		{"standard/read", handler(false)},
+		{"standard/write", handler(true)},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				// A request of its own each time: gorilla's registry
+				// caches the session per request.
+				c.h.ServeHTTP(&discard{h: http.Header{}}, req.Clone(req.Context()))
+			}
+			ns := float64(b.Elapsed().Nanoseconds()) / float64(b.N)
+			if c.name == "no-session" {
+				bareNs = ns
+			} else if bareNs > 0 {
+				b.ReportMetric(ns/bareNs, "x-no-session")
+			}
+		})
+	}
+}
+
 // sessionHandler reads the session attribute count on /read and
 // increments it on /write, then writes benchBody.
 func sessionHandler(w http.ResponseWriter, r *http.Request) {
