@@ -91,7 +91,8 @@ type Stats struct {
 	Rebinds int64 // session ids rebound to this node's route
 	// Unavailable counts sessions that could not be looked up: requests
 	// the middleware answered 503, Store Get and Save calls that returned
-	// the lookup's error.
+	// the lookup's error. A lookup cut short by the client hanging up is
+	// not counted, nor logged, and the middleware answers nothing.
 	Unavailable  int64
 	CommitErrors int64 // commits not confirmed by every peer
 }
@@ -212,6 +213,8 @@ func (ss *Sessions) Middleware(next http.Handler) http.Handler {
 				st.known = s.ID() // else found by an id renewed after a login (see known)
 			}
 		case errors.Is(err, manager.ErrNotFound):
+		case r.Context().Err() != nil:
+			return // the client hung up during the lookup: no one to answer
 		default:
 			// The session may exist (this node is still fetching its
 			// state, or its holders did not answer in time): serving
@@ -405,6 +408,15 @@ func equalFoldASCII(a, b string) bool {
 // find looks a session up and, unless route binding is off, rebinds an id
 // that carries another node's route to this node's route. Two concurrent
 // requests rebinding one session end with the same id: the base is kept.
+// lookupFailed counts a session that could not be looked up (Unavailable),
+// unless the lookup ended because the request's client hung up: that
+// request is gone, not refused.
+func (ss *Sessions) lookupFailed(ctx context.Context) {
+	if ctx.Err() == nil {
+		ss.unavailable.Add(1)
+	}
+}
+
 func (ss *Sessions) find(ctx context.Context, id string) (*manager.Session, error) {
 	s, err := ss.m.Find(ctx, id)
 	if err != nil {
@@ -566,7 +578,7 @@ func (ss *Sessions) invalidate(ctx context.Context, id string) error {
 		ss.notConfirmed("session invalidation not confirmed by every peer", id, err)
 		return nil
 	default:
-		ss.unavailable.Add(1)
+		ss.lookupFailed(ctx)
 		return fmt.Errorf("web: session %s: %w", manager.RedactID(id), err)
 	}
 }

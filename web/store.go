@@ -151,7 +151,7 @@ func (st *Store) New(r *http.Request, name string) (*sessions.Session, error) {
 		return gs, nil // none, unknown or expired: a new session
 	}
 	if err != nil {
-		st.ss.unavailable.Add(1)
+		st.ss.lookupFailed(r.Context())
 		return gs, fmt.Errorf("web: session %s: %w", manager.RedactID(id), err)
 	}
 	// A read-only commit only queues the access for the peers; changes
@@ -374,7 +374,7 @@ func (st *Store) Save(r *http.Request, w http.ResponseWriter, gs *sessions.Sessi
 		// it would replace the user's session. Only one that is gone is
 		// replaced.
 		if unloaded, err := st.named(ctx, r, gs.Name()); unloaded != "" {
-			st.ss.unavailable.Add(1)
+			st.ss.lookupFailed(ctx)
 			if err == nil {
 				err = errors.New("it exists but Get could not load it; answer 503 so that the client retries")
 			}
@@ -399,7 +399,7 @@ func (st *Store) Save(r *http.Request, w http.ResponseWriter, gs *sessions.Sessi
 		// expired): a new session takes its place. Otherwise it may exist,
 		// and a new one would replace the user's.
 		if s, err = m.Find(ctx, gs.ID); err != nil && !errors.Is(err, manager.ErrNotFound) {
-			st.ss.unavailable.Add(1)
+			st.ss.lookupFailed(ctx)
 			return fmt.Errorf("web: session %s: %w", manager.RedactID(gs.ID), err)
 		}
 		if errors.Is(err, manager.ErrRecentlyInvalidated) {

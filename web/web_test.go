@@ -438,6 +438,40 @@ func TestLookupFailureIsUnavailable(t *testing.T) {
 	}
 }
 
+// hangUp is a manager whose lookups end with their request's context, as
+// a Backup fetch does when the client hangs up while it waits.
+type hangUp struct{ manager.Manager }
+
+func (hangUp) Find(ctx context.Context, _ string) (*manager.Session, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// TestLookupEndedByHangUpIsNotUnavailable: a client that hangs up while
+// its session is looked up is gone, not refused: the request is neither
+// counted as unavailable nor logged as a failed lookup.
+func TestLookupEndedByHangUpIsNotUnavailable(t *testing.T) {
+	var logs testlog.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	ss := middleware(t, hangUp{standard(t, "node1", "")}, "node1", func(c *web.Config) { c.Logger = log })
+	ran := false
+	h := ss.Middleware(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { ran = true }))
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	req := httptest.NewRequestWithContext(ctx, "GET", "/counter", nil)
+	req.AddCookie(&http.Cookie{Name: "JSESSIONID", Value: "abc.node2"})
+	h.ServeHTTP(httptest.NewRecorder(), req)
+	if ran {
+		t.Error("handler ran without the session")
+	}
+	if n := ss.Stats().Unavailable; n != 0 {
+		t.Errorf("Stats().Unavailable = %d, want 0 for a client that hung up", n)
+	}
+	if strings.Contains(logs.String(), "lookup failed") {
+		t.Errorf("a hang-up was logged as a failed lookup:\n%s", logs.String())
+	}
+}
+
 // TestClientHangUpDoesNotCutCommitShort: a request whose client is gone
 // before its handler returns still commits in ack mode, through the
 // middleware and through the gorilla Store, and the peer has the change.
