@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/textproto"
+	"net/url"
 	"regexp"
 	"strings"
 	"sync"
@@ -289,20 +290,34 @@ func (ss *Sessions) findOther(ctx context.Context, r *http.Request, id string) (
 // any ;jsessionid= path parameter removed from its path (and from its
 // encoded form, which keeps the rest of the path as it came: an encoded
 // slash stays one).
+//
+// The parameter is read from the path as the client sent it: a ';' that
+// came encoded (%3B) is part of a segment's name, not a parameter's start,
+// as in Tomcat and in mod_proxy_balancer's stickysession.
 func (ss *Sessions) requestID(r *http.Request) (*http.Request, string) {
 	param := ";" + ss.cfg.CookieName + "="
 	id := cookieValue(r, ss.cfg.CookieName)
-	path, value, ok := cutParam(r.URL.Path, param)
+	if indexFoldASCII(r.URL.Path, param) < 0 {
+		return r, id
+	}
+	escaped, value, ok := cutParam(r.URL.EscapedPath(), param)
 	if !ok {
 		return r, id
+	}
+	path, err := url.PathUnescape(escaped)
+	if err != nil {
+		return r, id
+	}
+	if v, err := url.PathUnescape(value); err == nil {
+		value = v
 	}
 	if id == "" {
 		id = value
 	}
 	r2 := r.Clone(r.Context())
-	r2.URL.Path = path
+	r2.URL.Path, r2.URL.RawPath = path, ""
 	if r.URL.RawPath != "" {
-		r2.URL.RawPath, _, _ = cutParam(r.URL.RawPath, param)
+		r2.URL.RawPath = escaped
 	}
 	return r2, id
 }

@@ -347,6 +347,8 @@ func TestPathParameterRemovedCleanly(t *testing.T) {
 		"/files/a%2Fb":                      "a/b",
 		"/files/a%2Fb;jsessionid=" + s.ID(): "a/b",
 		"/app.css;jsessionid=" + s.ID():     "css",
+		// An encoded ';' is part of the name: no parameter.
+		"/files/a%3Bjsessionid=" + s.ID(): "a;jsessionid=" + s.ID(),
 	} {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, httptest.NewRequest("GET", target, nil))
