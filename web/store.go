@@ -7,10 +7,10 @@ import (
 	"maps"
 	"net/http"
 	"reflect"
-	"runtime"
 	"slices"
+	"strings"
 	"sync"
-	"weak"
+	"time"
 
 	"github.com/cohort-cluster/cohort/manager"
 	"github.com/gorilla/sessions"
@@ -52,10 +52,18 @@ type Store struct {
 	// Options are the defaults for new sessions' cookies: Path "/",
 	// HttpOnly, SameSite Lax, no Max-Age (a browser-session cookie).
 	Options *sessions.Options
-	// read holds what New read for each gorilla session it loaded, or
-	// what Save last stored of it: Save writes only what the handler
-	// changed since.
-	read sync.Map // weak.Pointer[sessions.Session] -> *readValues
+}
+
+// readKey is the request context key of what Get read (reads).
+type readKey struct{}
+
+// reads holds, for one request, what New read of each gorilla session it
+// loaded, or what Save last stored of it: Save writes only what the
+// handler changed since. It lives in the request's context, as gorilla's
+// registry of the request's sessions does.
+type reads struct {
+	mu sync.Mutex
+	of map[*sessions.Session]readValues
 }
 
 // readValues are the values of a Cohort session as one gorilla session
@@ -66,22 +74,31 @@ type readValues struct {
 }
 
 // remember records values as what gs last read or stored of the Cohort
-// session of id.
-func (st *Store) remember(gs *sessions.Session, id string, values map[string]any) {
-	k := weak.Make(gs)
-	if _, loaded := st.read.Swap(k, &readValues{id: id, values: values}); !loaded {
-		runtime.AddCleanup(gs, func(k weak.Pointer[sessions.Session]) { st.read.Delete(k) }, k)
+// session of id. Like sessions.GetRegistry, it puts what it keeps in r's
+// context, in place.
+func remember(r *http.Request, gs *sessions.Session, id string, values map[string]any) {
+	rs, _ := r.Context().Value(readKey{}).(*reads)
+	if rs == nil {
+		rs = &reads{of: make(map[*sessions.Session]readValues, 1)}
+		*r = *r.WithContext(context.WithValue(r.Context(), readKey{}, rs))
 	}
+	rs.mu.Lock()
+	rs.of[gs] = readValues{id: id, values: values}
+	rs.mu.Unlock()
 }
 
-// readOf returns what gs last read or stored of s, or nil when it holds
-// nothing of s (a session New did not load, or another session).
-func (st *Store) readOf(gs *sessions.Session, s *manager.Session) map[string]any {
-	v, ok := st.read.Load(weak.Make(gs))
-	if !ok {
+// readOf returns what gs last read or stored of s in the request r, or nil
+// when it holds nothing of s (a session New did not load, or another
+// session, or a request derived from r before Get).
+func readOf(r *http.Request, gs *sessions.Session, s *manager.Session) map[string]any {
+	rs, _ := r.Context().Value(readKey{}).(*reads)
+	if rs == nil {
 		return nil
 	}
-	if rv := v.(*readValues); sameBase(rv.id, s.ID()) {
+	rs.mu.Lock()
+	rv, ok := rs.of[gs]
+	rs.mu.Unlock()
+	if ok && sameBase(rv.id, s.ID()) {
 		return rv.values
 	}
 	return nil
@@ -166,17 +183,74 @@ func (st *Store) New(r *http.Request, name string) (*sessions.Session, error) {
 	// Copies, all read at one moment: a handler that changes a value in
 	// place (a map, a slice, a struct through a pointer) changes only its
 	// copy, so Save sees the difference and replicates it.
-	for k, v := range s.GetCopies() {
+	read := s.GetCopies()
+	for k, v := range read {
 		gs.Values[k] = v
 	}
-	// And copies of its own, that Save compares the Values with.
-	st.remember(gs, s.ID(), s.GetCopies())
+	// What Save compares the Values with: the same values where the
+	// handler cannot change them in place, copies of their own where it
+	// can.
+	for k, v := range read {
+		if !immutable(reflect.TypeOf(v)) {
+			if c, ok := s.GetCopy(k); ok {
+				read[k] = c
+			} else {
+				delete(read, k)
+			}
+		}
+	}
+	remember(r, gs, s.ID(), read)
 	return gs, nil
+}
+
+// immutables caches immutable's answers by type.
+var immutables sync.Map // reflect.Type -> bool
+
+// immutable reports whether a value of type t, held in an interface, can
+// only be replaced, not changed in place: it holds no pointer, map, slice,
+// channel, function or interface (a time.Time's location aside, which
+// never changes).
+func immutable(t reflect.Type) bool {
+	if t == nil {
+		return true
+	}
+	if v, ok := immutables.Load(t); ok {
+		return v.(bool)
+	}
+	var ok bool
+	switch t.Kind() {
+	case reflect.Bool, reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr,
+		reflect.Float32, reflect.Float64, reflect.Complex64, reflect.Complex128, reflect.String:
+		ok = true
+	case reflect.Array:
+		ok = immutable(t.Elem())
+	case reflect.Struct:
+		ok = t == reflect.TypeFor[time.Time]()
+		if !ok {
+			ok = true
+			for i := range t.NumField() {
+				if !immutable(t.Field(i).Type) {
+					ok = false
+					break
+				}
+			}
+		}
+	}
+	immutables.Store(t, ok)
+	return ok
 }
 
 // cookieIDs returns the values of r's cookies of name, in the order the
 // browser sent them, leaving out empty ones.
 func cookieIDs(r *http.Request, name string) []string {
+	if lines := r.Header["Cookie"]; len(lines) == 1 && strings.Count(lines[0], name+"=") < 2 {
+		// One cookie of the name at most, the usual case: read in place.
+		if id := cookieValue(r, name); id != "" {
+			return []string{id}
+		}
+		return nil
+	}
 	var ids []string
 	for _, c := range r.CookiesNamed(name) {
 		if c.Value != "" {
@@ -317,7 +391,10 @@ func setCookie(r *http.Request, w http.ResponseWriter, c *http.Cookie) {
 // request that saves what it read does not undo a login, a logout or a
 // cart change saved by another request at the same time, as each
 // middleware request commits only what it changed. Two requests that
-// change the same value still end with the last one's.
+// change the same value still end with the last one's. What Get read is
+// kept in the request's context, as gorilla's registry is: a Save given a
+// request derived from r before Get (r.WithContext) cannot tell what
+// changed, and writes all of the Values, as gorilla's own stores do.
 //
 // Save stores all of the Values or none: when one cannot be stored (a key
 // that is not a string, a value of a type not registered, a session that
@@ -433,7 +510,7 @@ func (st *Store) Save(r *http.Request, w http.ResponseWriter, gs *sessions.Sessi
 	// cart in another tab) stays as that request left it. Without such a
 	// reading the Values are the whole session.
 	var remove []string
-	read := st.readOf(gs, s)
+	read := readOf(r, gs, s)
 	if created {
 		read = nil
 	}
@@ -476,7 +553,7 @@ func (st *Store) Save(r *http.Request, w http.ResponseWriter, gs *sessions.Sessi
 			stored[name] = v
 		}
 	}
-	st.remember(gs, s.ID(), stored)
+	remember(r, gs, s.ID(), stored)
 	if !renewed && !responseStarted(r) {
 		// Another node's route: the cookie set below names this node's.
 		if err := st.ss.rebind(ctx, s); err != nil {
