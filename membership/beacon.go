@@ -164,6 +164,28 @@ type beaconer struct {
 	failed atomic.Bool // last send failed; logged once until it works again
 }
 
+// MulticastError is returned by New when multicast discovery is on but
+// this host cannot join the beacon group, as on a host whose network has
+// no route for multicast ("no such device"). It names the setting to
+// change rather than the gossip address, which is not at fault.
+type MulticastError struct {
+	Group string // Config.MulticastAddr
+	Err   error  // the system's error
+}
+
+func (e *MulticastError) Error() string {
+	cause := e.Err.Error()
+	var oe *net.OpError
+	if errors.As(e.Err, &oe) && oe.Err != nil {
+		cause = oe.Err.Error() // without the group, which the message names
+	}
+	return fmt.Sprintf("membership: multicast discovery (MulticastAddr %s) is unavailable on this host: cannot join the group: %s; "+
+		"turn it off (an empty MulticastAddr, -multicast=off for cohort-node) and find the peers through seeds (Join, -join), "+
+		"or give the host a multicast route", e.Group, cause)
+}
+
+func (e *MulticastError) Unwrap() error { return e.Err }
+
 // listenBeacons opens the multicast sockets: one joined to the group for
 // receiving (SO_REUSEADDR, so several nodes on a host share the port) and
 // one for sending with loopback on, so that nodes on one host hear each
@@ -172,7 +194,7 @@ func listenBeacons(n *Node) (*beaconer, error) {
 	group, _ := net.ResolveUDPAddr("udp4", n.cfg.MulticastAddr) // checked by validate
 	recv, err := net.ListenMulticastUDP("udp4", nil, group)
 	if err != nil {
-		return nil, fmt.Errorf("membership: join multicast group %s: %w", group, err)
+		return nil, &MulticastError{Group: group.String(), Err: err}
 	}
 	send, err := net.ListenUDP("udp4", &net.UDPAddr{})
 	if err != nil {

@@ -50,7 +50,9 @@
 // # Failure handling
 //
 // Malformed, foreign or unauthenticated beacons are counted ([Stats]) and
-// ignored. Members whose metadata is unreadable or whose domain, protocol or
+// ignored. With multicast on, a host that cannot join the beacon group
+// (no multicast route) fails New with a [MulticastError] naming
+// MulticastAddr. Members whose metadata is unreadable or whose domain, protocol or
 // manager kind differ are refused, counted and logged once per peer; their
 // beacons are not joined. A beacon that cannot be sent (no multicast route)
 // is logged once and retried; seeds keep working. A seed that does not

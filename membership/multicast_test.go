@@ -2,10 +2,12 @@ package membership_test
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -22,20 +24,28 @@ const netnsChildEnv = "COHORT_TEST_NETNS_CHILD"
 // it re-executes the test binary in the namespace (which needs root), so the
 // host's network is never touched.
 func TestMulticastDiscovery(t *testing.T) {
+	inNetns(t, "TestMulticastDiscovery", multicastScenario)
+}
+
+// inNetns runs scenario in a new network namespace, where only lo exists,
+// down: it re-executes the test binary, running only the test named name,
+// in the namespace (which needs root), so the host's network is never
+// touched.
+func inNetns(t *testing.T, name string, scenario func(t *testing.T)) {
 	if os.Getenv(netnsChildEnv) == "1" {
-		multicastScenario(t)
+		scenario(t)
 		return
 	}
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") == "true" {
-			t.Fatal("multicast discovery needs root to create a network namespace; CI runs as root")
+			t.Fatal("this test needs root to create a network namespace; CI runs as root")
 		}
-		t.Skip("multicast discovery needs root to create a network namespace")
+		t.Skip("this test needs root to create a network namespace")
 	}
 	if _, err := exec.LookPath("ip"); err != nil {
 		t.Fatalf("the ip command (iproute2) is needed to configure the test namespace: %v", err)
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestMulticastDiscovery$", "-test.v", "-test.count=1")
+	cmd := exec.Command(os.Args[0], "-test.run=^"+name+"$", "-test.v", "-test.count=1")
 	cmd.Env = append(os.Environ(), netnsChildEnv+"=1")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET}
 	var out bytes.Buffer
@@ -43,23 +53,53 @@ func TestMulticastDiscovery(t *testing.T) {
 	err := cmd.Run()
 	t.Logf("in the namespace:\n%s", out.String())
 	if err != nil {
-		t.Fatalf("multicast scenario failed: %v", err)
+		t.Fatalf("scenario failed: %v", err)
 	}
-	if !bytes.Contains(out.Bytes(), []byte("--- PASS: TestMulticastDiscovery")) {
-		t.Fatal("multicast scenario did not report a pass")
+	if !bytes.Contains(out.Bytes(), []byte("--- PASS: "+name)) {
+		t.Fatal("scenario did not report a pass")
 	}
 }
 
-func multicastScenario(t *testing.T) {
-	for _, args := range [][]string{
-		{"link", "set", "lo", "up"},
-		{"link", "set", "lo", "multicast", "on"},
-		{"route", "add", "224.0.0.0/4", "dev", "lo"},
-	} {
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %v: %v: %s", args, err, out)
-		}
+// ipCmd runs the ip command, failing the test if it fails.
+func ipCmd(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		t.Fatalf("ip %v: %v: %s", args, err, out)
 	}
+}
+
+// TestMulticastUnavailable starts a node with multicast on in a network
+// without a multicast route: New fails with a *MulticastError that names
+// the setting to change, not the gossip address, which is not at fault.
+func TestMulticastUnavailable(t *testing.T) {
+	inNetns(t, "TestMulticastUnavailable", func(t *testing.T) {
+		ipCmd(t, "link", "set", "lo", "up") // gossip works, multicast has no route
+		c := testConfig(t, "a1")
+		c.MulticastAddr = membership.DefaultMulticastAddr
+		n, err := membership.New(c)
+		if err == nil {
+			_ = n.Close()
+			t.Fatal("New succeeded without a multicast route")
+		}
+		var me *membership.MulticastError
+		if !errors.As(err, &me) || me.Group != membership.DefaultMulticastAddr {
+			t.Fatalf("New = %v (%T), want a *MulticastError for %s", err, err, membership.DefaultMulticastAddr)
+		}
+		for _, want := range []string{"MulticastAddr " + membership.DefaultMulticastAddr, "unavailable", "no such device", "-multicast=off", "-join"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("error %q does not say %q", err, want)
+			}
+		}
+		// The gossip port was released: a node without multicast starts.
+		c.MulticastAddr = ""
+		start(t, c)
+	})
+}
+
+func multicastScenario(t *testing.T) {
+	ipCmd(t, "link", "set", "lo", "up")
+	ipCmd(t, "link", "set", "lo", "multicast", "on")
+	ipCmd(t, "route", "add", "224.0.0.0/4", "dev", "lo")
 	key := membership.Key(bytes.Repeat([]byte{1}, 32))
 	node := func(route, domain string, key membership.Key) *membership.Node {
 		c := testConfig(t, route)

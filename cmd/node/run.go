@@ -291,6 +291,11 @@ func startCluster(ctx context.Context, cfg *config, logger *slog.Logger, retryFo
 		if rc := (*membership.RouteConflictError)(nil); errors.As(err, &rc) {
 			return nil, fmt.Errorf("%s %q: %w: give every node a route of its own", cfg.source["route"], cfg.Route, err)
 		}
+		if me := (*membership.MulticastError)(nil); errors.As(err, &me) {
+			// A failed group join is a listen error too: checked first, so
+			// that it does not read as the -bind address's fault.
+			return nil, fmt.Errorf("%s %s: %w", cfg.source["multicast"], me.Group, err)
+		}
 		if err != nil && !addrInUse(err) && listenFailed(err) {
 			name, addr := takenFlag(cfg, err)
 			return nil, newListenError(cfg, name, addr, err)

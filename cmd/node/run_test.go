@@ -655,3 +655,32 @@ func TestSignalWhileWaitingForPort(t *testing.T) {
 		t.Errorf("log reports an error, or lacks the stop:\n%s", log)
 	}
 }
+
+// A node with multicast on, on a host without a multicast route, stops
+// with an error that names -multicast, not -bind: the group join fails
+// as a listen does, but the gossip address is not at fault. The node runs
+// in a network namespace of its own (which needs root) where only lo is up.
+func TestMulticastUnavailableNamesFlag(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to create a network namespace")
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The shell brings lo up in the new namespace, then execs the node.
+	cmd := exec.Command("sh", "-c", `ip link set lo up && exec "$0" "$@"`, self,
+		"-route", "n1", "-http", "127.0.0.1:8080", "-bind", "127.0.0.1:7946", "-multicast", "228.0.0.4:45564")
+	cmd.Env = nodeEnv()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET}
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+		t.Fatalf("node: %v, want exit status 2; output:\n%s", err, out)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	last := lines[len(lines)-1]
+	if !strings.HasPrefix(last, "cohort-node: flag -multicast 228.0.0.4:45564: ") || !strings.Contains(last, "-multicast=off") {
+		t.Errorf("last line %q, want the error naming -multicast", last)
+	}
+}
