@@ -702,3 +702,69 @@ func TestCloseStopsEverything(t *testing.T) {
 		t.Errorf("Join after Close = %v, want ErrClosed", err)
 	}
 }
+
+// fullMetaHost returns the longest replication host name with which a
+// node named like route, in domain, still starts: metadata at the limit.
+func fullMetaHost(t *testing.T, route, domain string) string {
+	t.Helper()
+	for k := 400; k > 0; k-- {
+		c := testConfig(t, route)
+		c.Domain = domain
+		c.ReplicationAddr = strings.Repeat("h", k) + ":8000"
+		n, err := membership.New(c)
+		if err == nil {
+			_ = n.Close()
+			return strings.Repeat("h", k)
+		}
+		if ce := (*membership.ConfigError)(nil); !errors.As(err, &ce) {
+			t.Fatal(err)
+		}
+	}
+	t.Fatal("no replication address fits")
+	return ""
+}
+
+// TestLeaveWithFullMetadataIsReportedLeft leaves from a node whose
+// metadata is as large as New accepts: the leaving flag still fits, so
+// peers report it left, not failed.
+func TestLeaveWithFullMetadataIsReportedLeft(t *testing.T) {
+	leaktest.Check(t)
+	domain := strings.Repeat("d", 255)
+	host := fullMetaHost(t, "node2", domain)
+	nodes := startCluster(t, 2, func(i int, c *membership.Config) {
+		c.Domain = domain
+		c.ReplicationAddr = host + ":8000"
+	})
+	sub := nodes[0].Subscribe()
+	defer sub.Close()
+	if err := nodes[1].Leave(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	ev := nextEvent(t, sub, "node2", 10*time.Second)
+	for ev.Type == membership.EventJoin || ev.Type == membership.EventUpdate {
+		ev = nextEvent(t, sub, "node2", 10*time.Second)
+	}
+	if ev.Type != membership.EventLeave {
+		t.Errorf("got %v for node2, want leave", ev.Type)
+	}
+}
+
+// TestUpdateMetaKeepsRoomForLeaving refuses metadata that would leave no
+// room for the leaving flag, so that a later Leave is still reported as
+// one.
+func TestUpdateMetaKeepsRoomForLeaving(t *testing.T) {
+	leaktest.Check(t)
+	domain := strings.Repeat("d", 255)
+	host := fullMetaHost(t, "node1", domain)
+	c := testConfig(t, "node1")
+	c.Domain = domain
+	n := start(t, c)
+	for _, k := range []int{len(host) + 1, len(host) + 2, len(host) + 3} {
+		if err := n.UpdateMeta(strings.Repeat("h", k)+":8000", "", time.Second); !errors.Is(err, membership.ErrMetaTooLarge) {
+			t.Errorf("UpdateMeta with a %d-byte host = %v, want ErrMetaTooLarge", k, err)
+		}
+	}
+	if err := n.UpdateMeta(host+":8000", "", time.Second); err != nil {
+		t.Errorf("UpdateMeta with the largest host New accepts: %v", err)
+	}
+}

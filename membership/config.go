@@ -211,7 +211,7 @@ func (c *Config) validate() error {
 		return &ConfigError{"Key", c.Key.String(), "16, 24 or 32 bytes (AES-128, -192 or -256)"}
 	}
 	if _, err := encodeMeta(c.meta(time.Now())); err != nil {
-		return &ConfigError{"Route", c.Route, "metadata (route, addresses, domain) of at most 512 bytes"}
+		return &ConfigError{"Route", c.Route, "metadata (route, addresses, domain) that fits 512 bytes with the leaving flag set"}
 	}
 	return nil
 }

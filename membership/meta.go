@@ -47,10 +47,21 @@ type wireMeta struct {
 	Leaving         bool   `msgpack:"l,omitempty"`
 }
 
-// ErrMetaTooLarge is returned when metadata does not fit memberlist's limit.
+// ErrMetaTooLarge is returned when metadata does not fit memberlist's
+// limit, or would not with the leaving flag that Leave sets.
 var ErrMetaTooLarge = fmt.Errorf("membership: metadata larger than %d bytes", memberlist.MetaMaxSize)
 
+// encodeMeta encodes m. It refuses metadata that would not fit with the
+// leaving flag set too, so that Leave, which sets it, never finds it too
+// large: peers would report the node failed instead of left.
 func encodeMeta(m Meta) ([]byte, error) {
+	if !m.Leaving {
+		leaving := m
+		leaving.Leaving = true
+		if _, err := encodeMeta(leaving); err != nil {
+			return nil, err
+		}
+	}
 	b, err := msgpack.Marshal(wireMeta{
 		Route:           m.Route,
 		ReplicationAddr: m.ReplicationAddr,

@@ -374,7 +374,9 @@ func (n *Node) Join(addrs ...string) (int, error) {
 
 // UpdateMeta changes the replication address and manager kind this node
 // advertises and waits, at most timeout, for the change to reach the
-// cluster, where subscribers see an EventUpdate.
+// cluster, where subscribers see an EventUpdate. Metadata that would not
+// fit memberlist's limit with the leaving flag is refused with
+// ErrMetaTooLarge.
 func (n *Node) UpdateMeta(replicationAddr, manager string, timeout time.Duration) error {
 	if n.isClosed.Load() {
 		return ErrClosed
