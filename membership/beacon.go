@@ -189,10 +189,14 @@ func (e *MulticastError) Unwrap() error { return e.Err }
 // listenBeacons opens the multicast sockets: one joined to the group for
 // receiving (SO_REUSEADDR, so several nodes on a host share the port) and
 // one for sending with loopback on, so that nodes on one host hear each
-// other.
+// other. Both use the interface of the node's gossip address, the one its
+// peers reach it on, when that is a multicast interface of this host
+// other than loopback; otherwise the one the routing table gives the
+// group, as on a host whose only route for it is the default route.
 func listenBeacons(n *Node) (*beaconer, error) {
 	group, _ := net.ResolveUDPAddr("udp4", n.cfg.MulticastAddr) // checked by validate
-	recv, err := net.ListenMulticastUDP("udp4", nil, group)
+	ifi := beaconInterface(n.addr.IP)
+	recv, err := net.ListenMulticastUDP("udp4", ifi, group)
 	if err != nil {
 		return nil, &MulticastError{Group: group.String(), Err: err}
 	}
@@ -202,6 +206,11 @@ func listenBeacons(n *Node) (*beaconer, error) {
 		return nil, fmt.Errorf("membership: open beacon socket: %w", err)
 	}
 	pc := ipv4.NewPacketConn(send)
+	if ifi != nil {
+		if err := pc.SetMulticastInterface(ifi); err != nil {
+			n.log.Warn("cannot send beacons on the gossip address's interface; they follow the routing table", "interface", ifi.Name, "err", err)
+		}
+	}
 	if err := pc.SetMulticastTTL(n.cfg.MulticastTTL); err != nil {
 		n.log.Warn("cannot set beacon TTL", "err", err)
 	}
@@ -209,6 +218,34 @@ func listenBeacons(n *Node) (*beaconer, error) {
 		n.log.Warn("cannot enable multicast loopback; nodes on this host may not see each other's beacons", "err", err)
 	}
 	return newBeaconer(n, recv, send, group), nil
+}
+
+// beaconInterface returns the up, multicast-capable, non-loopback
+// interface that has ip, or nil.
+func beaconInterface(ip net.IP) *net.Interface {
+	if ip == nil || ip.IsLoopback() || ip.IsUnspecified() {
+		return nil
+	}
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return nil
+	}
+	for i := range ifs {
+		ifi := &ifs[i]
+		if ifi.Flags&net.FlagUp == 0 || ifi.Flags&net.FlagMulticast == 0 || ifi.Flags&net.FlagLoopback != 0 {
+			continue
+		}
+		addrs, err := ifi.Addrs()
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			if in, ok := a.(*net.IPNet); ok && in.IP.Equal(ip) {
+				return ifi
+			}
+		}
+	}
+	return nil
 }
 
 func newBeaconer(n *Node, recv, send net.PacketConn, group net.Addr) *beaconer {

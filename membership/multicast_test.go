@@ -145,3 +145,70 @@ func multicastScenario(t *testing.T) {
 		t.Errorf("a1 stats %+v: no beacons sent or received", s)
 	}
 }
+
+// TestBeaconsFollowBindInterface runs two nodes in two network namespaces
+// joined by a veth pair, each bound to its end of it, on hosts whose
+// default route goes through another interface: the beacons must go out,
+// and the group be joined, on the gossip address's interface, not the
+// default route's, or the nodes never hear each other.
+func TestBeaconsFollowBindInterface(t *testing.T) {
+	const name = "TestBeaconsFollowBindInterface"
+	if os.Getenv(netnsChildEnv) == "1" {
+		c := testConfig(t, os.Getenv("COHORT_TEST_ROUTE"))
+		c.BindAddr = os.Getenv("COHORT_TEST_BIND")
+		c.MulticastAddr = membership.DefaultMulticastAddr
+		n := start(t, c) // no seeds: beacons are the only way to meet
+		waitFor(t, 10*time.Second, func() error {
+			if got := alive(n); len(got) != 2 {
+				return fmt.Errorf("%s sees %v alive, want two nodes", n.Route(), got)
+			}
+			return nil
+		})
+		return
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("this test needs root to create network namespaces")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Fatalf("the ip command (iproute2) is needed to configure the test namespaces: %v", err)
+	}
+	ns := [2]string{fmt.Sprintf("cohort-mcif%d-a", os.Getpid()), fmt.Sprintf("cohort-mcif%d-b", os.Getpid())}
+	for i, n := range ns {
+		ipCmd(t, "netns", "add", n)
+		t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", n).Run() })
+		ipCmd(t, "-n", n, "link", "set", "lo", "up")
+		// The default route, multicast's too, goes out an interface that
+		// leads nowhere.
+		ipCmd(t, "-n", n, "link", "add", "d0", "type", "veth", "peer", "name", "d0p")
+		ipCmd(t, "-n", n, "link", "set", "d0p", "up")
+		ipCmd(t, "-n", n, "link", "set", "d0", "up")
+		ipCmd(t, "-n", n, "addr", "add", fmt.Sprintf("10.88.%d.1/24", i), "dev", "d0")
+		ipCmd(t, "-n", n, "route", "add", "default", "dev", "d0")
+	}
+	ipCmd(t, "-n", ns[0], "link", "add", "v0", "type", "veth", "peer", "name", "v1", "netns", ns[1])
+	procs := make([]*exec.Cmd, 2)
+	outs := make([]*bytes.Buffer, 2)
+	for i, n := range ns {
+		dev := fmt.Sprintf("v%d", i)
+		ipCmd(t, "-n", n, "addr", "add", fmt.Sprintf("10.77.0.%d/24", i+1), "dev", dev)
+		ipCmd(t, "-n", n, "link", "set", dev, "up")
+	}
+	for i, n := range ns {
+		cmd := exec.Command("ip", "netns", "exec", n, os.Args[0], "-test.run=^"+name+"$", "-test.v", "-test.count=1")
+		cmd.Env = append(os.Environ(), netnsChildEnv+"=1", fmt.Sprintf("COHORT_TEST_ROUTE=n%d", i+1),
+			fmt.Sprintf("COHORT_TEST_BIND=10.77.0.%d:7946", i+1))
+		outs[i] = &bytes.Buffer{}
+		cmd.Stdout, cmd.Stderr = outs[i], outs[i]
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		procs[i] = cmd
+	}
+	for i, cmd := range procs {
+		err := cmd.Wait()
+		t.Logf("node n%d in %s:\n%s", i+1, ns[i], outs[i].String())
+		if err != nil || !bytes.Contains(outs[i].Bytes(), []byte("--- PASS: "+name)) {
+			t.Errorf("node n%d: %v", i+1, err)
+		}
+	}
+}
