@@ -681,6 +681,34 @@ func TestMemberUpdatesSayWhatChanged(t *testing.T) {
 	}
 }
 
+// Subscriptions taken while the node closes are all closed with it: none
+// starts its delivery once Close waits for the node's goroutines.
+func TestSubscribeDuringClose(t *testing.T) {
+	leaktest.Check(t)
+	for range 20 {
+		n, err := membership.New(testConfig(t, "solo"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		subs := make(chan *membership.Subscription, 4096)
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			defer close(subs)
+			for range cap(subs) {
+				subs <- n.Subscribe()
+			}
+		})
+		if err := n.Close(); err != nil {
+			t.Fatal(err)
+		}
+		wg.Wait()
+		for sub := range subs {
+			for range sub.C { // the initial events, if any
+			}
+		}
+	}
+}
+
 func TestCloseStopsEverything(t *testing.T) {
 	leaktest.Check(t)
 	c := testConfig(t, "solo")

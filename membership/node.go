@@ -533,7 +533,12 @@ func until(deadline time.Time) time.Duration {
 func (n *Node) Close() error {
 	n.closeMu.Lock()
 	defer n.closeMu.Unlock()
-	if n.isClosed.Swap(true) {
+	// Marked closed under mu, which Subscribe holds while it checks the
+	// mark and starts its pump: none starts once wg is waited for.
+	n.mu.Lock()
+	was := n.isClosed.Swap(true)
+	n.mu.Unlock()
+	if was {
 		return nil
 	}
 	close(n.stop)
