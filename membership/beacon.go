@@ -146,7 +146,12 @@ func DecodeBeacon(p []byte, macKey []byte) (Beacon, error) {
 	if w.Domain == "" || w.Route == "" {
 		return Beacon{}, fmt.Errorf("%w: empty domain or route", ErrBeaconMalformed)
 	}
-	if a, err := splitHostPort(w.Addr, -1); err != nil || a.IP == nil || a.Port == 0 {
+	if len(w.Route) > maxRoute {
+		return Beacon{}, fmt.Errorf("%w: route of %d bytes", ErrBeaconMalformed, len(w.Route))
+	}
+	// An address a node can be joined at: not 0.0.0.0, which would join
+	// whatever listens on this host, nor a group.
+	if a, err := splitHostPort(w.Addr, -1); err != nil || a.IP == nil || a.Port == 0 || a.IP.IsUnspecified() || a.IP.IsMulticast() {
 		return Beacon{}, fmt.Errorf("%w: bad address %q", ErrBeaconMalformed, w.Addr)
 	}
 	return Beacon{Domain: w.Domain, Route: w.Route, Addr: w.Addr, Sent: time.UnixMilli(w.Sent)}, nil

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -46,6 +47,11 @@ func TestDecodeBeaconRejects(t *testing.T) {
 	badAddr := testBeacon()
 	badAddr.Addr = "example.com:80"
 	otherKey := beaconKey(Key(bytes.Repeat([]byte{8}, 16)))
+	with := func(edit func(*Beacon)) []byte {
+		b := testBeacon()
+		edit(&b)
+		return mustEncode(t, b, nil)
+	}
 	for _, tc := range []struct {
 		name string
 		p    []byte
@@ -60,6 +66,9 @@ func TestDecodeBeaconRejects(t *testing.T) {
 		{"trailing bytes", append(slices.Clone(plain), 0), nil, ErrBeaconMalformed},
 		{"too large", make([]byte, MaxBeaconSize+1), nil, ErrBeaconMalformed},
 		{"host name address", mustEncode(t, badAddr, nil), nil, ErrBeaconMalformed},
+		{"unspecified address", with(func(b *Beacon) { b.Addr = "0.0.0.0:7946" }), nil, ErrBeaconMalformed},
+		{"multicast address", with(func(b *Beacon) { b.Addr = "228.0.0.4:7946" }), nil, ErrBeaconMalformed},
+		{"route too long", with(func(b *Beacon) { b.Route = strings.Repeat("r", 129) }), nil, ErrBeaconMalformed},
 		{"unsigned when keyed", plain, testMACKey, ErrBeaconMAC},
 		{"signed when unkeyed", signed, nil, ErrBeaconMAC},
 		{"wrong key", signed, otherKey, ErrBeaconMAC},

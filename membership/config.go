@@ -80,7 +80,7 @@ type Config struct {
 
 	// Frequency is the heartbeat interval: each node probes one member and
 	// sends one beacon every Frequency. Lower values detect failures sooner
-	// and cost more packets. Default 500ms.
+	// and cost more packets. At least MinFrequency (10ms). Default 500ms.
 	Frequency time.Duration
 
 	// DropTime is how long a member may be silent before it is declared
@@ -157,9 +157,16 @@ func (e *ConfigError) Error() string {
 	return fmt.Sprintf("membership: invalid %s %q: want %s", e.Field, e.Value, e.Want)
 }
 
+// maxRoute is the longest Route, in bytes.
+const maxRoute = 128
+
+// MinFrequency is the shortest Frequency: below it memberlist's probe
+// interval rounds to nothing, and failures are never detected.
+const MinFrequency = 10 * time.Millisecond
+
 // validate checks every field, returning the first problem found.
 func (c *Config) validate() error {
-	if c.Route == "" || len(c.Route) > 128 {
+	if c.Route == "" || len(c.Route) > maxRoute {
 		return &ConfigError{"Route", c.Route, "a non-empty name of at most 128 bytes"}
 	}
 	if c.Domain == "" || len(c.Domain) > memberlist.LabelMaxSize {
@@ -192,8 +199,8 @@ func (c *Config) validate() error {
 	if c.MulticastTTL < 1 || c.MulticastTTL > 255 {
 		return &ConfigError{"MulticastTTL", strconv.Itoa(c.MulticastTTL), "1-255"}
 	}
-	if c.Frequency <= 0 {
-		return &ConfigError{"Frequency", c.Frequency.String(), "a positive duration such as 500ms"}
+	if c.Frequency < MinFrequency {
+		return &ConfigError{"Frequency", c.Frequency.String(), "a duration of at least " + MinFrequency.String() + ", such as 500ms"}
 	}
 	if c.DropTime <= 0 {
 		return &ConfigError{"DropTime", c.DropTime.String(), "a positive duration such as 3s"}

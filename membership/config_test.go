@@ -29,6 +29,7 @@ func TestConfigValidation(t *testing.T) {
 		{"ttl zero", func(c *Config) { c.MulticastTTL = 0 }, "MulticastTTL"},
 		{"zero frequency", func(c *Config) { c.Frequency = 0 }, "Frequency"},
 		{"negative frequency", func(c *Config) { c.Frequency = -time.Second }, "Frequency"},
+		{"frequency below the minimum", func(c *Config) { c.Frequency = time.Millisecond }, "Frequency"},
 		{"zero drop time", func(c *Config) { c.DropTime = 0 }, "DropTime"},
 		{"drop time below twice frequency", func(c *Config) { c.DropTime = 900 * time.Millisecond }, "DropTime"},
 		{"zero rejoin", func(c *Config) { c.RejoinInterval = 0 }, "RejoinInterval"},

@@ -75,7 +75,7 @@ func (e *flagError) Error() string {
 var errVersion = errors.New("version requested")
 
 // minFrequency is the shortest -frequency accepted.
-const minFrequency = 10 * time.Millisecond
+const minFrequency = membership.MinFrequency
 
 // envName is the environment variable of a flag: COHORT_DROP_TIME for
 // -drop-time.
