@@ -150,10 +150,16 @@ func (c *Channel) OnResync(f func(route string)) {
 // connection up, reconnecting with backoff, until RemovePeer. Adding a
 // known peer at a new address replaces its connection.
 func (c *Channel) AddPeer(route, addr string) {
-	if c.closed.Load() || route == c.cfg.Route {
+	if route == c.cfg.Route {
 		return
 	}
 	c.mu.Lock()
+	if c.closed.Load() {
+		// Checked under mu, which Close takes after setting closed: a
+		// peer added here is one Close finds, and closes, and waits for.
+		c.mu.Unlock()
+		return
+	}
 	old := c.peers[route]
 	if old != nil && old.addr == addr {
 		c.mu.Unlock()
@@ -167,11 +173,11 @@ func (c *Channel) AddPeer(route, addr string) {
 	}
 	p := newPeer(c, route, addr)
 	c.peers[route] = p
+	c.wg.Add(1) // before Close can reach its Wait
 	c.mu.Unlock()
 	if old != nil {
 		old.close()
 	}
-	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
 		p.run()

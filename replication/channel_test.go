@@ -710,6 +710,31 @@ func TestCloseAndRemoveEndWaitingSends(t *testing.T) {
 	}
 }
 
+// A peer added while the channel closes is either closed with it or never
+// started: no peer goroutine outlives Close.
+func TestAddPeerDuringCloseLeavesNoPeer(t *testing.T) {
+	leaktest.Check(t)
+	for i := range 200 {
+		ch, err := New(testConfig(t, "a"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		for g := range 4 {
+			wg.Go(func() {
+				for j := range 20 {
+					ch.AddPeer(fmt.Sprint("p", g, "-", j), "127.0.0.1:1")
+				}
+			})
+		}
+		_ = ch.Close()
+		wg.Wait()
+		if ps := ch.Peers(); len(ps) > 0 {
+			t.Fatalf("round %d: peers %v added after Close returned", i, ps)
+		}
+	}
+}
+
 // A stranger without the cluster key that says hello under a peer's route
 // does not cut that peer's connection: a connection takes over a sender's
 // older one only at its first frame, which proves the key.
