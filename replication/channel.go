@@ -185,7 +185,8 @@ func (c *Channel) AddPeer(route, addr string) {
 	c.log.Info("replication peer added", "peer", route, "addr", addr)
 }
 
-// RemovePeer closes the connection to route and fails its waiting sends.
+// RemovePeer closes the connection to route and fails its waiting sends
+// with ErrUnknownPeer, as a send to it from now on fails.
 func (c *Channel) RemovePeer(route string) {
 	c.mu.Lock()
 	p := c.peers[route]

@@ -683,8 +683,8 @@ func TestCloseAndRemoveEndWaitingSends(t *testing.T) {
 	waitFor(t, "the frame to reach b", func() bool { return b.recvCounters("a").frames.Load() > 0 })
 	a.RemovePeer("b")
 	var pe *PeerError
-	if err := <-sent; !errors.As(err, &pe) || pe.Peer != "b" {
-		t.Fatalf("send to a removed peer: err = %v, want b's PeerError", err)
+	if err := <-sent; !errors.As(err, &pe) || pe.Peer != "b" || !errors.Is(err, ErrUnknownPeer) {
+		t.Fatalf("send to a removed peer: err = %v, want b's ErrUnknownPeer", err)
 	}
 
 	// b still holds the first frame: the rest go to another stalled peer.
@@ -704,10 +704,64 @@ func TestCloseAndRemoveEndWaitingSends(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range senders {
-		if err := <-errs; err == nil {
-			t.Fatal("a send waiting on a stalled peer succeeded after Close")
+		if err := <-errs; !errors.Is(err, ErrClosed) {
+			t.Fatalf("a send waiting on a stalled peer when the channel closed: err = %v, want ErrClosed", err)
 		}
 	}
+}
+
+// A send whose peer is removed while its frame is still queued (here the
+// peer never finishes the handshake) fails as one to a peer the channel
+// does not know, not as if the channel had closed.
+func TestRemovePeerFailsQueuedSendsAsUnknown(t *testing.T) {
+	leaktest.Check(t)
+	addr := fakeListener(t)
+	ca := testConfig(t, "a")
+	ca.SendTimeout = time.Hour
+	ca.DialTimeout = time.Hour
+	a := newChannel(t, ca)
+	a.AddPeer("b", addr)
+	sent := make(chan error, 1)
+	go func() { sent <- a.Send(context.Background(), nil, testType, []byte("x"), Sync) }()
+	waitFor(t, "the frame queued", func() bool { return peerStats(a, "b").QueueDepth == 1 })
+	a.RemovePeer("b")
+	var pe *PeerError
+	if err := <-sent; !errors.As(err, &pe) || pe.Peer != "b" || !errors.Is(err, ErrUnknownPeer) {
+		t.Fatalf("send queued to a removed peer: err = %v, want b's ErrUnknownPeer", err)
+	}
+}
+
+// fakeListener accepts connections and holds them, never answering.
+func fakeListener(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	})
+	return ln.Addr().String()
 }
 
 // A peer added while the channel closes is either closed with it or never

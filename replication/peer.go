@@ -104,7 +104,7 @@ func (p *peer) enqueue(f *outFrame) error {
 	f.seq = p.seq.Add(1)
 	select {
 	case <-p.stop:
-		return ErrClosed
+		return p.gone()
 	default:
 	}
 	if p.down.Load() {
@@ -120,7 +120,7 @@ func (p *peer) enqueue(f *outFrame) error {
 			// The peer stopped meanwhile and may have failed its queue
 			// before f was in it: fail what is left, f included, so
 			// that its sender is not left waiting.
-			p.failQueued(ErrClosed)
+			p.failQueued(p.gone())
 		default:
 		}
 		return nil
@@ -134,6 +134,17 @@ func (p *peer) enqueue(f *outFrame) error {
 		}
 		return ErrQueueFull
 	}
+}
+
+// gone is the error of a frame that its peer, stopped, will never send:
+// ErrClosed when the channel closed, ErrUnknownPeer when the peer was
+// removed (or replaced by AddPeer at another address), as for a send to a
+// peer the channel does not know.
+func (p *peer) gone() error {
+	if p.c.closed.Load() { // set before Close stops the peers
+		return ErrClosed
+	}
+	return ErrUnknownPeer
 }
 
 // markResync flags the peer as possibly missing frames, once per episode.
@@ -197,11 +208,16 @@ func (p *peer) forget(f *outFrame) {
 // run keeps a connection to the peer up until the peer is removed, then
 // fails every frame still queued or awaiting an answer.
 func (p *peer) run() {
-	defer p.failAll(ErrClosed)
+	defer func() { p.failAll(p.gone()) }()
 	backoff := 20 * time.Millisecond
 	for {
 		conn, open, seal, release, err := p.dial()
 		if err != nil {
+			select {
+			case <-p.stop:
+				return // the dial ended because the peer did
+			default:
+			}
 			p.down.Store(true)
 			if n := p.failQueued(ErrPeerDown); n > 0 {
 				p.markResync("peer unreachable")
@@ -239,12 +255,12 @@ func (p *peer) run() {
 			err = rerr
 		}
 		p.connected.Store(false)
-		n := p.failWaiting(ErrConnLost)
 		select {
 		case <-p.stop:
-			return
+			return // the frames waiting fail as gone, not as lost
 		default:
 		}
+		n := p.failWaiting(ErrConnLost)
 		// Frames written on a lost connection may not have been handled:
 		// the peer needs a resync unless nothing was written at all.
 		if n > 0 || err != nil || p.framesSent.Load() != sent {
