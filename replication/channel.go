@@ -541,7 +541,7 @@ func (c *Channel) serve(conn net.Conn) {
 		}
 		c.mu.Unlock()
 	}()
-	rc := c.recvCounters(from)
+	var rc *recvCounters // made at the first good frame: see takeOver below
 	var buf, out []byte
 	overhead := 64
 	for {
@@ -580,6 +580,7 @@ func (c *Channel) serve(conn net.Conn) {
 			// stranger naming a peer's route must not cut that peer off.
 			c.takeOver(from, me)
 			registered = true
+			rc = c.recvCounters(from)
 		}
 		rc.frames.Add(1)
 		rc.bytes.Add(int64(frameLen + frameHeader))

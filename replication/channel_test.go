@@ -827,6 +827,38 @@ func TestStrangerHelloDoesNotCutPeerOff(t *testing.T) {
 	}
 }
 
+// A stranger's hello, which anyone can send, leaves nothing behind: the
+// receive counters of a sender are made at its first good frame, so
+// hellos under ever new routes do not grow the channel's memory.
+func TestStrangerHellosLeaveNoCounters(t *testing.T) {
+	leaktest.Check(t)
+	cfg := testConfig(t, "b")
+	cfg.Key = bytes.Repeat([]byte{7}, 32)
+	b := newChannel(t, cfg)
+	for i := range 20 {
+		conn, err := net.Dial("tcp", b.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, _ := encodeHello(&hello{Version: ProtocolVersion, Domain: "cohort", Route: fmt.Sprint("stranger", i), Nonce: randomNonce()})
+		_, _ = conn.Write(appendFrame(nil, h))
+		if _, err := readFrame(conn, nil, 4096); err != nil {
+			t.Fatal(err)
+		}
+		_, _ = conn.Write([]byte{0, 0, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8}) // not sealed with the key
+		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, _ = io.Copy(io.Discard, conn)
+		_ = conn.Close()
+	}
+	waitFor(t, "the strangers dropped", func() bool { return b.Stats().Dropped["auth"] == 20 })
+	b.mu.Lock()
+	n := len(b.recv)
+	b.mu.Unlock()
+	if n != 0 {
+		t.Errorf("%d senders' counters after 20 strangers' hellos, want 0", n)
+	}
+}
+
 // A sender that claims a frame of nearly MaxFrameSize and then sends
 // nothing costs the receiver no more than the bytes it sent: the buffer
 // grows as the frame arrives.
