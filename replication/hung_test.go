@@ -2,6 +2,7 @@ package replication
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"net"
 	"sync"
@@ -190,5 +191,63 @@ func TestFrameTooLargeIsNotLostSilently(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the higher layer never heard that b missed a frame")
+	}
+}
+
+// Bad input from a peer on the connection this node dialled, in its hello
+// or in an answer, drops the connection and is counted by reason, as on
+// the connections it accepts.
+func TestBadAnswersAreCounted(t *testing.T) {
+	leaktest.Check(t)
+	goodHello := func() []byte {
+		b, _ := encodeHello(&hello{Version: ProtocolVersion, Domain: "cohort", Route: "b", Nonce: randomNonce()})
+		return appendFrame(nil, b)
+	}
+	otherHello := func(edit func(*hello)) []byte {
+		h := hello{Version: ProtocolVersion, Domain: "cohort", Route: "b", Nonce: randomNonce()}
+		edit(&h)
+		b, _ := encodeHello(&h)
+		return appendFrame(nil, b)
+	}
+	for _, tc := range []struct {
+		name   string
+		input  []byte // what the peer sends once it has read the hello
+		reason string
+	}{
+		{"garbage hello", appendFrame(nil, []byte{0xc1}), "garbage"},
+		{"oversized hello", binary.BigEndian.AppendUint32(nil, 1<<30), "oversize"},
+		{"hello of another version", otherHello(func(h *hello) { h.Version = 9 }), "version"},
+		{"hello of another domain", otherHello(func(h *hello) { h.Domain = "evil" }), "domain"},
+		{"oversized answer", append(goodHello(), binary.BigEndian.AppendUint32(nil, 1<<30)...), "oversize"},
+		{"truncated answer", append(goodHello(), append(binary.BigEndian.AppendUint32(nil, 100), 1, 2, 3)...), "truncated"},
+		{"garbage answer", append(goodHello(), appendFrame(nil, []byte{0xc1})...), "garbage"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var wg sync.WaitGroup
+			defer wg.Wait()
+			defer ln.Close()
+			wg.Go(func() {
+				for {
+					conn, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					if _, err := readFrame(conn, nil, 4096); err == nil {
+						_, _ = conn.Write(tc.input)
+					}
+					conn.Close()
+				}
+			})
+			ca := testConfig(t, "a")
+			ca.MaxFrameSize = 4096
+			a := newChannel(t, ca)
+			a.AddPeer("b", ln.Addr().String())
+			waitFor(t, tc.reason+" counted", func() bool { return a.Stats().Dropped[tc.reason] > 0 })
+			_ = a.Close()
+		})
 	}
 }

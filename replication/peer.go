@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/hmac"
+	"errors"
 	"fmt"
 	"net"
 	"runtime"
@@ -316,14 +317,17 @@ func (p *peer) handshake(conn net.Conn) (open, seal *sealer, err error) {
 	}
 	payload, err := readFrame(conn, nil, 4096)
 	if err != nil {
-		return nil, nil, fmt.Errorf("handshake: %w", err)
+		return nil, nil, p.badInput(fmt.Errorf("handshake: %w", err))
 	}
 	theirs, err := decodeHello(payload)
-	if err == nil && theirs.Route != p.route {
-		err = fmt.Errorf("peer at %s is %q, not %q", p.addr, theirs.Route, p.route)
+	if err == nil && theirs.Domain != c.cfg.Domain {
+		err = fmt.Errorf("%w: %q", ErrDomain, theirs.Domain)
 	}
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, p.badInput(fmt.Errorf("handshake: %w", err))
+	}
+	if theirs.Route != p.route {
+		return nil, nil, fmt.Errorf("peer at %s is %q, not %q", p.addr, theirs.Route, p.route)
 	}
 	if len(c.cfg.Key) > 0 {
 		if !hmac.Equal(theirs.MAC, helloMAC(c.cfg.Key, &mine, &theirs)) {
@@ -456,6 +460,9 @@ func (p *peer) readAnswers(conn net.Conn, open *sealer) error {
 			if isClosedErr(err) {
 				return nil
 			}
+			if errors.Is(err, ErrMalformed) || errors.Is(err, ErrFrameTooLarge) {
+				p.c.drops.add(dropReason(err))
+			}
 			return err
 		}
 		buf = payload[:cap(payload)]
@@ -491,6 +498,21 @@ func (p *peer) readAnswers(conn net.Conn, open *sealer) error {
 		}
 		p.answered() // after finish: see stall
 	}
+}
+
+// badInput counts and logs a handshake error that is the peer's bad input
+// (a frame too large, truncated or garbled, another protocol version or
+// domain), as serve does for the connections it accepts, and returns err.
+// Other errors (the connection refused, closed or timed out) are not
+// counted: the dial is retried and logged as one that failed.
+func (p *peer) badInput(err error) error {
+	if isClosedErr(err) || !(errors.Is(err, ErrMalformed) || errors.Is(err, ErrFrameTooLarge) || errors.Is(err, ErrVersion) || errors.Is(err, ErrDomain)) {
+		return err
+	}
+	reason := dropReason(err)
+	p.c.drops.add(reason)
+	p.c.warn(reason.String(), "dropping replication connection", "peer", p.route, "remote", p.addr, "reason", reason.String(), "err", err)
+	return err
 }
 
 // RemoteError is a peer handler's error, returned by Send in Sync mode.
