@@ -251,3 +251,31 @@ func TestBadAnswersAreCounted(t *testing.T) {
 		})
 	}
 }
+
+// A peer that reads steadily, only slower than frames are queued for it,
+// keeps its connection: the write timeout bounds each write, not the
+// whole run of frames the writer drains while the queue stays non-empty.
+func TestBusyPeerKeepsItsConnection(t *testing.T) {
+	leaktest.Check(t)
+	cb := testConfig(t, "b")
+	b := newChannel(t, cb)
+	b.Handle(testType, func(string, []byte) error {
+		time.Sleep(time.Millisecond)
+		return nil
+	})
+	ca := testConfig(t, "a")
+	ca.WriteTimeout = 300 * time.Millisecond
+	ca.QueueSize = 16
+	a := newChannel(t, ca)
+	a.AddPeer("b", b.Addr().String())
+	if err := a.Send(context.Background(), nil, testType, []byte("warm"), Sync); err != nil {
+		t.Fatal(err)
+	}
+	body := make([]byte, 32<<10)
+	for end := time.Now().Add(2 * time.Second); time.Now().Before(end); {
+		_ = a.Send(context.Background(), nil, testType, body, Async) // a full queue is expected
+	}
+	if st := peerStats(a, "b"); st.Errors != 0 {
+		t.Errorf("a's connection to b, which read all along, was lost %d times", st.Errors)
+	}
+}

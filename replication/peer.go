@@ -388,6 +388,13 @@ func (p *peer) writeLoop(conn net.Conn, seal *sealer, readerDone chan error) err
 			p.waiters[f.seq] = f
 			p.wmu.Unlock()
 		}
+		if frameHeader+len(b) > bw.Available() {
+			// This write goes out to the connection, which may have taken
+			// the last one's whole time: the timeout bounds each write,
+			// not a run of frames that lasts as long as the queue stays
+			// non-empty.
+			_ = conn.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout))
+		}
 		var h [frameHeader]byte
 		h[0], h[1], h[2], h[3] = byte(len(b)>>24), byte(len(b)>>16), byte(len(b)>>8), byte(len(b))
 		_, _ = bw.Write(h[:])
@@ -412,7 +419,6 @@ func (p *peer) writeLoop(conn net.Conn, seal *sealer, readerDone chan error) err
 			readerDone <- err // for run
 			return err
 		}
-		_ = conn.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout))
 		if err := write(f); err != nil {
 			return err
 		}
@@ -433,6 +439,7 @@ func (p *peer) writeLoop(conn net.Conn, seal *sealer, readerDone chan error) err
 				break drain
 			}
 		}
+		_ = conn.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout))
 		if err := bw.Flush(); err != nil {
 			return err
 		}
