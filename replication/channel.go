@@ -543,6 +543,14 @@ func (c *Channel) serve(conn net.Conn) {
 	}()
 	var rc *recvCounters // made at the first good frame: see takeOver below
 	var buf, out []byte
+	answer := func(b []byte) {
+		if len(b) > bw.Available() {
+			// The buffer flushes to the connection: the timeout bounds
+			// this write, not the time since the last flush.
+			_ = conn.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout))
+		}
+		_, _ = bw.Write(b) // an error sticks, and the next Flush returns it
+	}
 	overhead := 64
 	for {
 		payload, err := readFrame(br, buf, c.cfg.MaxFrameSize+overhead)
@@ -589,7 +597,7 @@ func (c *Channel) serve(conn net.Conn) {
 		tc.bytesRecv.Add(int64(frameLen + frameHeader))
 		if env.Mode == Ack {
 			out = c.appendControl(out[:0], typeAck, env.Seq, nil, seal)
-			_, _ = bw.Write(out)
+			answer(out)
 			// The ack says the frame was read: when no more frames are
 			// waiting, send it now rather than after the handler.
 			if br.Buffered() == 0 {
@@ -606,7 +614,7 @@ func (c *Channel) serve(conn net.Conn) {
 				msg = []byte(herr.Error())
 			}
 			out = c.appendControl(out[:0], typeReply, env.Seq, msg, seal)
-			_, _ = bw.Write(out)
+			answer(out)
 		}
 		if br.Buffered() == 0 && bw.Buffered() > 0 {
 			_ = conn.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout))

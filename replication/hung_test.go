@@ -279,3 +279,64 @@ func TestBusyPeerKeepsItsConnection(t *testing.T) {
 		t.Errorf("a's connection to b, which read all along, was lost %d times", st.Errors)
 	}
 }
+
+// A receiver that answers a long run of frames, all read before it has
+// answered them, keeps the connection: its write timeout bounds each
+// write of answers, not the time since the last one.
+func TestLongRunOfAnswersKeepsTheConnection(t *testing.T) {
+	leaktest.Check(t)
+	cb := testConfig(t, "b")
+	cb.WriteTimeout = 50 * time.Millisecond
+	b := newChannel(t, cb)
+	b.Handle(testType, func(string, []byte) error {
+		time.Sleep(100 * time.Microsecond)
+		return nil
+	})
+	conn, err := net.Dial("tcp", b.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	h, _ := encodeHello(&hello{Version: ProtocolVersion, Domain: "cohort", Route: "x", Nonce: randomNonce()})
+	_, _ = conn.Write(appendFrame(nil, h))
+	if _, err := readFrame(conn, nil, 4096); err != nil {
+		t.Fatal(err)
+	}
+	frames := func(from, n int) []byte {
+		var out []byte
+		for i := range n {
+			e := Envelope{Version: ProtocolVersion, Type: testType, From: "x", Domain: "cohort", Seq: uint64(from + i), Mode: Ack}
+			out = appendFrame(out, appendEnvelope(nil, &e))
+		}
+		return out
+	}
+	const n = 2000
+	acks := make(chan int, 1)
+	go func() {
+		got := 0
+		var buf []byte
+		for {
+			p, err := readFrame(conn, buf, 4096)
+			if err != nil {
+				acks <- got
+				return
+			}
+			buf = p[:cap(p)]
+			if got++; got == n+1 {
+				acks <- got
+				return
+			}
+		}
+	}()
+	_, _ = conn.Write(frames(0, 1))
+	time.Sleep(200 * time.Millisecond) // past the write timeout of the first ack
+	_, _ = conn.Write(frames(1, n))
+	select {
+	case got := <-acks:
+		if got != n+1 {
+			t.Errorf("%d acks of %d frames before the connection closed", got, n+1)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the acks never came")
+	}
+}
