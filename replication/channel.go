@@ -612,6 +612,9 @@ func (c *Channel) serve(conn net.Conn) {
 			var msg []byte
 			if herr != nil {
 				msg = []byte(herr.Error())
+				if len(msg) == 0 { // an empty body says the handler succeeded
+					msg = []byte(fmt.Sprintf("%T with no message", herr))
+				}
 			}
 			out = c.appendControl(out[:0], typeReply, env.Seq, msg, seal)
 			answer(out)

@@ -340,3 +340,17 @@ func TestLongRunOfAnswersKeepsTheConnection(t *testing.T) {
 		t.Fatal("the acks never came")
 	}
 }
+
+// A handler's error fails a Sync send even when its text is empty: the
+// reply's body, which is empty for a success, must not read as one.
+func TestHandlerErrorWithoutTextFailsSyncSend(t *testing.T) {
+	leaktest.Check(t)
+	a, b := newChannel(t, testConfig(t, "a")), newChannel(t, testConfig(t, "b"))
+	b.Handle(testType, func(string, []byte) error { return errors.New("") })
+	mesh(a, b)
+	err := a.Send(context.Background(), nil, testType, []byte("x"), Sync)
+	var re *RemoteError
+	if !errors.As(err, &re) {
+		t.Fatalf("Sync send to a handler that failed = %v, want a RemoteError", err)
+	}
+}
