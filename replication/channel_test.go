@@ -981,3 +981,20 @@ func TestNoHandler(t *testing.T) {
 		t.Errorf("after starting, log = %s; want the drop at warn", s)
 	}
 }
+
+// A frame's length travels in 32 bits: a MaxFrameSize that does not fit
+// there (with the sealing's overhead) is refused, rather than sending
+// lengths that wrap and a receiver that checks none.
+func TestMaxFrameSizeFitsTheLengthPrefix(t *testing.T) {
+	cfg := testConfig(t, "a")
+	size := int64(1) << 32
+	cfg.MaxFrameSize = int(size)
+	ch, err := New(cfg)
+	if err == nil {
+		ch.Close()
+	}
+	var ce *ConfigError
+	if !errors.As(err, &ce) || ce.Field != "MaxFrameSize" {
+		t.Fatalf("New with a 4 GiB MaxFrameSize = %v, want a ConfigError of MaxFrameSize", err)
+	}
+}

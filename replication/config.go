@@ -3,6 +3,7 @@ package replication
 import (
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"strings"
 	"time"
@@ -123,8 +124,10 @@ func (c *Config) validate() error {
 	default:
 		return &ConfigError{"Key", fmt.Sprintf("[%d bytes]", len(c.Key)), "16, 24 or 32 bytes"}
 	}
-	if c.MaxFrameSize < 1024 {
-		return &ConfigError{"MaxFrameSize", fmt.Sprint(c.MaxFrameSize), "at least 1024 bytes"}
+	// A frame's length is 32 bits, and a sealed frame 64 bytes longer at
+	// most than what it seals.
+	if c.MaxFrameSize < 1024 || int64(c.MaxFrameSize) > math.MaxUint32-64 {
+		return &ConfigError{"MaxFrameSize", fmt.Sprint(c.MaxFrameSize), "at least 1024 bytes and under 4 GiB"}
 	}
 	if c.QueueSize < 1 {
 		return &ConfigError{"QueueSize", fmt.Sprint(c.QueueSize), "at least 1"}
