@@ -6,7 +6,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"log/slog"
+	"net"
 	"testing"
+	"time"
 )
 
 func FuzzReadFrame(f *testing.F) {
@@ -95,6 +98,51 @@ func FuzzDecodeHello(f *testing.F) {
 		}
 		if len(h.Nonce) != nonceSize || h.Route == "" {
 			t.Fatalf("decodeHello accepted %+v", h)
+		}
+	})
+}
+
+// FuzzServe feeds a connection's whole input, handshake included, to the
+// receiver: whatever arrives, serve refuses it or handles it, never
+// panics (a panic would be recovered, counted and hidden) and returns
+// once the input ends.
+func FuzzServe(f *testing.F) {
+	h, _ := encodeHello(&hello{Version: ProtocolVersion, Domain: "cohort", Route: "x", Nonce: make([]byte, nonceSize)})
+	in := appendFrame(nil, h)
+	for mode := Async; mode <= Sync; mode++ {
+		e := Envelope{Version: ProtocolVersion, Type: FirstUserType, From: "x", Domain: "cohort", Seq: uint64(mode), Mode: mode, Body: []byte("b")}
+		in = appendFrame(in, appendEnvelope(nil, &e))
+	}
+	f.Add(in)
+	f.Add(appendFrame(nil, h))
+	f.Add(append(appendFrame(nil, h), 0, 0, 0, 0))
+	cfg := DefaultConfig()
+	cfg.Route, cfg.Addr = "b", "127.0.0.1:0"
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	c, err := New(cfg)
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer c.Close()
+	c.Handle(FirstUserType, func(string, []byte) error { return nil })
+	f.Fuzz(func(t *testing.T, in []byte) {
+		client, server := net.Pipe()
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			c.serve(server)
+		}()
+		go func() { _, _ = io.Copy(io.Discard, client) }()
+		_ = client.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		_, _ = client.Write(in)
+		_ = client.Close()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("serve did not return once its input ended")
+		}
+		if n := c.drops[dropPanic].Load(); n != 0 {
+			t.Fatalf("serve panicked on %x", in)
 		}
 	})
 }
