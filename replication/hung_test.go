@@ -264,7 +264,7 @@ func TestBusyPeerKeepsItsConnection(t *testing.T) {
 		return nil
 	})
 	ca := testConfig(t, "a")
-	ca.WriteTimeout = 300 * time.Millisecond
+	ca.WriteTimeout = 500 * time.Millisecond
 	ca.QueueSize = 16
 	a := newChannel(t, ca)
 	a.AddPeer("b", b.Addr().String())
@@ -272,7 +272,7 @@ func TestBusyPeerKeepsItsConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 	body := make([]byte, 32<<10)
-	for end := time.Now().Add(2 * time.Second); time.Now().Before(end); {
+	for end := time.Now().Add(2500 * time.Millisecond); time.Now().Before(end); {
 		_ = a.Send(context.Background(), nil, testType, body, Async) // a full queue is expected
 	}
 	if st := peerStats(a, "b"); st.Errors != 0 {
