@@ -17,6 +17,7 @@ type memNet struct {
 	pairs map[[2]string]*pipe
 	drop  func(from, to string, msg []byte) bool // optional: lose a message
 	wg    sync.WaitGroup
+	done  bool // closed: no pipe starts any more
 	// busy counts the messages queued or being handled: a message taken
 	// off its queue is not handled yet.
 	busy atomic.Int64
@@ -66,6 +67,7 @@ func (n *memNet) remove(route string) {
 
 func (n *memNet) close() {
 	n.mu.Lock()
+	n.done = true
 	for k, p := range n.pairs {
 		p.close()
 		delete(n.pairs, k)
@@ -97,6 +99,13 @@ func (n *memNet) pipe(from, to string) *pipe {
 	}
 	p := &pipe{busy: &n.busy}
 	p.cond = sync.NewCond(&p.mu)
+	if n.done {
+		// A send after close (a node's goroutine still finishing):
+		// refused as by a closed connection, with no goroutine that
+		// close would never wait for.
+		p.closed = true
+		return p
+	}
 	n.pairs[k] = p
 	n.wg.Add(1)
 	go func() {
