@@ -34,8 +34,10 @@ done
 work=$(mktemp -d)
 pids=()
 balancer_pid=
+# cleanup runs on every exit, also after a failure or Ctrl-C, when the
+# balancer or a node may be gone already: no step of it may stop it.
 cleanup() {
-	[ -n "$balancer_pid" ] && kill "$balancer_pid" 2>/dev/null
+	if [ -n "$balancer_pid" ]; then kill "$balancer_pid" 2>/dev/null || true; fi
 	for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true
 	rm -rf "$work"
@@ -141,7 +143,8 @@ demo() {
 	echo "  asked directly: $out"
 	[[ $out == "count=9 node=node$victim "* ]] || { echo "demo: the restarted node answered '$out', want count=9" >&2; exit 1; }
 
-	kill "$balancer_pid" 2>/dev/null; wait "$balancer_pid" 2>/dev/null || true
+	kill "$balancer_pid" 2>/dev/null || true
+	wait "$balancer_pid" 2>/dev/null || true
 	balancer_pid=
 	for i in 1 2 3; do kill -TERM "${pids[i]}" 2>/dev/null || true; done
 	for i in 1 2 3; do wait "${pids[i]}" 2>/dev/null || true; done
