@@ -56,12 +56,22 @@ func demoTools(t *testing.T) {
 // httpd and behind HAProxy, and the restarted node has the state.
 func TestFailoverDemo(t *testing.T) {
 	demoTools(t)
+	// A TMPDIR with a space in it, as on a machine whose user names or
+	// home directories have one: the script's work directory goes into
+	// httpd's configuration.
+	tmp := filepath.Join(t.TempDir(), "tmp dir")
+	if err := os.Mkdir(tmp, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	cmd := exec.Command("bash", "../examples/failover/demo.sh", "-frequency", "200ms", "-drop-time", "1s", "both")
-	cmd.Env = append(os.Environ(), "BIN="+nodeBinary(t), fmt.Sprintf("BASE=%d", freeRange(t)))
+	cmd.Env = append(os.Environ(), "BIN="+nodeBinary(t), fmt.Sprintf("BASE=%d", freeRange(t)), "TMPDIR="+tmp)
 	out, err := cmd.CombinedOutput()
 	t.Logf("demo.sh:\n%s", out)
 	if err != nil {
 		t.Fatalf("demo.sh: %v", err)
+	}
+	if left, _ := os.ReadDir(tmp); len(left) > 0 {
+		t.Errorf("demo.sh left %d files in TMPDIR", len(left))
 	}
 	for _, want := range []string{
 		"== apache: kill -9", "== haproxy: kill -9", "the cookie's route changed",

@@ -48,6 +48,8 @@ say() { printf '\n== %s\n' "$*"; }
 http() { echo "127.0.0.1:$((base + $1))"; }
 gossip() { echo "127.0.0.1:$((base + 10 + $1))"; }
 now_ms() { date +%s%3N; }
+# sed_escape S: S as the replacement of a sed s|...|...| command.
+sed_escape() { printf '%s' "$1" | sed 's/[\\|&]/\\&/g'; }
 
 start_node() { # start_node N
 	local i=$1 seeds
@@ -93,7 +95,7 @@ start_balancer() {
 		local modules=/usr/lib/apache2/modules user=""
 		[ "$(id -u)" = 0 ] && user=$'User www-data\nGroup www-data' && chmod 755 "$work"
 		conf=$work/httpd.conf
-		sed -e "s|@PORT@|$base|; s|@DIR@|$work|g; s|@MODULES@|$modules|g" \
+		sed -e "s|@PORT@|$base|; s|@DIR@|$(sed_escape "$work")|g; s|@MODULES@|$modules|g" \
 			-e "s|@NODE1@|$(http 1)|; s|@NODE2@|$(http 2)|; s|@NODE3@|$(http 3)|" \
 			"$here/httpd.conf.tmpl" | awk -v u="$user" '{ if ($0 == "@USER@") print u; else print }' >"$conf"
 		/usr/sbin/apache2 -f "$conf" -DFOREGROUND >>"$work/balancer.log" 2>&1 &
