@@ -17,9 +17,9 @@ import (
 	"time"
 )
 
-// httpdConf is the balancer in front of the nodes: mod_proxy_balancer
-// sticky on the route suffix of JSESSIONID (cookie or path parameter).
-// The settings that make failover fast are explained in docs/failover.md.
+// httpdConf is the httpd in front of the nodes; {{balancer}} is
+// httpdBalancer or the shipped examples/rolling-restart/httpd-balancer.conf
+// (see startApache).
 const httpdConf = `ServerName 127.0.0.1
 Listen {{listen}}
 PidFile {{dir}}/httpd.pid
@@ -31,12 +31,17 @@ Mutex file:{{dir}} default
 LoadModule mpm_event_module {{modules}}/mod_mpm_event.so
 LoadModule authz_core_module {{modules}}/mod_authz_core.so
 LoadModule env_module {{modules}}/mod_env.so
-LoadModule slotmem_shm_module {{modules}}/mod_slotmem_shm.so
+{{balancer}}
+`
+
+// httpdBalancer is the balancer without health checks: mod_proxy_balancer
+// sticky on the route suffix of JSESSIONID (cookie or path parameter).
+// The settings that make failover fast are explained in docs/failover.md.
+const httpdBalancer = `LoadModule slotmem_shm_module {{modules}}/mod_slotmem_shm.so
 LoadModule proxy_module {{modules}}/mod_proxy.so
 LoadModule proxy_http_module {{modules}}/mod_proxy_http.so
 LoadModule proxy_balancer_module {{modules}}/mod_proxy_balancer.so
 LoadModule lbmethod_byrequests_module {{modules}}/mod_lbmethod_byrequests.so
-{{hcmodule}}
 
 # A connection to a killed node is refused at once: httpd puts that
 # member in error for retry seconds and sends the request to another.
@@ -72,11 +77,33 @@ func apacheBinary(t testing.TB) (bin, modules string) {
 	return "", ""
 }
 
+// shippedBalancer is examples/rolling-restart/httpd-balancer.conf as an
+// operator would use it: its members' addresses (http://10.0.0.N:8080,
+// routes nodeN) are those of nodes, and, on an httpd that is not Debian's,
+// its modules directory is modules.
+func shippedBalancer(t testing.TB, nodes []nodeSpec, modules string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "examples", "rolling-restart", "httpd-balancer.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := strings.ReplaceAll(string(b), "/usr/lib/apache2/modules/", modules+"/")
+	for i, n := range nodes {
+		member := fmt.Sprintf(`BalancerMember "http://10.0.0.%d:8080" route=%s `, i+1, n.route)
+		if !strings.Contains(conf, member) {
+			t.Fatalf("httpd-balancer.conf has no %s", member)
+		}
+		conf = strings.Replace(conf, member, fmt.Sprintf(`BalancerMember "http://%s" route=%s `, n.http, n.route), 1)
+	}
+	return conf
+}
+
 // startApache writes a config balancing over nodes and starts httpd in
 // the foreground on a free port. It returns the base URL. With
-// healthCheck, httpd probes each node's /readyz every second
-// (mod_proxy_hcheck) and opens a backend connection per request, as
-// examples/rolling-restart/httpd-balancer.conf does.
+// healthCheck, the balancer is the one operators are given,
+// examples/rolling-restart/httpd-balancer.conf, included as it is but for
+// the nodes' addresses: httpd probes each node's /readyz every second
+// (mod_proxy_hcheck) and opens a backend connection per request.
 func startApache(t testing.TB, nodes []nodeSpec, healthCheck bool) string {
 	t.Helper()
 	bin, modules := apacheBinary(t)
@@ -84,15 +111,15 @@ func startApache(t testing.TB, nodes []nodeSpec, healthCheck bool) string {
 	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	var members strings.Builder
 	for _, n := range nodes {
-		hc := ""
-		if healthCheck {
-			hc = " disablereuse=On hcmethod=GET hcuri=/readyz hcinterval=1 hcfails=1 hcpasses=1"
-		}
-		fmt.Fprintf(&members, "    BalancerMember \"http://%s\" route=%s retry=1 connectiontimeout=1 timeout=10%s\n", n.http, n.route, hc)
+		fmt.Fprintf(&members, "    BalancerMember \"http://%s\" route=%s retry=1 connectiontimeout=1 timeout=10\n", n.http, n.route)
 	}
-	hcModule := ""
+	balancer := strings.NewReplacer("{{modules}}", modules, "{{members}}", strings.TrimRight(members.String(), "\n")).Replace(httpdBalancer)
 	if healthCheck {
-		hcModule = "LoadModule proxy_hcheck_module " + modules + "/mod_proxy_hcheck.so"
+		path := filepath.Join(dir, "httpd-balancer.conf")
+		if err := os.WriteFile(path, []byte(shippedBalancer(t, nodes, modules)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		balancer = fmt.Sprintf("Include %q", path)
 	}
 	userLine := ""
 	if os.Geteuid() == 0 {
@@ -108,7 +135,7 @@ func startApache(t testing.TB, nodes []nodeSpec, healthCheck bool) string {
 		}
 	}
 	conf := strings.NewReplacer("{{listen}}", listen, "{{dir}}", dir, "{{modules}}", modules,
-		"{{members}}", strings.TrimRight(members.String(), "\n"), "{{user}}", userLine, "{{hcmodule}}", hcModule).Replace(httpdConf)
+		"{{user}}", userLine, "{{balancer}}", balancer).Replace(httpdConf)
 	confPath := filepath.Join(dir, "httpd.conf")
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
