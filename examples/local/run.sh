@@ -95,7 +95,10 @@ for i in 1 2 3; do
 	done
 done
 echo "cluster up: http://127.0.0.1:$((8081 + offset)) http://127.0.0.1:$((8082 + offset)) http://127.0.0.1:$((8083 + offset)) (Ctrl-C stops it)"
-# A node that stops on its own (an error) ends the script with status 1.
+# A node that stops on its own (killed, or an error: its log is above)
+# leaves the other two running, as in a real cluster, so that kill -9 of
+# one shows the failover. The script ends once every node has stopped,
+# with status 1 if any of them failed; Ctrl-C stops the others as above.
 status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 wait_for "${pids[@]}"
