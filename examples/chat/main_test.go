@@ -86,9 +86,14 @@ func TestChat(t *testing.T) {
 	ann := dialChat(t, n1, "ann")
 	ann.await("the subscription", func(m map[string]any) bool { return m["subscribed"] == "chat" })
 	ben := dialChat(t, n2, "ben")
-	ben.await("ann and ben online, seen from n2", func(m map[string]any) bool {
+	// Both, in either order: ben's subscription must be in place before
+	// ann's message reaches n2.
+	var subscribed, both bool
+	ben.await("ben's subscription, and ann and ben online seen from n2", func(m map[string]any) bool {
 		users, _ := json.Marshal(m["users"])
-		return m["type"] == "presence" && string(users) == `["ann","ben"]`
+		subscribed = subscribed || m["subscribed"] == "chat"
+		both = both || m["type"] == "presence" && string(users) == `["ann","ben"]`
+		return subscribed && both
 	})
 	ann.await("ben joining, seen from n1", func(m map[string]any) bool {
 		return m["type"] == "presence" && m["user"] == "ben" && m["online"] == true
