@@ -25,6 +25,15 @@ var (
 )
 
 // nodeBinary builds cmd/node once per test run.
+// TestMain removes the binary nodeBinary built once the tests are done.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binPath != "" {
+		_ = os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
+}
+
 func nodeBinary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
