@@ -651,9 +651,9 @@ const countPoll = 50 * time.Millisecond
 // connection drops while we wait (checked every countPoll), so a crashed
 // node does not hold the call until its deadline.
 func (h *Hub) remote(ctx context.Context, to []string, op byte, name string, payload []byte) (int, error) {
-	deadline, ok := ctx.Deadline()
-	if !ok {
-		deadline = time.Now().Add(h.cfg.DeliverTimeout)
+	deadline := time.Now().Add(h.cfg.DeliverTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
 	}
 	req := h.reqSeq.Add(1)
 	w := &waiter{c: make(chan countReply, len(to))}

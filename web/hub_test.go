@@ -828,3 +828,25 @@ func TestNodeWithoutAHubIsNotWaitedFor(t *testing.T) {
 		}
 	}
 }
+
+// DeliverTimeout bounds a call whose context has a later deadline: a
+// peer that never answers with its count holds the call for
+// DeliverTimeout, not until the context's deadline.
+func TestDeliverTimeoutBoundsALaterDeadline(t *testing.T) {
+	nodes := startHubCluster(t, func(_ string, c *web.HubConfig) { c.DeliverTimeout = 200 * time.Millisecond }, "a", "b")
+	a, b := nodes["a"], nodes["b"]
+	dial(t, b, "u")
+	waitOnline(t, "u", 1, a)
+	// b stays connected but its hub answers nothing any more.
+	b.cluster.Channel().Handle(web.HubMsgType, func(string, []byte) error { return nil })
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	t0 := time.Now()
+	n, err := a.hub.SendToUser(ctx, "u", []byte("x"))
+	if d := time.Since(t0); d > 5*time.Second {
+		t.Errorf("SendToUser with a silent peer took %v, want about DeliverTimeout (200ms)", d)
+	}
+	if n != 0 || !errors.Is(err, web.ErrNoCount) {
+		t.Errorf("SendToUser with a silent peer = %d, %v; want 0, ErrNoCount", n, err)
+	}
+}
