@@ -94,7 +94,10 @@
 // HubConfig.PresenceRefresh. Such a snapshot, in messages of about 64
 // KiB at most, replaces the sender's counts once its last message is in,
 // so a refresh reports no user gone and back. When membership reports a
-// node failed or left, its sockets are forgotten at once. [Hub.Online],
+// node failed or left, or shows it with another start time (it restarted
+// before it could be declared failed), its sockets are forgotten at once;
+// a restarted node is left out of cluster-wide operations until its new
+// hub speaks. [Hub.Online],
 // [Hub.OnlineUsers] and [Hub.Presence] read it; HubConfig.OnPresence
 // hears a user come online or go offline cluster-wide. Presence is
 // eventually consistent: a socket opened a moment ago on another node may

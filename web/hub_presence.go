@@ -159,6 +159,7 @@ func (h *Hub) run() {
 	retry := time.NewTimer(presenceRetry)
 	defer retry.Stop()
 	synced := map[string]time.Time{} // member -> start time of the incarnation we sent our presence to
+	seen := map[string]time.Time{}   // member -> start time of the latest incarnation seen live
 	events := h.sub.C
 	for {
 		members := false
@@ -191,7 +192,7 @@ func (h *Hub) run() {
 		case <-h.wake:
 		}
 		if h.ch != nil {
-			again := members && h.syncMembers(synced)
+			again := members && h.syncMembers(synced, seen)
 			h.sendAsked()
 			if h.flushDirty(synced) || again {
 				retry.Reset(presenceRetry)
@@ -203,8 +204,12 @@ func (h *Hub) run() {
 
 // syncMembers sends our whole presence to each live member of a new
 // incarnation, and asks for theirs, and forgets the sockets of members no
-// longer live. It reports whether some member must be tried again.
-func (h *Hub) syncMembers(synced map[string]time.Time) (retry bool) {
+// longer live. A member seen live with another start time than before
+// restarted without being declared failed: the sockets of its earlier
+// incarnation are gone, and its hub may not run yet, so they are
+// forgotten and it is left out of cluster-wide operations until its new
+// hub speaks. It reports whether some member must be tried again.
+func (h *Hub) syncMembers(synced, seen map[string]time.Time) (retry bool) {
 	peers := map[string]bool{}
 	for _, p := range h.ch.Peers() {
 		peers[p] = true
@@ -228,7 +233,12 @@ func (h *Hub) syncMembers(synced map[string]time.Time) (retry bool) {
 		alive[m.Name] = true
 		h.pmu.Lock()
 		delete(h.down, m.Name)
+		if prev, ok := seen[m.Name]; ok && !prev.Equal(m.Meta.Started) {
+			delete(h.hubs, m.Name)
+			h.purgeLocked(m.Name)
+		}
 		h.pmu.Unlock()
+		seen[m.Name] = m.Meta.Started
 		if started, ok := synced[m.Name]; ok && started.Equal(m.Meta.Started) {
 			continue
 		}

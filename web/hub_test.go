@@ -21,6 +21,7 @@ import (
 	"github.com/cohort-cluster/cohort/internal/leaktest"
 	"github.com/cohort-cluster/cohort/internal/testcluster"
 	"github.com/cohort-cluster/cohort/manager"
+	"github.com/cohort-cluster/cohort/membership"
 	"github.com/cohort-cluster/cohort/replication"
 	"github.com/cohort-cluster/cohort/web"
 	"github.com/gorilla/websocket"
@@ -848,5 +849,92 @@ func TestDeliverTimeoutBoundsALaterDeadline(t *testing.T) {
 	}
 	if n != 0 || !errors.Is(err, web.ErrNoCount) {
 		t.Errorf("SendToUser with a silent peer = %d, %v; want 0, ErrNoCount", n, err)
+	}
+}
+
+// A node that restarts at its address faster than membership declares it
+// failed is seen as a member whose start time changed: the sockets of its
+// earlier incarnation are gone, so their users go offline at once, and its
+// new incarnation, whose hub does not run yet, is not waited for by
+// cluster-wide operations.
+func TestHubRestartedNodeForgetsItsEarlierSockets(t *testing.T) {
+	leaktest.Check(t)
+	nodes := startHubCluster(t, func(_ string, c *web.HubConfig) { c.DeliverTimeout = 5 * time.Second }, "a", "b")
+	a, b := nodes["a"], nodes["b"]
+	dial(t, b, "w")
+	waitOnline(t, "w", 1, a)
+	started := func() time.Time {
+		for _, m := range a.cluster.Membership().Members() {
+			if m.Name == "b" && m.State == membership.StateAlive {
+				return m.Meta.Started
+			}
+		}
+		return time.Time{}
+	}
+	before := started()
+	gossip, repl := b.cluster.Membership().Addr().String(), b.cluster.Channel().Addr().String()
+	// b crashes, and starts again at once at the same addresses, without
+	// its hub for now.
+	_ = b.cluster.Membership().Close()
+	_ = b.cluster.Channel().Close()
+	_ = b.hub.Close()
+	b.srv.Close()
+	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	cfg := manager.DefaultClusterConfig()
+	cfg.Kind = manager.KindDelta
+	cfg.Membership = membership.DefaultLocalConfig()
+	cfg.Membership.Route, cfg.Membership.BindAddr, cfg.Membership.Logger = "b", gossip, log.With("node", "b2")
+	cfg.Membership.Join = []string{a.cluster.Membership().Addr().String()}
+	cfg.Replication.Addr = repl
+	cfg.JoinWait = 300 * time.Millisecond
+	b2, err := manager.StartCluster(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b2.Close(context.Background()) })
+	waitFor(t, "a to see b's new incarnation", func() bool {
+		s := started()
+		return !s.IsZero() && !s.Equal(before)
+	})
+	deadline := time.Now().Add(3 * time.Second)
+	for a.hub.Online("w") {
+		if time.Now().After(deadline) {
+			t.Fatalf("w, whose socket died with b's earlier incarnation, still online on a: %v", a.hub.Presence("w"))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t0 := time.Now()
+	if n, err := a.hub.Publish(t.Context(), "news", []byte("x")); n != 0 || err != nil {
+		t.Errorf("Publish with b's new hub not running = %d, %v; want 0, nil", n, err)
+	}
+	if d := time.Since(t0); d > 2*time.Second {
+		t.Errorf("Publish waited %v for b's new incarnation, whose hub does not run", d)
+	}
+
+	// Its hub starts: its sockets are seen again.
+	hc := web.DefaultHubConfig()
+	hc.Logger = log.With("node", "b2")
+	hub, err := web.NewHub(b2, hc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = hub.Close() })
+	wc := web.DefaultConfig()
+	wc.Route = "b"
+	sessions, err := web.New(b2.Manager(), wc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(sessions.Middleware(hub.Handler(func(r *http.Request) string { return r.URL.Query().Get("user") })))
+	t.Cleanup(srv.Close)
+	nb := &hubNode{route: "b", cluster: b2, hub: hub, srv: srv}
+	v := dial(t, nb, "v")
+	waitOnline(t, "v", 1, a, nb)
+	if n, err := a.hub.SendToUser(t.Context(), "v", []byte("welcome back")); n != 1 || err != nil {
+		t.Errorf("SendToUser to b's new incarnation = %d, %v; want 1, nil", n, err)
+	}
+	v.expect("welcome back")
+	if a.hub.Online("w") {
+		t.Errorf("w online again on a: %v", a.hub.Presence("w"))
 	}
 }
