@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"net/http"
 	"reflect"
 	"slices"
@@ -543,15 +542,25 @@ func (st *Store) Save(r *http.Request, w http.ResponseWriter, gs *sessions.Sessi
 		}
 		return err
 	}
-	stored := make(map[string]any, len(read)+len(set))
-	maps.Copy(stored, read)
+	// What a later Save of gs compares with: what was read, as changed
+	// now, the values the handler may still change in place copied.
+	stored := read
+	if stored == nil {
+		stored = make(map[string]any, len(set))
+	}
 	for _, name := range remove {
 		delete(stored, name)
 	}
-	for name := range set {
-		if v, ok := s.GetCopy(name); ok {
-			stored[name] = v
+	for name, v := range set {
+		if !immutable(reflect.TypeOf(v)) {
+			c, ok := s.GetCopy(name)
+			if !ok {
+				delete(stored, name)
+				continue
+			}
+			v = c
 		}
+		stored[name] = v
 	}
 	remember(r, gs, s.ID(), stored)
 	if !renewed && !responseStarted(r) {
