@@ -65,9 +65,10 @@ type Config struct {
 	// Join lists seed addresses, host:port. A host name may resolve to
 	// several addresses (a Kubernetes headless Service); every address is
 	// tried. A missing port means BindAddr's port. Seeds are re-resolved
-	// every RejoinInterval until the node has joined and whenever members
-	// have failed, so a node that starts before its seeds, or a cluster
-	// split by a partition, comes together again.
+	// every RejoinInterval, and those of their addresses that are not
+	// live members joined, as are failed members, so a node that starts
+	// before its seeds, a new address behind a DNS name, or a cluster
+	// split by a partition, comes together.
 	Join []string
 
 	// MulticastAddr is the beacon group, IPv4 multicast host:port. Empty
@@ -89,8 +90,9 @@ type Config struct {
 	// times. Default 3s.
 	DropTime time.Duration
 
-	// RejoinInterval is how often seeds are re-resolved and joined while the
-	// node is alone or members have failed. Default 5s.
+	// RejoinInterval is how often seeds are re-resolved and joined where
+	// they are not live members, and failed members tried again.
+	// Default 5s.
 	RejoinInterval time.Duration
 
 	// DeadRetention is how long failed and departed members stay in
