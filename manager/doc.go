@@ -70,6 +70,7 @@
 //
 // Listeners ([Listener]) hear of sessions created and destroyed (expired
 // or invalidated), attributes added, replaced and removed, and id changes.
+// A listener that panics is logged and skipped.
 //
 // # Concurrency
 //

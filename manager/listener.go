@@ -3,6 +3,7 @@ package manager
 import (
 	"log/slog"
 	"regexp"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,7 +28,10 @@ func (r Reason) String() string {
 // synchronously on the goroutine that caused the event (a request, the
 // expiry sweep, or the replication receiver), without the session's lock
 // held: they may call the session's methods, and they must not block for
-// long, since a slow listener slows that goroutine down.
+// long, since a slow listener slows that goroutine down. A callback that
+// panics is recovered and logged at error, with its stack, and the other
+// listeners still run: a listener's bug must not stop the expiry sweep or
+// a peer's replication, nor take the process down.
 //
 // Whether callbacks also fire for changes received from peers is
 // Config.NotifyOnReplication (Tomcat's notifyListenersOnReplication).
@@ -70,14 +74,24 @@ func (h *host) localOnly(name string) bool {
 	return h.local != nil && h.local.MatchString(name)
 }
 
-// fire calls f for every listener, in registration order.
+// fire calls f for every listener, in registration order. A panic in
+// one is logged, and the next one runs.
 func (h *host) fire(f func(Listener)) {
 	h.mu.RLock()
 	ls := h.listeners
 	h.mu.RUnlock()
-	for _, l := range ls {
-		f(l)
+	for i, l := range ls {
+		h.call(i, l, f)
 	}
+}
+
+func (h *host) call(i int, l Listener, f func(Listener)) {
+	defer func() {
+		if r := recover(); r != nil {
+			h.log.Error("session listener panicked", "listener", i, "panic", r, "stack", string(debug.Stack()))
+		}
+	}()
+	f(l)
 }
 
 func (h *host) addListener(l Listener) {

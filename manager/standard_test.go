@@ -259,3 +259,35 @@ func TestRenewedIDStopsAtOnceByDefault(t *testing.T) {
 		t.Errorf("new id: %v, %v", got, err)
 	}
 }
+
+// A listener that panics is logged and skipped, as Tomcat logs a
+// listener's exception: the expiry sweep, which runs on its own goroutine,
+// must not take the process down, and the other listeners still hear of
+// the event.
+func TestPanickingListenerIsRecovered(t *testing.T) {
+	leaktest.Check(t)
+	ctx := context.Background()
+	clock := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	m := newStandard(t, standardConfig(t, clock))
+	var created, destroyed int
+	m.AddListener(Listener{
+		Created:   func(*Session) { panic("created") },
+		Destroyed: func(*Session, Reason) { panic("destroyed") },
+	})
+	m.AddListener(Listener{
+		Created:   func(*Session) { created++ },
+		Destroyed: func(*Session, Reason) { destroyed++ },
+	})
+	s, err := m.Create(ctx)
+	if err != nil || s == nil {
+		t.Fatalf("Create with a panicking listener = %v, %v", s, err)
+	}
+	clock.advance(time.Hour)
+	m.sweep()
+	if created != 1 || destroyed != 1 {
+		t.Errorf("the listener after the panicking one heard %d creations, %d destructions; want 1, 1", created, destroyed)
+	}
+	if m.Count() != 0 {
+		t.Errorf("Count = %d after the sweep, want 0", m.Count())
+	}
+}
