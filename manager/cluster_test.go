@@ -621,3 +621,26 @@ func TestTouchesOfManySessionsFitFrames(t *testing.T) {
 		t.Errorf("n2 resynchronised n1 (%d chunks) after sending its touches", n)
 	}
 }
+
+// A node reports ready once every peer has connected to it, and a peer
+// that has nothing to send connects all the same: a Backup node, which
+// has no state transfer and so hears nothing from its peers at first,
+// must not wait out ConnectWait.
+func TestIdleConnectedPeersDoNotDelayReadiness(t *testing.T) {
+	leaktest.Check(t)
+	edit := func(c *ClusterConfig) {
+		c.Kind = KindBackup
+		c.ConnectWait = time.Minute
+	}
+	n1 := startLocal(t, "n1", edit)
+	waitUntil(t, "n1 ready", n1.Ready)
+	n2 := startLocal(t, "n2", edit, n1.Membership().Addr().String())
+	waitUntil(t, "n2 to have n1 as a peer", func() bool { return len(n2.Channel().Peers()) == 1 })
+	deadline := time.Now().Add(5 * time.Second)
+	for !n2.Ready() {
+		if time.Now().After(deadline) {
+			t.Fatalf("n2 not ready 5s after it found n1 (senders %v): it waits for a connection that is up", n2.Channel().Senders())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

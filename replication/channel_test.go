@@ -669,7 +669,12 @@ func TestCloseAndRemoveEndWaitingSends(t *testing.T) {
 	release := make(chan struct{})
 	defer close(release)
 	b := newChannel(t, testConfig(t, "b"))
+	reached := make(chan struct{}, 1)
 	b.Handle(testType, func(string, []byte) error {
+		select {
+		case reached <- struct{}{}:
+		default:
+		}
 		<-release
 		return nil
 	})
@@ -680,7 +685,7 @@ func TestCloseAndRemoveEndWaitingSends(t *testing.T) {
 	a.AddPeer("b", b.Addr().String())
 	sent := make(chan error, 1)
 	go func() { sent <- a.Send(context.Background(), nil, testType, []byte("x"), Sync) }()
-	waitFor(t, "the frame to reach b", func() bool { return b.recvCounters("a").frames.Load() > 0 })
+	<-reached // the frame reached b's handler
 	a.RemovePeer("b")
 	var pe *PeerError
 	if err := <-sent; !errors.As(err, &pe) || pe.Peer != "b" || !errors.Is(err, ErrUnknownPeer) {
@@ -690,6 +695,10 @@ func TestCloseAndRemoveEndWaitingSends(t *testing.T) {
 	// b still holds the first frame: the rest go to another stalled peer.
 	c := newChannel(t, testConfig(t, "c"))
 	c.Handle(testType, func(string, []byte) error {
+		select {
+		case reached <- struct{}{}:
+		default:
+		}
 		<-release
 		return nil
 	})
@@ -699,7 +708,7 @@ func TestCloseAndRemoveEndWaitingSends(t *testing.T) {
 	for range senders {
 		go func() { errs <- a.Send(context.Background(), nil, testType, []byte("y"), Sync) }()
 	}
-	waitFor(t, "a frame to reach c", func() bool { return c.recvCounters("a").frames.Load() > 0 })
+	<-reached // a frame reached c's handler
 	if err := a.Close(); err != nil {
 		t.Fatal(err)
 	}
