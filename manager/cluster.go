@@ -145,6 +145,10 @@ type Cluster struct {
 	// same incarnation comes back, the two sides were partitioned and
 	// exchange their sessions; a restarted node fetches them itself.
 	lost map[string]time.Time
+	// started records the start time of each peer's incarnation as it
+	// was added: one seen again with another start time restarted
+	// without being declared failed in between.
+	started map[string]time.Time
 }
 
 // StartCluster starts the replication channel, the manager and
@@ -175,7 +179,7 @@ func StartCluster(cfg ClusterConfig) (*Cluster, error) {
 	if mgrCfg.Logger == nil {
 		mgrCfg.Logger = log
 	}
-	c := &Cluster{cfg: cfg, log: log.With("component", "cluster"), down: make(chan struct{}), lost: make(map[string]time.Time)}
+	c := &Cluster{cfg: cfg, log: log.With("component", "cluster"), down: make(chan struct{}), lost: make(map[string]time.Time), started: make(map[string]time.Time)}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	var err error
 	switch cfg.Kind {
@@ -417,6 +421,7 @@ func (c *Cluster) syncPeers() {
 	for r := range have {
 		if _, ok := want[r]; !ok {
 			c.ch.RemovePeer(r)
+			delete(c.started, r)
 			changed = true
 			if m, ok := members[r]; ok && m.State == membership.StateDead {
 				c.lost[r] = m.Meta.Started
@@ -425,10 +430,25 @@ func (c *Cluster) syncPeers() {
 	}
 	for r, a := range want {
 		c.ch.AddPeer(r, a) // when known: only reconnects at once if it was down
-		if have[r] != a {
+		started := members[r].Meta.Started
+		prev, known := c.started[r]
+		c.started[r] = started
+		// A peer that restarted while it stayed a member (faster than the
+		// drop time), at another replication address or its own, holds
+		// nothing of what this node sent its earlier incarnation.
+		restarted := have[r] != "" && (have[r] != a || known && !prev.Equal(started))
+		if have[r] != a || restarted {
 			changed = true
-			started := members[r].Meta.Started
 			since := started.Add(-catchUpMargin) // a new node: what changed since it started
+			if restarted && c.cfg.Kind == KindBackup {
+				// Delta: it fetches every session itself. Backup: it is
+				// placed as before, so no repair sends it the copies it
+				// held; they go now, all of them. (At another address, the
+				// resync its broken connection asked for went with the
+				// channel's entry for it.)
+				c.log.Info("peer restarted: sending the copies it held", "peer", r)
+				since = time.Time{}
+			}
 			if lost, ok := c.lost[r]; ok {
 				delete(c.lost, r)
 				if lost.Equal(started) {

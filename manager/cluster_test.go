@@ -622,6 +622,70 @@ func TestTouchesOfManySessionsFitFrames(t *testing.T) {
 	}
 }
 
+// A Backup node that restarts faster than membership declares it failed,
+// at its gossip address but another replication address, comes back empty
+// while its peers' placement is unchanged: the primaries must send it
+// again the copies it held, or a session left idle meanwhile lives on its
+// primary alone and is lost with it. (At its old replication address, the
+// broken connection's resync sends them.)
+func TestBackupRestartedElsewhereGetsItsCopiesBack(t *testing.T) {
+	leaktest.Check(t)
+	edit := func(c *ClusterConfig) {
+		c.Kind = KindBackup
+		c.Membership.DropTime = time.Minute // the restart is seen first
+	}
+	ctx := context.Background()
+	n1 := startLocal(t, "n1", func(c *ClusterConfig) {
+		edit(c)
+		// n1's changes are older than what a new member is caught up on.
+		c.Manager.Clock = func() time.Time { return time.Now().Add(-time.Minute) }
+	})
+	waitUntil(t, "n1 ready", n1.Ready)
+	old := startLocal(t, "n2", edit, n1.Membership().Addr().String())
+	waitUntil(t, "n2 ready", old.Ready)
+	waitUntil(t, "n1 to have n2 as a peer", func() bool { return len(n1.Channel().Peers()) == 1 })
+	s, err := n1.Manager().Create(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := s.ID()
+	_ = s.Set("count", 7)
+	if err := n1.Manager().Commit(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "n2 to hold the copy", func() bool { return old.Lookup(id) != nil })
+
+	started := func() time.Time {
+		for _, m := range n1.Membership().Members() {
+			if m.Name == "n2" && m.State == membership.StateAlive {
+				return m.Meta.Started
+			}
+		}
+		return time.Time{}
+	}
+	before := started()
+	gossip := old.Membership().Addr().String()
+	old.once.Do(func() { old.closeParts(ctx) }) // a crash: no hand-off, no leave
+	n2 := startLocal(t, "n2", func(c *ClusterConfig) {
+		edit(c)
+		c.Membership.BindAddr = gossip // Replication.Addr stays 127.0.0.1:0
+	}, n1.Membership().Addr().String())
+	waitUntil(t, "n1 to see n2's new incarnation", func() bool {
+		s := started()
+		return !s.IsZero() && !s.Equal(before)
+	})
+	deadline := time.Now().Add(5 * time.Second)
+	for n2.Lookup(id) == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("n2, restarted, never got back its copy of n1's idle session")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if v, _ := n2.Lookup(id).GetInt("count"); v != 7 {
+		t.Errorf("n2's copy: count = %d, want 7", v)
+	}
+}
+
 // A node reports ready once every peer has connected to it, and a peer
 // that has nothing to send connects all the same: a Backup node, which
 // has no state transfer and so hears nothing from its peers at first,
