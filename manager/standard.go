@@ -30,6 +30,11 @@ type Standard struct {
 	wg     sync.WaitGroup
 	closed atomic.Bool
 	once   sync.Once
+	// life orders Close against the calls that change which sessions
+	// exist and under which ids: they hold it shared, and fail with
+	// ErrClosed once Close has set closed under it, so the file Close
+	// saves has every such change reported done.
+	life sync.RWMutex
 }
 
 var _ Manager = (*Standard)(nil)
@@ -85,13 +90,17 @@ func (m *Standard) destroyed(s *Session, why Reason) {
 
 // Create starts a new session.
 func (m *Standard) Create(ctx context.Context) (*Session, error) {
+	m.life.RLock()
 	if m.closed.Load() {
+		m.life.RUnlock()
 		return nil, ErrClosed
 	}
 	if m.cfg.MaxSessions > 0 && m.st.count() >= m.cfg.MaxSessions {
+		m.life.RUnlock()
 		return nil, ErrTooManySessions
 	}
 	s := m.st.newSession(m.cfg.Route, m.cfg.MaxInactive)
+	m.life.RUnlock()
 	m.h.fire(func(l Listener) {
 		if l.Created != nil {
 			l.Created(s)
@@ -124,25 +133,40 @@ func (m *Standard) Find(ctx context.Context, id string) (*Session, error) {
 	return s, nil
 }
 
-// Invalidate destroys the session of id.
+// Invalidate destroys the session of id. After Close it fails with
+// ErrClosed: the session is in the saved file.
 func (m *Standard) Invalidate(ctx context.Context, id string) error {
-	s := m.st.get(id)
-	if s == nil {
+	m.life.RLock()
+	if m.closed.Load() {
+		m.life.RUnlock()
+		return ErrClosed
+	}
+	var r *Session
+	if s := m.st.get(id); s != nil {
+		r = m.st.bury(s.ID())
+	}
+	m.life.RUnlock()
+	if r == nil {
 		return ErrNotFound
 	}
-	if r := m.st.bury(s.ID()); r != nil {
-		m.destroyed(r, Invalidated)
-	}
+	m.destroyed(r, Invalidated)
 	return nil
 }
 
-// ChangeID gives s a new id (see Manager.ChangeID).
+// ChangeID gives s a new id (see Manager.ChangeID). After Close it fails
+// with ErrClosed: the session is saved under its id.
 func (m *Standard) ChangeID(ctx context.Context, s *Session, base string) (string, error) {
 	if base == "" {
 		base = newID()
 	}
 	newID := JoinID(base, m.cfg.Route)
+	m.life.RLock()
+	if m.closed.Load() {
+		m.life.RUnlock()
+		return "", ErrClosed
+	}
 	oldID, ok := m.st.rename(s, newID)
+	m.life.RUnlock()
 	if !ok {
 		return "", ErrNotFound
 	}
@@ -184,11 +208,15 @@ func (m *Standard) Count() int { return m.st.count() }
 func (m *Standard) AddListener(l Listener) { m.h.addListener(l) }
 
 // Close stops the sweep and, with Config.File set, saves every session. It
-// is idempotent; later calls return nil.
+// waits for the Create, Invalidate and ChangeID calls under way, and those
+// that come later fail with ErrClosed. It is idempotent; later calls
+// return nil.
 func (m *Standard) Close(ctx context.Context) error {
 	var err error
 	m.once.Do(func() {
+		m.life.Lock()
 		m.closed.Store(true)
+		m.life.Unlock()
 		close(m.stop)
 		m.wg.Wait()
 		if m.cfg.File != "" {

@@ -291,3 +291,30 @@ func TestPanickingListenerIsRecovered(t *testing.T) {
 		t.Errorf("Count = %d after the sweep, want 0", m.Count())
 	}
 }
+
+// Once Close has saved the sessions, a logout or a renewal (RenewID after
+// a login) can no longer be recorded in the file: it must fail, not
+// report success and be undone by the next start, which would bring back a
+// logged-out session, or the pre-login id of a logged-in one.
+func TestStandardRefusesChangesAfterClose(t *testing.T) {
+	leaktest.Check(t)
+	ctx := context.Background()
+	c := standardConfig(t, nil)
+	c.File = filepath.Join(t.TempDir(), "sessions.bin")
+	m1 := newStandard(t, c)
+	out, _ := m1.Create(ctx)
+	renewed, _ := m1.Create(ctx)
+	if err := m1.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := m1.Invalidate(ctx, out.ID()); !errors.Is(err, ErrClosed) {
+		t.Errorf("Invalidate after Close = %v, want ErrClosed", err)
+	}
+	if id, err := m1.ChangeID(ctx, renewed, ""); !errors.Is(err, ErrClosed) || id != "" {
+		t.Errorf("ChangeID after Close = %q, %v; want \"\", ErrClosed", id, err)
+	}
+	m2 := newStandard(t, c)
+	if _, err := m2.Find(ctx, renewed.ID()); err != nil {
+		t.Errorf("the session under the id it was saved with: %v", err)
+	}
+}
