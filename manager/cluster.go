@@ -159,8 +159,11 @@ func StartCluster(cfg ClusterConfig) (*Cluster, error) {
 		cfg.Kind = KindDelta
 	}
 	mc := &cfg.Membership
-	if mc.Frequency <= 0 || mc.DropTime <= 0 {
-		return nil, &ConfigError{"Membership.Frequency", mc.Frequency.String(), "a positive duration; start from DefaultClusterConfig"}
+	if mc.Frequency <= 0 {
+		return nil, &ConfigError{"Membership.Frequency", mc.Frequency.String(), "a positive duration such as 500ms; start from DefaultClusterConfig"}
+	}
+	if mc.DropTime <= 0 {
+		return nil, &ConfigError{"Membership.DropTime", mc.DropTime.String(), "a positive duration such as 3s; start from DefaultClusterConfig"}
 	}
 	if cfg.JoinWait <= 0 {
 		cfg.JoinWait = max(2*mc.Frequency, time.Second)

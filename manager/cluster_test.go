@@ -708,3 +708,28 @@ func TestIdleConnectedPeersDoNotDelayReadiness(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// StartCluster's error names the membership setting that is wrong.
+func TestStartClusterNamesTheBadDuration(t *testing.T) {
+	for _, tc := range []struct {
+		edit  func(*membership.Config)
+		field string
+	}{
+		{func(c *membership.Config) { c.Frequency = 0 }, "Membership.Frequency"},
+		{func(c *membership.Config) { c.DropTime = 0 }, "Membership.DropTime"},
+		{func(c *membership.Config) { c.DropTime = -time.Second }, "Membership.DropTime"},
+	} {
+		cfg := DefaultClusterConfig()
+		cfg.Membership = membership.DefaultLocalConfig()
+		cfg.Membership.Route = "n1"
+		tc.edit(&cfg.Membership)
+		c, err := StartCluster(cfg)
+		if c != nil {
+			_ = c.Close(context.Background())
+		}
+		var ce *ConfigError
+		if !errors.As(err, &ce) || ce.Field != tc.field {
+			t.Errorf("StartCluster = %v, want a ConfigError for %s", err, tc.field)
+		}
+	}
+}
