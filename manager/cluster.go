@@ -82,8 +82,10 @@ type ClusterConfig struct {
 	// ReplicationAddr and Manager are filled in by StartCluster.
 	Membership membership.Config
 	// Replication configures the channel. An empty Addr means the gossip
-	// port + 1000 on the gossip host (port 0 when gossip's is 0); Route,
-	// Domain, Key and Logger default to Membership's.
+	// port + 1000 on the gossip host (port 0 when gossip's is 0); an Addr
+	// on all interfaces (0.0.0.0 or ::) is advertised to peers at the IP
+	// gossip is advertised at. Route, Domain, Key and Logger default to
+	// Membership's.
 	Replication replication.Config
 	// JoinWait is how long a starting node looks for peers before it
 	// concludes it is the first and serves with no sessions. A node that
@@ -247,9 +249,30 @@ func StartCluster(cfg ClusterConfig) (*Cluster, error) {
 		return nil, &ConfigError{"Kind", cfg.Kind, "delta, backup or standard"}
 	}
 	mc.Manager = cfg.Kind
+	// A channel listening on all interfaces cannot be advertised as it
+	// listens: to a peer, 0.0.0.0 or :: is the peer itself. It is
+	// advertised at the gossip address's IP, known once membership runs;
+	// until then peers see no replication address and leave it be.
+	var replPort string
+	if host, port, err := net.SplitHostPort(mc.ReplicationAddr); err == nil && host != "" {
+		if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+			mc.ReplicationAddr, replPort = "", port
+		}
+	}
 	if c.node, err = membership.New(*mc); err != nil {
 		c.closeParts(context.Background())
 		return nil, err
+	}
+	if replPort != "" {
+		host, _, _ := net.SplitHostPort(c.node.Addr().String())
+		addr := net.JoinHostPort(host, replPort)
+		// The wait only bounds how long this waits for the broadcast to
+		// go out; gossip spreads it all the same.
+		if err := c.node.UpdateMeta(addr, cfg.Kind, time.Second); errors.Is(err, membership.ErrMetaTooLarge) || errors.Is(err, membership.ErrClosed) {
+			c.closeParts(context.Background())
+			return nil, fmt.Errorf("manager: advertise replication address %s: %w", addr, err)
+		}
+		c.log.Info("replication channel listens on all interfaces: advertised at the gossip IP", "listen", c.ch.Addr().String(), "advertised", addr)
 	}
 	c.sub = c.node.Subscribe()
 	c.wg.Add(1)

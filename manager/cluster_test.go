@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"github.com/cohort-cluster/cohort/internal/testlog"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -731,5 +732,36 @@ func TestStartClusterNamesTheBadDuration(t *testing.T) {
 		if !errors.As(err, &ce) || ce.Field != tc.field {
 			t.Errorf("StartCluster = %v, want a ConfigError for %s", err, tc.field)
 		}
+	}
+}
+
+// A channel listening on all interfaces is advertised at the address the
+// node's gossip is advertised at, with the channel's port: peers on other
+// hosts cannot dial 0.0.0.0 or ::, which is this host to each of them.
+func TestUnspecifiedReplicationAddrIsAdvertisedAtTheGossipIP(t *testing.T) {
+	leaktest.Check(t)
+	all := func(c *ClusterConfig) { c.Replication.Addr = ":0" }
+	n1 := startLocal(t, "n1", all)
+	n2 := startLocal(t, "n2", all, n1.Membership().Addr().String())
+	_, port, _ := net.SplitHostPort(n2.Channel().Addr().String())
+	want := net.JoinHostPort("127.0.0.1", port)
+	waitUntil(t, "n1 to know n2 at "+want, func() bool {
+		for _, m := range n1.Membership().Members() {
+			if m.Name == "n2" {
+				return m.Meta.ReplicationAddr == want
+			}
+		}
+		return false
+	})
+	waitUntil(t, "n1 to have n2 as a peer at "+want, func() bool {
+		for _, p := range n1.Channel().Stats().Peers {
+			if p.Route == "n2" {
+				return p.Addr == want && p.Connected
+			}
+		}
+		return false
+	})
+	if got := n2.Membership().Local().Meta.ReplicationAddr; got != want {
+		t.Errorf("n2 advertises %q, want %q", got, want)
 	}
 }
