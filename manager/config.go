@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
-	"strings"
 	"time"
 )
 
@@ -137,9 +136,26 @@ func (e *ConfigError) Error() string {
 	return fmt.Sprintf("manager: invalid %s %q: want %s", e.Field, e.Value, e.Want)
 }
 
+// ValidRoute reports whether s can be a node's route: 1 to 128 ASCII
+// letters, digits, '-' and '_', which a cookie value, a URL path and a
+// balancer's route= setting keep as they are (net/http drops a cookie
+// value's quotes, backslashes and control characters). The '.' is the
+// separator of the session id.
+func ValidRoute(s string) bool {
+	if s == "" || len(s) > 128 {
+		return false
+	}
+	for _, r := range s {
+		if !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '-' || r == '_') {
+			return false
+		}
+	}
+	return true
+}
+
 func (c *Config) validate() error {
-	if c.Route == "" || strings.ContainsAny(c.Route, ". ;,/") {
-		return &ConfigError{"Route", c.Route, "a non-empty name without '.', ';', ',', '/' or spaces"}
+	if !ValidRoute(c.Route) {
+		return &ConfigError{"Route", c.Route, "a name of 1 to 128 letters, digits, '-' and '_', such as node1"}
 	}
 	if c.MaxInactive < 0 {
 		return &ConfigError{"MaxInactive", c.MaxInactive.String(), "a duration of at least 0 (0: never expires)"}

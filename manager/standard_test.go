@@ -224,6 +224,8 @@ func TestConfigValidation(t *testing.T) {
 	}{
 		{func(c *Config) { c.Route = "" }, "Route"},
 		{func(c *Config) { c.Route = "a.b" }, "Route"},
+		{func(c *Config) { c.Route = `a"b` }, "Route"},
+		{func(c *Config) { c.Route = "nœud" }, "Route"},
 		{func(c *Config) { c.MaxInactive = -1 }, "MaxInactive"},
 		{func(c *Config) { c.SweepInterval = 0 }, "SweepInterval"},
 		{func(c *Config) { c.IDGracePeriod = -1 }, "IDGracePeriod"},

@@ -481,21 +481,6 @@ func defaultRoute(host string) string {
 	return label
 }
 
-// validRoute reports whether s can be a route: 1 to 128 letters, digits,
-// '-' and '_', which a cookie value, a URL path and a balancer's route=
-// setting keep as they are. The '.' is the separator of the session id.
-func validRoute(s string) bool {
-	if s == "" || len(s) > 128 {
-		return false
-	}
-	for _, r := range s {
-		if !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '-' || r == '_') {
-			return false
-		}
-	}
-	return true
-}
-
 // printUsage is -help: each flag with the form of its value, its default
 // and its environment variable.
 func printUsage(w io.Writer, fs *flag.FlagSet) {
@@ -674,3 +659,7 @@ func orOff(s string) string {
 	}
 	return s
 }
+
+// validRoute is manager.ValidRoute, which parse cannot name: its -manager
+// flag shadows the package.
+func validRoute(s string) bool { return manager.ValidRoute(s) }
