@@ -282,7 +282,7 @@ func (m *Standard) load() {
 		fulls, err = decodeFile(b)
 	}
 	if err != nil {
-		aside := fmt.Sprintf("%s.corrupt-%s", m.cfg.File, m.h.now().UTC().Format("20060102T150405"))
+		aside := fmt.Sprintf("%s.corrupt-%s", m.cfg.File, m.h.now().UTC().Format("20060102T150405.000000000"))
 		if rerr := os.Rename(m.cfg.File, aside); rerr != nil {
 			m.h.log.Error("saved sessions unreadable; starting without them, and the file could not be moved aside", "file", m.cfg.File, "err", err, "move_err", rerr)
 		} else {
@@ -301,8 +301,12 @@ func (m *Standard) load() {
 		m.st.put(s)
 		loaded++
 	}
-	_ = os.Remove(m.cfg.File) // the sessions live in memory now; a stale file must not come back
 	m.h.log.Info("sessions loaded", "file", m.cfg.File, "sessions", loaded, "expired", expired)
+	// The sessions live in memory now: a stale file must not come back
+	// after a crash, with the sessions logged out since.
+	if err := os.Remove(m.cfg.File); err != nil {
+		m.h.log.Error("saved sessions loaded but their file could not be removed: after a crash, the next start would bring back these sessions as they are now", "file", m.cfg.File, "err", err)
+	}
 }
 
 func decodeFile(b []byte) ([]Full, error) {
