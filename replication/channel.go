@@ -16,6 +16,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 )
 
 // Errors returned by Channel methods.
@@ -611,10 +612,7 @@ func (c *Channel) serve(conn net.Conn) {
 		if env.Mode == Sync {
 			var msg []byte
 			if herr != nil {
-				msg = []byte(herr.Error())
-				if len(msg) == 0 { // an empty body says the handler succeeded
-					msg = []byte(fmt.Sprintf("%T with no message", herr))
-				}
+				msg = replyText(herr)
 			}
 			out = c.appendControl(out[:0], typeReply, env.Seq, msg, seal)
 			answer(out)
@@ -626,6 +624,29 @@ func (c *Channel) serve(conn net.Conn) {
 			}
 		}
 	}
+}
+
+// maxReplyError bounds the handler's error text a reply carries: a reply
+// over the sender's frame limit (1 KiB at the least) would drop the
+// connection and fail the send as lost.
+const maxReplyError = 512
+
+// replyText is the body of the reply to a frame whose handler failed
+// with err: its text, never empty (an empty body says the handler
+// succeeded), cut to maxReplyError bytes at a character boundary.
+func replyText(err error) []byte {
+	s := err.Error()
+	if s == "" {
+		s = fmt.Sprintf("%T with no message", err)
+	}
+	if len(s) > maxReplyError {
+		n := maxReplyError - len("…")
+		for n > 0 && !utf8.RuneStart(s[n]) {
+			n--
+		}
+		s = s[:n] + "…"
+	}
+	return []byte(s)
 }
 
 // takeOver makes me the connection of sender from, closing and waiting

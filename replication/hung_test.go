@@ -5,9 +5,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/cohort-cluster/cohort/internal/leaktest"
 )
@@ -352,5 +354,32 @@ func TestHandlerErrorWithoutTextFailsSyncSend(t *testing.T) {
 	var re *RemoteError
 	if !errors.As(err, &re) {
 		t.Fatalf("Sync send to a handler that failed = %v, want a RemoteError", err)
+	}
+}
+
+// A handler's error of any length comes back to a Sync sender whose
+// frame limit is the smallest allowed: the reply carries its text cut to
+// a bound, at a character boundary, instead of a frame over the sender's
+// limit, which dropped the connection and failed the send as lost.
+func TestLongHandlerErrorFitsTheReply(t *testing.T) {
+	leaktest.Check(t)
+	long := "x" + strings.Repeat("é", 4000) // 2-byte characters, starting at an odd offset
+	cb := testConfig(t, "b")
+	b := newChannel(t, cb)
+	b.Handle(testType, func(string, []byte) error { return errors.New(long) })
+	ca := testConfig(t, "a")
+	ca.MaxFrameSize = 1024
+	a := newChannel(t, ca)
+	a.AddPeer("b", b.Addr().String())
+	err := a.Send(context.Background(), nil, testType, []byte("x"), Sync)
+	var re *RemoteError
+	if !errors.As(err, &re) {
+		t.Fatalf("Sync send to a handler with a long error = %v, want a RemoteError", err)
+	}
+	if len(re.Msg) > maxReplyError || !utf8.ValidString(re.Msg) || !strings.HasPrefix(long, strings.TrimSuffix(re.Msg, "…")) {
+		t.Errorf("reply text of %d bytes (valid UTF-8 %v), want a valid prefix of the error of at most %d", len(re.Msg), utf8.ValidString(re.Msg), maxReplyError)
+	}
+	if st := peerStats(a, "b"); st.Errors != 0 || a.Stats().Dropped["oversize"] != 0 {
+		t.Errorf("a's connection to b: %d errors, %d oversize drops; want none", st.Errors, a.Stats().Dropped["oversize"])
 	}
 }
