@@ -1007,3 +1007,25 @@ func TestMaxFrameSizeFitsTheLengthPrefix(t *testing.T) {
 		t.Fatalf("New with a 4 GiB MaxFrameSize = %v, want a ConfigError of MaxFrameSize", err)
 	}
 }
+
+// A connection whose read deadline passes in the middle of a frame (here
+// a hello of which only a few bytes came before the handshake's bound)
+// is counted under timeout: the bytes that came were not bad input.
+func TestDeadlineInAFrameCountsAsTimeout(t *testing.T) {
+	leaktest.Check(t)
+	cfg := testConfig(t, "b")
+	cfg.DialTimeout = 500 * time.Millisecond
+	b := newChannel(t, cfg)
+	conn, err := net.Dial("tcp", b.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_, _ = conn.Write(append(binary.BigEndian.AppendUint32(nil, 100), 1, 2, 3)) // then nothing
+	_ = conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	_, _ = io.Copy(io.Discard, conn) // until b drops it
+	waitFor(t, "timeout counted", func() bool { return b.Stats().Dropped["timeout"] == 1 })
+	if d := b.Stats().Dropped; d["garbage"] != 0 || d["truncated"] != 0 || d["io"] != 0 {
+		t.Errorf("a frame cut short by the deadline also counted as bad input: %v", d)
+	}
+}

@@ -108,11 +108,15 @@ func readFrame(r io.Reader, buf []byte, limit int) ([]byte, error) {
 // growFrom is the first size of a buffer that grows as a frame arrives.
 const growFrom = 64 << 10
 
+// truncated is the error of a frame whose bytes stopped coming: the
+// sender ended the connection in the middle of it (malformed input), or
+// the read failed (a deadline passed, the connection was reset or
+// closed), which says nothing about the input and is not counted as bad.
 func truncated(err error) error {
-	if errors.Is(err, io.EOF) {
-		err = io.ErrUnexpectedEOF
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return fmt.Errorf("%w: truncated frame: %w", ErrMalformed, io.ErrUnexpectedEOF)
 	}
-	return fmt.Errorf("%w: truncated frame: %w", ErrMalformed, err)
+	return fmt.Errorf("replication: frame cut short: %w", err)
 }
 
 // appendFrame appends the length prefix and payload to dst.

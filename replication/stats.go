@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"math"
+	"os"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -23,15 +24,18 @@ const (
 	dropNoHandler
 	dropPanic
 	dropIO
+	dropTimeout
 	numDrops
 )
 
 func (d drop) String() string {
-	return [...]string{"oversize", "garbage", "truncated", "auth", "domain", "version", "no_handler", "panic", "io"}[d]
+	return [...]string{"oversize", "garbage", "truncated", "auth", "domain", "version", "no_handler", "panic", "io", "timeout"}[d]
 }
 
 func dropReason(err error) drop {
 	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return dropTimeout
 	case errors.Is(err, ErrFrameTooLarge):
 		return dropOversize
 	case errors.Is(err, ErrAuth):
