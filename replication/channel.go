@@ -604,6 +604,7 @@ func (c *Channel) serve(conn net.Conn) {
 			if br.Buffered() == 0 {
 				_ = conn.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout))
 				if err := bw.Flush(); err != nil {
+					c.writeFailed(conn, from, err)
 					return
 				}
 			}
@@ -620,6 +621,7 @@ func (c *Channel) serve(conn net.Conn) {
 		if br.Buffered() == 0 && bw.Buffered() > 0 {
 			_ = conn.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout))
 			if err := bw.Flush(); err != nil {
+				c.writeFailed(conn, from, err)
 				return
 			}
 		}
@@ -715,11 +717,22 @@ func (c *Channel) appendControl(dst []byte, t MsgType, seq uint64, body []byte, 
 	return dst
 }
 
-// refuse counts and logs a connection dropped for bad input.
+// refuse counts and logs a connection dropped for bad input, or for a
+// read or write that failed.
 func (c *Channel) refuse(conn net.Conn, from string, err error) {
 	reason := dropReason(err)
 	c.drops.add(reason)
 	c.warn(reason.String(), "dropping replication connection", "peer", from, "remote", conn.RemoteAddr().String(), "reason", reason.String(), "err", err)
+}
+
+// writeFailed counts and logs a connection dropped because its acks and
+// replies could not be written (the sender stopped reading for
+// WriteTimeout, or reset the connection), unless it was closed here.
+func (c *Channel) writeFailed(conn net.Conn, from string, err error) {
+	if isClosedErr(err) {
+		return
+	}
+	c.refuse(conn, from, fmt.Errorf("writing acks and replies: %w", err))
 }
 
 // warn logs at Warn at most once a second per key.

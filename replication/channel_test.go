@@ -1029,3 +1029,47 @@ func TestDeadlineInAFrameCountsAsTimeout(t *testing.T) {
 		t.Errorf("a frame cut short by the deadline also counted as bad input: %v", d)
 	}
 }
+
+// A sender that stops reading its acks has its connection dropped once
+// the receiver's write timeout passes, and the drop is counted (under
+// timeout) and logged at warn, as every other drop is.
+func TestUnwritableAcksAreCountedAndLogged(t *testing.T) {
+	leaktest.Check(t)
+	var logs testlog.Buffer
+	cfg := testConfig(t, "b")
+	cfg.WriteTimeout = 500 * time.Millisecond
+	cfg.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	b := newChannel(t, cfg)
+	b.Handle(testType, func(string, []byte) error { return nil })
+	// A pipe has no buffer: an ack nobody reads cannot be written.
+	client, server := net.Pipe()
+	defer client.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		b.serve(server)
+	}()
+	h, _ := encodeHello(&hello{Version: ProtocolVersion, Domain: "cohort", Route: "x", Nonce: randomNonce()})
+	_ = client.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := client.Write(appendFrame(nil, h)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readFrame(client, nil, 4096); err != nil {
+		t.Fatal(err)
+	}
+	e := Envelope{Version: ProtocolVersion, Type: testType, From: "x", Domain: "cohort", Seq: 1, Mode: Ack}
+	if _, err := client.Write(appendFrame(nil, appendEnvelope(nil, &e))); err != nil {
+		t.Fatal(err)
+	}
+	select { // and never reads the ack
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the receiver still waits to write an ack nobody reads")
+	}
+	if n := b.Stats().Dropped["timeout"]; n != 1 {
+		t.Errorf("%d connections dropped under timeout, want 1", n)
+	}
+	if !strings.Contains(logs.String(), "dropping replication connection") {
+		t.Errorf("no warning of the dropped connection; log:\n%s", logs.String())
+	}
+}

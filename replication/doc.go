@@ -55,8 +55,10 @@
 // Connections are re-established with capped, jittered backoff. An
 // oversized, garbled, truncated or unauthenticated frame, or one of another
 // domain or protocol version, drops its connection, is counted by reason
-// ([Stats]) and logged at most once a second per reason; the channel keeps
-// serving everyone else.
+// ([Stats]) and logged at most once a second per reason; so is a sender's
+// connection whose acks and replies cannot be written (it stopped reading
+// them for Config.WriteTimeout, or reset the connection). The channel
+// keeps serving everyone else.
 //
 // # Usage
 //
