@@ -521,13 +521,20 @@ func (c *Channel) serve(conn net.Conn) {
 	}()
 	br := bufio.NewReaderSize(conn, 64<<10)
 	bw := bufio.NewWriterSize(conn, 16<<10)
+	// The hello must come within DialTimeout, and the first frame (a
+	// peer sends a no-op at once; with a key, it proves the sender holds
+	// it) within DialTimeout of the answer: a stranger, who can send a
+	// hello but no good frame, holds a connection no longer. Once a good
+	// frame is in, the connection has no read deadline: a peer with
+	// nothing to send stays silent as long as it likes.
 	_ = conn.SetDeadline(time.Now().Add(c.cfg.DialTimeout))
 	h, open, seal, err := c.serverHandshake(br, bw)
 	if err != nil {
 		c.refuse(conn, from, err)
 		return
 	}
-	_ = conn.SetDeadline(time.Time{})
+	_ = conn.SetWriteDeadline(time.Time{})
+	_ = conn.SetReadDeadline(time.Now().Add(c.cfg.DialTimeout))
 	from = h.Route
 	me := &inConn{conn: conn, done: make(chan struct{})}
 	defer close(me.done)
@@ -587,6 +594,7 @@ func (c *Channel) serve(conn net.Conn) {
 			// at its first good frame, which with a key proves that it
 			// holds it, not at its hello, which anyone can send: a
 			// stranger naming a peer's route must not cut that peer off.
+			_ = conn.SetReadDeadline(time.Time{})
 			c.takeOver(from, me)
 			registered = true
 			rc = c.recvCounters(from)

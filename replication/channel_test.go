@@ -1073,3 +1073,51 @@ func TestUnwritableAcksAreCountedAndLogged(t *testing.T) {
 		t.Errorf("no warning of the dropped connection; log:\n%s", logs.String())
 	}
 }
+
+// A stranger that says hello, which anyone can, and then sends no good
+// frame is dropped once DialTimeout has passed after the answer (counted
+// under timeout), instead of holding its connection for ever.
+func TestSilentStrangerIsDropped(t *testing.T) {
+	leaktest.Check(t)
+	cfg := testConfig(t, "b")
+	cfg.Key = bytes.Repeat([]byte{7}, 32)
+	cfg.DialTimeout = time.Second
+	b := newChannel(t, cfg)
+	conn, err := net.Dial("tcp", b.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	h, _ := encodeHello(&hello{Version: ProtocolVersion, Domain: "cohort", Route: "a", Nonce: randomNonce()})
+	_, _ = conn.Write(appendFrame(nil, h))
+	if _, err := readFrame(conn, nil, 4096); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.Copy(io.Discard, conn); err != nil { // nil at EOF: b closed it
+		t.Fatalf("the stranger's connection after its hello: %v, want it closed by b", err)
+	}
+	waitFor(t, "timeout counted", func() bool { return b.Stats().Dropped["timeout"] == 1 })
+}
+
+// A peer with nothing to send keeps its connection, silent, long after
+// the bound on a connection's first frame: it sends a no-op at once,
+// which with a key proves it holds it, and is a sender from then on.
+func TestIdlePeerKeepsItsConnection(t *testing.T) {
+	leaktest.Check(t)
+	key := bytes.Repeat([]byte{7}, 32)
+	ca, cb := testConfig(t, "a"), testConfig(t, "b")
+	ca.Key, cb.Key = key, key
+	ca.DialTimeout, cb.DialTimeout = time.Second, time.Second
+	a, b := newChannel(t, ca), newChannel(t, cb)
+	b.Handle(testType, func(string, []byte) error { return nil })
+	a.AddPeer("b", b.Addr().String())
+	waitFor(t, "a a sender of b's", func() bool { return slices.Contains(b.Senders(), "a") })
+	time.Sleep(3 * cb.DialTimeout) // a sends nothing
+	if err := a.Send(context.Background(), nil, testType, []byte("x"), Sync); err != nil {
+		t.Fatal(err)
+	}
+	if st := peerStats(a, "b"); st.Errors != 0 || b.Stats().Dropped["timeout"] != 0 {
+		t.Errorf("a's idle connection to b: %d errors, %d dropped under timeout; want none", st.Errors, b.Stats().Dropped["timeout"])
+	}
+}

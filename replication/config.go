@@ -75,7 +75,11 @@ type Config struct {
 	// SendTimeout bounds how long Send waits in Ack and Sync modes when the
 	// context has no earlier deadline. Default 5s.
 	SendTimeout time.Duration
-	// DialTimeout bounds one connection attempt and handshake. Default 2s.
+	// DialTimeout bounds one connection attempt and handshake. On an
+	// accepted connection it bounds the wait for the peer's hello, then
+	// the wait for its first frame (which a peer sends at once): a
+	// connection that misses either is dropped and counted under timeout.
+	// Default 2s.
 	DialTimeout time.Duration
 	// WriteTimeout bounds one write to a connection. Default 10s.
 	WriteTimeout time.Duration

@@ -32,9 +32,12 @@
 // handshake (HMAC over both sides' random nonces) and derive fresh AES-GCM
 // keys per connection and direction; the nonce is the frame counter, so it
 // is never reused, and a replayed, reordered or forged frame fails to open
-// and drops the connection. Mutual TLS would need a certificate authority
-// that a shared cluster key does not: the key is what operators already
-// manage for gossip.
+// and drops the connection. The dialling side proves it with a no-op frame
+// sent at once; an accepted connection whose hello, or first frame after
+// it, does not come within Config.DialTimeout is dropped, so a stranger
+// holds none open, while a peer with nothing to send stays connected.
+// Mutual TLS would need a certificate authority that a shared cluster key
+// does not: the key is what operators already manage for gossip.
 //
 // # Concurrency
 //

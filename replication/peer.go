@@ -345,6 +345,23 @@ func (p *peer) handshake(conn net.Conn) (open, seal *sealer, err error) {
 			return nil, nil, err
 		}
 	}
+	// The first frame goes out at once, whether there is anything to send
+	// or not: a no-op nobody waits for, which with a key proves that this
+	// node holds it. The peer drops a connection whose first frame does
+	// not come within its DialTimeout, as a stranger's would not.
+	env := Envelope{Version: ProtocolVersion, Type: typeNoop, From: c.cfg.Route, Domain: c.cfg.Domain, Mode: Async}
+	b = appendEnvelope(nil, &env)
+	if seal != nil {
+		b = seal.seal(nil, b)
+	}
+	if _, err := conn.Write(appendFrame(nil, b)); err != nil {
+		return nil, nil, err
+	}
+	p.framesSent.Add(1)
+	p.bytesSent.Add(int64(len(b) + frameHeader))
+	tc := &c.types[c.types.of(typeNoop)]
+	tc.framesSent.Add(1)
+	tc.bytesSent.Add(int64(len(b) + frameHeader))
 	_ = conn.SetDeadline(time.Time{})
 	if tc, ok := conn.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
