@@ -383,3 +383,48 @@ func TestLongHandlerErrorFitsTheReply(t *testing.T) {
 		t.Errorf("a's connection to b: %d errors, %d oversize drops; want none", st.Errors, a.Stats().Dropped["oversize"])
 	}
 }
+
+// A stream to a hung peer (it reads frames, and never acknowledges one)
+// fails its Write and its Close after SendTimeout when their context has
+// no deadline, as Send does, instead of waiting for ever.
+func TestStreamToAHungPeerTimesOut(t *testing.T) {
+	leaktest.Check(t)
+	addr := fakePeer(t, "b", func(conn net.Conn) {
+		for {
+			if _, err := readFrame(conn, nil, 1<<20); err != nil {
+				return
+			}
+		}
+	})
+	c := testConfig(t, "a")
+	c.SendTimeout = time.Second
+	a := newChannel(t, c)
+	a.AddPeer("b", addr)
+	waitFor(t, "b connected", func() bool { return peerStats(a, "b").Connected })
+	for _, op := range []string{"Write", "Close"} {
+		s, err := a.OpenStream("b", testType, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Write(context.Background(), []byte("1")); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() {
+			if op == "Write" {
+				done <- s.Write(context.Background(), []byte("2")) // waits for 1's ack: the window is full
+			} else {
+				done <- s.Close(context.Background())
+			}
+		}()
+		select {
+		case err := <-done:
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("%s on a stream to a hung peer = %v, want a deadline exceeded", op, err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s on a stream to a hung peer still waits", op) // Close ends it
+		}
+		_ = s.Close(context.Background())
+	}
+}

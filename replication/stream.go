@@ -12,8 +12,11 @@ import (
 // is spent per message. The receiver gets the messages, in order, through
 // the handler of the stream's type, like any other; the sender's last
 // message says the stream is complete (state transfer sends a count). If
-// the peer dies, Write and Close fail promptly with the connection's error.
-// A Stream is used by one goroutine at a time.
+// the peer dies, Write and Close fail promptly with the connection's error;
+// if it hangs, each frame's acknowledgement is waited for until ctx's
+// deadline, or, when ctx has none, for Config.SendTimeout from when the
+// frame was queued, as Send waits. A Stream is used by one goroutine at a
+// time.
 type Stream struct {
 	c        *Channel
 	p        *peer
@@ -57,6 +60,12 @@ func (s *Stream) Write(ctx context.Context, body []byte) error {
 
 func (s *Stream) waitOldest(ctx context.Context) error {
 	f := s.inflight[0]
+	var expired <-chan time.Time // without a deadline, SendTimeout bounds the wait
+	if _, ok := ctx.Deadline(); !ok {
+		t := time.NewTimer(time.Until(f.queued.Add(s.c.cfg.SendTimeout)))
+		defer t.Stop()
+		expired = t.C
+	}
 	select {
 	case <-f.group.all:
 		s.inflight = s.inflight[1:]
@@ -65,14 +74,16 @@ func (s *Stream) waitOldest(ctx context.Context) error {
 		}
 	case <-ctx.Done():
 		s.err = &PeerError{Peer: s.p.route, Op: "stream", Err: ctx.Err()}
+	case <-expired:
+		s.err = &PeerError{Peer: s.p.route, Op: "stream", Err: context.DeadlineExceeded}
 	case <-s.c.stop:
 		s.err = ErrClosed
 	}
 	return s.err
 }
 
-// Close waits until every written frame is acknowledged and returns the
-// stream's first error.
+// Close waits until every written frame is acknowledged (each wait bounded
+// as Write's) and returns the stream's first error.
 func (s *Stream) Close(ctx context.Context) error {
 	for len(s.inflight) > 0 && s.err == nil {
 		_ = s.waitOldest(ctx)
