@@ -348,7 +348,10 @@ func (p *peer) handshake(conn net.Conn) (open, seal *sealer, err error) {
 	// The first frame goes out at once, whether there is anything to send
 	// or not: a no-op nobody waits for, which with a key proves that this
 	// node holds it. The peer drops a connection whose first frame does
-	// not come within its DialTimeout, as a stranger's would not.
+	// not come within its DialTimeout, as a stranger's would not, and
+	// names its sender in Senders from that frame on, which a starting
+	// node waits on before it reports ready. It does not count in sent
+	// (run): a connection that carried only this one lost nothing.
 	env := Envelope{Version: ProtocolVersion, Type: typeNoop, From: c.cfg.Route, Domain: c.cfg.Domain, Mode: Async}
 	b = appendEnvelope(nil, &env)
 	if seal != nil {
@@ -375,19 +378,6 @@ func (p *peer) handshake(conn net.Conn) (open, seal *sealer, err error) {
 func (p *peer) writeLoop(conn net.Conn, seal *sealer, readerDone chan error) error {
 	c := p.c
 	bw := bufio.NewWriterSize(conn, 64<<10)
-	// A no-op first: the receiver takes a connection for its sender's at
-	// its first good frame (see serve), and only then names the sender
-	// in Senders, which a starting node waits on before it reports ready.
-	// A peer with nothing to send would otherwise stay unnamed. It is not
-	// counted as a frame sent: a connection that carried only this one
-	// lost nothing when it breaks.
-	_ = conn.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout))
-	if _, err := bw.Write(c.appendControl(nil, typeNoop, 0, nil, seal)); err != nil {
-		return err
-	}
-	if err := bw.Flush(); err != nil {
-		return err
-	}
 	var env Envelope
 	var plain, sealed []byte // reused for every frame
 	write := func(f *outFrame) error {
