@@ -387,9 +387,13 @@ func (c *Cluster) Lookup(id string) *Session {
 	return found
 }
 
-// Stats returns the manager's counters; zero for the Standard manager.
+// Stats returns the manager's counters. The Standard manager has the
+// session counters only; its replication counters are zero.
 func (c *Cluster) Stats() Stats {
 	if c.repl == nil {
+		if sm, ok := c.mgr.(*Standard); ok {
+			return sm.Stats()
+		}
 		return Stats{Sessions: c.mgr.Count()}
 	}
 	return c.repl.Stats()

@@ -34,7 +34,8 @@ type Standard struct {
 	// exist and under which ids: they hold it shared, and fail with
 	// ErrClosed once Close has set closed under it, so the file Close
 	// saves has every such change reported done.
-	life sync.RWMutex
+	life  sync.RWMutex
+	stats deltaCounters // the session counters only: nothing is replicated
 }
 
 var _ Manager = (*Standard)(nil)
@@ -51,6 +52,7 @@ func NewStandard(cfg Config) (*Standard, error) {
 	m := &Standard{cfg: cfg, h: h, st: newStore(h, cfg.IDGracePeriod), stop: make(chan struct{})}
 	if cfg.File != "" {
 		m.load()
+		m.stats.noteActive(m.st.count())
 	}
 	m.wg.Add(1)
 	go func() {
@@ -75,12 +77,20 @@ func sweepLoop(stop <-chan struct{}, interval time.Duration, sweep func()) {
 }
 
 func (m *Standard) sweep() {
+	start := time.Now()
+	defer func() { m.stats.sweepNanos.Add(int64(time.Since(start))) }()
 	for _, s := range m.st.expired(m.h.now()) {
+		m.stats.expired.Add(1)
 		m.destroyed(s, Expired)
 	}
 }
 
 func (m *Standard) destroyed(s *Session, why Reason) {
+	alive := int64(m.h.now().Sub(s.Created()))
+	m.stats.aliveSum.Add(alive)
+	m.stats.aliveCount.Add(1)
+	for cur := m.stats.aliveMax.Load(); alive > cur && !m.stats.aliveMax.CompareAndSwap(cur, alive); cur = m.stats.aliveMax.Load() {
+	}
 	m.h.fire(func(l Listener) {
 		if l.Destroyed != nil {
 			l.Destroyed(s, why)
@@ -97,10 +107,13 @@ func (m *Standard) Create(ctx context.Context) (*Session, error) {
 	}
 	if m.cfg.MaxSessions > 0 && m.st.count() >= m.cfg.MaxSessions {
 		m.life.RUnlock()
+		m.stats.rejected.Add(1)
 		return nil, ErrTooManySessions
 	}
 	s := m.st.newSession(m.cfg.Route, m.cfg.MaxInactive)
 	m.life.RUnlock()
+	m.stats.created.Add(1)
+	m.stats.noteActive(m.st.count())
 	m.h.fire(func(l Listener) {
 		if l.Created != nil {
 			l.Created(s)
@@ -125,6 +138,7 @@ func (m *Standard) Find(ctx context.Context, id string) (*Session, error) {
 	now := m.h.now()
 	if s.expiredAt(now) {
 		if r := m.st.remove(s.ID()); r != nil {
+			m.stats.expired.Add(1)
 			m.destroyed(r, Expired)
 		}
 		return nil, ErrNotFound
@@ -149,6 +163,7 @@ func (m *Standard) Invalidate(ctx context.Context, id string) error {
 	if r == nil {
 		return ErrNotFound
 	}
+	m.stats.invalidated.Add(1)
 	m.destroyed(r, Invalidated)
 	return nil
 }
@@ -203,6 +218,23 @@ func (m *Standard) Range(f func(*Session) bool) {
 
 // Count returns the number of sessions.
 func (m *Standard) Count() int { return m.st.count() }
+
+// Stats returns the session counters: created, rejected, expired and
+// invalidated sessions, the most held at once, the life of destroyed
+// sessions and the time spent sweeping. The replication counters stay
+// zero.
+func (m *Standard) Stats() Stats {
+	c := &m.stats
+	st := Stats{
+		Sessions: m.st.count(), Created: c.created.Load(), Expired: c.expired.Load(), Invalidated: c.invalidated.Load(),
+		MaxActive: c.maxActive.Load(), Rejected: c.rejected.Load(), AliveMax: time.Duration(c.aliveMax.Load()),
+		SweepTime: time.Duration(c.sweepNanos.Load()),
+	}
+	if n := c.aliveCount.Load(); n > 0 {
+		st.AliveAvg = time.Duration(c.aliveSum.Load() / n)
+	}
+	return st
+}
 
 // AddListener registers session callbacks.
 func (m *Standard) AddListener(l Listener) { m.h.addListener(l) }

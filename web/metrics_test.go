@@ -2,6 +2,7 @@ package web_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -15,6 +16,7 @@ import (
 	"github.com/cohort-cluster/cohort/internal/leaktest"
 	"github.com/cohort-cluster/cohort/internal/testcluster"
 	"github.com/cohort-cluster/cohort/manager"
+	"github.com/cohort-cluster/cohort/membership"
 	"github.com/cohort-cluster/cohort/web"
 )
 
@@ -43,25 +45,7 @@ func TestMetricsReportTheCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(web.NewMetrics(nodes[0], ss).Handler())
-	defer srv.Close()
-	resp, err := srv.Client().Get(srv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	value := func(series string) float64 {
-		t.Helper()
-		re := regexp.MustCompile("(?m)^" + regexp.QuoteMeta(series) + ` (\S+)$`)
-		m := re.FindSubmatch(body)
-		if m == nil {
-			t.Errorf("no series %s in:\n%s", series, body)
-			return -1
-		}
-		v, _ := strconv.ParseFloat(string(m[1]), 64)
-		return v
-	}
+	value := scrape(t, web.NewMetrics(nodes[0], ss))
 	for _, c := range []struct {
 		series string
 		ok     func(float64) bool
@@ -83,6 +67,84 @@ func TestMetricsReportTheCluster(t *testing.T) {
 		if v := value(c.series); !c.ok(v) {
 			t.Errorf("%s = %v", c.series, v)
 		}
+	}
+}
+
+// scrape reads the metrics once and returns a function that looks up one
+// series' value in that scrape (-1, and an error, when it is missing).
+func scrape(t *testing.T, m *web.Metrics) func(series string) float64 {
+	t.Helper()
+	srv := httptest.NewServer(m.Handler())
+	defer srv.Close()
+	resp, err := srv.Client().Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return func(series string) float64 {
+		t.Helper()
+		re := regexp.MustCompile("(?m)^" + regexp.QuoteMeta(series) + ` (\S+)$`)
+		m := re.FindSubmatch(body)
+		if m == nil {
+			t.Errorf("no series %s in:\n%s", series, body)
+			return -1
+		}
+		v, _ := strconv.ParseFloat(string(m[1]), 64)
+		return v
+	}
+}
+
+// TestMetricsOfStandardManager checks that a Standard node counts its
+// sessions like the replicated managers do: created, refused at
+// MaxSessions, invalidated, the most held at once and the life of the
+// destroyed ones.
+func TestMetricsOfStandardManager(t *testing.T) {
+	leaktest.Check(t)
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	cfg := manager.DefaultClusterConfig()
+	cfg.Kind = manager.KindStandard
+	cfg.Membership = membership.DefaultLocalConfig()
+	cfg.Membership.Route, cfg.Membership.Logger = "s1", quiet
+	cfg.Manager.MaxSessions = 2
+	c, err := manager.StartCluster(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	ctx := context.Background()
+	m := c.Manager()
+	a, err := m.Create(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Create(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Create(ctx); !errors.Is(err, manager.ErrTooManySessions) {
+		t.Fatalf("third session: %v, want ErrTooManySessions", err)
+	}
+	time.Sleep(10 * time.Millisecond)
+	if err := m.Invalidate(ctx, a.ID()); err != nil {
+		t.Fatal(err)
+	}
+	value := scrape(t, web.NewMetrics(c, nil))
+	for _, w := range []struct {
+		series string
+		want   float64
+	}{
+		{`cohort_sessions{role="primary"}`, 1},
+		{`cohort_sessions_created_total`, 2},
+		{`cohort_sessions_rejected_total`, 1},
+		{`cohort_sessions_invalidated_total`, 1},
+		{`cohort_sessions_max`, 2},
+	} {
+		if v := value(w.series); v != w.want {
+			t.Errorf("%s = %v, want %v", w.series, v, w.want)
+		}
+	}
+	if v := value(`cohort_session_alive_max_seconds`); v < 0.01 {
+		t.Errorf("cohort_session_alive_max_seconds = %v, want the invalidated session's life, at least 10ms", v)
 	}
 }
 
