@@ -76,6 +76,10 @@ func NewDashboard(c *manager.Cluster, ss *Sessions, logger *slog.Logger) *Dashbo
 		sub:     c.Membership().Subscribe(),
 	}
 	d.prev = d.counters()
+	// A node starts its dashboard once it is ready, after the state
+	// transfer that made it so: the first broadcast shows that transfer,
+	// or its failures, among the events.
+	d.prev.transfers, d.prev.failures = 0, 0
 	d.wg.Add(2)
 	go func() {
 		defer d.wg.Done()
