@@ -192,6 +192,7 @@ func StartCluster(cfg ClusterConfig) (*Cluster, error) {
 		if c.mgr, err = NewStandard(mgrCfg.Config); err != nil {
 			return nil, err
 		}
+		mc.ReplicationAddr = "" // no channel: nothing listens there
 	case KindDelta, KindBackup:
 		rc := cfg.Replication
 		if rc.Route == "" {

@@ -499,6 +499,10 @@ func TestStandardSessionFileSurvivesRestart(t *testing.T) {
 
 	p := startProc(t, nil, nil, args...)
 	waitFor(t, 20*time.Second, "node ready", ready(addr))
+	// It has no replication channel, and tells no one an address for one.
+	if st := getStatus(t, addr); len(st.Members) != 1 || st.Members[0].Replication != "" {
+		t.Errorf("status members %+v, want s1 alone without a replication address", st.Members)
+	}
 	if a, b := count(), count(); a != "count=1" || b != "count=2" {
 		t.Fatalf("counts %q %q, want count=1 count=2", a, b)
 	}
@@ -513,6 +517,26 @@ func TestStandardSessionFileSurvivesRestart(t *testing.T) {
 		t.Errorf("after the restart: %q, want count=3", got)
 	}
 	stop(p)
+}
+
+// statusMembers are the members in a node's GET /cluster/status.
+type statusMembers struct {
+	Members []struct{ Route, Address, State, Replication, HTTP string }
+}
+
+// getStatus reads the members in the node's GET /cluster/status.
+func getStatus(t *testing.T, addr string) statusMembers {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/cluster/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var st statusMembers
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Fatal(err)
+	}
+	return st
 }
 
 // brokenListener is a listener whose Accept fails for good, as one does
