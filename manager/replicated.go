@@ -135,6 +135,15 @@ type deltaCounters struct {
 	sent, recv                                          [numKinds]atomic.Int64 // messages by kind
 }
 
+// noteLife records how long a destroyed session lived.
+func (c *deltaCounters) noteLife(d time.Duration) {
+	alive := int64(d)
+	c.aliveSum.Add(alive)
+	c.aliveCount.Add(1)
+	for cur := c.aliveMax.Load(); alive > cur && !c.aliveMax.CompareAndSwap(cur, alive); cur = c.aliveMax.Load() {
+	}
+}
+
 // noteActive records a new high of sessions held.
 func (c *deltaCounters) noteActive(n int) {
 	for {
@@ -691,11 +700,7 @@ func (m *replicated) expire(s *Session) {
 }
 
 func (m *replicated) destroyed(s *Session, why Reason, local bool) {
-	alive := int64(m.h.now().Sub(s.Created()))
-	m.stats.aliveSum.Add(alive)
-	m.stats.aliveCount.Add(1)
-	for cur := m.stats.aliveMax.Load(); alive > cur && !m.stats.aliveMax.CompareAndSwap(cur, alive); cur = m.stats.aliveMax.Load() {
-	}
+	m.stats.noteLife(m.h.now().Sub(s.Created()))
 	if !local && !m.h.notifyReplicated {
 		return
 	}

@@ -86,11 +86,7 @@ func (m *Standard) sweep() {
 }
 
 func (m *Standard) destroyed(s *Session, why Reason) {
-	alive := int64(m.h.now().Sub(s.Created()))
-	m.stats.aliveSum.Add(alive)
-	m.stats.aliveCount.Add(1)
-	for cur := m.stats.aliveMax.Load(); alive > cur && !m.stats.aliveMax.CompareAndSwap(cur, alive); cur = m.stats.aliveMax.Load() {
-	}
+	m.stats.noteLife(m.h.now().Sub(s.Created()))
 	m.h.fire(func(l Listener) {
 		if l.Destroyed != nil {
 			l.Destroyed(s, why)
