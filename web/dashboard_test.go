@@ -1,6 +1,7 @@
 package web_test
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -12,6 +13,9 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/cohort-cluster/cohort/internal/leaktest"
+	"github.com/cohort-cluster/cohort/internal/testcluster"
+	"github.com/cohort-cluster/cohort/manager"
+	"github.com/cohort-cluster/cohort/membership"
 	"github.com/cohort-cluster/cohort/web"
 )
 
@@ -21,11 +25,27 @@ import (
 func TestDashboardShowsTheJoiningTransfer(t *testing.T) {
 	leaktest.Check(t)
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	nodes := twoNodes(t, quiet)
-	if st := nodes[1].Stats(); st.Transfers != 1 {
+	// n1 ready first, so that n2 fetches the sessions from it.
+	n1 := testcluster.Start(t, nil, quiet, nil, "n1")[0]
+	cfg := manager.DefaultClusterConfig()
+	cfg.Membership = membership.DefaultLocalConfig()
+	cfg.Membership.Route, cfg.Membership.Logger = "n2", quiet
+	cfg.Membership.Join = []string{n1.Membership().Addr().String()}
+	cfg.Replication.Addr = "127.0.0.1:0"
+	n2, err := manager.StartCluster(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n2.Close(context.Background())
+	for deadline := time.Now().Add(20 * time.Second); !n2.Ready(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("n2 not ready after 20s")
+		}
+	}
+	if st := n2.Stats(); st.Transfers != 1 {
 		t.Fatalf("n2 made %d state transfers, want 1", st.Transfers)
 	}
-	dash := web.NewDashboard(nodes[1], nil, quiet)
+	dash := web.NewDashboard(n2, nil, quiet)
 	defer dash.Close()
 	srv := httptest.NewServer(dash)
 	defer srv.Close()
