@@ -109,22 +109,36 @@ func (w *discard) WriteHeader(int)             {}
 func BenchmarkMiddlewareDirect(b *testing.B) {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	withSessions := sessionsHandler(b, benchStandard(b, b.Cleanup, quiet), "node1", quiet)
+	benchDirect(b, "/write", withSessions, false, directCase{"standard/write", withSessions})
+}
+
+// directCase is a handler that benchDirect runs.
+type directCase struct {
+	name string
+	h    http.Handler
+}
+
+// benchDirect calls each case's handler directly on a request to path
+// carrying the cookie that create sets, after a bare handler
+// (no-session) whose ns/op the cases' x-no-session divides by. With
+// fresh, each call gets a copy of the request: gorilla's registry changes
+// the request it is given in place.
+func benchDirect(b *testing.B, path string, create http.Handler, fresh bool, cases ...directCase) {
 	first := &discard{h: http.Header{}}
-	withSessions.ServeHTTP(first, httptest.NewRequest(http.MethodGet, "/write", nil))
-	req := httptest.NewRequest(http.MethodGet, "/write", nil)
+	create.ServeHTTP(first, httptest.NewRequest(http.MethodGet, path, nil))
+	req := httptest.NewRequest(http.MethodGet, path, nil)
 	req.AddCookie((&http.Response{Header: first.h}).Cookies()[0])
+	bare := directCase{"no-session", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write(benchBody) })}
 	var bareNs float64
-	for _, c := range []struct {
-		name string
-		h    http.Handler
-	}{
-		{"no-session", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write(benchBody) })},
-		{"standard/write", withSessions},
-	} {
+	for _, c := range append([]directCase{bare}, cases...) {
 		b.Run(c.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				c.h.ServeHTTP(&discard{h: http.Header{}}, req)
+				r := req
+				if fresh {
+					r = req.Clone(req.Context())
+				}
+				c.h.ServeHTTP(&discard{h: http.Header{}}, r)
 			}
 			ns := float64(b.Elapsed().Nanoseconds()) / float64(b.N)
 			if c.name == "no-session" {
@@ -165,34 +179,8 @@ func BenchmarkStoreDirect(b *testing.B) {
 			_, _ = w.Write(benchBody)
 		})
 	}
-	first := &discard{h: http.Header{}}
-	handler(true).ServeHTTP(first, httptest.NewRequest(http.MethodGet, "/", nil))
-	req := httptest.NewRequest(http.MethodGet, "/", nil)
-	req.AddCookie((&http.Response{Header: first.h}).Cookies()[0])
-	var bareNs float64
-	for _, c := range []struct {
-		name string
-		h    http.Handler
-	}{
-		{"no-session", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write(benchBody) })},
-		{"standard/read", handler(false)},
-		{"standard/write", handler(true)},
-	} {
-		b.Run(c.name, func(b *testing.B) {
-			b.ReportAllocs()
-			for b.Loop() {
-				// A request of its own each time: gorilla's registry
-				// caches the session per request.
-				c.h.ServeHTTP(&discard{h: http.Header{}}, req.Clone(req.Context()))
-			}
-			ns := float64(b.Elapsed().Nanoseconds()) / float64(b.N)
-			if c.name == "no-session" {
-				bareNs = ns
-			} else if bareNs > 0 {
-				b.ReportMetric(ns/bareNs, "x-no-session")
-			}
-		})
-	}
+	benchDirect(b, "/", handler(true), true,
+		directCase{"standard/read", handler(false)}, directCase{"standard/write", handler(true)})
 }
 
 // sessionHandler reads the session attribute count on /read and
