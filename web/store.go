@@ -186,20 +186,27 @@ func (st *Store) New(r *http.Request, name string) (*sessions.Session, error) {
 	for k, v := range read {
 		gs.Values[k] = v
 	}
-	// What Save compares the Values with: the same values where the
-	// handler cannot change them in place, copies of their own where it
-	// can.
+	// What Save compares the Values with.
 	for k, v := range read {
-		if !immutable(reflect.TypeOf(v)) {
-			if c, ok := s.GetCopy(k); ok {
-				read[k] = c
-			} else {
-				delete(read, k)
-			}
-		}
+		keepRead(read, s, k, v)
 	}
 	remember(r, gs, s.ID(), read)
 	return gs, nil
+}
+
+// keepRead records in read what Save is to compare the value v of name
+// with: v itself when a handler cannot change it in place, else a copy of
+// the session's own.
+func keepRead(read map[string]any, s *manager.Session, name string, v any) {
+	if !immutable(reflect.TypeOf(v)) {
+		c, ok := s.GetCopy(name)
+		if !ok {
+			delete(read, name)
+			return
+		}
+		v = c
+	}
+	read[name] = v
 }
 
 // immutables caches immutable's answers by type.
@@ -509,9 +516,9 @@ func (st *Store) Save(r *http.Request, w http.ResponseWriter, gs *sessions.Sessi
 	// cart in another tab) stays as that request left it. Without such a
 	// reading the Values are the whole session.
 	var remove []string
-	read := readOf(r, gs, s)
-	if created {
-		read = nil
+	var read map[string]any
+	if !created {
+		read = readOf(r, gs, s)
 	}
 	if read != nil {
 		for name, old := range read {
@@ -543,7 +550,7 @@ func (st *Store) Save(r *http.Request, w http.ResponseWriter, gs *sessions.Sessi
 		return err
 	}
 	// What a later Save of gs compares with: what was read, as changed
-	// now, the values the handler may still change in place copied.
+	// now.
 	stored := read
 	if stored == nil {
 		stored = make(map[string]any, len(set))
@@ -552,15 +559,7 @@ func (st *Store) Save(r *http.Request, w http.ResponseWriter, gs *sessions.Sessi
 		delete(stored, name)
 	}
 	for name, v := range set {
-		if !immutable(reflect.TypeOf(v)) {
-			c, ok := s.GetCopy(name)
-			if !ok {
-				delete(stored, name)
-				continue
-			}
-			v = c
-		}
-		stored[name] = v
+		keepRead(stored, s, name, v)
 	}
 	remember(r, gs, s.ID(), stored)
 	if !renewed && !responseStarted(r) {
