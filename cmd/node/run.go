@@ -545,6 +545,20 @@ func newJoinStatus(ms membership.Stats) joinStatus {
 func newMux(cfg *config, cluster *manager.Cluster, sessions *web.Sessions, dash *web.Dashboard, hub *web.Hub) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("GET /counter", sessions.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if r.Method == http.MethodHead {
+			// A HEAD (a monitor's probe) changes nothing: it neither
+			// counts nor makes a session, and answers with the headers
+			// the next GET would get.
+			var n int64
+			id := ""
+			if s := web.Existing(r); s != nil {
+				n, _ = s.GetInt("count")
+				id = s.ID()
+			}
+			fmt.Fprintf(w, "count=%d node=%s id=%s\n", n+1, cfg.Route, id)
+			return
+		}
 		s, err := web.Get(r)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusServiceUnavailable)
@@ -555,7 +569,6 @@ func newMux(cfg *config, cluster *manager.Cluster, sessions *web.Sessions, dash 
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
 		}
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintf(w, "count=%d node=%s id=%s\n", n+1, cfg.Route, s.ID())
 	})))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {

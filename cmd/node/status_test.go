@@ -21,24 +21,10 @@ import (
 // answer: it becomes ready alone, and GET /cluster/status says why, with
 // the failed joins, the last error and the seed's state.
 func TestStatusReportsJoinErrors(t *testing.T) {
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	dead := refusingAddr(t)
-	cluster := testcluster.Start(t, nil, quiet, func(c *manager.ClusterConfig) {
+	srv, _ := startMux(t, func(c *manager.ClusterConfig) {
 		c.Membership.Join = []string{dead}
-	}, "a")[0]
-	sessions, err := web.New(cluster.Manager(), web.DefaultConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	hub, err := web.NewHub(cluster, web.DefaultHubConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hub.Close()
-	dash := web.NewDashboard(cluster, sessions, quiet)
-	defer dash.Close()
-	srv := httptest.NewServer(newMux(&config{Route: "a", Manager: "delta"}, cluster, sessions, dash, hub))
-	defer srv.Close()
+	})
 
 	resp, err := http.Get(srv.URL + "/cluster/status")
 	if err != nil {
@@ -70,6 +56,73 @@ func TestStatusReportsJoinErrors(t *testing.T) {
 	if len(j.Seeds) != 1 || j.Seeds[0].Seed != dead || j.Seeds[0].Failures == 0 ||
 		!strings.Contains(j.Seeds[0].LastError, "connection refused") || j.Seeds[0].LastOK != nil {
 		t.Errorf("status: seeds %+v, want %s failing, never answered", j.Seeds, dead)
+	}
+}
+
+// startMux serves the node's endpoints for a one-node Delta cluster of
+// route "a", configured by tune, and returns the server and the cluster.
+func startMux(t *testing.T, tune func(*manager.ClusterConfig)) (*httptest.Server, *manager.Cluster) {
+	t.Helper()
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	cluster := testcluster.Start(t, nil, quiet, tune, "a")[0]
+	sessions, err := web.New(cluster.Manager(), web.DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	hub, err := web.NewHub(cluster, web.DefaultHubConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = hub.Close() })
+	dash := web.NewDashboard(cluster, sessions, quiet)
+	t.Cleanup(dash.Close)
+	srv := httptest.NewServer(newMux(&config{Route: "a", Manager: "delta"}, cluster, sessions, dash, hub))
+	t.Cleanup(srv.Close)
+	return srv, cluster
+}
+
+// TestCounterHeadChangesNothing sends HEAD /counter, as a monitor's probe
+// does: without a cookie it makes no session, with one it does not count,
+// and the next GET goes on from where the last GET left.
+func TestCounterHeadChangesNothing(t *testing.T) {
+	srv, cluster := startMux(t, nil)
+	do := func(method, cookie string) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest(method, srv.URL+"/counter", nil)
+		if cookie != "" {
+			req.Header.Set("Cookie", "JSESSIONID="+cookie)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s /counter: %s", method, resp.Status)
+		}
+		return resp
+	}
+	resp := do(http.MethodHead, "")
+	if n := cluster.Manager().Count(); n != 0 || len(resp.Cookies()) != 0 {
+		t.Fatalf("HEAD without a cookie: %d sessions, cookies %v; want none", n, resp.Cookies())
+	}
+	var id string
+	for _, c := range do(http.MethodGet, "").Cookies() {
+		id = c.Value
+	}
+	do(http.MethodHead, id)
+	do(http.MethodHead, id)
+	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/counter", nil)
+	req.Header.Set("Cookie", "JSESSIONID="+id)
+	got, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(got.Body)
+	_ = got.Body.Close()
+	if want := fmt.Sprintf("count=2 node=a id=%s\n", id); string(body) != want {
+		t.Errorf("GET after two HEADs: %q, want %q", body, want)
 	}
 }
 
