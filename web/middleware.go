@@ -563,7 +563,7 @@ func Commit(r *http.Request) http.Header {
 }
 
 // Invalidate destroys the request's session on every node and deletes its
-// cookie. When the session could not be destroyed (its holders did not
+// cookie; a cookie naming no session is deleted too. When the session could not be destroyed (its holders did not
 // answer, with the Backup manager, or this node is still fetching its
 // sessions), it returns the error and the session and its cookie stay. An invalidation that some peer did not confirm is
 // done, as a commit is: counted and logged, not returned.
@@ -572,6 +572,10 @@ func Invalidate(r *http.Request) error {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if st.s == nil {
+		// No session to destroy (the cookie names one that expired or
+		// was destroyed elsewhere): the stale cookie goes all the same,
+		// as a logout promises.
+		st.cleared = true
 		return nil
 	}
 	if err := st.ss.invalidate(st.ctx, st.s.ID()); err != nil {

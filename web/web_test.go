@@ -282,6 +282,35 @@ func TestRenewIDAndInvalidate(t *testing.T) {
 	}
 }
 
+// TestInvalidateStaleCookie logs out with a cookie that names no session
+// (it expired, or another node destroyed it): the cookie is deleted, so
+// the browser stops sending it.
+func TestInvalidateStaleCookie(t *testing.T) {
+	m := standard(t, "node1", "")
+	ss := middleware(t, m, "node1", nil)
+	var got error
+	h := ss.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got = web.Invalidate(r)
+	}))
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequest("GET", "/logout", nil)
+	req.AddCookie(&http.Cookie{Name: "JSESSIONID", Value: "gone0000000000000000000000000000.node1"})
+	h.ServeHTTP(rec, req)
+	cs := rec.Result().Cookies()
+	if got != nil || len(cs) != 1 || cs[0].Name != "JSESSIONID" || cs[0].MaxAge >= 0 {
+		t.Errorf("Invalidate = %v, cookies %v; want nil and a deletion", got, cs)
+	}
+	if m.Count() != 0 {
+		t.Errorf("%d sessions after logout", m.Count())
+	}
+	// Without a cookie there is nothing to delete.
+	rec = httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/logout", nil))
+	if cs := rec.Result().Cookies(); got != nil || len(cs) != 0 {
+		t.Errorf("without a cookie: Invalidate = %v, cookies %v; want nil and none", got, cs)
+	}
+}
+
 // An invalidation that some peer did not confirm is done: the cookie is
 // deleted, Invalidate returns nil and the failure is counted. One that
 // could not destroy the session returns the error and keeps the session
