@@ -298,6 +298,40 @@ func TestFlushReachesWrappedWriters(t *testing.T) {
 	}
 }
 
+// pusher is an HTTP/2 writer that records its pushes.
+type pusher struct {
+	http.ResponseWriter
+	pushed []string
+}
+
+func (p *pusher) Push(target string, _ *http.PushOptions) error {
+	p.pushed = append(p.pushed, target)
+	return nil
+}
+
+// A handler behind the middleware can push (HTTP/2 server push) when the
+// writer below can, and learns that it cannot otherwise.
+func TestPushReachesTheServersWriter(t *testing.T) {
+	ss := middleware(t, standard(t, "node1", ""), "node1", nil)
+	var pushErr error
+	h := ss.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p, ok := w.(http.Pusher)
+		if !ok {
+			t.Fatal("the middleware's writer is not an http.Pusher")
+		}
+		pushErr = p.Push("/app.css", nil)
+	}))
+	p := &pusher{ResponseWriter: httptest.NewRecorder()}
+	h.ServeHTTP(p, httptest.NewRequest("GET", "/page", nil))
+	if pushErr != nil || len(p.pushed) != 1 || p.pushed[0] != "/app.css" {
+		t.Errorf("Push = %v, pushed %v; want nil, [/app.css]", pushErr, p.pushed)
+	}
+	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/page", nil))
+	if !errors.Is(pushErr, http.ErrNotSupported) {
+		t.Errorf("Push through a writer that cannot push = %v, want ErrNotSupported", pushErr)
+	}
+}
+
 // Of several session cookies (a stale or empty one of a parent domain
 // sent first), the first that names a session is the request's, as in
 // Tomcat.
