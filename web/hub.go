@@ -59,7 +59,9 @@ type HubConfig struct {
 	// SendBuffer is how many messages may wait for one socket. A socket
 	// whose buffer is full is a slow consumer: it is closed with 1013
 	// (try again later) and the message dropped for it, so it never holds
-	// back delivery to others. Default 256.
+	// back delivery to others; the write to it under way, if any, is cut
+	// at once, and so is any it would start before its close frame, which
+	// gets at most a second. Default 256.
 	SendBuffer int
 	// MaxMessageSize bounds a message from a client in bytes; a larger one
 	// closes the socket with 1009. It also bounds the body of PushHandler
@@ -224,6 +226,12 @@ type Hub struct {
 	wg        sync.WaitGroup // the run goroutine and every socket's two goroutines
 
 	stats hubCounters
+
+	// writeHook, nil outside tests, is called by each socket's writer
+	// just before it checks, ahead of a write (a ping when ping), whether
+	// the socket is closing (checked false), and just after, when it is
+	// not (checked true). It is set under mu before any socket connects.
+	writeHook func(c *Conn, ping, checked bool)
 }
 
 type presenceNote struct {
@@ -372,11 +380,20 @@ func sameOrigin(r *http.Request) bool {
 }
 
 // hijacker lets the upgrader hijack through wrapping response writers
-// that expose Unwrap but not Hijack.
-type hijacker struct{ http.ResponseWriter }
+// that expose Unwrap but not Hijack. It hands the upgrader the connection
+// as an abortableConn, and keeps it for the socket.
+type hijacker struct {
+	http.ResponseWriter
+	conn *abortableConn
+}
 
-func (w hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	return http.NewResponseController(w.ResponseWriter).Hijack()
+func (w *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	nc, rw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	w.conn = &abortableConn{Conn: nc}
+	return w.conn, rw, nil
 }
 
 // Handler returns the WebSocket endpoint. It must run behind
@@ -418,11 +435,12 @@ func (h *Hub) Handler(userOf func(r *http.Request) string) http.Handler {
 		}
 		// Commit now: the handshake response is the only one this
 		// request gets, so it carries the session cookie.
-		ws, err := h.upgrader.Upgrade(hijacker{w}, r, Commit(r))
+		hj := &hijacker{ResponseWriter: w}
+		ws, err := h.upgrader.Upgrade(hj, r, Commit(r))
 		if err != nil {
 			return // the upgrader answered
 		}
-		c := newConn(h, ws, user, s)
+		c := newConn(h, ws, hj.conn, user, s)
 		if !h.register(c) {
 			_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(CloseGoingAway, "server shutting down"), time.Now().Add(time.Second))
 			_ = ws.Close()

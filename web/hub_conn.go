@@ -23,6 +23,7 @@ import (
 type Conn struct {
 	h      *Hub
 	ws     *websocket.Conn
+	nc     *abortableConn // ws's connection
 	id     string
 	user   string
 	remote net.Addr
@@ -47,10 +48,10 @@ type Conn struct {
 	topics map[string]struct{} // guarded by h.mu
 }
 
-func newConn(h *Hub, ws *websocket.Conn, user string, s *manager.Session) *Conn {
+func newConn(h *Hub, ws *websocket.Conn, nc *abortableConn, user string, s *manager.Session) *Conn {
 	now := time.Now()
 	c := &Conn{
-		h: h, ws: ws, user: user, session: s, remote: ws.RemoteAddr(), opened: now,
+		h: h, ws: ws, nc: nc, user: user, session: s, remote: ws.RemoteAddr(), opened: now,
 		id:        h.route + "-" + strconv.FormatUint(h.connSeq.Add(1), 10),
 		send:      make(chan []byte, h.cfg.SendBuffer),
 		closing:   make(chan struct{}),
@@ -139,8 +140,9 @@ func (c *Conn) enqueue(msg []byte) error {
 
 // closeWith starts closing the socket: it records why, stops deliveries
 // to it and tells the writer to send the close frame. abort also cuts a
-// write in progress, for a client that stopped reading. It reports whether
-// this call decided the close.
+// write in progress, for a client that stopped reading, and any write the
+// writer starts before it takes its close path (see abortableConn). It
+// reports whether this call decided the close.
 func (c *Conn) closeWith(code int, reason string, abort bool) bool {
 	decided := false
 	c.closeOnce.Do(func() {
@@ -153,9 +155,9 @@ func (c *Conn) closeWith(code int, reason string, abort bool) bool {
 			reason = reason[:cut]
 		}
 		c.closeCode, c.closeReason = code, reason
-		close(c.closing)
+		close(c.closing) // before the abort: the writer relies on it
 		if abort {
-			_ = c.ws.NetConn().SetWriteDeadline(time.Now())
+			c.nc.abort()
 		}
 		c.h.unregister(c)
 	})
@@ -314,6 +316,10 @@ func (c *Conn) writeLoop() {
 		select {
 		case msg := <-c.send:
 			_ = c.ws.SetWriteDeadline(time.Now().Add(cfg.WriteWait))
+			if c.closedBeforeWrite(false) {
+				c.finishClose()
+				return
+			}
 			if err := c.ws.WriteMessage(websocket.TextMessage, msg); err != nil {
 				c.closeWith(CloseAbnormal, "write failed", true)
 				return
@@ -325,6 +331,10 @@ func (c *Conn) writeLoop() {
 					c.h.stats.sessionClosed.Add(1)
 				}
 				continue
+			}
+			if c.closedBeforeWrite(true) {
+				c.finishClose()
+				return
 			}
 			if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(cfg.WriteWait)); err != nil {
 				c.closeWith(CloseAbnormal, "ping failed", true)
@@ -346,11 +356,40 @@ func (c *Conn) writeLoop() {
 	}
 }
 
+// closedBeforeWrite reports whether the socket started closing, checked
+// by the writer just before each write (a ping when ping), after it set
+// the write's deadline: the writer then takes its close path instead.
+//
+// With abortableConn, that covers every interleaving with an abort:
+// closeWith closes c.closing before it aborts the connection, so an abort
+// that this check does not see comes after it, and makes the write fail
+// at once, although gorilla applies the write's own deadline to the
+// connection as the write starts (abortableConn keeps the abort's). An
+// abort that it sees sends the writer to the close frame, under
+// closeWait, without the write.
+func (c *Conn) closedBeforeWrite(ping bool) bool {
+	hook := c.h.writeHook
+	if hook != nil {
+		hook(c, ping, false)
+	}
+	select {
+	case <-c.closing:
+		return true
+	default:
+	}
+	if hook != nil {
+		hook(c, ping, true)
+	}
+	return false
+}
+
 // finishClose sends the close frame, unless the code may not be sent
 // (1005, 1006) or the connection broke, then waits up to closeWait for the
 // client's close frame, which ends the reader.
 func (c *Conn) finishClose() {
 	if c.closeCode != CloseAbnormal && c.closeCode != websocket.CloseNoStatusReceived {
+		// After an abort too: the close frame has its own deadline.
+		c.nc.release()
 		msg := websocket.FormatCloseMessage(c.closeCode, c.closeReason)
 		_ = c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(closeWait))
 	}
@@ -360,4 +399,58 @@ func (c *Conn) finishClose() {
 	case <-c.readDone:
 	case <-t.C:
 	}
+}
+
+// abortableConn is a socket's network connection, on which an abort
+// sticks. gorilla's Conn applies its write deadline to the connection as
+// each write starts, for data and control frames alike (pongs the reader
+// answers included): a deadline in the past that closeWith set to cut a
+// write would be replaced by the next write's own, and a client that
+// stopped reading could hold that write for the whole WriteWait. Once
+// aborted, every write deadline set is in the past, until the writer
+// releases it to send the close frame.
+type abortableConn struct {
+	net.Conn
+	mu      sync.Mutex
+	aborted bool
+}
+
+// abortedDeadline is the write deadline of an aborted connection.
+var abortedDeadline = time.Unix(1, 0)
+
+func (a *abortableConn) SetWriteDeadline(t time.Time) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.aborted {
+		t = abortedDeadline
+	}
+	return a.Conn.SetWriteDeadline(t)
+}
+
+func (a *abortableConn) SetDeadline(t time.Time) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.aborted {
+		return a.Conn.SetDeadline(t)
+	}
+	if err := a.Conn.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return a.Conn.SetWriteDeadline(abortedDeadline)
+}
+
+// abort makes the write in progress, if any, and every later one fail at
+// once.
+func (a *abortableConn) abort() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.aborted = true
+	_ = a.Conn.SetWriteDeadline(abortedDeadline)
+}
+
+// release lets writes through again, each under the deadline it sets.
+func (a *abortableConn) release() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.aborted = false
 }

@@ -559,6 +559,61 @@ func TestHubSlowConsumerIsCutOff(t *testing.T) {
 	}
 }
 
+// An abort (a slow consumer's) that comes while the writer is about to
+// write is not undone by the deadline of that write: a writer that sees it
+// sends the close frame instead (1013), and the write of one that does not
+// fails at once, however long WriteWait. Either way, nothing is written
+// after the abort.
+func TestHubAbortBeforeAWrite(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		ping, checked bool
+		want          int // the client's close code
+	}{
+		{"message, before the writer checks", false, false, websocket.CloseTryAgainLater},
+		{"message, after the writer checked", false, true, websocket.CloseAbnormalClosure},
+		{"ping, before the writer checks", true, false, websocket.CloseTryAgainLater},
+		{"ping, after the writer checked", true, true, websocket.CloseAbnormalClosure},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			leaktest.Check(t)
+			nodes := startHubCluster(t, func(_ string, c *web.HubConfig) {
+				if tc.ping {
+					c.PingPeriod = 10 * time.Millisecond
+				}
+			}, "a")
+			a := nodes["a"]
+			web.AbortBeforeWrite(a.hub, tc.ping, tc.checked)
+			ws, _, err := websocket.DefaultDialer.Dial(a.wsURL("u"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = ws.Close() })
+			pinged := false // read by the reader's ping handler, on this goroutine
+			ws.SetPingHandler(func(string) error { pinged = true; return nil })
+			if !tc.ping {
+				waitFor(t, "the socket registered", func() bool { return a.conn("u") != nil })
+				if err := a.conn("u").Send([]byte("after the abort")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second)) // a hang guard
+			_, msg, err := ws.ReadMessage()
+			if err == nil {
+				t.Fatalf("the client received %q, written after the abort", msg)
+			}
+			if pinged {
+				t.Fatal("the client received a ping written after the abort")
+			}
+			var ce *websocket.CloseError
+			if !errors.As(err, &ce) || ce.Code != tc.want {
+				t.Fatalf("the client's read ended with %v, want close code %d", err, tc.want)
+			}
+			waitFor(t, "OnDisconnect", func() bool { return a.disconnected("u") == websocket.CloseTryAgainLater })
+		})
+	}
+}
+
 func TestHubIdleTimeout(t *testing.T) {
 	leaktest.Check(t)
 	nodes := startHubCluster(t, func(_ string, c *web.HubConfig) {
