@@ -112,8 +112,10 @@
 // no message either way), 1001 hub closing, 1008 session destroyed or
 // CloseUser, 1009 client message over HubConfig.MaxMessageSize, 1013 slow
 // consumer: a socket whose send buffer (HubConfig.SendBuffer) is full is
-// cut off and never delays delivery to the others. The handshake checks
-// the Origin (same origin by default, HubConfig.CheckOrigin).
+// cut off and never delays delivery to the others. A handshake is
+// checked as gorilla/websocket's Upgrader checks it (method, version, key,
+// and Origin: same origin by default, HubConfig.CheckOrigin) before its
+// session is made: a refused handshake creates none.
 //
 // # Concurrency
 //

@@ -396,12 +396,60 @@ func (w *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return w.conn, rw, nil
 }
 
+// refusal returns the status and error with which the upgrader would
+// refuse the handshake r, or 0 and nil when r passes all its checks. It
+// runs the upgrader on a response writer that fails to hijack: the
+// upgrader makes every check that it answers with an HTTP error before it
+// hijacks the connection (it could not answer after), so these are its
+// own checks, made as Upgrade makes them, and it stops at the hijack.
+func (h *Hub) refusal(r *http.Request) (int, error) {
+	dry := h.upgrader
+	var status int
+	var reason error
+	dry.Error = func(_ http.ResponseWriter, _ *http.Request, s int, err error) { status, reason = s, err }
+	var w dryRun
+	if _, err := dry.Upgrade(&w, r, nil); err == nil || w.hijacked {
+		return 0, nil
+	}
+	return status, reason
+}
+
+// dryRun is the response writer of refusal: it records that the upgrader
+// reached the hijack, and fails it.
+type dryRun struct {
+	hijacked bool
+	header   http.Header
+}
+
+func (w *dryRun) Header() http.Header {
+	if w.header == nil {
+		w.header = http.Header{}
+	}
+	return w.header
+}
+
+func (*dryRun) Write(b []byte) (int, error) { return len(b), nil }
+
+func (*dryRun) WriteHeader(int) {}
+
+func (w *dryRun) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	w.hijacked = true
+	return nil, nil, errDryRun
+}
+
+var errDryRun = errors.New("web: handshake checked, not upgraded")
+
 // Handler returns the WebSocket endpoint. It must run behind
 // Sessions.Middleware: the socket is bound to the request's HTTP session,
 // created if the request has none (its cookie is then set on the
 // handshake response). userOf names the socket's user; a request for which
-// it returns "" is refused with 401. The handler returns when the socket
-// closes: it is the socket's reader.
+// it returns "" is refused with 401. A handshake that gorilla/websocket's
+// Upgrader would refuse (not a GET, a Sec-WebSocket-Version without 13, a
+// Sec-WebSocket-Key that is not 16 bytes in base64, a refused Origin) is
+// refused as the Upgrader refuses it, before the session is made: it
+// creates none. One that fails later (the connection cannot be hijacked,
+// or breaks) destroys the session it created, if it did. The handler
+// returns when the socket closes: it is the socket's reader.
 func (h *Hub) Handler(userOf func(r *http.Request) string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		st, _ := r.Context().Value(ctxKey{}).(*state)
@@ -419,15 +467,18 @@ func (h *Hub) Handler(userOf func(r *http.Request) string) http.Handler {
 			http.Error(w, "websocket upgrade required", http.StatusBadRequest)
 			return
 		}
-		// Checked before the session is made, then again by the upgrader.
-		if !h.upgrader.CheckOrigin(r) {
-			http.Error(w, "websocket: origin not allowed", http.StatusForbidden)
+		// The upgrader's checks (method, version, origin, key), made
+		// before the session is: a handshake the upgrader refuses must
+		// not create one. It makes them again.
+		if status, reason := h.refusal(r); status != 0 {
+			h.upgrader.Error(w, r, status, reason)
 			return
 		}
 		if h.isClosed() {
 			http.Error(w, ErrHubClosed.Error(), http.StatusServiceUnavailable)
 			return
 		}
+		had := Existing(r)
 		s, err := Get(r)
 		if err != nil {
 			http.Error(w, "session unavailable", http.StatusServiceUnavailable)
@@ -438,7 +489,15 @@ func (h *Hub) Handler(userOf func(r *http.Request) string) http.Handler {
 		hj := &hijacker{ResponseWriter: w}
 		ws, err := h.upgrader.Upgrade(hj, r, Commit(r))
 		if err != nil {
-			return // the upgrader answered
+			// The upgrader answered, or the connection is gone. A session
+			// made by this request is of no use to anyone: no response
+			// carried its cookie.
+			if s != had {
+				if err := Invalidate(r); err != nil {
+					h.log.Warn("session of a failed websocket handshake not destroyed", "session", manager.RedactID(s.ID()), "err", err)
+				}
+			}
+			return
 		}
 		c := newConn(h, ws, hj.conn, user, s)
 		if !h.register(c) {

@@ -735,6 +735,131 @@ func TestHubSessionKeptAliveAndHandshakeChecks(t *testing.T) {
 	}
 }
 
+// unhijackable hides the connection of the response writer it wraps: an
+// upgrade through it fails after every check of the request passed.
+type unhijackable struct{ http.ResponseWriter }
+
+// A handshake that the upgrader refuses makes no session: the hub makes the
+// upgrader's checks first, and answers as the upgrader does. One that
+// fails later destroys the session it made, but not one it arrived with.
+func TestHubRefusedHandshakeMakesNoSession(t *testing.T) {
+	leaktest.Check(t)
+	nodes := startHubCluster(t, nil, "a")
+	a := nodes["a"]
+	mgr := a.cluster.Manager()
+	var created, destroyed atomic.Int64
+	mgr.AddListener(manager.Listener{
+		Created:   func(*manager.Session) { created.Add(1) },
+		Destroyed: func(*manager.Session, manager.Reason) { destroyed.Add(1) },
+	})
+	// gorilla's Upgrader, answering as the hub's does, for comparison.
+	bare := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u := websocket.Upgrader{Error: func(w http.ResponseWriter, _ *http.Request, status int, reason error) {
+			http.Error(w, reason.Error(), status)
+		}}
+		if ws, err := u.Upgrade(w, r, nil); err == nil {
+			_ = ws.Close()
+		}
+	}))
+	t.Cleanup(bare.Close)
+	tr := &http.Transport{DisableKeepAlives: true}
+	t.Cleanup(tr.CloseIdleConnections)
+	handshake := func(url string, edit func(r *http.Request)) (int, string) {
+		t.Helper()
+		r, err := http.NewRequest(http.MethodGet, url, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Header.Set("Connection", "Upgrade")
+		r.Header.Set("Upgrade", "websocket")
+		r.Header.Set("Sec-WebSocket-Version", "13")
+		r.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+		if edit != nil {
+			edit(r)
+		}
+		resp, err := tr.RoundTrip(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode, string(body)
+	}
+	for _, tc := range []struct {
+		name string
+		edit func(r *http.Request)
+	}{
+		{"version 8", func(r *http.Request) { r.Header.Set("Sec-WebSocket-Version", "8") }},
+		{"no version", func(r *http.Request) { r.Header.Del("Sec-WebSocket-Version") }},
+		{"key of 15 bytes", func(r *http.Request) { r.Header.Set("Sec-WebSocket-Key", "AAAAAAAAAAAAAAAAAAAA") }},
+		{"key not base64", func(r *http.Request) { r.Header.Set("Sec-WebSocket-Key", "not a base64 key!") }},
+		{"no key", func(r *http.Request) { r.Header.Del("Sec-WebSocket-Key") }},
+		{"HEAD", func(r *http.Request) { r.Method = http.MethodHead }},
+		{"cross origin", func(r *http.Request) { r.Header.Set("Origin", "http://evil.example") }},
+	} {
+		status, body := handshake(a.srv.URL+"/ws?user=mallory", tc.edit)
+		wantStatus, wantBody := handshake(bare.URL, tc.edit)
+		if wantStatus < 400 {
+			t.Fatalf("%s: gorilla's Upgrader answered %d", tc.name, wantStatus)
+		}
+		if status != wantStatus || body != wantBody {
+			t.Errorf("%s: the hub answered %d %q, want gorilla's %d %q", tc.name, status, body, wantStatus, wantBody)
+		}
+		if n := created.Load(); n != 0 {
+			t.Fatalf("%s: %d sessions created", tc.name, n)
+		}
+	}
+	if n := mgr.Count(); n != 0 {
+		t.Fatalf("the manager holds %d sessions after refused handshakes, want 0", n)
+	}
+
+	// A handshake whose upgrade fails once the request passed the checks:
+	// here, the connection cannot be hijacked.
+	wc := web.DefaultConfig()
+	wc.Route = "a"
+	sessions, err := web.New(mgr, wc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	returned := make(chan struct{}, 1)
+	ws := a.hub.Handler(func(r *http.Request) string { return r.URL.Query().Get("user") })
+	broken := httptest.NewServer(sessions.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() { returned <- struct{}{} }()
+		ws.ServeHTTP(unhijackable{w}, r)
+	})))
+	t.Cleanup(broken.Close)
+	failed := func(edit func(r *http.Request)) {
+		t.Helper()
+		if status, _ := handshake(broken.URL+"/ws?user=mallory", edit); status != http.StatusInternalServerError {
+			t.Fatalf("an upgrade that cannot hijack answered %d, want 500", status)
+		}
+		select {
+		case <-returned:
+		case <-time.After(10 * time.Second): // a hang guard
+			t.Fatal("the handler did not return")
+		}
+	}
+	failed(nil)
+	if c, d, n := created.Load(), destroyed.Load(), mgr.Count(); c != 1 || d != 1 || n != 0 {
+		t.Fatalf("after a failed upgrade: %d sessions created, %d destroyed, %d held; want 1, 1, 0", c, d, n)
+	}
+	// With the session it arrived with, which stays.
+	erin := dial(t, a, "erin")
+	var sid string
+	for _, ck := range erin.resp.Cookies() {
+		if ck.Name == "JSESSIONID" {
+			sid = ck.Value
+		}
+	}
+	failed(func(r *http.Request) { r.AddCookie(&http.Cookie{Name: "JSESSIONID", Value: sid}) })
+	if _, err := mgr.Find(t.Context(), sid); err != nil || destroyed.Load() != 1 {
+		t.Fatalf("the session a failed upgrade arrived with: %v, %d destroyed; want it kept", err, destroyed.Load())
+	}
+}
+
 func TestHubConfigValidation(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
