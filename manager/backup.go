@@ -31,7 +31,7 @@ type Backup struct {
 	*replicated
 }
 
-var _ Manager = (*Backup)(nil)
+var _ Listenable = (*Backup)(nil)
 
 // BackupConfig adds the Backup manager's settings to DeltaConfig.
 type BackupConfig struct {

@@ -65,6 +65,20 @@ type Manager interface {
 	Close(ctx context.Context) error
 }
 
+// Listenable is a Manager whose listeners can be removed, for a listener
+// that lives less long than its manager (a WebSocket hub closed and made
+// again on one node). Every manager of this package is one; it is apart
+// from Manager so that other implementations of Manager need not be.
+type Listenable interface {
+	Manager
+	// Listen registers l, as AddListener does, and returns the function
+	// that removes it; calling it again does nothing. Once remove has
+	// returned, l hears of no later event, and the manager no longer
+	// holds it; an event whose callbacks were being called as it was
+	// removed may still reach it.
+	Listen(l Listener) (remove func())
+}
+
 // Config configures a manager. Start from DefaultConfig; New functions
 // copy it and never write to it.
 type Config struct {

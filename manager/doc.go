@@ -70,7 +70,8 @@
 //
 // Listeners ([Listener]) hear of sessions created and destroyed (expired
 // or invalidated), attributes added, replaced and removed, and id changes.
-// A listener that panics is logged and skipped.
+// A listener that panics is logged and skipped. One registered with
+// Listen ([Listenable]) can be removed.
 //
 // # Concurrency
 //

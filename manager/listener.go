@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"regexp"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -52,7 +53,7 @@ type host struct {
 	clock     func() time.Time
 	local     *regexp.Regexp // attribute names that are never replicated; nil: none
 	mu        sync.RWMutex   // guards listeners
-	listeners []Listener
+	listeners []*Listener    // copy on write: fire ranges over a snapshot
 	// attrListeners says whether a listener has an attribute callback:
 	// without one, a replica need not decode the values a change carries.
 	attrListeners atomic.Bool
@@ -81,7 +82,7 @@ func (h *host) fire(f func(Listener)) {
 	ls := h.listeners
 	h.mu.RUnlock()
 	for i, l := range ls {
-		h.call(i, l, f)
+		h.call(i, *l, f)
 	}
 }
 
@@ -94,11 +95,30 @@ func (h *host) call(i int, l Listener, f func(Listener)) {
 	f(l)
 }
 
-func (h *host) addListener(l Listener) {
+// addListener registers l and returns the function that removes it.
+func (h *host) addListener(l Listener) (remove func()) {
+	p := &l
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.listeners = append(h.listeners[:len(h.listeners):len(h.listeners)], l)
-	if l.AttributeAdded != nil || l.AttributeReplaced != nil || l.AttributeRemoved != nil {
+	h.listeners = append(h.listeners[:len(h.listeners):len(h.listeners)], p)
+	if l.hasAttr() {
 		h.attrListeners.Store(true)
 	}
+	var once sync.Once
+	return func() { once.Do(func() { h.removeListener(p) }) }
+}
+
+func (h *host) removeListener(p *Listener) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.listeners = slices.DeleteFunc(slices.Clone(h.listeners), func(q *Listener) bool { return q == p })
+	attr := false
+	for _, q := range h.listeners {
+		attr = attr || q.hasAttr()
+	}
+	h.attrListeners.Store(attr)
+}
+
+func (l *Listener) hasAttr() bool {
+	return l.AttributeAdded != nil || l.AttributeReplaced != nil || l.AttributeRemoved != nil
 }

@@ -230,7 +230,7 @@ type Stats struct {
 	ReceivedByKind   map[string]int64 // messages received, by kind
 }
 
-var _ Manager = (*Delta)(nil)
+var _ Listenable = (*Delta)(nil)
 
 // NewDelta returns a Delta manager that sends through t. It is not ready
 // until Sync has run. The caller delivers peers' messages to Receive and
@@ -840,6 +840,10 @@ func (m *replicated) Count() int { return m.st.count() }
 
 // AddListener registers session callbacks.
 func (m *replicated) AddListener(l Listener) { m.h.addListener(l) }
+
+// Listen registers session callbacks, as AddListener does, and returns
+// the function that removes them (see [Listenable]).
+func (m *replicated) Listen(l Listener) (remove func()) { return m.h.addListener(l) }
 
 // Close sends the pending access times, invalidates every session
 // cluster-wide if ExpireOnShutdown is set (Backup: hands its primaries

@@ -38,7 +38,7 @@ type Standard struct {
 	stats deltaCounters // the session counters only: nothing is replicated
 }
 
-var _ Manager = (*Standard)(nil)
+var _ Listenable = (*Standard)(nil)
 
 // NewStandard validates cfg, loads the sessions saved in cfg.File, if any,
 // and starts the expiry sweep. A file that cannot be read or decoded is
@@ -234,6 +234,10 @@ func (m *Standard) Stats() Stats {
 
 // AddListener registers session callbacks.
 func (m *Standard) AddListener(l Listener) { m.h.addListener(l) }
+
+// Listen registers session callbacks, as AddListener does, and returns
+// the function that removes them (see [Listenable]).
+func (m *Standard) Listen(l Listener) (remove func()) { return m.h.addListener(l) }
 
 // Close stops the sweep and, with Config.File set, saves every session. It
 // waits for the Create, Invalidate and ChangeID calls under way, and those

@@ -294,6 +294,55 @@ func TestPanickingListenerIsRecovered(t *testing.T) {
 	}
 }
 
+// A listener removed with the function Listen returned hears of no later
+// event, and the manager no longer holds it; the others still hear them.
+func TestRemovedListenerIsNotCalled(t *testing.T) {
+	leaktest.Check(t)
+	ctx := context.Background()
+	clock := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	m := newStandard(t, standardConfig(t, clock))
+	var removedHeard, keptHeard, added int
+	remove := m.Listen(Listener{
+		Created:        func(*Session) { removedHeard++ },
+		Destroyed:      func(*Session, Reason) { removedHeard++ },
+		AttributeAdded: func(*Session, string, any) { added++ },
+	})
+	m.AddListener(Listener{
+		Created:   func(*Session) { keptHeard++ },
+		Destroyed: func(*Session, Reason) { keptHeard++ },
+	})
+	s, err := m.Create(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if removedHeard != 1 || keptHeard != 1 || !m.h.attrListeners.Load() {
+		t.Fatalf("before the removal: heard %d and %d creations, attribute listeners %v; want 1, 1, true", removedHeard, keptHeard, m.h.attrListeners.Load())
+	}
+	remove()
+	remove() // does nothing
+	if n := len(m.h.listeners); n != 1 {
+		t.Fatalf("the manager holds %d listeners after one of two was removed", n)
+	}
+	if m.h.attrListeners.Load() {
+		t.Error("no attribute listener left, but the manager still decodes values for one")
+	}
+	_ = s.Set("n", 1)
+	if err := m.Invalidate(ctx, s.ID()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Create(ctx); err != nil {
+		t.Fatal(err)
+	}
+	clock.advance(time.Hour)
+	m.sweep()
+	if removedHeard != 1 || added != 0 {
+		t.Errorf("the removed listener heard %d events after its removal", removedHeard-1+added)
+	}
+	if keptHeard != 4 {
+		t.Errorf("the other listener heard %d events, want 4", keptHeard)
+	}
+}
+
 // Once Close has saved the sessions, a logout or a renewal (RenewID after
 // a login) can no longer be recorded in the file: it must fail, not
 // report success and be undone by the next start, which would bring back a
