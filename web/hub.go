@@ -197,6 +197,7 @@ type Hub struct {
 	ch       *replication.Channel // nil: this node only
 	node     *membership.Node
 	sub      *membership.Subscription
+	unlisten func() // removes the hub's listener from mgr
 	upgrader websocket.Upgrader
 
 	mu     sync.RWMutex
@@ -266,8 +267,8 @@ type HubStats struct {
 }
 
 // NewHub returns the hub of the node c, registers its handler on c's
-// replication channel (HubMsgType) and a listener on c's manager, and
-// starts following membership. With the Standard manager (no channel) the
+// replication channel (HubMsgType) and a listener on c's manager (Close
+// removes it), and starts following membership. With the Standard manager (no channel) the
 // hub serves this node's sockets only. Close it before closing c.
 func NewHub(c *manager.Cluster, cfg HubConfig) (*Hub, error) {
 	if err := cfg.validate(); err != nil {
@@ -311,7 +312,16 @@ func NewHub(c *manager.Cluster, cfg HubConfig) (*Hub, error) {
 	if h.upgrader.CheckOrigin == nil {
 		h.upgrader.CheckOrigin = sameOrigin
 	}
-	h.mgr.AddListener(manager.Listener{Destroyed: h.sessionDestroyed})
+	// Removed by Close: a manager that outlives its hubs must neither keep
+	// them nor call them. Every manager of package manager can remove
+	// it.
+	l := manager.Listener{Destroyed: h.sessionDestroyed}
+	if lm, ok := h.mgr.(manager.Listenable); ok {
+		h.unlisten = lm.Listen(l)
+	} else {
+		h.mgr.AddListener(l)
+		h.unlisten = func() {}
+	}
 	if h.ch != nil {
 		h.ch.Handle(HubMsgType, h.receive)
 	}
@@ -330,7 +340,9 @@ func (h *Hub) Route() string { return h.route }
 // Close closes every socket of this node with 1001 (going away), waits
 // briefly for the close handshakes, then drops the connections and waits
 // for every goroutine of the hub. Sockets that connect later are refused.
-// Close is idempotent.
+// It removes the hub's listener from the manager; its handler stays on
+// the channel, answering peers that it reaches no socket, until another
+// hub of the node replaces it. Close is idempotent.
 func (h *Hub) Close() error {
 	h.closeOnce.Do(func() {
 		h.mu.Lock()
@@ -340,6 +352,7 @@ func (h *Hub) Close() error {
 			conns = append(conns, c)
 		}
 		h.mu.Unlock()
+		h.unlisten() // every socket is closing now
 		for _, c := range conns {
 			c.closeWith(CloseGoingAway, "server shutting down", false)
 		}

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -858,6 +859,54 @@ func TestHubRefusedHandshakeMakesNoSession(t *testing.T) {
 	if _, err := mgr.Find(t.Context(), sid); err != nil || destroyed.Load() != 1 {
 		t.Fatalf("the session a failed upgrade arrived with: %v, %d destroyed; want it kept", err, destroyed.Load())
 	}
+}
+
+// A closed hub is no longer a listener of its manager: a manager that
+// outlives hubs made and closed on its node neither keeps them nor calls
+// them when a session is destroyed.
+func TestClosedHubLeavesTheManager(t *testing.T) {
+	leaktest.Check(t)
+	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	c := testcluster.Start(t, nil, log, func(c *manager.ClusterConfig) { c.Kind = manager.KindDelta }, "a")[0]
+	const closed = 3
+	collected := make(chan struct{}, closed)
+	for range closed {
+		closedHub(t, c, collected)
+	}
+	// The channel keeps the handler of the latest hub: this one replaces
+	// the last closed one's.
+	h, err := web.NewHub(c, web.DefaultHubConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = h.Close() })
+	// Freed, a hub can no longer be called.
+	deadline := time.Now().Add(10 * time.Second) // a hang guard
+	for n := 0; n < closed; {
+		runtime.GC()
+		select {
+		case <-collected:
+			n++
+			continue
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d closed hubs are still reachable", closed-n, closed)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// closedHub makes a hub on c and closes it; collected hears when the
+// garbage collector has freed it.
+func closedHub(t *testing.T, c *manager.Cluster, collected chan<- struct{}) {
+	t.Helper()
+	h, err := web.NewHub(c, web.DefaultHubConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	runtime.AddCleanup(h, func(ch chan<- struct{}) { ch <- struct{}{} }, collected)
+	_ = h.Close()
 }
 
 func TestHubConfigValidation(t *testing.T) {
