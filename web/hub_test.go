@@ -415,14 +415,10 @@ func TestHubFailedNodeLeavesPresence(t *testing.T) {
 	b.srv.Close()
 
 	// Until b is declared failed, calls that include it do not wait for
-	// its count: its connection is down.
-	t0 := time.Now()
+	// its count: its connection is down. One that waited would end in
+	// ErrNoCount after DeliverTimeout.
 	_, err := a.hub.Publish(t.Context(), "anything", []byte("x"))
-	d := time.Since(t0)
-	t.Logf("Publish with b down: %v after %v", err, d)
-	if d > 2*time.Second {
-		t.Errorf("Publish with b down took %v", d)
-	}
+	t.Logf("Publish with b down: %v", err)
 	if err != nil && !errors.Is(err, replication.ErrPeerDown) && !errors.Is(err, replication.ErrUnknownPeer) {
 		t.Errorf("Publish with b down: %v", err)
 	}
@@ -476,7 +472,7 @@ func TestHubSlowConsumerIsCutOff(t *testing.T) {
 	leaktest.Check(t)
 	nodes := startHubCluster(t, func(_ string, c *web.HubConfig) {
 		c.SendBuffer = 4
-		c.WriteWait = time.Minute // a write blocked on the slow client would show
+		c.WriteWait = time.Minute // a write blocked on the slow client would outlast waitFor
 	}, "a", "b", "c")
 	a, b := nodes["a"], nodes["b"]
 	// The slow client never reads.
@@ -549,10 +545,6 @@ func TestHubSlowConsumerIsCutOff(t *testing.T) {
 	}
 	if code := a.disconnected("slow"); code != websocket.CloseTryAgainLater {
 		t.Fatalf("slow consumer closed with %d, want 1013", code)
-	}
-	// A blocked write would hold a delivery for WriteWait (a minute).
-	if slowest > 10*time.Second {
-		t.Errorf("a message took %v to reach the fast sockets", slowest)
 	}
 	t.Logf("slow consumer cut off after %d messages of %d KiB in %v; slowest delivery to the others %v", sent, len(msg)>>10, time.Since(start), slowest)
 	if st := a.hub.Stats(); st.SlowConsumers != 1 {
@@ -1071,11 +1063,9 @@ func TestDeliverTimeoutBoundsALaterDeadline(t *testing.T) {
 	b.cluster.Channel().Handle(web.HubMsgType, func(string, []byte) error { return nil })
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	t0 := time.Now()
+	// Held until the context's deadline, the call would end in
+	// context.DeadlineExceeded.
 	n, err := a.hub.SendToUser(ctx, "u", []byte("x"))
-	if d := time.Since(t0); d > 5*time.Second {
-		t.Errorf("SendToUser with a silent peer took %v, want about DeliverTimeout (200ms)", d)
-	}
 	if n != 0 || !errors.Is(err, web.ErrNoCount) {
 		t.Errorf("SendToUser with a silent peer = %d, %v; want 0, ErrNoCount", n, err)
 	}
@@ -1132,12 +1122,9 @@ func TestHubRestartedNodeForgetsItsEarlierSockets(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	t0 := time.Now()
+	// One that waited for b's count would end in ErrNoCount.
 	if n, err := a.hub.Publish(t.Context(), "news", []byte("x")); n != 0 || err != nil {
 		t.Errorf("Publish with b's new hub not running = %d, %v; want 0, nil", n, err)
-	}
-	if d := time.Since(t0); d > 2*time.Second {
-		t.Errorf("Publish waited %v for b's new incarnation, whose hub does not run", d)
 	}
 
 	// Its hub starts: its sockets are seen again.
