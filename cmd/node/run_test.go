@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -108,10 +109,23 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	}
 }
 
+// handedOut holds the ports freePort has returned: a port is free until
+// the node given it binds it, so the kernel may offer it again meanwhile.
+var handedOut struct {
+	sync.Mutex
+	ports map[int]bool
+}
+
 // freePort returns a port free for TCP and UDP on 127.0.0.1, and free
-// too at port+1000 when both is set (for a derived replication port).
+// too at port+1000 when both is set (for a derived replication port). It
+// never returns a port, or a derived one, that it returned before.
 func freePort(t *testing.T, both bool) int {
 	t.Helper()
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	if handedOut.ports == nil {
+		handedOut.ports = make(map[int]bool)
+	}
 	for range 100 {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -119,7 +133,14 @@ func freePort(t *testing.T, both bool) int {
 		}
 		p := l.Addr().(*net.TCPAddr).Port
 		_ = l.Close()
+		if handedOut.ports[p] || both && handedOut.ports[p+1000] {
+			continue
+		}
 		if portsFree(p) && (!both || p+1000 <= 65535 && portsFree(p+1000)) {
+			handedOut.ports[p] = true
+			if both {
+				handedOut.ports[p+1000] = true
+			}
 			return p
 		}
 	}
