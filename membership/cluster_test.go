@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -794,5 +795,62 @@ func TestUpdateMetaKeepsRoomForLeaving(t *testing.T) {
 	}
 	if err := n.UpdateMeta(host+":8000", "", time.Second); err != nil {
 		t.Errorf("UpdateMeta with the largest host New accepts: %v", err)
+	}
+}
+
+// Close ends a join that waits on a seed that took the connection and
+// never answers: the join fails at once instead of at TCPTimeout (here 30
+// seconds, drop-time's), and Close does not wait for it.
+func TestCloseEndsAJoinInFlight(t *testing.T) {
+	leaktest.Check(t)
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = silent.Close() }()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		if c, err := silent.Accept(); err == nil {
+			accepted <- c // held open, never read or written
+		}
+	}()
+
+	c := testConfig(t, "solo")
+	c.DropTime = 30 * time.Second
+	n, err := membership.New(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	joined := make(chan error, 1)
+	go func() {
+		_, err := n.Join(silent.Addr().String())
+		joined <- err
+	}()
+	var seed net.Conn
+	select {
+	case seed = <-accepted:
+		defer func() { _ = seed.Close() }()
+	case <-time.After(10 * time.Second): // a hang guard
+		t.Fatal("the join never reached the seed")
+	}
+
+	closed := make(chan error, 1)
+	go func() { closed <- n.Close() }()
+	guard := time.After(15 * time.Second) // half the join's TCP timeout
+	for range 2 {
+		select {
+		case err := <-joined:
+			if err == nil {
+				t.Error("Join of a silent seed succeeded")
+			}
+			joined = nil
+		case err := <-closed:
+			if err != nil {
+				t.Errorf("Close = %v", err)
+			}
+			closed = nil
+		case <-guard:
+			t.Fatalf("Close or the join still waiting on the silent seed (join done: %t, Close done: %t)", joined == nil, closed == nil)
+		}
 	}
 }

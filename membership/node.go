@@ -159,9 +159,16 @@ func New(cfg Config) (*Node, error) {
 	n.manager = cfg.Manager
 
 	mc := n.memberlistConfig()
+	tr, err := newTransport(n.ctx, mc)
+	if err != nil {
+		n.cancel()
+		return nil, fmt.Errorf("membership: start gossip on %s: %w", cfg.BindAddr, err)
+	}
+	mc.Transport = tr
 	ml, err := memberlist.Create(mc)
 	if err != nil {
 		n.cancel()
+		_ = tr.Shutdown()
 		return nil, fmt.Errorf("membership: start gossip on %s: %w", cfg.BindAddr, err)
 	}
 	n.ml = ml
