@@ -523,3 +523,42 @@ func BenchmarkRestoreReplication(b *testing.B) {
 		b.StartTimer()
 	}
 }
+
+// BenchmarkSessionCounts measures SessionCounts, which /metrics,
+// /cluster/status and the dashboard call, on a node holding 100k
+// sessions, against a bare Range over them (the x-range metric).
+func BenchmarkSessionCounts(b *testing.B) {
+	const n = 100_000
+	benchNoLeaks(b)
+	bn := benchStartNodes(b, KindDelta, 1, nil)
+	defer bn.close()
+	c := bn.nodes[0]
+	if err := benchCreateMany(bn.nodes, n, 2); err != nil {
+		b.Fatal(err)
+	}
+	var bare float64 // ns per bare Range
+	b.Run("range", func(b *testing.B) {
+		for b.Loop() {
+			k := 0
+			c.Manager().Range(func(*Session) bool { k++; return true })
+			if k != n {
+				b.Fatalf("Range saw %d sessions, want %d", k, n)
+			}
+		}
+		bare = float64(b.Elapsed().Nanoseconds()) / float64(b.N)
+		b.ReportMetric(bare/1e6, "ms/scan")
+	})
+	b.Run("counts", func(b *testing.B) {
+		for b.Loop() {
+			if total, primary, _ := c.SessionCounts(); total != n || primary != n {
+				b.Fatalf("SessionCounts = %d total, %d primary; want %d", total, primary, n)
+			}
+		}
+		ns := float64(b.Elapsed().Nanoseconds()) / float64(b.N)
+		b.ReportMetric(ns/1e6, "ms/scan")
+		b.ReportMetric(ns/n, "ns/session")
+		if bare > 0 {
+			b.ReportMetric(ns/bare, "x-range")
+		}
+	})
+}
