@@ -1,11 +1,14 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
+	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -44,6 +47,7 @@ func TestHungPeerIsNotWaitedFor(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = n3.cmd.Process.Signal(syscall.SIGCONT) })
+	waitStopped(t, n3.cmd.Process.Pid)
 	count() // waits the send timeout for node3
 	peer := waitPeer(t, n1, "node3", func(p peerView) bool { return p.Stalled })
 	if !peer.Connected {
@@ -162,4 +166,47 @@ func metric(t *testing.T, p *proc, series string) string {
 		}
 	}
 	return ""
+}
+
+// waitStopped waits until every thread of process pid is stopped. A
+// SIGSTOP stops a process only once one of its threads runs to take it:
+// on a busy machine the others may go on running, and answering, for a
+// while.
+func waitStopped(t *testing.T, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second) // a hang guard
+	for {
+		tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+		if err != nil || len(tasks) == 0 {
+			t.Fatalf("threads of process %d: %v", pid, err)
+		}
+		running := 0
+		for _, task := range tasks {
+			if !threadStopped(task) {
+				running++
+			}
+		}
+		if running == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of the %d threads of process %d still not stopped after SIGSTOP", running, len(tasks), pid)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// threadStopped reports whether the thread whose /proc stat file is at
+// path is stopped: state T, or t when traced. The state follows the
+// command name, in parentheses that the name itself may contain.
+func threadStopped(path string) bool {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 || i+2 >= len(b) {
+		return false
+	}
+	return b[i+2] == 'T' || b[i+2] == 't'
 }
