@@ -535,8 +535,10 @@ func until(deadline time.Time) time.Duration {
 }
 
 // Close stops the node without telling the cluster: peers see it fail after
-// DropTime, as if the process had been killed. It closes every Subscription
-// and waits for the node's goroutines. Close is idempotent.
+// DropTime, as if the process had been killed. It closes every Subscription,
+// ends the gossip connections this node opened, so that a Join still waiting
+// on a seed fails at once, and waits for the node's goroutines. Close is
+// idempotent.
 func (n *Node) Close() error {
 	n.closeMu.Lock()
 	defer n.closeMu.Unlock()
