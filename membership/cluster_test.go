@@ -1,6 +1,7 @@
 package membership_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -801,20 +802,49 @@ func TestUpdateMetaKeepsRoomForLeaving(t *testing.T) {
 // Close ends a join that waits on a seed that took the connection and
 // never answers: the join fails at once instead of at TCPTimeout (here 30
 // seconds, drop-time's), and Close does not wait for it.
-func TestCloseEndsAJoinInFlight(t *testing.T) {
-	leaktest.Check(t)
+// silentSeed listens on a loopback port and accepts one connection, which
+// it holds open and never reads or writes: a seed that hangs. The accepted
+// connection arrives on the channel.
+func silentSeed(t *testing.T) (string, <-chan net.Conn) {
+	t.Helper()
 	silent, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = silent.Close() }()
 	accepted := make(chan net.Conn, 1)
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		if c, err := silent.Accept(); err == nil {
-			accepted <- c // held open, never read or written
+			accepted <- c
 		}
 	}()
+	t.Cleanup(func() {
+		_ = silent.Close()
+		<-done
+		select {
+		case c := <-accepted:
+			_ = c.Close()
+		default:
+		}
+	})
+	return silent.Addr().String(), accepted
+}
 
+// reached waits for the silent seed to accept a connection.
+func reached(t *testing.T, accepted <-chan net.Conn) {
+	t.Helper()
+	select {
+	case c := <-accepted:
+		t.Cleanup(func() { _ = c.Close() })
+	case <-time.After(10 * time.Second): // a hang guard
+		t.Fatal("the join never reached the seed")
+	}
+}
+
+func TestCloseEndsAJoinInFlight(t *testing.T) {
+	leaktest.Check(t)
+	seed, accepted := silentSeed(t)
 	c := testConfig(t, "solo")
 	c.DropTime = 30 * time.Second
 	n, err := membership.New(c)
@@ -823,16 +853,10 @@ func TestCloseEndsAJoinInFlight(t *testing.T) {
 	}
 	joined := make(chan error, 1)
 	go func() {
-		_, err := n.Join(silent.Addr().String())
+		_, err := n.Join(seed)
 		joined <- err
 	}()
-	var seed net.Conn
-	select {
-	case seed = <-accepted:
-		defer func() { _ = seed.Close() }()
-	case <-time.After(10 * time.Second): // a hang guard
-		t.Fatal("the join never reached the seed")
-	}
+	reached(t, accepted)
 
 	closed := make(chan error, 1)
 	go func() { closed <- n.Close() }()
@@ -853,4 +877,60 @@ func TestCloseEndsAJoinInFlight(t *testing.T) {
 			t.Fatalf("Close or the join still waiting on the silent seed (join done: %t, Close done: %t)", joined == nil, closed == nil)
 		}
 	}
+}
+
+// A start given up while its first join waits on a seed that does not
+// answer ends then, not at the join's TCP timeout, and releases the port.
+func TestNewContextEndsAStartInFlight(t *testing.T) {
+	leaktest.Check(t)
+	seed, accepted := silentSeed(t)
+	c := testConfig(t, "solo")
+	c.DropTime = 30 * time.Second
+	c.BindAddr = freeAddr(t)
+	c.Join = []string{seed}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	started := make(chan error, 1)
+	go func() {
+		n, err := membership.NewContext(ctx, c)
+		if err == nil {
+			_ = n.Close()
+		}
+		started <- err
+	}()
+	reached(t, accepted)
+	cancel()
+	select {
+	case err := <-started:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("NewContext = %v, want an error that wraps context.Canceled", err)
+		}
+	case <-time.After(15 * time.Second): // half the join's TCP timeout
+		t.Fatal("NewContext still waiting on the silent seed after its context ended")
+	}
+	l, err := net.Listen("tcp", c.BindAddr)
+	if err != nil {
+		t.Fatalf("the given-up node still holds its gossip port: %v", err)
+	}
+	_ = l.Close()
+}
+
+// The start's context matters only until NewContext returns.
+func TestNewContextEndedAfterStart(t *testing.T) {
+	leaktest.Check(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	a, err := membership.NewContext(ctx, testConfig(t, "a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = a.Close() }()
+	cancel()
+	b := start(t, testConfig(t, "b"))
+	if _, err := b.Join(a.Addr().String()); err != nil {
+		t.Fatalf("join of a node whose start context ended: %v", err)
+	}
+	if _, err := a.Join(b.Addr().String()); err != nil {
+		t.Fatalf("join from a node whose start context ended: %v", err)
+	}
+	waitConverged(t, a, b)
 }

@@ -129,6 +129,18 @@ type SeedStatus struct {
 // the cluster form. New fails with a *RouteConflictError when a node alive
 // at another address already uses cfg.Route.
 func New(cfg Config) (*Node, error) {
+	return NewContext(context.Background(), cfg)
+}
+
+// NewContext is New with a context for the start: if ctx ends before the
+// node has made its first join and, with multicast on, heard its first
+// round of beacons, the joins and seed lookups in flight end at once, the
+// node is closed, and NewContext returns an error that wraps ctx.Err().
+// Once NewContext has returned the node, ctx no longer matters.
+func NewContext(ctx context.Context, cfg Config) (*Node, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("membership: start: %w", err)
+	}
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
@@ -201,9 +213,20 @@ func New(cfg Config) (*Node, error) {
 	// The first join happens here rather than in the background, and with
 	// multicast on, New listens for one round of beacons, so that a route
 	// already in use fails the start instead of confusing the cluster.
+	//
+	// The end of ctx cancels the node's own context, which cuts short
+	// every join and lookup in flight.
+	abort := context.AfterFunc(ctx, n.cancel)
 	n.rejoin()
 	if n.beacon != nil {
-		time.Sleep(cfg.Frequency + cfg.Frequency/5) // beacons go out every Frequency ±10%
+		select {
+		case <-time.After(cfg.Frequency + cfg.Frequency/5): // beacons go out every Frequency ±10%
+		case <-n.ctx.Done():
+		}
+	}
+	if !abort() {
+		_ = n.Close()
+		return nil, fmt.Errorf("membership: start of %s stopped before its first join completed: %w", cfg.Route, ctx.Err())
 	}
 	if err := n.checkRivals(); err != nil {
 		_ = n.Close()

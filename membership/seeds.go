@@ -293,7 +293,9 @@ func (n *Node) rejoin() {
 		case <-n.stop:
 			return true
 		default:
-			return n.leaving.Load()
+			// The node's context ends with Close, or with the start's
+			// context when the start is given up.
+			return n.ctx.Err() != nil || n.leaving.Load()
 		}
 	}
 	seedsContacted, contacted := 0, 0 // addresses that answered
@@ -326,6 +328,9 @@ func (n *Node) rejoin() {
 				return
 			}
 			err := n.join(a)
+			if err != nil && stopped() {
+				return // a join that Close or the end of the start cut short
+			}
 			tried[a] = err
 			if err != nil {
 				errs = append(errs, err)

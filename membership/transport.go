@@ -17,7 +17,8 @@ import (
 // the connection for up to TCPTimeout, which its Shutdown does not cut
 // short: Close during a join to a seed that does not answer would wait
 // that long, and so would the join. Here a dial in progress ends when ctx
-// is cancelled, and Shutdown closes the connections still open.
+// is cancelled, and the end of ctx or Shutdown closes the connections
+// still open.
 type transport struct {
 	*memberlist.NetTransport
 	ctx context.Context
@@ -45,7 +46,9 @@ func newTransport(ctx context.Context, mc *memberlist.Config) (*transport, error
 	for range attempts {
 		var nt *memberlist.NetTransport
 		if nt, err = memberlist.NewNetTransport(nc); err == nil {
-			return &transport{NetTransport: nt, ctx: ctx, conns: make(map[*dialedConn]struct{})}, nil
+			t := &transport{NetTransport: nt, ctx: ctx, conns: make(map[*dialedConn]struct{})}
+			context.AfterFunc(ctx, t.closeDialed)
+			return t, nil
 		}
 		if !strings.Contains(err.Error(), "address already in use") {
 			break
@@ -80,6 +83,13 @@ func (t *transport) DialAddressTimeout(a memberlist.Address, timeout time.Durati
 // Shutdown closes the connections this transport dialed that are still
 // open, then stops the listeners.
 func (t *transport) Shutdown() error {
+	t.closeDialed()
+	return t.NetTransport.Shutdown()
+}
+
+// closeDialed closes the connections this transport dialed and refuses
+// those dialed from now on.
+func (t *transport) closeDialed() {
 	t.mu.Lock()
 	t.closed = true
 	conns := t.conns
@@ -88,7 +98,6 @@ func (t *transport) Shutdown() error {
 	for c := range conns {
 		_ = c.Conn.Close()
 	}
-	return t.NetTransport.Shutdown()
 }
 
 // dialedConn is a connection the transport dialed; closing it forgets it.
