@@ -154,9 +154,21 @@ type Cluster struct {
 }
 
 // StartCluster starts the replication channel, the manager and
-// membership, in that order, and returns at once. The node is Ready once
-// it has found its peers and, for Delta, fetched every session from one.
+// membership, in that order, and returns once membership has made its
+// first join (membership.New says what that waits for); it does not wait
+// for state. The node is Ready once it has found its peers and, for
+// Delta, fetched every session from one.
 func StartCluster(cfg ClusterConfig) (*Cluster, error) {
+	return StartClusterContext(context.Background(), cfg)
+}
+
+// StartClusterContext is StartCluster with a context for the start: if
+// ctx ends before membership's first join is done, as when the process is
+// told to stop while a seed does not answer, the start is given up at
+// once, everything it started is closed, and the error wraps ctx.Err().
+// Once the Cluster is returned, ctx no longer matters; stop it with Close
+// or Shutdown.
+func StartClusterContext(ctx context.Context, cfg ClusterConfig) (*Cluster, error) {
 	if cfg.Kind == "" {
 		cfg.Kind = KindDelta
 	}
@@ -260,7 +272,7 @@ func StartCluster(cfg ClusterConfig) (*Cluster, error) {
 			mc.ReplicationAddr, replPort = "", port
 		}
 	}
-	if c.node, err = membership.New(*mc); err != nil {
+	if c.node, err = membership.NewContext(ctx, *mc); err != nil {
 		c.closeParts(context.Background())
 		return nil, err
 	}

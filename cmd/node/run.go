@@ -287,7 +287,7 @@ func startCluster(ctx context.Context, cfg *config, logger *slog.Logger, retryFo
 	deadline := time.Now().Add(retryFor)
 	warned := false
 	for {
-		c, err := manager.StartCluster(cfg.clusterConfig(logger))
+		c, err := manager.StartClusterContext(ctx, cfg.clusterConfig(logger))
 		if rc := (*membership.RouteConflictError)(nil); errors.As(err, &rc) {
 			return nil, fmt.Errorf("%s %q: %w: give every node a route of its own", cfg.source["route"], cfg.Route, err)
 		}

@@ -701,6 +701,39 @@ func TestSignalWhileWaitingForPort(t *testing.T) {
 	}
 }
 
+// SIGTERM while the first join waits on a seed that accepted the
+// connection and never answers stops the node then, not at the join's TCP
+// timeout (the drop-time, 60 s here).
+func TestSignalWhileJoiningASilentSeed(t *testing.T) {
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		if c, err := silent.Accept(); err == nil {
+			accepted <- c // held open, never read or written
+		}
+	}()
+	p := startProc(t, nil, nil, nodeArgs("n1", freePort(t, false), freePort(t, true),
+		"-join", silent.Addr().String(), "-drop-time", "60s")...)
+	select {
+	case c := <-accepted:
+		defer c.Close()
+	case <-time.After(20 * time.Second): // a hang guard
+		t.Fatal("the node never joined the seed")
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	// Well before the join's timeout: an exit now is the signal's.
+	if err := p.wait(t, 30*time.Second); err != nil {
+		t.Errorf("SIGTERM during the first join: %v, want exit status 0", err)
+	}
+	if log := p.log.String(); strings.Contains(log, "cohort-node:") || !strings.Contains(log, "msg=stopped") {
+		t.Errorf("log reports an error, or lacks the stop:\n%s", log)
+	}
+}
+
 // A node with multicast on, on a host without a multicast route, stops
 // with an error that names -multicast, not -bind: the group join fails
 // as a listen does, but the gossip address is not at fault. The node runs
