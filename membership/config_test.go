@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
 )
 
 func TestConfigValidation(t *testing.T) {
@@ -140,4 +142,23 @@ func FuzzDecodeMeta(f *testing.F) {
 			t.Fatalf("round trip: %+v, %v; want %+v", m2, err, m)
 		}
 	})
+}
+
+// Metadata from a newer build, with a field this one does not know, still
+// decodes: the field is skipped.
+func TestDecodeMetaSkipsUnknownFields(t *testing.T) {
+	b, err := msgpack.Marshal(map[string]any{
+		"r": "node9", "a": "127.0.0.1:8946", "d": "cohort", "m": "delta",
+		"p": ProtocolVersion, "t": int64(1_700_000_000_000), "zz": []any{"later", 2},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := DecodeMeta(b)
+	if err != nil {
+		t.Fatalf("DecodeMeta of metadata with an unknown field: %v", err)
+	}
+	if m.Route != "node9" || m.Manager != "delta" || m.Protocol != ProtocolVersion || m.Started.UnixMilli() != 1_700_000_000_000 {
+		t.Errorf("DecodeMeta = %+v", m)
+	}
 }
