@@ -75,7 +75,9 @@ type Event struct {
 // queue is unbounded, so publishing never blocks memberlist; membership
 // changes are rare enough that this costs little, but a subscriber should
 // keep reading C until it calls Close. C is closed after Close, or when the
-// Node stops.
+// Node stops; events not yet delivered then are dropped rather than
+// waited on, so that a subscriber that stopped reading never holds up the
+// node's Close, and a closed node's view of the cluster is over anyway.
 type Subscription struct {
 	// C delivers the events.
 	C <-chan Event
