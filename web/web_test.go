@@ -144,6 +144,9 @@ func TestPathParameterID(t *testing.T) {
 	defer srv.Close()
 	body, resp := get(t, http.DefaultClient, srv.URL+"/counter")
 	id := resp.Cookies()[0].Value
+	if want := "count=1 node=node1 id=" + id + "\n"; body != want {
+		t.Fatalf("first request: %q, want %q", body, want)
+	}
 	body, _ = get(t, http.DefaultClient, srv.URL+"/counter;jsessionid="+id)
 	if want := "count=2 node=node1 id=" + id + "\n"; body != want {
 		t.Errorf("with ;jsessionid=: %q, want %q", body, want)
