@@ -5,7 +5,10 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -21,13 +24,25 @@ const killsPerIteration = 5
 // Each iteration kills a random node killsPerIteration times, at a random
 // phase of the probe schedule, restarting it in between. It reports the
 // mean and worst detection time and their ratio to drop-time; the goal is a
-// ratio of at most 1.2.
+// ratio of at most 1.2. The cluster sizes are 3 and 5, or those listed in
+// COHORT_DETECTION_NODES (comma-separated, such as 10,20).
 func BenchmarkFailureDetection(b *testing.B) {
+	sizes := []int{3, 5}
+	if env := os.Getenv("COHORT_DETECTION_NODES"); env != "" {
+		sizes = nil
+		for f := range strings.SplitSeq(env, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 2 {
+				b.Fatalf("COHORT_DETECTION_NODES=%q: want comma-separated cluster sizes of at least 2, such as 10,20", env)
+			}
+			sizes = append(sizes, n)
+		}
+	}
 	for _, knobs := range []struct{ frequency, dropTime time.Duration }{
 		{500 * time.Millisecond, 3 * time.Second},
 		{200 * time.Millisecond, time.Second},
 	} {
-		for _, size := range []int{3, 5} {
+		for _, size := range sizes {
 			name := fmt.Sprintf("nodes=%d/frequency=%v/drop-time=%v", size, knobs.frequency, knobs.dropTime)
 			b.Run(name, func(b *testing.B) {
 				quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
