@@ -97,11 +97,14 @@ func routes(nodes ...*membership.Node) []string {
 	return out
 }
 
-// waitConverged waits until every node sees exactly nodes as alive.
+// waitConverged waits until every node sees exactly nodes as alive. A
+// node that missed the gossip of a join (a datagram lost while many nodes
+// start at once) learns of it at its next push and pull, PushPullInterval
+// (at least 5 s) later: the wait allows for a few.
 func waitConverged(t testing.TB, nodes ...*membership.Node) {
 	t.Helper()
 	want := routes(nodes...)
-	waitFor(t, 10*time.Second, func() error {
+	waitFor(t, 30*time.Second, func() error {
 		for _, n := range nodes {
 			if got := alive(n); !slices.Equal(got, want) {
 				return fmt.Errorf("%s sees %v alive, want %v", n.Route(), got, want)

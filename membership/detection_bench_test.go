@@ -25,7 +25,9 @@ const killsPerIteration = 5
 // phase of the probe schedule, restarting it in between. It reports the
 // mean and worst detection time and their ratio to drop-time; the goal is a
 // ratio of at most 1.2. The cluster sizes are 3 and 5, or those listed in
-// COHORT_DETECTION_NODES (comma-separated, such as 10,20).
+// COHORT_DETECTION_NODES (comma-separated, such as 10,20); the settings
+// are 500ms/3s and 200ms/1s, or those listed in COHORT_DETECTION_KNOBS
+// (comma-separated frequency/drop-time pairs, such as 500ms/2.2s).
 func BenchmarkFailureDetection(b *testing.B) {
 	sizes := []int{3, 5}
 	if env := os.Getenv("COHORT_DETECTION_NODES"); env != "" {
@@ -38,10 +40,21 @@ func BenchmarkFailureDetection(b *testing.B) {
 			sizes = append(sizes, n)
 		}
 	}
-	for _, knobs := range []struct{ frequency, dropTime time.Duration }{
-		{500 * time.Millisecond, 3 * time.Second},
-		{200 * time.Millisecond, time.Second},
-	} {
+	type knobs struct{ frequency, dropTime time.Duration }
+	settings := []knobs{{500 * time.Millisecond, 3 * time.Second}, {200 * time.Millisecond, time.Second}}
+	if env := os.Getenv("COHORT_DETECTION_KNOBS"); env != "" {
+		settings = nil
+		for f := range strings.SplitSeq(env, ",") {
+			freq, drop, _ := strings.Cut(strings.TrimSpace(f), "/")
+			fd, ferr := time.ParseDuration(freq)
+			dd, derr := time.ParseDuration(drop)
+			if ferr != nil || derr != nil || fd <= 0 || dd < 2*fd {
+				b.Fatalf("COHORT_DETECTION_KNOBS=%q: want comma-separated frequency/drop-time pairs, drop-time at least twice frequency, such as 500ms/3s,200ms/1s", env)
+			}
+			settings = append(settings, knobs{fd, dd})
+		}
+	}
+	for _, knobs := range settings {
 		for _, size := range sizes {
 			name := fmt.Sprintf("nodes=%d/frequency=%v/drop-time=%v", size, knobs.frequency, knobs.dropTime)
 			b.Run(name, func(b *testing.B) {
