@@ -415,19 +415,16 @@ func (c *Cluster) Stats() Stats {
 // SessionCounts returns how many sessions this node holds, and of those
 // how many it is the primary of (it serves them) and how many it holds as
 // a backup. With Delta every node holds every session; the primary is the
-// node that last changed it.
+// node that last changed it. The counts are kept as sessions come, go and
+// change hands, so SessionCounts costs the same whatever the number of
+// sessions; read while they change, they may be a moment apart.
 func (c *Cluster) SessionCounts() (total, primary, backup int) {
-	self := c.cfg.Membership.Route
-	c.mgr.Range(func(s *Session) bool {
-		total++
-		if o := s.ownerRoute(); o == "" || o == self {
-			primary++
-		} else {
-			backup++
-		}
-		return true
-	})
-	return total, primary, backup
+	total = c.mgr.Count()
+	primary = total
+	if p, ok := c.mgr.(interface{ primaries() int }); ok {
+		primary = min(p.primaries(), total)
+	}
+	return total, primary, total - primary
 }
 
 // follow keeps the channel's peers equal to the live members until the

@@ -767,3 +767,107 @@ func TestUnspecifiedReplicationAddrIsAdvertisedAtTheGossipIP(t *testing.T) {
 		t.Errorf("n2 advertises %q, want %q", got, want)
 	}
 }
+
+// scanCounts counts c's sessions by visiting each, as SessionCounts once
+// did: the reference for the counts it keeps.
+func scanCounts(c *Cluster) [3]int {
+	var n [3]int
+	self := c.cfg.Membership.Route
+	c.mgr.Range(func(s *Session) bool {
+		n[0]++
+		if o := s.ownerRoute(); o == "" || o == self {
+			n[1]++
+		} else {
+			n[2]++
+		}
+		return true
+	})
+	return n
+}
+
+// waitCounts waits until every node's SessionCounts agree with a scan of
+// its sessions, and returns them by node.
+func waitCounts(t *testing.T, rc *realCluster, when string) map[string][3]int {
+	t.Helper()
+	got := map[string][3]int{}
+	waitUntil(t, "session counts to match a scan "+when, func() bool {
+		for r, c := range rc.nodes {
+			total, primary, backup := c.SessionCounts()
+			got[r] = [3]int{total, primary, backup}
+			if want := scanCounts(c); got[r] != want {
+				t.Logf("%s %s: SessionCounts %v, scan %v", when, r, got[r], want)
+				return false
+			}
+		}
+		return true
+	})
+	return got
+}
+
+// TestSessionCountsFollowOwnership: the counts SessionCounts keeps as
+// sessions are created, change hands, are renamed, invalidated and taken
+// over after a crash always end equal to a scan of the sessions.
+func TestSessionCountsFollowOwnership(t *testing.T) {
+	for _, kind := range []string{KindDelta, KindBackup} {
+		t.Run(kind, func(t *testing.T) {
+			leaktest.Check(t)
+			rc := newRealCluster(t, kind, "n1", "n2", "n3")
+			ctx := context.Background()
+			n1, n2, n3 := rc.nodes["n1"], rc.nodes["n2"], rc.nodes["n3"]
+			var ids []string
+			for range 6 {
+				s, err := n1.Manager().Create(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				_ = s.Set("count", int64(1))
+				if err := n1.Manager().Commit(ctx, s); err != nil {
+					t.Fatal(err)
+				}
+				ids = append(ids, s.ID())
+			}
+			got := waitCounts(t, rc, "after the creates")
+			if got["n1"] != [3]int{6, 6, 0} {
+				t.Errorf("n1 after creating 6 sessions: %v, want 6 total, 6 primary", got["n1"])
+			}
+			if b := got["n2"][2] + got["n3"][2]; kind == KindDelta && b != 12 || kind == KindBackup && b != 6 {
+				t.Errorf("backups held by n2 and n3: %d (%v, %v)", b, got["n2"], got["n3"])
+			}
+
+			// n2 serves two of them (a failover's requests), n3 renews the
+			// id of a third, n1 invalidates a fourth.
+			for _, id := range ids[:2] {
+				s, err := n2.Manager().Find(ctx, id)
+				if err != nil {
+					t.Fatal(err)
+				}
+				_ = s.Set("count", int64(2))
+				if err := n2.Manager().Commit(ctx, s); err != nil {
+					t.Fatal(err)
+				}
+			}
+			s, err := n3.Manager().Find(ctx, ids[2])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := n3.Manager().ChangeID(ctx, s, ""); err != nil {
+				t.Fatal(err)
+			}
+			if err := n3.Manager().Commit(ctx, s); err != nil {
+				t.Fatal(err)
+			}
+			if err := n1.Manager().Invalidate(ctx, ids[3]); err != nil {
+				t.Fatal(err)
+			}
+			got = waitCounts(t, rc, "after the moves")
+			if got["n2"][1] != 2 {
+				t.Errorf("n2 primary of %d sessions after serving 2: %v", got["n2"][1], got["n2"])
+			}
+
+			// n1 dies: with Backup its primaries are claimed by survivors.
+			rc.crash("n1")
+			waitCounts(t, rc, "after n1's crash")
+		})
+	}
+}
+

@@ -63,6 +63,10 @@ type host struct {
 	// maxSize bounds a session's names and encoded values together, in
 	// bytes (DeltaConfig.MaxSessionSize); 0: no bound.
 	maxSize int
+	// primaries counts the stored sessions this node is the primary of
+	// (owner empty or route), kept by Session.recount, so that counting
+	// them for a metrics scrape does not visit every session.
+	primaries atomic.Int64
 }
 
 // types is an alias so host can name the registry without a field called

@@ -838,6 +838,10 @@ func (m *replicated) Range(f func(*Session) bool) {
 // Count returns the number of sessions held.
 func (m *replicated) Count() int { return m.st.count() }
 
+// primaries returns how many of the sessions held this node is the
+// primary of.
+func (m *replicated) primaries() int { return int(m.h.primaries.Load()) }
+
 // AddListener registers session callbacks.
 func (m *replicated) AddListener(l Listener) { m.h.addListener(l) }
 

@@ -37,8 +37,11 @@ type Session struct {
 	term        uint64 // Backup manager: the owner's claim (claim, yieldTo)
 	isNew       bool   // created by this request; cleared by Commit
 	valid       bool
-	heard       bool    // lastAccess is a peer's report, not a request here
-	pending     pending // changes since the last Commit
+	heard       bool // lastAccess is a peer's report, not a request here
+	// stored says that the session is in its manager's table; counted,
+	// that host.primaries counts it (recount).
+	stored, counted bool
+	pending         pending // changes since the last Commit
 }
 
 // attrEntry is one named attribute: 48 bytes, the name a handle to its
@@ -223,6 +226,30 @@ func (s *Session) setOwner(route string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.owner = route
+	s.recount()
+}
+
+// setStored records whether s is in its manager's table. Called with
+// s.mu held, by the store, with the store's lock held too.
+func (s *Session) setStored(stored bool) {
+	s.stored = stored
+	s.recount()
+}
+
+// recount keeps host.primaries equal to the number of stored sessions
+// whose primary is this node (no owner, or this node's route). Called
+// with s.mu held whenever s.stored or s.owner changes.
+func (s *Session) recount() {
+	want := s.stored && (s.owner == "" || s.owner == s.host.route)
+	if want == s.counted {
+		return
+	}
+	s.counted = want
+	if want {
+		s.host.primaries.Add(1)
+	} else {
+		s.host.primaries.Add(-1)
+	}
 }
 
 // Claim weights: a node the user was sent to outweighs a surviving backup
@@ -240,6 +267,7 @@ func (s *Session) claim(route string, seen, weight uint64) uint64 {
 	defer s.mu.Unlock()
 	s.owner = route
 	s.term = max(s.term, seen) + weight
+	s.recount()
 	return s.term
 }
 
@@ -254,6 +282,7 @@ func (s *Session) yieldTo(route string, term uint64) bool {
 		return false
 	}
 	s.owner, s.term = route, max(s.term, term)
+	s.recount()
 	return true
 }
 

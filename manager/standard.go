@@ -215,6 +215,9 @@ func (m *Standard) Range(f func(*Session) bool) {
 // Count returns the number of sessions.
 func (m *Standard) Count() int { return m.st.count() }
 
+// primaries returns how many of the sessions this node is the primary of.
+func (m *Standard) primaries() int { return int(m.h.primaries.Load()) }
+
 // Stats returns the session counters: created, rejected, expired and
 // invalidated sessions, the most held at once, the life of destroyed
 // sessions and the time spent sweeping. The replication counters stay

@@ -53,9 +53,24 @@ func (st *store) newSession(route string, maxInactive time.Duration) *Session {
 		maxInactive: maxInactive, isNew: true, valid: true,
 	}
 	st.mu.Lock()
-	st.byBase[baseOf(s.id)] = s
+	st.enter(s)
 	st.mu.Unlock()
 	return s
+}
+
+// enter puts s in the table in place of any session of its base, which
+// leaves it. Called with st.mu held.
+func (st *store) enter(s *Session) {
+	base := baseOf(s.id)
+	if old := st.byBase[base]; old != nil && old != s {
+		old.mu.Lock()
+		old.setStored(false)
+		old.mu.Unlock()
+	}
+	st.byBase[base] = s
+	s.mu.Lock()
+	s.setStored(true)
+	s.mu.Unlock()
 }
 
 // baseOf returns the base of a session id, without its route.
@@ -81,9 +96,8 @@ func (st *store) get(id string) *Session {
 
 // put stores s, replacing any session of the same base.
 func (st *store) put(s *Session) {
-	base := baseOf(s.ID())
 	st.mu.Lock()
-	st.byBase[base] = s
+	st.enter(s)
 	st.mu.Unlock()
 }
 
@@ -99,7 +113,7 @@ func (st *store) add(s *Session) *Session {
 	if got, ok := st.byBase[base]; ok {
 		return got
 	}
-	st.byBase[base] = s
+	st.enter(s)
 	return s
 }
 
@@ -118,6 +132,7 @@ func (st *store) remove(id string) *Session {
 	}
 	s.mu.Lock()
 	s.valid = false
+	s.setStored(false)
 	s.mu.Unlock()
 	return s
 }
@@ -189,6 +204,7 @@ func (st *store) rename(s *Session, newID string) (oldID string, ok bool) {
 		if other := st.byBase[newBase]; other != nil && other != s {
 			other.mu.Lock()
 			other.valid = false
+			other.setStored(false)
 			other.mu.Unlock()
 		}
 		st.byBase[newBase] = s
