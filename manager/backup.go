@@ -528,34 +528,62 @@ func (m *replicated) takeover(s *Session, term uint64) {
 // handOff gives each session this node is the primary of to its first
 // backup, which becomes its primary and restores its backups, before the
 // node leaves: Backup's graceful shutdown. Copies go in ack mode, a stream
-// per new primary, until ctx ends.
+// per new primary, until ctx ends. A new primary that fails meanwhile
+// (membership drops it) is not waited for: its sessions go to the next
+// member by placement, among those left, in a further round.
 func (m *replicated) handOff(ctx context.Context) {
 	start := time.Now()
-	members := m.members()
-	to := make(map[string]bool)
-	for _, s := range m.st.all() {
-		if s.ownerRoute() != m.cfg.Route {
-			continue
-		}
-		base, _ := SplitID(s.ID())
-		if p := placement(base, m.cfg.Route, members, 1); len(p) > 0 {
-			to[p[0]] = true
-		}
-	}
+	failed := make(map[string]bool)
+	handed := make(map[string]bool) // bases handed off
 	total := 0
-	for peer := range to {
-		n, _ := m.streamTo(ctx, peer, kindHandoff, func(s *Session) bool {
-			if s.ownerRoute() != m.cfg.Route {
-				return false
-			}
+	var peers int
+	for round := 0; round < 3 && ctx.Err() == nil; round++ {
+		members := slices.DeleteFunc(m.members(), func(r string) bool { return failed[r] })
+		target := func(s *Session) string {
 			base, _ := SplitID(s.ID())
-			p := placement(base, m.cfg.Route, members, 1)
-			return len(p) > 0 && p[0] == peer
-		})
-		total += n
+			if handed[base] || s.ownerRoute() != m.cfg.Route {
+				return ""
+			}
+			if p := placement(base, m.cfg.Route, members, 1); len(p) > 0 {
+				return p[0]
+			}
+			return ""
+		}
+		to := make(map[string]bool)
+		for _, s := range m.st.all() {
+			if p := target(s); p != "" {
+				to[p] = true
+			}
+		}
+		if len(to) == 0 {
+			break
+		}
+		peers += len(to)
+		for peer := range to {
+			var sent []string
+			n, ok := m.streamTo(ctx, peer, kindHandoff, func(s *Session) bool {
+				if target(s) != peer {
+					return false
+				}
+				base, _ := SplitID(s.ID())
+				sent = append(sent, base)
+				return true
+			})
+			total += n
+			if !ok {
+				failed[peer] = true
+				continue
+			}
+			for _, b := range sent {
+				handed[b] = true
+			}
+		}
+		if len(failed) == 0 {
+			break
+		}
 	}
 	if total > 0 {
-		m.h.log.Info("primaries handed off before leaving", "sessions", total, "peers", len(to), "duration", time.Since(start))
+		m.h.log.Info("primaries handed off before leaving", "sessions", total, "peers", peers, "duration", time.Since(start))
 	}
 }
 

@@ -871,3 +871,40 @@ func TestSessionCountsFollowOwnership(t *testing.T) {
 	}
 }
 
+// TestHandOffSkipsAFailedPeer stops a Backup node gracefully just after
+// another node crashed: the hand-off of its primaries does not wait for
+// the crashed node, whose share goes to the node left, which ends the
+// primary of every session.
+func TestHandOffSkipsAFailedPeer(t *testing.T) {
+	leaktest.Check(t)
+	rc := newRealCluster(t, KindBackup, "n1", "n2", "n3")
+	ctx := context.Background()
+	n2, n3 := rc.nodes["n2"], rc.nodes["n3"]
+	const sessions = 20
+	for range sessions {
+		s, err := n3.Manager().Create(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = s.Set("count", int64(1))
+		if err := n3.Manager().Commit(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rc.crash("n1")
+	delete(rc.nodes, "n3")
+	closed := make(chan error, 1)
+	go func() { closed <- n3.Close(ctx) }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Errorf("Close = %v", err)
+		}
+	case <-time.After(n3.repl.cfg.SyncTimeout / 2): // a hang guard
+		t.Fatalf("Close still handing off after %v: waiting for the crashed node", n3.repl.cfg.SyncTimeout/2)
+	}
+	waitUntil(t, "n2 to be the primary of every session", func() bool {
+		total, primary, _ := n2.SessionCounts()
+		return total == sessions && primary == sessions
+	})
+}

@@ -1354,20 +1354,24 @@ func (m *replicated) sendSyncDone(peer string, d syncDone) error {
 	if err != nil {
 		return err
 	}
-	return m.sendPatiently(context.Background(), peer, msg)
+	return m.sendPatiently(context.Background(), peer, msg, true)
 }
 
 // sendPatiently sends msg to peer in ack mode, retrying for up to
-// SyncTimeout while the peer is unknown or unreachable: a node that asks
-// for a state transfer as soon as it starts may not be in this node's
-// view of the membership yet.
-func (m *replicated) sendPatiently(ctx context.Context, peer string, msg []byte) error {
+// SyncTimeout while the peer is unreachable and, with awaitView, while it
+// is unknown: a node that asks for a state transfer as soon as it starts
+// may not be in this node's view of the membership yet. Without awaitView
+// the peer was in view when msg was addressed to it, and unknown now
+// means that membership has dropped it: it is not waited for.
+func (m *replicated) sendPatiently(ctx context.Context, peer string, msg []byte, awaitView bool) error {
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.SyncTimeout)
 	defer cancel()
 	backoff := 20 * time.Millisecond
 	for {
 		err := m.t.Send(ctx, []string{peer}, msg, Ack)
-		if err == nil || !(errors.Is(err, replication.ErrPeerDown) || errors.Is(err, replication.ErrUnknownPeer) || errors.Is(err, replication.ErrConnLost)) {
+		retry := errors.Is(err, replication.ErrPeerDown) || errors.Is(err, replication.ErrConnLost) ||
+			awaitView && errors.Is(err, replication.ErrUnknownPeer)
+		if err == nil || !retry {
 			return err
 		}
 		select {
@@ -1410,7 +1414,9 @@ func (m *replicated) streamTo(ctx context.Context, peer string, k kind, filter f
 			// The first chunk waits until the peer is in view and
 			// reachable; the rest go through a stream, when the
 			// transport has them, with a window of chunks in flight.
-			if err = m.sendPatiently(ctx, peer, msg); err == nil {
+			// A hand-off goes to a peer in view as the node leaves;
+			// one that membership drops meanwhile has failed.
+			if err = m.sendPatiently(ctx, peer, msg, k != kindHandoff); err == nil {
 				if s, err := m.t.openStream(peer); err == nil {
 					stream = s
 				}
