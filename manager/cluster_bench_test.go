@@ -526,7 +526,8 @@ func BenchmarkRestoreReplication(b *testing.B) {
 
 // BenchmarkSessionCounts measures SessionCounts, which /metrics,
 // /cluster/status and the dashboard call, on a node holding 100k
-// sessions, against a bare Range over them (the x-range metric).
+// sessions, against a bare Range over them (the x-range metric): it keeps
+// its counts, so it costs far less than visiting the sessions.
 func BenchmarkSessionCounts(b *testing.B) {
 	const n = 100_000
 	benchNoLeaks(b)
@@ -555,8 +556,6 @@ func BenchmarkSessionCounts(b *testing.B) {
 			}
 		}
 		ns := float64(b.Elapsed().Nanoseconds()) / float64(b.N)
-		b.ReportMetric(ns/1e6, "ms/scan")
-		b.ReportMetric(ns/n, "ns/session")
 		if bare > 0 {
 			b.ReportMetric(ns/bare, "x-range")
 		}
