@@ -826,6 +826,18 @@ func TestSessionCountsFollowOwnership(t *testing.T) {
 				}
 				ids = append(ids, s.ID())
 			}
+			holders := 3 // Delta: every node
+			if kind == KindBackup {
+				holders = 2 // the primary and one backup
+			}
+			waitUntil(t, "every session's copies to arrive", func() bool {
+				for _, id := range ids {
+					if holding(rc, id, 1) != holders {
+						return false
+					}
+				}
+				return true
+			})
 			got := waitCounts(t, rc, "after the creates")
 			if got["n1"] != [3]int{6, 6, 0} {
 				t.Errorf("n1 after creating 6 sessions: %v, want 6 total, 6 primary", got["n1"])
