@@ -559,6 +559,7 @@ func (m *replicated) handOff(ctx context.Context) {
 			break
 		}
 		peers += len(to)
+		again := false
 		for peer := range to {
 			var sent []string
 			n, ok := m.streamTo(ctx, peer, kindHandoff, func(s *Session) bool {
@@ -571,14 +572,14 @@ func (m *replicated) handOff(ctx context.Context) {
 			})
 			total += n
 			if !ok {
-				failed[peer] = true
+				failed[peer], again = true, true
 				continue
 			}
 			for _, b := range sent {
 				handed[b] = true
 			}
 		}
-		if len(failed) == 0 {
+		if !again {
 			break
 		}
 	}

@@ -109,6 +109,21 @@ func (rc *realCluster) crash(route string) {
 	c.once.Do(func() { c.closeParts(context.Background()) })
 }
 
+// commitCount creates a session on c with count set to v and commits it.
+func commitCount(t *testing.T, c *Cluster, v int64) *Session {
+	t.Helper()
+	ctx := context.Background()
+	s, err := c.Manager().Create(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = s.Set("count", v)
+	if err := c.Manager().Commit(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
@@ -388,14 +403,7 @@ func TestClusterSurvivesHugeClaims(t *testing.T) {
 	if got := n1.Stats().Malformed; got != 6 {
 		t.Errorf("n1 counted %d malformed messages, want 6", got)
 	}
-	s, err := n2.Manager().Create(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = s.Set("count", int64(7))
-	if err := n2.Manager().Commit(ctx, s); err != nil {
-		t.Fatal(err)
-	}
+	s := commitCount(t, n2, 7)
 	waitUntil(t, "n1 to hold n2's session", func() bool { return holding(rc, s.ID(), 7) == 2 })
 }
 
@@ -816,15 +824,7 @@ func TestSessionCountsFollowOwnership(t *testing.T) {
 			n1, n2, n3 := rc.nodes["n1"], rc.nodes["n2"], rc.nodes["n3"]
 			var ids []string
 			for range 6 {
-				s, err := n1.Manager().Create(ctx)
-				if err != nil {
-					t.Fatal(err)
-				}
-				_ = s.Set("count", int64(1))
-				if err := n1.Manager().Commit(ctx, s); err != nil {
-					t.Fatal(err)
-				}
-				ids = append(ids, s.ID())
+				ids = append(ids, commitCount(t, n1, 1).ID())
 			}
 			holders := 3 // Delta: every node
 			if kind == KindBackup {
@@ -894,14 +894,7 @@ func TestHandOffSkipsAFailedPeer(t *testing.T) {
 	n2, n3 := rc.nodes["n2"], rc.nodes["n3"]
 	const sessions = 20
 	for range sessions {
-		s, err := n3.Manager().Create(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_ = s.Set("count", int64(1))
-		if err := n3.Manager().Commit(ctx, s); err != nil {
-			t.Fatal(err)
-		}
+		commitCount(t, n3, 1)
 	}
 	rc.crash("n1")
 	delete(rc.nodes, "n3")
