@@ -569,7 +569,7 @@ func (m *replicated) handOff(ctx context.Context) {
 				base, _ := SplitID(s.ID())
 				sent = append(sent, base)
 				return true
-			})
+			}, false)
 			total += n
 			if !ok {
 				failed[peer], again = true, true

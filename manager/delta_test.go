@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/cohort-cluster/cohort/internal/leaktest"
+	"github.com/cohort-cluster/cohort/replication"
 )
 
 // deltaCluster is a set of Delta managers on one memNet.
@@ -1191,5 +1192,91 @@ func TestDeltaStateTransferFromAPeerThatDies(t *testing.T) {
 	}
 	if d.Count() != n {
 		t.Errorf("d holds %d sessions, want %d", d.Count(), n)
+	}
+}
+
+// unknownPeer is a transport on which peer is not a member for the first
+// unknownFor sends to it: they fail as the replication channel's do for a
+// route it does not know (one that membership has not reported yet, or
+// has dropped). It counts the sends to peer.
+type unknownPeer struct {
+	Transport
+	peer       string
+	unknownFor int64
+	attempts   atomic.Int64
+}
+
+func (t *unknownPeer) Send(ctx context.Context, to []string, msg []byte, mode SendMode) error {
+	if slices.Contains(to, t.peer) && t.attempts.Add(1) <= t.unknownFor {
+		return &replication.PeerError{Peer: t.peer, Op: "queue", Err: replication.ErrUnknownPeer}
+	}
+	return t.Transport.Send(ctx, to, msg, mode)
+}
+
+// A resynchronisation or a catch-up is meant for a peer in view: once
+// membership has dropped that peer (it crashed while the copies were
+// going), there is no one to wait for, and the copies are not retried
+// for the whole SyncTimeout.
+func TestDeltaResyncStopsForADroppedPeer(t *testing.T) {
+	leaktest.Check(t)
+	c := newDeltaCluster(t)
+	tr := &unknownPeer{Transport: c.net.transport("b"), peer: "gone", unknownFor: 1 << 62}
+	b := c.joinVia("b", tr)
+	if err := b.Sync(bg); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		s, _ := b.Create(bg)
+		_ = s.Set("count", 1)
+		if err := b.Commit(bg, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.cfg.SyncTimeout = time.Hour
+	for name, send := range map[string]func(){
+		"resync":   func() { b.resync("gone") },
+		"catch-up": func() { b.catchUp("gone", c.clock.now().Add(-time.Minute)) },
+	} {
+		tr.attempts.Store(0)
+		done := make(chan struct{})
+		go func() { defer close(done); send() }()
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second): // a hang guard
+			t.Fatalf("%s to a dropped peer still retrying after 15s (%d sends)", name, tr.attempts.Load())
+		}
+		if n := tr.attempts.Load(); n != 1 {
+			t.Errorf("%s: %d sends to the dropped peer, want 1", name, n)
+		}
+	}
+}
+
+// A node asks for a state transfer as soon as it starts, and the peer it
+// asks may not have it in view yet: the answer waits for it.
+func TestDeltaStateTransferToAJoinerNotInViewYet(t *testing.T) {
+	leaktest.Check(t)
+	c := newDeltaCluster(t)
+	tr := &unknownPeer{Transport: c.net.transport("b"), peer: "j", unknownFor: 3}
+	b := c.joinVia("b", tr)
+	if err := b.Sync(bg); err != nil {
+		t.Fatal(err)
+	}
+	const n = 5
+	for range n {
+		s, _ := b.Create(bg)
+		_ = s.Set("count", 1)
+		if err := b.Commit(bg, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	j := c.join("j")
+	if err := j.Sync(bg); err != nil {
+		t.Fatal(err)
+	}
+	if got := j.Count(); got != n {
+		t.Errorf("the joiner holds %d sessions, want %d", got, n)
+	}
+	if got := tr.attempts.Load(); got <= 3 {
+		t.Errorf("%d sends to the joiner, want more than the 3 refused", got)
 	}
 }

@@ -1257,7 +1257,7 @@ func (m *replicated) serveSync(peer string) {
 		return
 	}
 	start := time.Now()
-	n, ok := m.streamTo(context.Background(), peer, kindSyncChunk, nil)
+	n, ok := m.streamTo(context.Background(), peer, kindSyncChunk, nil, true)
 	if !ok {
 		return
 	}
@@ -1303,7 +1303,7 @@ func (m *replicated) catchUp(peer string, since time.Time) {
 		}
 		return s.ownerRoute() == m.cfg.Route && slices.Contains(m.targets(s), peer)
 	}
-	if n, ok := m.streamTo(context.Background(), peer, kindSyncChunk, filter); ok && n > 0 {
+	if n, ok := m.streamTo(context.Background(), peer, kindSyncChunk, filter, false); ok && n > 0 {
 		if since.IsZero() {
 			m.h.log.Info("peer caught up", "peer", peer, "sessions", n, "duration", time.Since(start))
 		} else {
@@ -1390,7 +1390,14 @@ func (m *replicated) sendPatiently(ctx context.Context, peer string, msg []byte,
 // ack mode so that a slow receiver slows the stream instead of
 // overflowing its queue. It reports how many it sent and whether all
 // went.
-func (m *replicated) streamTo(ctx context.Context, peer string, k kind, filter func(*Session) bool) (int, bool) {
+//
+// With awaitView the first chunk waits, up to SyncTimeout, for a peer
+// that is not in this node's view yet: one that asked for a state
+// transfer as it started. Without it the peer was in view when the stream
+// was meant for it (a resynchronisation, a catch-up, a hand-off), and a
+// peer that membership has dropped since is not waited for: it crashed or
+// left, and what it would have held goes to others by placement.
+func (m *replicated) streamTo(ctx context.Context, peer string, k kind, filter func(*Session) bool, awaitView bool) (int, bool) {
 	var batch []Full
 	n := 0
 	var stream chunkStream
@@ -1411,19 +1418,22 @@ func (m *replicated) streamTo(ctx context.Context, peer string, k kind, filter f
 		case stream != nil:
 			err = stream.Write(ctx, msg)
 		default:
-			// The first chunk waits until the peer is in view and
-			// reachable; the rest go through a stream, when the
-			// transport has them, with a window of chunks in flight.
-			// A hand-off goes to a peer in view as the node leaves;
-			// one that membership drops meanwhile has failed.
-			if err = m.sendPatiently(ctx, peer, msg, k != kindHandoff); err == nil {
+			// The first chunk waits until the peer is reachable (and,
+			// with awaitView, in view); the rest go through a stream,
+			// when the transport has them, with a window of chunks in
+			// flight.
+			if err = m.sendPatiently(ctx, peer, msg, awaitView); err == nil {
 				if s, err := m.t.openStream(peer); err == nil {
 					stream = s
 				}
 			}
 		}
 		if err != nil {
-			m.h.log.Warn("sending sessions to peer failed", "peer", peer, "err", err)
+			if !awaitView && errors.Is(err, replication.ErrUnknownPeer) {
+				m.h.log.Info("peer left before its sessions were sent; not sending them", "peer", peer, "sent", n)
+			} else {
+				m.h.log.Warn("sending sessions to peer failed", "peer", peer, "err", err)
+			}
 			return false
 		}
 		n += len(batch)
