@@ -665,22 +665,40 @@ func (m *replicated) PeersChanged() {
 	}
 }
 
-// repairLoop runs repairs when the membership changes. It exits when the
-// manager closes.
+// orphanWait is how long a backup of a failed primary's session waits for
+// the survivor that placement names to take the session over before it
+// takes it over itself: that survivor may hold no copy (it joined, or came
+// back, after the copies were placed, and the primary died before moving
+// them). A takeover comes within milliseconds.
+const orphanWait = time.Second
+
+// repairLoop runs repairs when the membership changes, and once more
+// orphanWait after a repair that left a failed primary's session to
+// another survivor. It exits when the manager closes.
 func (m *replicated) repairLoop() {
+	var late <-chan time.Time
 	for {
+		orphans := false
 		select {
 		case <-m.stop:
 			return
 		case <-m.backup.wake:
+		case <-late:
+			orphans = true
 		}
-		m.repair()
+		late = nil
+		if m.repair(orphans) {
+			late = time.After(orphanWait)
+		}
 	}
 }
 
 // repair moves copies after a membership change, at most RepairRate
-// sessions per second.
-func (m *replicated) repair() {
+// sessions per second. Of the sessions of a failed primary, it takes over
+// those of which placement names this node the first survivor, or with
+// orphans all that are still the failed primary's. It reports whether it
+// left some to another survivor.
+func (m *replicated) repair(orphans bool) (waiting bool) {
 	b := m.backup
 	b.repairing.Store(true)
 	defer b.repairing.Store(false)
@@ -706,7 +724,8 @@ func (m *replicated) repair() {
 			// takes over; the others wait for its copy.
 			survivors := placement(base, owner, old, b.k)
 			survivors = slices.DeleteFunc(survivors, func(r string) bool { return !slices.Contains(now, r) })
-			if len(survivors) == 0 || survivors[0] != m.cfg.Route {
+			if !orphans && (len(survivors) == 0 || survivors[0] != m.cfg.Route) {
+				waiting = true
 				continue
 			}
 			// A node the user was sent to may have claimed it since the
@@ -746,7 +765,7 @@ func (m *replicated) repair() {
 		}
 	}
 	if len(jobs) == 0 {
-		return
+		return waiting
 	}
 	b.underReplicated.Store(int64(len(jobs)))
 	start := time.Now()
@@ -756,7 +775,7 @@ func (m *replicated) repair() {
 		if d := time.Until(next); d > 0 {
 			select {
 			case <-m.stop:
-				return
+				return false
 			case <-time.After(d):
 			}
 		}
@@ -778,6 +797,7 @@ func (m *replicated) repair() {
 		b.underReplicated.Store(int64(len(jobs) - i - 1))
 	}
 	m.h.log.Info("replicas rebalanced", "sessions", len(jobs), "duration", time.Since(start))
+	return waiting
 }
 
 // noteCopies records how many backup copies sessions get with peers

@@ -74,6 +74,26 @@ func (c *backupCluster) kill(routes ...string) {
 	}
 }
 
+// crash stops node route the way SIGKILL would, unheard: nothing it sends
+// on closing (a hand-off) reaches anyone. With tell, the survivors hear
+// that it failed.
+func (c *backupCluster) crash(route string, tell bool) {
+	c.net.mu.Lock()
+	c.net.drop = func(from, _ string, _ []byte) bool { return from == route }
+	c.net.mu.Unlock()
+	c.net.remove(route)
+	_ = c.nodes[route].Close(context.Background())
+	delete(c.nodes, route)
+	c.net.mu.Lock()
+	c.net.drop = nil
+	c.net.mu.Unlock()
+	if tell {
+		for _, n := range c.nodes {
+			n.PeersChanged()
+		}
+	}
+}
+
 // copies returns how many nodes hold id.
 func (c *backupCluster) copies(id string) int {
 	n := 0
@@ -1024,5 +1044,78 @@ func TestBackupSweepWaitsForThePrimarysAccesses(t *testing.T) {
 	}
 	if got := destroyedOnB(); !slices.Equal(got, []string{"expired"}) {
 		t.Errorf("Destroyed on the backup: %v, want one expiry", got)
+	}
+}
+
+// A failed primary's session is taken over by the survivor that placement
+// names first, but that survivor may hold no copy: it joined after the
+// copies were placed, and the primary died before it moved them. The
+// backup that holds the copy takes the session over itself once no
+// takeover came.
+func TestBackupOrphanOfAFailedPrimaryIsTakenOver(t *testing.T) {
+	leaktest.Check(t)
+	c := newBackupCluster(t, 1, "n1", "n2")
+	ids := c.createReplicated(c.nodes["n1"], 20)
+	// n3 joins; n2 sees it, n1 does not get to move any copy to it.
+	cfg := DefaultBackupConfig()
+	cfg.Route, cfg.Backups, cfg.SweepInterval = "n3", 1, time.Hour
+	cfg.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	n3, err := NewBackup(cfg, c.net.transport("n3"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.net.add("n3", n3)
+	c.nodes["n3"] = n3
+	_ = n3.Sync(bg)
+	n2 := c.nodes["n2"]
+	n2.PeersChanged()
+	n3.PeersChanged()
+	waitUntil(t, "n2 to repair for peers n1 and n3", func() bool {
+		n2.backup.peersMu.Lock()
+		defer n2.backup.peersMu.Unlock()
+		return slices.Equal(slices.Sorted(slices.Values(n2.backup.peers)), []string{"n1", "n3"}) && !n2.backup.repairing.Load()
+	})
+	orphans := 0
+	for _, id := range ids {
+		if placement(baseOf(id), "n1", []string{"n1", "n2", "n3"}, 1)[0] == "n3" {
+			orphans++
+		}
+		if n3.st.get(id) != nil {
+			t.Fatalf("n3 got a copy: the test needs n1 not to move any")
+		}
+	}
+	if orphans == 0 {
+		t.Fatal("no session of which n3 is the first survivor: the test needs one")
+	}
+	c.crash("n1", true)
+	c.waitReplicated(ids)
+	for _, id := range ids {
+		if owner := n2.st.get(id).ownerRoute(); owner == "n1" {
+			t.Fatalf("a session still names the failed n1 its primary (%s)", c.holdersOf(id))
+		}
+	}
+}
+
+// A primary that restarts before its backups' repair sees it fail holds
+// none of its sessions, and no repair takes them over: their backups hold
+// the only copies. The catch-up the cluster runs for a restarted peer
+// sends them back, and it is their primary again, with its backups.
+func TestBackupRestartedPrimaryGetsItsSessionsBack(t *testing.T) {
+	leaktest.Check(t)
+	c := newBackupCluster(t, 1, "n1", "n2", "n3")
+	ids := c.createReplicated(c.nodes["n1"], 20)
+	// n1 crashes and comes back, as one event for the others: no repair
+	// runs in between.
+	c.crash("n1", false)
+	c.start("n1")
+	for _, r := range []string{"n2", "n3"} {
+		c.nodes[r].catchUp("n1", time.Time{}, true)
+	}
+	c.waitReplicated(ids)
+	for _, id := range ids {
+		s := c.nodes["n1"].st.get(id)
+		if s == nil || s.ownerRoute() != "n1" {
+			t.Fatalf("restarted n1 is not the primary of its session again (%s)", c.holdersOf(id))
+		}
 	}
 }

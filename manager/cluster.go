@@ -480,13 +480,15 @@ func (c *Cluster) syncPeers() {
 		if have[r] != a || restarted {
 			changed = true
 			since := started.Add(-catchUpMargin) // a new node: what changed since it started
-			if restarted && c.cfg.Kind == KindBackup {
+			restoreBackup := restarted && c.cfg.Kind == KindBackup
+			if restoreBackup {
 				// Delta: it fetches every session itself. Backup: it is
 				// placed as before, so no repair sends it the copies it
-				// held; they go now, all of them. (At another address, the
+				// held, nor takes over the sessions it was the primary
+				// of; both go now, all of them. (At another address, the
 				// resync its broken connection asked for went with the
 				// channel's entry for it.)
-				c.log.Info("peer restarted: sending the copies it held", "peer", r)
+				c.log.Info("peer restarted: sending the copies it held and the sessions it served", "peer", r)
 				since = time.Time{}
 			}
 			if lost, ok := c.lost[r]; ok {
@@ -494,13 +496,21 @@ func (c *Cluster) syncPeers() {
 				if lost.Equal(started) {
 					c.log.Info("partition healed: exchanging sessions", "peer", r)
 					since = time.Time{} // the same node, cut off: everything
+				} else if c.cfg.Kind == KindBackup && !restoreBackup {
+					// Failed, then back at once: the repair that would
+					// have taken over its sessions and placed its copies
+					// elsewhere may not have run in between (it sees the
+					// members as they are when it runs). What it held
+					// goes back to it, as for a restart.
+					c.log.Info("failed peer back: sending the copies it held and the sessions it served", "peer", r)
+					restoreBackup, since = true, time.Time{}
 				}
 			}
 			if c.repl.Ready() {
 				c.wg.Add(1)
 				go func() {
 					defer c.wg.Done()
-					c.repl.catchUp(r, since)
+					c.repl.catchUp(r, since, restoreBackup)
 				}()
 			}
 		}

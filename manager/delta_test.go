@@ -1235,7 +1235,7 @@ func TestDeltaResyncStopsForADroppedPeer(t *testing.T) {
 	b.cfg.SyncTimeout = time.Hour
 	for name, send := range map[string]func(){
 		"resync":   func() { b.resync("gone") },
-		"catch-up": func() { b.catchUp("gone", c.clock.now().Add(-time.Minute)) },
+		"catch-up": func() { b.catchUp("gone", c.clock.now().Add(-time.Minute), false) },
 	} {
 		tr.attempts.Store(0)
 		done := make(chan struct{})

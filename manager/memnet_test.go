@@ -15,7 +15,7 @@ type memNet struct {
 	mu    sync.Mutex
 	nodes map[string]receiver
 	pairs map[[2]string]*pipe
-	drop  func(from, to string, msg []byte) bool // optional: lose a message
+	drop  func(from, to string, msg []byte) bool // optional: lose a message; set under mu while nodes run
 	wg    sync.WaitGroup
 	done  bool // closed: no pipe starts any more
 	// busy counts the messages queued or being handled: a message taken
@@ -159,9 +159,12 @@ func (t *memTransport) Send(ctx context.Context, to []string, msg []byte, mode S
 	if to == nil {
 		to = t.Peers()
 	}
+	t.n.mu.Lock()
+	drop := t.n.drop
+	t.n.mu.Unlock()
 	var waits []chan struct{}
 	for _, peer := range to {
-		if t.n.drop != nil && t.n.drop(t.self, peer, msg) {
+		if drop != nil && drop(t.self, peer, msg) {
 			continue
 		}
 		d := delivery{msg: msg}

@@ -1273,7 +1273,7 @@ func (m *replicated) serveSync(peer string) {
 // overflowed, or it was unreachable for a while). The peer keeps, for each
 // session, the greater revision, so a copy it no longer needs is harmless.
 func (m *replicated) resync(peer string) {
-	m.catchUp(peer, time.Time{})
+	m.catchUp(peer, time.Time{}, false)
 }
 
 // catchUp sends peer a full copy of every session it should hold that was
@@ -1290,18 +1290,27 @@ func (m *replicated) resync(peer string) {
 // copy of them cannot go, and an invalidation it missed would leave it
 // holding a logged-out session (a new member may hold one from its state
 // transfer, sent before the invalidation reached its sender).
-func (m *replicated) catchUp(peer string, since time.Time) {
+//
+// With restarted, peer is a Backup node that restarted, either faster
+// than membership could declare it failed or so soon after that this
+// node's repair did not run in between: no repair took over the sessions
+// it was the primary of, which it lost, and of which its backups now hold
+// the only copies. A backup sends them back with the rest, the primary and its
+// claim as it knows them, and peer is their primary again, as before its
+// crash. (A request the user made meanwhile on peer or on another node
+// claimed the session, with a greater term, and that claim stands.)
+func (m *replicated) catchUp(peer string, since time.Time, restarted bool) {
 	m.sendGraves(peer)
 	start := time.Now()
 	sinceMs := since.UnixMilli()
 	filter := func(s *Session) bool {
+		if m.backup != nil && restarted && s.ownerRoute() == peer {
+			return true // its own, however long ago they changed
+		}
 		if !since.IsZero() && s.Rev().At < sinceMs {
 			return false
 		}
-		if m.backup == nil {
-			return true
-		}
-		return s.ownerRoute() == m.cfg.Route && slices.Contains(m.targets(s), peer)
+		return m.backup == nil || s.ownerRoute() == m.cfg.Route && slices.Contains(m.targets(s), peer)
 	}
 	if n, ok := m.streamTo(context.Background(), peer, kindSyncChunk, filter, false); ok && n > 0 {
 		if since.IsZero() {
