@@ -7,6 +7,7 @@ import (
 	"hash/fnv"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -211,8 +212,15 @@ type fetchCall struct {
 	// send failed for, which may still answer (a stalled peer is slow, not
 	// gone) but must not count twice.
 	awaited []string
-	waiters int // requests awaiting it (ask, await)
+	asked   []string // every holder asked
+	replied []string // the holders that answered
+	waiters int      // requests awaiting it (ask, await)
 	full    *Full
+}
+
+// silent returns the holders asked that did not answer. fetchMu is held.
+func (c *fetchCall) silent() []string {
+	return slices.DeleteFunc(slices.Clone(c.asked), func(r string) bool { return slices.Contains(c.replied, r) })
 }
 
 // score is the rendezvous weight of node route for session base: FNV-1a
@@ -389,7 +397,7 @@ func (m *replicated) ask(id string) *fetchCall {
 		b.fetchMu.Unlock()
 		return nil
 	}
-	call := &fetchCall{done: make(chan struct{}), awaited: slices.Clone(holders), waiters: 1}
+	call := &fetchCall{done: make(chan struct{}), awaited: slices.Clone(holders), asked: holders, waiters: 1}
 	b.fetches[id] = call
 	b.fetchMu.Unlock()
 
@@ -437,10 +445,12 @@ func failedPeers(err error, to []string) []string {
 }
 
 // await waits for the replies of a fetch and returns the newest copy
-// found, or nil. A fetch that its last waiter gives up on (its request's
-// context ended) is forgotten: replies that come in later would otherwise
-// complete it, and a request of the session long after would get that
-// copy, however the session changed since.
+// found, or nil. With no copy found, the error wraps ErrUnreachable when
+// some holder asked did not answer: it may hold the session. A fetch
+// that its last waiter gives up on (its request's context ended) is
+// forgotten: replies that come in later would otherwise complete it, and
+// a request of the session long after would get that copy, however the
+// session changed since.
 func (m *replicated) await(ctx context.Context, id string, call *fetchCall) (*Full, error) {
 	b := m.backup
 
@@ -464,6 +474,11 @@ func (m *replicated) await(ctx context.Context, id string, call *fetchCall) (*Fu
 	}
 	if err != nil {
 		return nil, err
+	}
+	if call.full == nil {
+		if silent := call.silent(); len(silent) > 0 {
+			return nil, fmt.Errorf("%w: %s not answering", ErrUnreachable, strings.Join(silent, ", "))
+		}
 	}
 	return call.full, nil
 }
@@ -491,6 +506,9 @@ func (m *replicated) onFetchReply(from string, r fetchReply) {
 	// has, whatever its revision: access times reach the holders in
 	// batches, one may have missed the last, and with an older one the
 	// session would look expired.
+	if !slices.Contains(call.replied, from) {
+		call.replied = append(call.replied, from)
+	}
 	if r.Found {
 		switch {
 		case call.full == nil:

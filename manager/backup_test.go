@@ -1119,3 +1119,54 @@ func TestBackupRestartedPrimaryGetsItsSessionsBack(t *testing.T) {
 		}
 	}
 }
+
+// downPeer is a transport on which peer has just died: a send to it fails
+// as the replication channel's does for a peer it cannot reach.
+type downPeer struct {
+	Transport
+	peer string
+}
+
+func (t downPeer) Send(ctx context.Context, to []string, msg []byte, mode SendMode) error {
+	if !slices.Contains(to, t.peer) {
+		return t.Transport.Send(ctx, to, msg, mode)
+	}
+	rest := slices.DeleteFunc(slices.Clone(to), func(r string) bool { return r == t.peer })
+	return errors.Join(t.Transport.Send(ctx, rest, msg, mode), &replication.PeerError{Peer: t.peer, Op: "queue", Err: replication.ErrPeerDown})
+}
+
+// A node asked for a session it does not hold, whose possible holders do
+// not all answer (one has just died, before membership says so) and of
+// which none that answered holds it, does not answer ErrNotFound: the
+// silent one may hold it, and a new session in its place would lose the
+// user's. Once the silent node is no longer a member, or answers, the
+// answer is the holders' again.
+func TestBackupFindWithASilentHolderIsNotNotFound(t *testing.T) {
+	leaktest.Check(t)
+	c := newBackupCluster(t, 1, "n1", "n2", "n3")
+	n1 := c.nodes["n1"]
+	ids := c.createReplicated(n1, 1)
+	id := ids[0]
+	// Only n1 holds it now: its backup lost its copy.
+	for _, r := range []string{"n2", "n3"} {
+		c.nodes[r].st.remove(id)
+	}
+	// n3 asks with n1 unreachable.
+	_ = c.nodes["n3"].Close(bg)
+	c.net.remove("n3")
+	delete(c.nodes, "n3")
+	n3 := c.startOn("n3", downPeer{c.net.transport("n3"), "n1"})
+	waitUntil(t, "the network idle", c.net.idleNow)
+	_, err := n3.Find(bg, id)
+	if !errors.Is(err, ErrUnreachable) || errors.Is(err, ErrNotFound) {
+		t.Fatalf("Find with the only holder unreachable = %v, want ErrUnreachable", err)
+	}
+	if !strings.Contains(err.Error(), "n1") {
+		t.Errorf("error %q does not name the silent holder n1", err)
+	}
+	// Once n1 is no longer a member, the holders that answer decide.
+	c.crash("n1", true)
+	if _, err := n3.Find(bg, id); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Find once the silent holder is gone = %v, want ErrNotFound", err)
+	}
+}

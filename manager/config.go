@@ -27,6 +27,14 @@ var (
 	// create a session in place of a missing one can tell this case
 	// apart, and must not bring back a logged-out user's state.
 	ErrRecentlyInvalidated = fmt.Errorf("%w: invalidated", ErrNotFound)
+	// ErrUnreachable is wrapped by the error of a Backup Find of a session
+	// this node does not hold, when the nodes that may hold it did not
+	// all answer (one has just died and membership has not declared it
+	// failed yet, or it hangs) and none that answered holds it: the
+	// session may exist. It is not ErrNotFound, so that no new session
+	// replaces the user's; the web layer answers 503 and the client's
+	// retry, once membership has caught up, finds it or learns it is gone.
+	ErrUnreachable = errors.New("manager: the session's holders did not all answer")
 )
 
 // Manager is what every manager kind offers the web layer. All methods are
