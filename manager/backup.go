@@ -606,6 +606,21 @@ func (m *replicated) handOff(ctx context.Context) {
 	}
 }
 
+// placeReturned gives the backups of s copies of it: a peer sent this
+// node a session that names it the primary and that it did not hold (it
+// restarted, and the copy comes back from a backup, from). Placement may
+// now name other backups than from, which holds a copy already: they get
+// one, and from drops its copy if placement no longer names it.
+func (m *replicated) placeReturned(s *Session, from string) {
+	targets := m.targets(s)
+	if to := slices.DeleteFunc(slices.Clone(targets), func(r string) bool { return r == from }); len(to) > 0 {
+		m.sendAsync(to, kindFull, s.full())
+	}
+	if !slices.Contains(targets, from) {
+		m.sendAsync([]string{from}, kindDrop, idMsg{ID: s.ID()})
+	}
+}
+
 // onHandoff makes this node the primary of a session its primary handed
 // over on leaving.
 func (m *replicated) onHandoff(from string, f Full) {

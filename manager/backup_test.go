@@ -1099,24 +1099,38 @@ func TestBackupOrphanOfAFailedPrimaryIsTakenOver(t *testing.T) {
 // A primary that restarts before its backups' repair sees it fail holds
 // none of its sessions, and no repair takes them over: their backups hold
 // the only copies. The catch-up the cluster runs for a restarted peer
-// sends them back, and it is their primary again, with its backups.
+// sends them back, and it is their primary again, with its backups where
+// placement now puts them: n4 joined before the copies came back.
 func TestBackupRestartedPrimaryGetsItsSessionsBack(t *testing.T) {
 	leaktest.Check(t)
 	c := newBackupCluster(t, 1, "n1", "n2", "n3")
 	ids := c.createReplicated(c.nodes["n1"], 20)
 	// n1 crashes and comes back, as one event for the others: no repair
-	// runs in between.
+	// runs in between. Then n4 joins.
 	c.crash("n1", false)
 	c.start("n1")
+	c.start("n4")
+	c.waitReplicated(nil) // every node repaired for n4 before the copies come
 	for _, r := range []string{"n2", "n3"} {
 		c.nodes[r].catchUp("n1", time.Time{}, true)
 	}
 	c.waitReplicated(ids)
+	moved := 0
 	for _, id := range ids {
 		s := c.nodes["n1"].st.get(id)
 		if s == nil || s.ownerRoute() != "n1" {
 			t.Fatalf("restarted n1 is not the primary of its session again (%s)", c.holdersOf(id))
 		}
+		backup := placement(baseOf(id), "n1", c.routes(), 1)[0]
+		if backup == "n4" {
+			moved++
+		}
+		if c.nodes[backup].st.get(id) == nil {
+			t.Fatalf("the backup placement names holds no copy (%s)", c.holdersOf(id))
+		}
+	}
+	if moved == 0 {
+		t.Fatal("no session whose backup is now n4: the test needs one")
 	}
 }
 

@@ -1139,6 +1139,9 @@ func (m *replicated) onFull(from string, f Full) {
 		}
 		if s = m.st.add(n); s == n {
 			m.stats.noteActive(m.st.count())
+			if m.backup != nil && n.ownerRoute() == m.cfg.Route {
+				m.placeReturned(s, from)
+			}
 			return
 		}
 		// Another copy was stored meanwhile: the newer one wins, below.
