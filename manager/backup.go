@@ -606,14 +606,17 @@ func (m *replicated) handOff(ctx context.Context) {
 	}
 }
 
-// placeReturned gives the backups of s copies of it: a peer sent this
-// node a session that names it the primary and that it did not hold (it
-// restarted, and the copy comes back from a backup, from). Placement may
-// now name other backups than from, which holds a copy already: they get
-// one, and from drops its copy if placement no longer names it.
-func (m *replicated) placeReturned(s *Session, from string) {
+// placeReturned handles a copy of s that peer from sent this node, naming
+// it the primary: it restarted, and its sessions come back from their
+// backups. Placement may now name other backups than from: with fresh (s
+// was not held here), they get a copy, and from, which holds one, drops
+// it if placement no longer names it. Several backups may send one
+// session back (more than one backup, or copies left over from before):
+// each one that placement does not name drops its copy, so none stays
+// behind to miss the session's next changes.
+func (m *replicated) placeReturned(s *Session, from string, fresh bool) {
 	targets := m.targets(s)
-	if to := slices.DeleteFunc(slices.Clone(targets), func(r string) bool { return r == from }); len(to) > 0 {
+	if to := slices.DeleteFunc(slices.Clone(targets), func(r string) bool { return r == from }); fresh && len(to) > 0 {
 		m.sendAsync(to, kindFull, s.full())
 	}
 	if !slices.Contains(targets, from) {

@@ -1140,7 +1140,7 @@ func (m *replicated) onFull(from string, f Full) {
 		if s = m.st.add(n); s == n {
 			m.stats.noteActive(m.st.count())
 			if m.backup != nil && n.ownerRoute() == m.cfg.Route {
-				m.placeReturned(s, from)
+				m.placeReturned(s, from, true)
 			}
 			return
 		}
@@ -1152,7 +1152,9 @@ func (m *replicated) onFull(from string, f Full) {
 		if owner == "" {
 			owner = from
 		}
-		s.yieldTo(owner, f.Term)
+		if s.yieldTo(owner, f.Term) && owner == m.cfg.Route {
+			m.placeReturned(s, from, false)
+		}
 	}
 	if s.replace(f) {
 		if m.backup == nil {
