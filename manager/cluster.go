@@ -494,8 +494,15 @@ func (c *Cluster) syncPeers() {
 			if lost, ok := c.lost[r]; ok {
 				delete(c.lost, r)
 				if lost.Equal(started) {
+					// The same node, cut off (or seen failed for a
+					// moment): everything, and with Backup the sessions
+					// it serves too, as for a restart. It keeps the
+					// newer copy of what it holds, and gets back what
+					// it lost: a catch-up of its restart that the
+					// moment it was seen failed cut short.
 					c.log.Info("partition healed: exchanging sessions", "peer", r)
-					since = time.Time{} // the same node, cut off: everything
+					since = time.Time{}
+					restoreBackup = c.cfg.Kind == KindBackup
 				} else if c.cfg.Kind == KindBackup && !restoreBackup {
 					// Failed, then back at once: the repair that would
 					// have taken over its sessions and placed its copies

@@ -23,11 +23,19 @@ type realCluster struct {
 	t     *testing.T
 	kind  string
 	nodes map[string]*Cluster
+	edit  func(*ClusterConfig) // optional: changes each node's configuration
 }
 
 func newRealCluster(t *testing.T, kind string, routes ...string) *realCluster {
 	t.Helper()
-	rc := &realCluster{t: t, kind: kind, nodes: map[string]*Cluster{}}
+	return newRealClusterWith(t, kind, nil, routes...)
+}
+
+// newRealClusterWith is newRealCluster with each node's configuration
+// changed by edit.
+func newRealClusterWith(t *testing.T, kind string, edit func(*ClusterConfig), routes ...string) *realCluster {
+	t.Helper()
+	rc := &realCluster{t: t, kind: kind, nodes: map[string]*Cluster{}, edit: edit}
 	t.Cleanup(func() {
 		for _, c := range rc.nodes {
 			_ = c.Close(context.Background())
@@ -59,6 +67,9 @@ func (rc *realCluster) start(route string) *Cluster {
 	cfg.Manager.SweepInterval = time.Hour
 	cfg.Manager.ChunkBytes = 1024 // state transfers of many chunks, streamed
 	cfg.JoinWait = 300 * time.Millisecond
+	if rc.edit != nil {
+		rc.edit(&cfg)
+	}
 	c, err := StartCluster(cfg)
 	if err != nil {
 		rc.t.Fatal(err)
