@@ -608,18 +608,32 @@ func (m *replicated) handOff(ctx context.Context) {
 
 // placeReturned handles a copy of s that peer from sent this node, naming
 // it the primary: it restarted, and its sessions come back from their
-// backups. Placement may now name other backups than from: with fresh (s
-// was not held here), they get a copy, and from, which holds one, drops
-// it if placement no longer names it. Several backups may send one
-// session back (more than one backup, or copies left over from before):
-// each one that placement does not name drops its copy, so none stays
-// behind to miss the session's next changes.
+// backups, or from holds a copy placement does not put there (repair).
+// Placement may now name other backups than from: with fresh (s was not
+// held here), they get a copy, and from, which holds one, drops it if
+// placement no longer names it (the backups get a copy first). Several
+// backups may send one session back (more than one backup, or copies
+// left over from before): each one that placement does not name drops
+// its copy, so none stays behind to miss the session's next changes.
 func (m *replicated) placeReturned(s *Session, from string, fresh bool) {
+	if fresh {
+		// from's word that this node is the primary may be stale:
+		// another node may have claimed the session since (a claim from
+		// missed). The claim goes to every peer, not as one that serves
+		// (a repair's weight): one against a live primary loses, and
+		// that primary answers with its own, which this node then
+		// yields to (onTakeover), dropping its copy.
+		_, term := s.ownerClaim()
+		m.sendAsync(m.t.Peers(), kindTakeover, idMsg{ID: s.ID(), Term: term})
+	}
 	targets := m.targets(s)
-	if to := slices.DeleteFunc(slices.Clone(targets), func(r string) bool { return r == from }); fresh && len(to) > 0 {
+	surplus := !slices.Contains(targets, from)
+	// Before from drops its copy, the backups get one, as a repair's
+	// move sends both at once: one of them may not hold it yet.
+	if to := slices.DeleteFunc(slices.Clone(targets), func(r string) bool { return r == from }); (fresh || surplus) && len(to) > 0 {
 		m.sendAsync(to, kindFull, s.full())
 	}
-	if !slices.Contains(targets, from) {
+	if surplus {
 		m.sendAsync([]string{from}, kindDrop, idMsg{ID: s.ID()})
 	}
 }
@@ -751,6 +765,7 @@ func (m *replicated) repair(orphans bool) (waiting bool) {
 		drop []string
 	}
 	var jobs []job
+	var surplus []*Session
 	for _, s := range m.st.all() {
 		id := s.ID()
 		base, _ := SplitID(id)
@@ -781,6 +796,18 @@ func (m *replicated) repair(orphans bool) (waiting bool) {
 			continue
 		}
 		if owner != m.cfg.Route {
+			if !slices.Contains(placement(base, owner, now, b.k), m.cfg.Route) &&
+				!slices.Contains(placement(base, owner, old, b.k), m.cfg.Route) {
+				// A copy that placement put here neither before this
+				// change nor after it: the primary's repair moves only
+				// the copies of the last change, and this node missed
+				// a drop (it was not the primary's peer when that one
+				// claimed the session, just after a restart). The copy
+				// goes to the primary, which keeps the newer revision,
+				// gives its backups a copy and tells this node to drop
+				// its own if it is none of them (placeReturned).
+				surplus = append(surplus, s)
+			}
 			continue
 		}
 		before := placement(base, m.cfg.Route, old, b.k)
@@ -799,6 +826,9 @@ func (m *replicated) repair(orphans bool) (waiting bool) {
 		if len(add) > 0 || len(drop) > 0 {
 			jobs = append(jobs, job{s: s, to: add, drop: drop})
 		}
+	}
+	for _, s := range surplus {
+		m.sendAsync([]string{s.ownerRoute()}, kindFull, s.full())
 	}
 	if len(jobs) == 0 {
 		return waiting

@@ -1196,3 +1196,68 @@ func TestBackupFindWithASilentHolderIsNotNotFound(t *testing.T) {
 		t.Fatalf("Find once the silent holder is gone = %v, want ErrNotFound", err)
 	}
 }
+
+// A backup copy left where placement put it neither before a change of
+// membership nor after (the node missed the drop that moved it: it was
+// not yet the claimer's peer, just after a restart) is dropped at the
+// next repair: the holder sends it to the primary, which tells it to drop
+// it once the backups placement names have a copy.
+func TestBackupLeftoverCopyIsDropped(t *testing.T) {
+	leaktest.Check(t)
+	c := newBackupCluster(t, 1, "n1", "n2", "n3", "n4")
+	n1 := c.nodes["n1"]
+	ids := c.createReplicated(n1, 20)
+	after := []string{"n1", "n2", "n3", "n4", "n5"}
+	for _, id := range ids {
+		base := baseOf(id)
+		placed := append(placement(base, "n1", after[:4], 1), placement(base, "n1", after, 1)...)
+		for _, r := range []string{"n2", "n3", "n4"} {
+			if !slices.Contains(placed, r) {
+				c.nodes[r].onFull("n1", n1.st.get(id).full())
+				break
+			}
+		}
+	}
+	waitUntil(t, "the leftovers in place", func() bool {
+		for _, id := range ids {
+			if c.copies(id) != 3 {
+				return false
+			}
+		}
+		return true
+	})
+	c.start("n5")
+	c.waitReplicated(ids)
+}
+
+// A node that another's claim took a session from, and that dropped its
+// copy, may get one back from a holder whose word is stale, naming it
+// the primary. It claims the session back as a repair would, and the
+// live primary's answer wins: it yields and drops the copy again,
+// rather than serve a stale copy as the primary.
+func TestBackupStaleCopyNamingAFormerPrimaryYields(t *testing.T) {
+	leaktest.Check(t)
+	c := newBackupCluster(t, 1, "n1", "n2", "n3")
+	n1 := c.nodes["n1"]
+	id := c.createReplicated(n1, 1)[0]
+	backup := n1.targets(n1.st.get(id))[0]
+	other := slices.DeleteFunc([]string{"n2", "n3"}, func(r string) bool { return r == backup })[0]
+	// The user moves to other, which claims the session; n1 yields.
+	if _, err := c.nodes[other].Find(bg, id); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "n1 to yield", func() bool {
+		s := n1.st.get(id)
+		return s == nil || s.ownerRoute() == other
+	})
+	n1.st.remove(id) // dropped, as when placement leaves it out
+	// A stale copy names n1 the primary, as before the claim.
+	stale := c.nodes[other].st.get(id).full()
+	stale.Owner, stale.Term = "n1", 0
+	n1.onFull(backup, stale)
+	waitUntil(t, "n1 to yield again", func() bool {
+		s := n1.st.get(id)
+		return s == nil || s.ownerRoute() == other
+	})
+	c.waitReplicated([]string{id})
+}
