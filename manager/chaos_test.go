@@ -37,6 +37,7 @@ type chaosRun struct {
 	t       *testing.T
 	rc      *realCluster
 	rng     *rand.Rand
+	backups int // Backup: copies besides the primary
 	users   []*chaosUser
 	crashed []string
 	stats   map[string]int
@@ -81,17 +82,18 @@ func (r *chaosRun) fail(u *chaosUser, format string, args ...any) {
 	r.t.Errorf("%s\nhistory:\n%s\ncopies now:\n%s", fmt.Sprintf(format, args...), strings.Join(h, "\n"), strings.Join(copies, "\n"))
 }
 
-// TestRandomCrashesLoseNoWrite drives 4 real nodes in sync mode with a
-// random schedule of requests from 12 clients (each a read, an increment
-// and a commit, on the node its balancer picks, which moves it now and
-// then and after its node dies), logouts, route rebinds, node crashes and
-// restarts, and checks every read against what the confirmed writes left:
-// no confirmed increment is lost, no session lost or brought back after
-// a logout, and every node settles on one copy per holder (Delta: every
-// node; Backup: the primary and its backup, naming the same primary). A
-// crash comes only once the cluster has repaired after the last one, and
-// leaves at least one node. The seed is logged; COHORT_CHAOS_SEED replays
-// a run and COHORT_CHAOS_STEPS lengthens it.
+// TestRandomCrashesLoseNoWrite drives 4 real nodes in sync mode (Delta,
+// Backup with one backup, Backup with two) with a random schedule of
+// requests from 12 clients (each a read, an increment and a commit, on
+// the node its balancer picks, which moves it now and then and after its
+// node dies), logouts, route rebinds, node crashes and restarts, and
+// checks every read against what the confirmed writes left: no confirmed
+// increment is lost, no session lost or brought back after a logout, and
+// every node settles on one copy per holder (Delta: every node; Backup:
+// the primary and its backups, naming the same primary). A crash comes
+// only once the cluster has repaired after the last one, and leaves at
+// least one node. The seed is logged; COHORT_CHAOS_SEED replays the
+// schedule of a run and COHORT_CHAOS_STEPS lengthens it.
 func TestRandomCrashesLoseNoWrite(t *testing.T) {
 	seed := uint64(time.Now().UnixNano())
 	if s := os.Getenv("COHORT_CHAOS_SEED"); s != "" {
@@ -109,14 +111,22 @@ func TestRandomCrashesLoseNoWrite(t *testing.T) {
 		}
 		steps = v
 	}
-	for _, kind := range []string{KindDelta, KindBackup} {
-		t.Run(kind, func(t *testing.T) {
+	for _, v := range []struct {
+		name, kind string
+		backups    int
+	}{{"delta", KindDelta, 0}, {"backup", KindBackup, 1}, {"backup-2", KindBackup, 2}} {
+		t.Run(v.name, func(t *testing.T) {
 			leaktest.Check(t)
 			t.Logf("seed %d (COHORT_CHAOS_SEED=%d replays its schedule)", seed, seed)
 			routes := []string{"n1", "n2", "n3", "n4"}
 			r := &chaosRun{
-				t: t, rng: rand.New(rand.NewPCG(seed, 0x636f686f7274)), stats: map[string]int{},
-				rc: newRealClusterWith(t, kind, func(c *ClusterConfig) { c.Manager.Mode = Sync }, routes...),
+				t: t, rng: rand.New(rand.NewPCG(seed, 0x636f686f7274)), stats: map[string]int{}, backups: v.backups,
+				rc: newRealClusterWith(t, v.kind, func(c *ClusterConfig) {
+					c.Manager.Mode = Sync
+					if v.backups > 0 {
+						c.Manager.Backups = v.backups
+					}
+				}, routes...),
 			}
 			for i := range 12 {
 				r.users = append(r.users, &chaosUser{n: i})
@@ -337,7 +347,7 @@ func (r *chaosRun) checkCopies(exact bool) {
 	live := len(r.rc.nodes)
 	want := live
 	if r.rc.kind == KindBackup {
-		want = min(2, live)
+		want = min(1+r.backups, live)
 	}
 	for _, u := range r.users {
 		if u.id == "" || u.mayBeGone {
