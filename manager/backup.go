@@ -628,9 +628,12 @@ func (m *replicated) placeReturned(s *Session, from string, fresh bool) {
 	}
 	targets := m.targets(s)
 	surplus := !slices.Contains(targets, from)
+	if !fresh && !surplus {
+		return // from is one of its backups, as placement says
+	}
 	// Before from drops its copy, the backups get one, as a repair's
 	// move sends both at once: one of them may not hold it yet.
-	if to := slices.DeleteFunc(slices.Clone(targets), func(r string) bool { return r == from }); (fresh || surplus) && len(to) > 0 {
+	if to := slices.DeleteFunc(targets, func(r string) bool { return r == from }); len(to) > 0 {
 		m.sendAsync(to, kindFull, s.full())
 	}
 	if surplus {

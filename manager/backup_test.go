@@ -41,8 +41,19 @@ func (c *backupCluster) start(route string) *Backup {
 	return c.startOn(route, c.net.transport(route))
 }
 
-// startOn starts node route on transport t.
+// startOn starts node route on transport t and tells every node.
 func (c *backupCluster) startOn(route string, t Transport) *Backup {
+	c.t.Helper()
+	m := c.startQuietly(route, t)
+	for _, n := range c.nodes {
+		n.PeersChanged()
+	}
+	return m
+}
+
+// startQuietly starts node route on transport t, telling no node of it:
+// none repairs for it until told.
+func (c *backupCluster) startQuietly(route string, t Transport) *Backup {
 	c.t.Helper()
 	cfg := DefaultBackupConfig()
 	cfg.Route = route
@@ -56,9 +67,6 @@ func (c *backupCluster) startOn(route string, t Transport) *Backup {
 	c.net.add(route, m)
 	c.nodes[route] = m
 	_ = m.Sync(context.Background())
-	for _, n := range c.nodes {
-		n.PeersChanged()
-	}
 	return m
 }
 
@@ -1057,16 +1065,7 @@ func TestBackupOrphanOfAFailedPrimaryIsTakenOver(t *testing.T) {
 	c := newBackupCluster(t, 1, "n1", "n2")
 	ids := c.createReplicated(c.nodes["n1"], 20)
 	// n3 joins; n2 sees it, n1 does not get to move any copy to it.
-	cfg := DefaultBackupConfig()
-	cfg.Route, cfg.Backups, cfg.SweepInterval = "n3", 1, time.Hour
-	cfg.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-	n3, err := NewBackup(cfg, c.net.transport("n3"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.net.add("n3", n3)
-	c.nodes["n3"] = n3
-	_ = n3.Sync(bg)
+	n3 := c.startQuietly("n3", c.net.transport("n3"))
 	n2 := c.nodes["n2"]
 	n2.PeersChanged()
 	n3.PeersChanged()
@@ -1146,21 +1145,6 @@ func TestBackupRestartedPrimaryGetsItsSessionsBack(t *testing.T) {
 	}
 }
 
-// downPeer is a transport on which peer has just died: a send to it fails
-// as the replication channel's does for a peer it cannot reach.
-type downPeer struct {
-	Transport
-	peer string
-}
-
-func (t downPeer) Send(ctx context.Context, to []string, msg []byte, mode SendMode) error {
-	if !slices.Contains(to, t.peer) {
-		return t.Transport.Send(ctx, to, msg, mode)
-	}
-	rest := slices.DeleteFunc(slices.Clone(to), func(r string) bool { return r == t.peer })
-	return errors.Join(t.Transport.Send(ctx, rest, msg, mode), &replication.PeerError{Peer: t.peer, Op: "queue", Err: replication.ErrPeerDown})
-}
-
 // A node asked for a session it does not hold, whose possible holders do
 // not all answer (one has just died, before membership says so) and of
 // which none that answered holds it, does not answer ErrNotFound: the
@@ -1181,7 +1165,7 @@ func TestBackupFindWithASilentHolderIsNotNotFound(t *testing.T) {
 	_ = c.nodes["n3"].Close(bg)
 	c.net.remove("n3")
 	delete(c.nodes, "n3")
-	n3 := c.startOn("n3", downPeer{c.net.transport("n3"), "n1"})
+	n3 := c.startOn("n3", &failingPeer{Transport: c.net.transport("n3"), peer: "n1", err: replication.ErrPeerDown})
 	waitUntil(t, "the network idle", c.net.idleNow)
 	_, err := n3.Find(bg, id)
 	if !errors.Is(err, ErrUnreachable) || errors.Is(err, ErrNotFound) {

@@ -480,8 +480,7 @@ func (c *Cluster) syncPeers() {
 		if have[r] != a || restarted {
 			changed = true
 			since := started.Add(-catchUpMargin) // a new node: what changed since it started
-			restoreBackup := restarted && c.cfg.Kind == KindBackup
-			if restoreBackup {
+			if restarted && c.cfg.Kind == KindBackup {
 				// Delta: it fetches every session itself. Backup: it is
 				// placed as before, so no repair sends it the copies it
 				// held, nor takes over the sessions it was the primary
@@ -493,31 +492,33 @@ func (c *Cluster) syncPeers() {
 			}
 			if lost, ok := c.lost[r]; ok {
 				delete(c.lost, r)
-				if lost.Equal(started) {
+				switch {
+				case lost.Equal(started):
 					// The same node, cut off (or seen failed for a
-					// moment): everything, and with Backup the sessions
-					// it serves too, as for a restart. It keeps the
-					// newer copy of what it holds, and gets back what
-					// it lost: a catch-up of its restart that the
-					// moment it was seen failed cut short.
+					// moment): everything.
 					c.log.Info("partition healed: exchanging sessions", "peer", r)
 					since = time.Time{}
-					restoreBackup = c.cfg.Kind == KindBackup
-				} else if c.cfg.Kind == KindBackup && !restoreBackup {
+				case c.cfg.Kind == KindBackup && !since.IsZero():
 					// Failed, then back at once: the repair that would
 					// have taken over its sessions and placed its copies
 					// elsewhere may not have run in between (it sees the
 					// members as they are when it runs). What it held
 					// goes back to it, as for a restart.
 					c.log.Info("failed peer back: sending the copies it held and the sessions it served", "peer", r)
-					restoreBackup, since = true, time.Time{}
+					since = time.Time{}
 				}
 			}
+			// With Backup, a full catch-up (a restart, a failed member
+			// back, a healed partition) also hands the peer back the
+			// sessions it serves: it keeps the newer copy of those it
+			// holds, and gets back those it lost, even when the moment it
+			// was seen failed cut short an earlier catch-up.
+			restore := c.cfg.Kind == KindBackup && since.IsZero()
 			if c.repl.Ready() {
 				c.wg.Add(1)
 				go func() {
 					defer c.wg.Done()
-					c.repl.catchUp(r, since, restoreBackup)
+					c.repl.catchUp(r, since, restore)
 				}()
 			}
 		}

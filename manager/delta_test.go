@@ -1195,24 +1195,6 @@ func TestDeltaStateTransferFromAPeerThatDies(t *testing.T) {
 	}
 }
 
-// unknownPeer is a transport on which peer is not a member for the first
-// unknownFor sends to it: they fail as the replication channel's do for a
-// route it does not know (one that membership has not reported yet, or
-// has dropped). It counts the sends to peer.
-type unknownPeer struct {
-	Transport
-	peer       string
-	unknownFor int64
-	attempts   atomic.Int64
-}
-
-func (t *unknownPeer) Send(ctx context.Context, to []string, msg []byte, mode SendMode) error {
-	if slices.Contains(to, t.peer) && t.attempts.Add(1) <= t.unknownFor {
-		return &replication.PeerError{Peer: t.peer, Op: "queue", Err: replication.ErrUnknownPeer}
-	}
-	return t.Transport.Send(ctx, to, msg, mode)
-}
-
 // A resynchronisation or a catch-up is meant for a peer in view: once
 // membership has dropped that peer (it crashed while the copies were
 // going), there is no one to wait for, and the copies are not retried
@@ -1220,7 +1202,7 @@ func (t *unknownPeer) Send(ctx context.Context, to []string, msg []byte, mode Se
 func TestDeltaResyncStopsForADroppedPeer(t *testing.T) {
 	leaktest.Check(t)
 	c := newDeltaCluster(t)
-	tr := &unknownPeer{Transport: c.net.transport("b"), peer: "gone", unknownFor: 1 << 62}
+	tr := &failingPeer{Transport: c.net.transport("b"), peer: "gone", err: replication.ErrUnknownPeer}
 	b := c.joinVia("b", tr)
 	if err := b.Sync(bg); err != nil {
 		t.Fatal(err)
@@ -1256,7 +1238,7 @@ func TestDeltaResyncStopsForADroppedPeer(t *testing.T) {
 func TestDeltaStateTransferToAJoinerNotInViewYet(t *testing.T) {
 	leaktest.Check(t)
 	c := newDeltaCluster(t)
-	tr := &unknownPeer{Transport: c.net.transport("b"), peer: "j", unknownFor: 3}
+	tr := &failingPeer{Transport: c.net.transport("b"), peer: "j", err: replication.ErrUnknownPeer, failFor: 3}
 	b := c.joinVia("b", tr)
 	if err := b.Sync(bg); err != nil {
 		t.Fatal(err)

@@ -2,9 +2,12 @@ package manager
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"sync"
 	"sync/atomic"
+
+	"github.com/cohort-cluster/cohort/replication"
 )
 
 // memNet connects Delta managers in memory: one ordered queue and one
@@ -195,3 +198,30 @@ func (t *memTransport) Send(ctx context.Context, to []string, msg []byte, mode S
 
 // idleNow reports whether no message is queued or being handled.
 func (n *memNet) idleNow() bool { return n.busy.Load() == 0 }
+
+// failingPeer is a transport on which a send to peer fails with err, as
+// the replication channel's does (ErrUnknownPeer: membership has not
+// reported it yet, or has dropped it; ErrPeerDown: it has just died), the
+// first failFor times, or always when failFor is 0. The other peers of a
+// send get it. It counts the sends to peer.
+type failingPeer struct {
+	Transport
+	peer     string
+	err      error
+	failFor  int64
+	attempts atomic.Int64
+}
+
+func (t *failingPeer) Send(ctx context.Context, to []string, msg []byte, mode SendMode) error {
+	if !slices.Contains(to, t.peer) {
+		return t.Transport.Send(ctx, to, msg, mode)
+	}
+	if n := t.attempts.Add(1); t.failFor > 0 && n > t.failFor {
+		return t.Transport.Send(ctx, to, msg, mode)
+	}
+	var err error
+	if rest := slices.DeleteFunc(slices.Clone(to), func(r string) bool { return r == t.peer }); len(rest) > 0 {
+		err = t.Transport.Send(ctx, rest, msg, mode)
+	}
+	return errors.Join(err, &replication.PeerError{Peer: t.peer, Op: "queue", Err: t.err})
+}

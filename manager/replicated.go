@@ -1296,20 +1296,21 @@ func (m *replicated) resync(peer string) {
 // holding a logged-out session (a new member may hold one from its state
 // transfer, sent before the invalidation reached its sender).
 //
-// With restarted, peer is a Backup node that restarted, either faster
-// than membership could declare it failed or so soon after that this
-// node's repair did not run in between: no repair took over the sessions
-// it was the primary of, which it lost, and of which its backups now hold
-// the only copies. A backup sends them back with the rest, the primary and its
-// claim as it knows them, and peer is their primary again, as before its
-// crash. (A request the user made meanwhile on peer or on another node
-// claimed the session, with a greater term, and that claim stands.)
-func (m *replicated) catchUp(peer string, since time.Time, restarted bool) {
+// With restore, peer is a Backup node that restarted (faster than
+// membership could declare it failed, or so soon after that this node's
+// repair did not run in between) or was cut off: no repair took over the
+// sessions it is the primary of, and it may have lost them, their backups
+// holding the only copies. A backup sends them back with the rest, the
+// primary and its claim as it knows them, and peer is their primary
+// again, as before (placeReturned). (A request the user made meanwhile on
+// another node claimed the session with a greater term, and that claim
+// stands.)
+func (m *replicated) catchUp(peer string, since time.Time, restore bool) {
 	m.sendGraves(peer)
 	start := time.Now()
 	sinceMs := since.UnixMilli()
 	filter := func(s *Session) bool {
-		if m.backup != nil && restarted && s.ownerRoute() == peer {
+		if m.backup != nil && restore && s.ownerRoute() == peer {
 			return true // its own, however long ago they changed
 		}
 		if !since.IsZero() && s.Rev().At < sinceMs {
